@@ -1,0 +1,1 @@
+"""The inbound edge: Bringg's webhook payloads, how Bringg authenticates, and the webhook route."""

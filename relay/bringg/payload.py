@@ -1,0 +1,141 @@
+"""Bringg `rating_submitted` payloads: the wire models, and judging raw bytes into a rating or a reason."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from relay.domain.rating import Rating
+
+RATING_SUBMITTED = "rating_submitted"
+
+# Bringg documents Int32 ids; anything that fits SQLite's int64 is kept, anything larger is unusable.
+Id = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class _Wire(BaseModel):
+    # Bringg is loose: unknown fields come and go, numbers arrive where strings are documented.
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+
+class WireReason(_Wire):
+    text: str | None = None
+
+
+class WireTask(_Wire):
+    id: Id | None = None
+    status: int | None = None
+    title: str | None = None
+    external_id: str | None = None
+
+
+class WireRating(_Wire):
+    id: Id | None = None
+    rating: int | None = None
+    comment: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    task: WireTask | None = None
+    rating_reasons: list[WireReason | None] | None = None
+
+
+class WireWebhook(_Wire):
+    webhook_type: str | None = None
+    merchant_id: Id | None = None
+    rating: WireRating | None = None
+
+
+class WireEnvelope(BaseModel):
+    """Only what every webhook type shares; read when the full parse fails, to tell ignore from quarantine."""
+
+    model_config = ConfigDict(extra="ignore")
+    webhook_type: Any = None
+    merchant_id: Any = None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the raw bytes are: a usable rating, another webhook type, or unusable with reasons."""
+
+    status: Literal["accepted", "ignored", "quarantined"]
+    webhook_type: str | None = None
+    merchant_id: int | None = None
+    rating_id: int | None = None
+    errors: tuple[str, ...] = ()
+    rating: Rating | None = None
+
+
+def judge(body: bytes) -> Judgement:
+    """Parse the raw body once (pydantic on the bytes) and decide what the relay does with it."""
+    try:
+        wire = WireWebhook.model_validate_json(body)
+    except ValidationError as error:
+        return _judge_unparsable(body, error)
+    if wire.webhook_type != RATING_SUBMITTED:
+        return _other_type(wire.webhook_type, wire.merchant_id)
+    return _normalize(wire)
+
+
+def _judge_unparsable(body: bytes, error: ValidationError) -> Judgement:
+    errors = tuple(_describe(item) for item in error.errors(include_url=False))
+    try:
+        envelope = WireEnvelope.model_validate_json(body)
+    except ValidationError:
+        return Judgement("quarantined", errors=errors)
+    merchant_id = envelope.merchant_id if isinstance(envelope.merchant_id, int) else None
+    if isinstance(envelope.webhook_type, str) and envelope.webhook_type != RATING_SUBMITTED:
+        return _other_type(envelope.webhook_type, merchant_id)
+    return Judgement("quarantined", RATING_SUBMITTED, merchant_id, errors=errors)
+
+
+def _other_type(webhook_type: str | None, merchant_id: int | None) -> Judgement:
+    if webhook_type is None:
+        return Judgement("quarantined", None, merchant_id, errors=("webhook_type: missing",))
+    return Judgement("ignored", webhook_type, merchant_id)
+
+
+def _normalize(wire: WireWebhook) -> Judgement:
+    rating = wire.rating
+    rating_id = rating.id if rating else None
+    errors = []
+    if wire.merchant_id is None:
+        errors.append("merchant_id: missing")
+    if rating is None:
+        errors.append("rating: missing")
+    else:
+        if rating.id is None:
+            errors.append("rating.id: missing")
+        if rating.rating is None:
+            errors.append("rating.rating: stars missing")
+        elif not 1 <= rating.rating <= 5:
+            errors.append(f"rating.rating: stars must be 1..5, got {rating.rating}")
+    if errors or rating is None or wire.merchant_id is None or rating.id is None or rating.rating is None:
+        return Judgement("quarantined", RATING_SUBMITTED, wire.merchant_id, rating_id, tuple(errors))
+    task = rating.task or WireTask()
+    normalized = Rating(
+        merchant_id=wire.merchant_id,
+        rating_id=rating.id,
+        stars=rating.rating,
+        comment=rating.comment,
+        reasons=tuple(reason.text for reason in rating.rating_reasons or () if reason and reason.text),
+        task_id=task.id,
+        external_id=task.external_id,
+        task_title=task.title,
+        task_status=task.status,
+        created_at=_utc(rating.created_at),
+        updated_at=_utc(rating.updated_at),
+    )
+    return Judgement("accepted", RATING_SUBMITTED, wire.merchant_id, rating.id, rating=normalized)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    # Bringg documents UTC; a timestamp without an offset is read as UTC rather than local time.
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _describe(item: Any) -> str:
+    where = ".".join(str(part) for part in item.get("loc", ())) or "body"
+    return f"{where}: {item.get('msg', 'invalid')}"

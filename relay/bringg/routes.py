@@ -1,0 +1,143 @@
+"""The inbound routes: `POST /webhooks/bringg` and the OAuth token endpoint Bringg calls first."""
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import BasicAuth, web
+
+from relay.bringg.payload import judge
+from relay.http import elapsed_ms, problem
+from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, SETTINGS
+from relay.store.db import StoreUnavailable
+from relay.store.inbox import InboundWebhook, record_webhook
+
+log = structlog.get_logger("relay.webhook")
+
+# Long enough for a locked or full disk to be noticed by someone, short enough for Bringg's few resends.
+STORE_RETRY_AFTER_S = 30
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/webhooks/bringg")
+async def receive_webhook(request: web.Request) -> web.Response:
+    """Authenticate, read within the size limit, commit the raw bytes (and delivery), then answer."""
+    verdict = request.app[AUTHENTICATOR].check(request.headers)
+    if not verdict.ok:
+        log.warning("webhook.unauthorized", reason=verdict.reason, duration_ms=elapsed_ms(request))
+        return problem(401, "Unauthorized", verdict.reason)
+    limit = request.app[SETTINGS].relay_max_body_bytes
+    try:
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        log.warning(
+            "webhook.too_large",
+            limit=limit,
+            content_length=request.content_length,
+            duration_ms=elapsed_ms(request),
+        )
+        return problem(413, "Payload Too Large", f"the body is larger than {limit} bytes")
+    judgement = judge(body)
+    inbound = InboundWebhook(
+        request_id=request["request_id"],
+        received_at=datetime.now(UTC),
+        body=body,
+        content_type=request.headers.get("Content-Type"),
+        status=judgement.status,
+        webhook_type=judgement.webhook_type,
+        merchant_id=judgement.merchant_id,
+        rating_id=judgement.rating_id,
+        errors=judgement.errors,
+        rating=judgement.rating,
+    )
+    fields: dict[str, Any] = {
+        "merchant_id": judgement.merchant_id,
+        "rating_id": judgement.rating_id,
+        "auth": verdict.method,
+        "bytes": len(body),
+    }
+    try:
+        stored = await request.app[DATABASE].write(record_webhook(inbound))
+    except StoreUnavailable as error:
+        log.error("webhook.store_failed", error=str(error), duration_ms=elapsed_ms(request), **fields)
+        response = problem(503, "Service Unavailable", "the webhook could not be stored; send it again")
+        response.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
+        return response
+    answer: dict[str, Any] = {"status": stored.status, "id": stored.webhook_id}
+    if stored.delivery_id is not None:
+        answer["delivery_id"] = stored.delivery_id
+    if judgement.errors:
+        answer["errors"] = list(judgement.errors)
+    if stored.status == "accepted":
+        request.app[NEW_DELIVERY].set()
+    for delivery_id in stored.superseded:
+        log.info("delivery.superseded", delivery_id=delivery_id, by=stored.delivery_id, **fields)
+    emit = log.warning if stored.status == "quarantined" else log.info
+    emit(
+        f"webhook.{stored.status}",
+        webhook_id=stored.webhook_id,
+        delivery_id=stored.delivery_id,
+        webhook_type=judgement.webhook_type,
+        errors=list(judgement.errors) or None,
+        outcome=stored.status,
+        duration_ms=elapsed_ms(request),
+        **fields,
+    )
+    return web.json_response(answer, status=200 if stored.status == "duplicate" else 202)
+
+
+@routes.post("/oauth/token")
+async def issue_token(request: web.Request) -> web.Response:
+    """OAuth 2.0 client credentials (RFC 6749 §4.4); credentials by Basic auth, form, JSON or query."""
+    authenticator = request.app[AUTHENTICATOR]
+    if not authenticator.oauth_enabled:
+        raise web.HTTPNotFound()
+    params = await _token_params(request)
+    if params.get("grant_type") != "client_credentials":
+        log.warning("oauth.token_refused", reason="unsupported grant_type")
+        return _oauth_error(400, "unsupported_grant_type")
+    client_id, client_secret = _client_credentials(request, params)
+    if not authenticator.client_matches(client_id, client_secret):
+        log.warning("oauth.token_refused", reason="invalid client credentials")
+        return _oauth_error(401, "invalid_client")
+    token = authenticator.issue_token(client_id)
+    log.info("oauth.token_issued", expires_in=authenticator.oauth_token_ttl_s)
+    return web.json_response(
+        {"access_token": token, "token_type": "Bearer", "expires_in": authenticator.oauth_token_ttl_s},
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )
+
+
+async def _token_params(request: web.Request) -> dict[str, str]:
+    params = {key: value for key, value in request.query.items()}
+    if request.content_type == "application/json":
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            body = {}
+        if isinstance(body, dict):
+            params.update({key: value for key, value in body.items() if isinstance(value, str)})
+    elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()
+        params.update({key: value for key, value in form.items() if isinstance(value, str)})
+    return params
+
+
+def _client_credentials(request: web.Request, params: dict[str, str]) -> tuple[str, str]:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            basic = BasicAuth.decode(header)
+        except ValueError:
+            return "", ""
+        return basic.login, basic.password
+    return params.get("client_id", ""), params.get("client_secret", "")
+
+
+def _oauth_error(status: int, error: str) -> web.Response:
+    # RFC 6749 §5.2 answers errors as plain JSON with an `error` code.
+    return web.json_response({"error": error}, status=status, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,41 @@
+"""The normalized rating: what the relay keeps of a Bringg rating, independent of the wire format."""
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def format_instant(moment: datetime) -> str:
+    """Fixed-width ISO-8601 UTC text, so stored instants sort as text in time order."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Rating(BaseModel):
+    """One version of a consumer's rating of a Bringg order (task)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    merchant_id: int
+    rating_id: int
+    stars: int = Field(ge=1, le=5)
+    comment: str | None = None
+    reasons: tuple[str, ...] = ()
+    task_id: int | None = None
+    external_id: str | None = None
+    task_title: str | None = None
+    task_status: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def version(self) -> str:
+        """Orders versions of one rating: '' for the original, then each `updated_at` in time order."""
+        return format_instant(self.updated_at) if self.updated_at else ""
+
+    @property
+    def reference_tag(self) -> str:
+        """Ends the Quivo rating message; reconciliation looks for it, so it names the version."""
+        if self.updated_at is None:
+            return f"[bringg:{self.merchant_id}:{self.rating_id}]"
+        stamp = self.updated_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        return f"[bringg:{self.merchant_id}:{self.rating_id}:{stamp}]"

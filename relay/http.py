@@ -1,0 +1,54 @@
+"""HTTP plumbing shared by every route: request ids, problem answers, and the last-resort error guard."""
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> web.Response:
+    """An RFC 9457 problem answer."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    response = web.json_response(body, status=status)
+    response.content_type = "application/problem+json"
+    return response
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id (the caller's X-Request-ID when sane) to every log line; echo it back."""
+    offered = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = offered if _SAFE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    request["request_id"] = request_id
+    request["started"] = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        error.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    except Exception:
+        log.exception("http.unhandled_error", method=request.method, path=request.path)
+        response = problem(500, "Internal Server Error", "the error is logged under this request id")
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+def elapsed_ms(request: web.Request) -> float:
+    """Milliseconds since the request reached the relay."""
+    return round((time.perf_counter() - float(request["started"])) * 1000, 2)

@@ -1,0 +1,1 @@
+"""What operators use to watch and steer the relay: health, readiness, and (later) admin and metrics."""

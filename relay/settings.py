@@ -1,0 +1,168 @@
+"""Every setting of the relay, read from the environment once and validated before anything starts."""
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MESSAGE_TEMPLATE = (
+    "Customer rating: {stars}/5 stars\\n"
+    "Comment: {comment}\\n"
+    "Reasons: {reasons}\\n"
+    "Order: {external_id} {title}"
+)
+
+
+class SettingsError(Exception):
+    """The environment does not describe a runnable relay; each line names one problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Settings(BaseSettings):
+    """The relay's configuration; field names are the environment variable names, lower-cased."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    port: int = Field(8080, ge=0, le=65535)
+    relay_host: str = "0.0.0.0"
+    database_url: str = "sqlite:///var/relay.db"
+
+    bringg_auth: Literal["none"] | None = None
+    bringg_webhook_token: SecretStr | None = None
+    bringg_token_header: str = "Authorization"
+    bringg_jwt_secret: SecretStr | None = None
+    bringg_jwt_issuer: str | None = None
+    bringg_oauth_client_id: str | None = None
+    bringg_oauth_client_secret: SecretStr | None = None
+    bringg_oauth_token_ttl_s: int = Field(3600, ge=60, le=86400)
+
+    relay_max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    relay_store_timeout_s: float = Field(5.0, gt=0)
+
+    quivo_base_url: str = "https://api.quivo.co"
+    quivo_api_key: SecretStr | None = None
+    quivo_username: str | None = None
+    quivo_password: SecretStr | None = None
+    quivo_auth_prefix: str = ""
+    quivo_token_ttl_s: float = Field(3600.0, ge=60)
+    quivo_timeout_s: float = Field(10.0, gt=0)
+    quivo_max_concurrency: int = Field(8, ge=1, le=1024)
+    quivo_max_rps: float = Field(20.0, gt=0)
+    quivo_rating_min: float = 1.0
+    quivo_rating_max: float = 5.0
+
+    relay_inquiry_id_pattern: re.Pattern[str] | None = None
+    relay_message_template: str = DEFAULT_MESSAGE_TEMPLATE
+    relay_unmatched_ttl: timedelta = timedelta(days=14)
+    relay_retry_base_s: float = Field(2.0, gt=0)
+    relay_retry_max_s: float = Field(600.0, gt=0)
+    relay_max_attempts: int = Field(20, ge=1)
+    relay_max_age: timedelta = timedelta(days=3)
+    relay_shutdown_grace_s: float = Field(10.0, ge=0)
+    relay_sweep_interval_s: float = Field(5.0, gt=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("relay_inquiry_id_pattern", mode="after")
+    @classmethod
+    def _one_group(cls, pattern: re.Pattern[str] | None) -> re.Pattern[str] | None:
+        if pattern is not None and pattern.groups == 0 and "inquiry_id" not in pattern.groupindex:
+            raise ValueError(
+                "needs a capturing group (the first, or one named inquiry_id) for the inquiry id"
+            )
+        return pattern
+
+    @field_validator("relay_message_template", mode="after")
+    @classmethod
+    def _line_breaks(cls, template: str) -> str:
+        # An environment variable holds one line, so `\n` in the value stands for a line break.
+        return template.replace("\\n", "\n")
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _sqlite_url(cls, url: str) -> str:
+        if not url.startswith("sqlite:///") or url == "sqlite:///":
+            raise ValueError("must look like sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        return url
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file: `sqlite:///var/relay.db` is relative to the working folder."""
+        return Path(self.database_url.removeprefix("sqlite:///"))
+
+    @property
+    def quivo_lease_s(self) -> float:
+        """A claimed delivery's lease outlives a reconcile read, a login and a send."""
+        return 3 * self.quivo_timeout_s + 5
+
+    def problems(self, *, serves_webhooks: bool, runs_worker: bool) -> list[str]:
+        """Cross-setting rules for the role this process plays, one line per problem."""
+        found: list[str] = []
+        if serves_webhooks:
+            found += self._auth_problems()
+        if runs_worker:
+            for name in ("quivo_api_key", "quivo_username", "quivo_password"):
+                if getattr(self, name) is None:
+                    found.append(f"{name.upper()}: required to deliver ratings to Quivo")
+            if self.quivo_rating_max <= self.quivo_rating_min:
+                found.append("QUIVO_RATING_MAX: must be greater than QUIVO_RATING_MIN")
+            if self.relay_retry_max_s < self.relay_retry_base_s:
+                found.append("RELAY_RETRY_MAX_S: must be at least RELAY_RETRY_BASE_S")
+        return found
+
+    def _auth_problems(self) -> list[str]:
+        found: list[str] = []
+        if (self.bringg_oauth_client_id is None) != (self.bringg_oauth_client_secret is None):
+            found.append("BRINGG_OAUTH_CLIENT_ID and BRINGG_OAUTH_CLIENT_SECRET: set both or neither")
+        configured = self.auth_methods
+        if self.bringg_auth == "none" and configured:
+            found.append(f"BRINGG_AUTH=none contradicts the configured method(s): {', '.join(configured)}")
+        if self.bringg_auth is None and not configured:
+            found.append(
+                "BRINGG_WEBHOOK_TOKEN, BRINGG_JWT_SECRET or BRINGG_OAUTH_CLIENT_ID/SECRET: set at least one "
+                "webhook authentication method (or BRINGG_AUTH=none to accept unauthenticated webhooks)"
+            )
+        return found
+
+    @property
+    def auth_methods(self) -> list[str]:
+        """The webhook authentication methods configured, by name."""
+        methods = []
+        if self.bringg_webhook_token is not None:
+            methods.append("token")
+        if self.bringg_jwt_secret is not None:
+            methods.append("jwt")
+        if self.bringg_oauth_client_id is not None and self.bringg_oauth_client_secret is not None:
+            methods.append("oauth")
+        return methods
+
+
+def load_settings(*, serves_webhooks: bool, runs_worker: bool) -> Settings:
+    """Read and check the environment; raise SettingsError naming every problem (never a value)."""
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        raise SettingsError([_describe(item) for item in error.errors()]) from None
+    problems = settings.problems(serves_webhooks=serves_webhooks, runs_worker=runs_worker)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _describe(item: object) -> str:
+    assert isinstance(item, dict)
+    name = ".".join(str(part) for part in item.get("loc", ())).upper() or "settings"
+    # The input value is left out on purpose: it may be a secret.
+    return f"{name}: {item.get('msg', 'invalid')}"

@@ -1,0 +1,1 @@
+"""The only place with SQL: the SQLite database, its migrations, and the records the relay keeps."""

@@ -1,0 +1,170 @@
+"""The SQLite database: one writer that groups concurrent writes into one commit, and one reader."""
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import structlog
+
+from relay.store.migrations import LATEST_VERSION, applied_version, migrate
+
+T = TypeVar("T")
+WriteJob = Callable[[aiosqlite.Connection], Awaitable[T]]
+
+log = structlog.get_logger(__name__)
+
+# Enough to share one fsync among a burst of webhooks, small enough to keep each commit short.
+MAX_BATCH = 256
+
+
+class StoreUnavailable(Exception):
+    """The database could not commit: full, unwritable, locked past the timeout, or closed."""
+
+
+@dataclass
+class _Pending:
+    job: WriteJob[Any]
+    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Database:
+    """Opens the file, migrates it, and serializes every write through a group-commit loop."""
+
+    def __init__(self, path: Path, *, timeout_s: float) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.last_commit_error: str | None = None
+
+    async def open(self) -> None:
+        """Connect, set durability pragmas, apply migrations, start the writer loop."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await migrate(self._writer)
+        self._reader = await self._connect()
+        self._loop_task = asyncio.create_task(self._commit_loop(), name="relay-db-writer")
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: transactions are begun and ended here, explicitly.
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk (WAL fsynced) before any caller hears it succeeded.
+        await conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    async def close(self) -> None:
+        """Finish queued writes, then close both connections."""
+        if self._loop_task is not None:
+            await self._queue.join()
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                await conn.close()
+        self._writer = self._reader = None
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        """The connection for reads; WAL lets it read while the writer commits."""
+        if self._reader is None:
+            raise StoreUnavailable("database is closed")
+        return self._reader
+
+    async def write(self, job: WriteJob[T]) -> T:
+        """Run `job` inside a transaction shared with other concurrent writes; return once committed."""
+        if self._loop_task is None or self._loop_task.done():
+            raise StoreUnavailable("database is closed")
+        pending = _Pending(job)
+        self._queue.put_nowait(pending)
+        try:
+            # shield: a caller that gives up must not cancel a batch other callers share.
+            return await asyncio.wait_for(asyncio.shield(pending.done), self.timeout_s)
+        except TimeoutError:
+            raise StoreUnavailable(f"no commit within {self.timeout_s:g}s") from None
+
+    async def _commit_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            results = await self._transaction([item.job for item in batch])
+        except Exception as error:
+            # Storage failures (locked, full, read-only, I/O) fail every job alike; fail the batch at once.
+            if len(batch) == 1 or isinstance(error, sqlite3.OperationalError):
+                failure = self._as_store_error(error)
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(failure)
+                return
+            # One bad job must not fail its neighbours: run each alone to find it.
+            for item in batch:
+                await self._commit([item])
+            return
+        self.last_commit_error = None
+        for item, result in zip(batch, results, strict=True):
+            if not item.done.done():
+                item.done.set_result(result)
+
+    async def _transaction(self, jobs: list[WriteJob[Any]]) -> list[Any]:
+        conn = self._writer
+        if conn is None:
+            raise StoreUnavailable("database is closed")
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [await job(conn) for job in jobs]
+            await conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def _as_store_error(self, error: Exception) -> Exception:
+        if not isinstance(error, sqlite3.Error):
+            return error
+        self.last_commit_error = f"{type(error).__name__}: {error}"
+        log.error("store.commit_failed", error=self.last_commit_error)
+        return StoreUnavailable(self.last_commit_error)
+
+    async def schema_version(self) -> int:
+        """The newest migration applied to the file."""
+        return await applied_version(self.reader)
+
+    async def readiness_problems(self) -> list[str]:
+        """Why the database cannot take webhooks now; empty when it can."""
+        problems = []
+        try:
+            version = await self.schema_version()
+            if version < LATEST_VERSION:
+                problems.append(f"database schema at version {version}, expected {LATEST_VERSION}")
+            await self.write(_touch_probe)
+        except (StoreUnavailable, sqlite3.Error) as error:
+            problems.append(f"database not writable: {error}")
+        return problems
+
+
+async def _touch_probe(conn: aiosqlite.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('ready_probe', strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    )

@@ -1,0 +1,121 @@
+"""Inbound webhooks: the raw bytes of each, and for a usable rating its delivery row, in one transaction."""
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+import aiosqlite
+
+from relay.domain.rating import Rating, format_instant
+from relay.store.db import WriteJob
+
+WebhookStatus = Literal["accepted", "duplicate", "ignored", "quarantined"]
+
+
+@dataclass(frozen=True)
+class InboundWebhook:
+    """A webhook as received and judged by the inbound edge, before it is stored."""
+
+    request_id: str
+    received_at: datetime
+    body: bytes
+    content_type: str | None
+    status: Literal["accepted", "ignored", "quarantined"]
+    webhook_type: str | None = None
+    merchant_id: int | None = None
+    rating_id: int | None = None
+    errors: tuple[str, ...] = ()
+    rating: Rating | None = None
+
+
+@dataclass(frozen=True)
+class StoredWebhook:
+    """What storing a webhook did: its id, final status, and the delivery it created or matched."""
+
+    webhook_id: int
+    status: WebhookStatus
+    delivery_id: int | None = None
+    superseded: list[int] = field(default_factory=list)
+
+
+def record_webhook(inbound: InboundWebhook) -> WriteJob[StoredWebhook]:
+    """A write job that stores `inbound` and, for a new rating version, its pending delivery."""
+
+    async def job(conn: aiosqlite.Connection) -> StoredWebhook:
+        rating = inbound.rating
+        if inbound.status != "accepted" or rating is None:
+            webhook_id = await _insert_webhook(conn, inbound, inbound.status)
+            return StoredWebhook(webhook_id, inbound.status)
+        versions = await conn.execute_fetchall(
+            "SELECT id, version FROM deliveries WHERE merchant_id = ? AND rating_id = ?",
+            (rating.merchant_id, rating.rating_id),
+        )
+        for row in versions:
+            if row["version"] == rating.version:
+                webhook_id = await _insert_webhook(conn, inbound, "duplicate")
+                return StoredWebhook(webhook_id, "duplicate", delivery_id=row["id"])
+        webhook_id = await _insert_webhook(conn, inbound, "accepted")
+        # A version older than one already known is kept for the record but never delivered.
+        outdated = any(row["version"] > rating.version for row in versions)
+        delivery_id = await _insert_delivery(conn, webhook_id, rating, inbound.received_at, outdated)
+        superseded = [] if outdated else await supersede_older(conn, rating, inbound.received_at)
+        return StoredWebhook(webhook_id, "accepted", delivery_id=delivery_id, superseded=superseded)
+
+    return job
+
+
+async def supersede_older(conn: aiosqlite.Connection, rating: Rating, now: datetime) -> list[int]:
+    """Older versions of `rating` still waiting are superseded; one in flight finishes first."""
+    rows = await conn.execute_fetchall(
+        "UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL, updated_at = ? "
+        "WHERE merchant_id = ? AND rating_id = ? AND version < ? "
+        "AND state IN ('pending', 'retrying', 'unmatched') RETURNING id",
+        (format_instant(now), rating.merchant_id, rating.rating_id, rating.version),
+    )
+    return [int(row["id"]) for row in rows]
+
+
+async def _insert_webhook(conn: aiosqlite.Connection, inbound: InboundWebhook, status: WebhookStatus) -> int:
+    cursor = await conn.execute(
+        "INSERT INTO webhooks (received_at, request_id, status, webhook_type, merchant_id, rating_id, "
+        "errors, content_type, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            format_instant(inbound.received_at),
+            inbound.request_id,
+            status,
+            inbound.webhook_type,
+            inbound.merchant_id,
+            inbound.rating_id,
+            json.dumps(list(inbound.errors)) if inbound.errors else None,
+            inbound.content_type,
+            inbound.body,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+async def _insert_delivery(
+    conn: aiosqlite.Connection, webhook_id: int, rating: Rating, now: datetime, outdated: bool
+) -> int:
+    stamp = format_instant(now)
+    cursor = await conn.execute(
+        "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, external_id, stars, rating, "
+        "state, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            webhook_id,
+            rating.merchant_id,
+            rating.rating_id,
+            rating.version,
+            rating.external_id,
+            rating.stars,
+            rating.model_dump_json(),
+            "superseded" if outdated else "pending",
+            None if outdated else stamp,
+            stamp,
+            stamp,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
