@@ -11,6 +11,7 @@ from aiohttp import web
 from relay.app import create_app
 from relay.logs import configure_logging
 from relay.settings import Settings, SettingsError, load_settings
+from relay.sim import cli as sim_cli
 from relay.store.db import Database
 
 log = structlog.get_logger("relay")
@@ -36,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     migrate.set_defaults(command=_migrate)
+
+    sim = commands.add_parser("sim-quivo", help="serve a Quivo stand-in for demos, tests and benchmarks")
+    sim_cli.configure_parser(sim)
+    sim.set_defaults(command=sim_cli.run)
     return parser
 
 

@@ -14,6 +14,9 @@ log = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
+REQUEST_ID = web.RequestKey("request_id", str)
+STARTED = web.RequestKey("started", float)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -35,8 +38,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request_id = offered if _SAFE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
-    request["request_id"] = request_id
-    request["started"] = time.perf_counter()
+    request[REQUEST_ID] = request_id
+    request[STARTED] = time.perf_counter()
     try:
         response = await handler(request)
     except web.HTTPException as error:
@@ -51,4 +54,4 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 def elapsed_ms(request: web.Request) -> float:
     """Milliseconds since the request reached the relay."""
-    return round((time.perf_counter() - float(request["started"])) * 1000, 2)
+    return round((time.perf_counter() - request[STARTED]) * 1000, 2)

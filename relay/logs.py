@@ -2,7 +2,7 @@
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 from structlog.typing import Processor
@@ -15,7 +15,9 @@ _SHARED: list[Processor] = [
 ]
 
 
-def configure_logging(level: str = "INFO", fmt: Literal["json", "console"] | None = None) -> None:
+def configure_logging(
+    level: str = "INFO", fmt: Literal["json", "console"] | None = None, stream: TextIO | None = None
+) -> None:
     """Route structlog and stdlib records through one pipeline; JSON unless stdout is a terminal."""
     if fmt is None:
         fmt = "console" if sys.stdout.isatty() else "json"
@@ -30,7 +32,7 @@ def configure_logging(level: str = "INFO", fmt: Literal["json", "console"] | Non
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

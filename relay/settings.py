@@ -12,7 +12,8 @@ DEFAULT_MESSAGE_TEMPLATE = (
     "Customer rating: {stars}/5 stars\\n"
     "Comment: {comment}\\n"
     "Reasons: {reasons}\\n"
-    "Order: {external_id} {title}"
+    "Order: {external_id}\\n"
+    "Task: {title}"
 )
 
 

@@ -84,10 +84,10 @@ class Authenticator:
         secret_ok = _same(client_secret, self._oauth_secret)
         return id_ok and secret_ok
 
-    def issue_token(self, client_id: str) -> str:
+    def issue_token(self, client_id: str, *, issued_at: float | None = None) -> str:
         """A short-lived access token for the webhook, signed with the key derived from the client secret."""
         assert self._oauth_key is not None
-        now = int(time.time())
+        now = int(time.time() if issued_at is None else issued_at)
         claims = {"sub": client_id, "aud": OAUTH_AUDIENCE, "iat": now, "exp": now + self.oauth_token_ttl_s}
         return jwt.encode(claims, self._oauth_key, algorithm="HS256")
 

@@ -8,7 +8,7 @@ import structlog
 from aiohttp import BasicAuth, web
 
 from relay.bringg.payload import judge
-from relay.http import elapsed_ms, problem
+from relay.http import REQUEST_ID, elapsed_ms, problem
 from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, SETTINGS
 from relay.store.db import StoreUnavailable
 from relay.store.inbox import InboundWebhook, record_webhook
@@ -43,7 +43,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         return problem(413, "Payload Too Large", f"the body is larger than {limit} bytes")
     judgement = judge(body)
     inbound = InboundWebhook(
-        request_id=request["request_id"],
+        request_id=request[REQUEST_ID],
         received_at=datetime.now(UTC),
         body=body,
         content_type=request.headers.get("Content-Type"),

@@ -43,6 +43,7 @@ class Database:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._loop_task: asyncio.Task[None] | None = None
         self.last_commit_error: str | None = None
+        self.commits = 0
 
     async def open(self) -> None:
         """Connect, set durability pragmas, apply migrations, start the writer loop."""
@@ -120,6 +121,7 @@ class Database:
                 await self._commit([item])
             return
         self.last_commit_error = None
+        self.commits += 1
         for item, result in zip(batch, results, strict=True):
             if not item.done.done():
                 item.done.set_result(result)

@@ -1,0 +1,158 @@
+"""The Quivo side of a rating: its number on Quivo's scale and the message text that carries the tag."""
+
+from collections.abc import Callable
+from string import Formatter
+
+from relay.domain.rating import Rating
+
+TEMPLATE_FIELDS: tuple[str, ...] = (
+    "stars",
+    "comment",
+    "reasons",
+    "external_id",
+    "title",
+    "merchant_id",
+    "rating_id",
+)
+# Quivo documents no limit on `ratingMessage`; a message is always shorter than this.
+MAX_MESSAGE_CHARS = 4000
+# Reasons are short picks from the merchant's list; the bound only stops a runaway list.
+MAX_REASONS_CHARS = 500
+# External id and title come from the merchant's order system, so they get a bound of their own.
+MAX_ORDER_FIELD_CHARS = 200
+ELLIPSIS = "…"
+
+# One sample per field, of the type it renders with, to learn whether a format spec would work.
+_SAMPLES: dict[str, int | str] = {
+    "stars": 5,
+    "comment": "text",
+    "reasons": "text",
+    "external_id": "text",
+    "title": "text",
+    "merchant_id": 1,
+    "rating_id": 1,
+}
+_CONVERSIONS: dict[str, Callable[[object], str]] = {"s": str, "r": repr, "a": ascii}
+
+# (literal text, field name or None, format spec, conversion) as string.Formatter.parse yields them.
+_Piece = tuple[str, str | None, str, str | None]
+
+
+def quivo_rating(stars: int, low: float = 1.0, high: float = 5.0) -> float:
+    """Map 1..5 stars linearly onto Quivo's low..high: 1 star is `low`, 5 stars is exactly `high`."""
+    if not 1 <= stars <= 5:
+        raise ValueError(f"stars must be 1..5, not {stars}")
+    share = (stars - 1) / 4
+    # Weighting both ends (rather than low + span * share) lands exactly on `high` for 5 stars.
+    return low * (1 - share) + high * share
+
+
+def template_problems(template: str) -> list[str]:
+    """What is wrong with a message template, one line per problem naming the field; empty when it is fine."""
+    problems: list[str] = []
+    try:
+        pieces = _pieces(template)
+    except ValueError as error:
+        return [f"bad format syntax: {error} (write {{{{ or }}}} for a literal brace)"]
+    known = ", ".join(TEMPLATE_FIELDS)
+    for _, field, spec, conversion in pieces:
+        if field is None:
+            continue
+        placeholder = _placeholder(field, spec, conversion)
+        if field == "" or field.isdigit():
+            problems.append(f"positional field {placeholder}: name a field, one of {known}")
+        elif field not in _SAMPLES:
+            problems.append(f"unknown field {placeholder}: use one of {known}")
+        elif conversion is not None and conversion not in _CONVERSIONS:
+            problems.append(f"field {placeholder}: unknown conversion !{conversion} (use !s, !r or !a)")
+        elif "{" in spec or "}" in spec:
+            problems.append(f"field {placeholder}: nested fields in a format spec are not supported")
+        else:
+            try:
+                _format(_SAMPLES[field], spec, conversion)
+            except ValueError as error:
+                problems.append(f"field {placeholder}: format spec does not work for {field}: {error}")
+    return problems
+
+
+def render_message(rating: Rating, template: str, *, max_comment_chars: int = 1000) -> str:
+    """The Quivo rating message: the template filled in, lines left empty dropped, the reference tag last.
+
+    A template line is dropped when every field on it has an empty value (no comment, no reasons); a
+    line without fields stays. User text is only ever a value, never a format string, so braces in a
+    comment stay literal. The template must have no `template_problems`.
+    """
+    values = _field_values(rating, max_comment_chars)
+    lines: list[str] = []
+    for pieces in _template_lines(template):
+        fields = [field for _, field, _, _ in pieces if field is not None]
+        if fields and all(values[field] == "" for field in fields):
+            continue
+        rendered = "".join(
+            literal + ("" if field is None else _format(values[field], spec, conversion))
+            for literal, field, spec, conversion in pieces
+        )
+        lines.append(rendered.rstrip())
+    body = "\n".join(lines).strip()
+    tag = rating.reference_tag
+    # The tag is never cut: the body gives way so the whole stays under MAX_MESSAGE_CHARS.
+    body = _shorten(body, MAX_MESSAGE_CHARS - 1 - len(tag) - 1)
+    return f"{body}\n{tag}" if body else tag
+
+
+def ends_with_reference_tag(message: str, tag: str) -> bool:
+    """Whether a message read back from Quivo is the one this tag names (the tag is always its last line)."""
+    # Only the end counts: a customer's comment may quote some other rating's tag.
+    return message.rstrip().endswith(tag)
+
+
+def _field_values(rating: Rating, max_comment_chars: int) -> dict[str, int | str]:
+    reasons = ", ".join(text for text in (_one_line(reason) for reason in rating.reasons) if text)
+    return {
+        "stars": rating.stars,
+        "comment": _shorten((rating.comment or "").strip(), max_comment_chars),
+        "reasons": _shorten(reasons, MAX_REASONS_CHARS),
+        "external_id": _shorten(_one_line(rating.external_id), MAX_ORDER_FIELD_CHARS),
+        "title": _shorten(_one_line(rating.task_title), MAX_ORDER_FIELD_CHARS),
+        "merchant_id": rating.merchant_id,
+        "rating_id": rating.rating_id,
+    }
+
+
+def _template_lines(template: str) -> list[list[_Piece]]:
+    """The template's pieces grouped by the line they stand on (line breaks live in the literal text)."""
+    lines: list[list[_Piece]] = [[]]
+    for literal, field, spec, conversion in _pieces(template):
+        *whole_lines, rest = literal.split("\n")
+        for text in whole_lines:
+            lines[-1].append((text, None, "", None))
+            lines.append([])
+        lines[-1].append((rest, field, spec, conversion))
+    return lines
+
+
+def _pieces(template: str) -> list[_Piece]:
+    return [
+        (literal, field, spec or "", conversion)
+        for literal, field, spec, conversion in Formatter().parse(template)
+    ]
+
+
+def _format(value: int | str, spec: str, conversion: str | None) -> str:
+    converted = _CONVERSIONS[conversion](value) if conversion else value
+    return format(converted, spec)
+
+
+def _one_line(text: str | None) -> str:
+    # A reason, id or title stays on its own template line: inner line breaks and runs of spaces collapse.
+    return " ".join((text or "").split())
+
+
+def _shorten(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - len(ELLIPSIS), 0)].rstrip() + ELLIPSIS
+
+
+def _placeholder(field: str, spec: str, conversion: str | None) -> str:
+    return "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"

@@ -1,0 +1,36 @@
+"""Shared test fixtures: settings on a temporary database, the relay app, and the vendors' fixtures."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.settings import Settings
+
+# The vendors' own payloads live beside the project, in ../shared, for every developer and CI run.
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+WEBHOOK_TOKEN = "test-webhook-token-0123456789"
+AUTH = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
+
+
+def fixture_bytes(name: str) -> bytes:
+    """A vendor fixture, byte for byte."""
+    return (FIXTURES / name).read_bytes()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings on a fresh database in tmp_path; keyword overrides use field names."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": f"sqlite:///{tmp_path / 'relay.db'}",
+            "bringg_webhook_token": WEBHOOK_TOKEN,
+            "log_format": "json",
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return build

@@ -1,0 +1,72 @@
+"""Real relay processes for tests: started on free loopback ports, stopped by the test or at its end."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def relay_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "relay", *args]
+
+
+def run_relay(
+    *args: str, env: Mapping[str, str], cwd: Path, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        relay_command(*args), env=_clean_env(env), cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
+    # Only the test's own settings: nothing from the developer's shell leaks into the relay under test.
+    base = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    return {**base, "LOG_FORMAT": "json", **extra}
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before serving {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready within {timeout}s")
+
+
+@contextmanager
+def relay_process(
+    *args: str, env: Mapping[str, str], cwd: Path, log_path: Path
+) -> Iterator[subprocess.Popen[str]]:
+    """`relay ARGS` in the background, its output in log_path; killed at the end if still running."""
+    with log_path.open("a") as log_file:
+        process = subprocess.Popen(
+            relay_command(*args),
+            env=_clean_env(env),
+            cwd=cwd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)

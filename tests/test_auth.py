@@ -1,0 +1,180 @@
+"""Webhook authentication through HTTP: every method Bringg offers, and every way a credential fails."""
+
+import base64
+import sqlite3
+import time
+
+import jwt
+import pytest
+
+from relay.app import create_app
+from relay.keys import AUTHENTICATOR, DATABASE
+from tests.conftest import WEBHOOK_TOKEN, fixture_bytes
+
+BODY = fixture_bytes("bringg/rating_submitted.json")
+JWT_SECRET = "bringg-shared-jwt-secret-of-32-bytes!"
+ISSUER = "https://us2-admin-api.bringg.com"
+CLIENT_ID = "bringg-client"
+CLIENT_SECRET = "bringg-client-secret-0123456789abcdef"
+
+
+def bringg_jwt(secret: str = JWT_SECRET, *, ttl: int = 300, **claims: object) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": "bringg-event", "iss": ISSUER, "exp": now + ttl, **claims}, secret, "HS256")
+
+
+def stored_webhooks(client) -> int:
+    conn = sqlite3.connect(client.app[DATABASE].path)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def webhook_status(client, headers: dict[str, str]):
+    response = await client.post("/webhooks/bringg", data=BODY, headers=headers)
+    if response.status == 401:
+        assert response.content_type == "application/problem+json"
+    return response.status
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Authorization": f"Bearer {WEBHOOK_TOKEN}"}, 202),
+        ({"Authorization": WEBHOOK_TOKEN}, 202),
+        ({"Authorization": f"bearer  {WEBHOOK_TOKEN} "}, 202),
+        ({}, 401),
+        ({"Authorization": ""}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": f"Bearer {WEBHOOK_TOKEN}x"}, 401),
+        ({"X-Other": WEBHOOK_TOKEN}, 401),
+    ],
+)
+async def test_static_token(aiohttp_client, make_settings, headers, status):
+    client = await aiohttp_client(create_app(make_settings()))
+
+    assert await webhook_status(client, headers) == status
+    assert stored_webhooks(client) == (1 if status == 202 else 0)
+
+
+async def test_static_token_in_a_custom_header(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings(bringg_token_header="application-key")))
+
+    assert await webhook_status(client, {"application-key": WEBHOOK_TOKEN}) == 202
+    assert await webhook_status(client, {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}) == 401
+
+
+@pytest.mark.parametrize(
+    ("token", "status"),
+    [
+        (bringg_jwt(), 202),
+        (f"Bearer {bringg_jwt()}", 202),
+        (bringg_jwt(ttl=-60), 401),  # expired
+        (bringg_jwt("someone-elses-secret-that-is-long-enough"), 401),  # forged
+        (jwt.encode({"sub": "bringg-event", "iss": ISSUER, "exp": int(time.time()) + 60}, None, "none"), 401),
+        (jwt.encode({"sub": "bringg-event", "iss": ISSUER}, JWT_SECRET, "HS256"), 401),  # no exp
+        (bringg_jwt(iss="https://evil.example"), 401),
+        (bringg_jwt(secret=JWT_SECRET, ttl=300)[:-4] + "AAAA", 401),  # tampered signature
+        ("not.a.jwt", 401),
+    ],
+)
+async def test_jwt(aiohttp_client, make_settings, token, status):
+    settings = make_settings(
+        bringg_webhook_token=None, bringg_jwt_secret=JWT_SECRET, bringg_jwt_issuer=ISSUER
+    )
+    client = await aiohttp_client(create_app(settings))
+
+    assert await webhook_status(client, {"Authorization": token}) == status
+    assert stored_webhooks(client) == (1 if status == 202 else 0)
+
+
+async def test_jwt_signed_with_another_algorithm_is_refused(aiohttp_client, make_settings):
+    settings = make_settings(bringg_webhook_token=None, bringg_jwt_secret=JWT_SECRET * 2)
+    client = await aiohttp_client(create_app(settings))
+    hs512 = jwt.encode({"exp": int(time.time()) + 60}, JWT_SECRET * 2, "HS512")
+
+    assert await webhook_status(client, {"Authorization": hs512}) == 401
+
+
+@pytest.fixture
+async def oauth_relay(aiohttp_client, make_settings):
+    settings = make_settings(
+        bringg_webhook_token=None,
+        bringg_oauth_client_id=CLIENT_ID,
+        bringg_oauth_client_secret=CLIENT_SECRET,
+        bringg_oauth_token_ttl_s=120,
+    )
+    return await aiohttp_client(create_app(settings))
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
+
+
+@pytest.mark.parametrize("style", ["form", "json", "query", "basic"])
+async def test_oauth_client_credentials_then_webhook(oauth_relay, style):
+    grant = {"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    if style == "form":
+        response = await oauth_relay.post("/oauth/token", data=grant)
+    elif style == "json":
+        response = await oauth_relay.post("/oauth/token", json=grant)
+    elif style == "query":
+        response = await oauth_relay.post("/oauth/token", params=grant)
+    else:
+        response = await oauth_relay.post(
+            "/oauth/token", data={"grant_type": "client_credentials"}, headers=basic(CLIENT_ID, CLIENT_SECRET)
+        )
+    answer = await response.json()
+
+    assert response.status == 200
+    assert (answer["token_type"], answer["expires_in"]) == ("Bearer", 120)
+    assert response.headers["Cache-Control"] == "no-store"
+    headers = {"Authorization": f"Bearer {answer['access_token']}"}
+    assert await webhook_status(oauth_relay, headers) == 202
+
+
+async def test_oauth_refuses_bad_clients_and_grants(oauth_relay):
+    wrong_secret = {"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": "nope"}
+    wrong_grant = {"grant_type": "password", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+
+    refused = await oauth_relay.post("/oauth/token", data=wrong_secret)
+    bad_basic = await oauth_relay.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, headers=basic("other", CLIENT_SECRET)
+    )
+    unsupported = await oauth_relay.post("/oauth/token", data=wrong_grant)
+
+    assert (refused.status, (await refused.json())["error"]) == (401, "invalid_client")
+    assert bad_basic.status == 401
+    assert (unsupported.status, (await unsupported.json())["error"]) == (400, "unsupported_grant_type")
+
+
+async def test_webhook_refuses_tokens_the_relay_did_not_issue_or_that_expired(oauth_relay):
+    foreign = jwt.encode({"aud": "relay-webhook", "exp": int(time.time()) + 60}, CLIENT_SECRET, "HS256")
+    expired = oauth_relay.app[AUTHENTICATOR].issue_token(CLIENT_ID, issued_at=time.time() - 200)
+
+    for token in (foreign, expired):
+        assert await webhook_status(oauth_relay, {"Authorization": f"Bearer {token}"}) == 401
+    assert stored_webhooks(oauth_relay) == 0
+
+
+async def test_oauth_endpoint_is_absent_when_oauth_is_not_configured(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings()))
+
+    response = await client.post("/oauth/token", data={"grant_type": "client_credentials"})
+    assert response.status == 404
+
+
+async def test_any_configured_method_suffices(aiohttp_client, make_settings):
+    settings = make_settings(bringg_jwt_secret=JWT_SECRET)
+    client = await aiohttp_client(create_app(settings))
+
+    assert await webhook_status(client, {"Authorization": WEBHOOK_TOKEN}) == 202
+    assert await webhook_status(client, {"Authorization": bringg_jwt()}) == 200  # same rating: duplicate
+    assert await webhook_status(client, {"Authorization": "garbage"}) == 401
+
+
+async def test_auth_none_accepts_anonymous_webhooks(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings(bringg_webhook_token=None, bringg_auth="none")))
+
+    assert await webhook_status(client, {}) == 202

@@ -1,0 +1,65 @@
+"""Finding the Quivo inquiry id inside a Bringg order's external id."""
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.domain.matching import MAX_INQUIRY_ID, inquiry_id_from_external_id
+
+DIGITS = re.compile(r"(\d+)")
+NAMED = re.compile(r"(?P<shop>[A-Z]+)-(?P<inquiry_id>\d+)")
+
+
+def test_none_external_id_or_pattern_finds_nothing() -> None:
+    assert inquiry_id_from_external_id(None, DIGITS) is None
+    assert inquiry_id_from_external_id("12443523", None) is None
+
+
+def test_first_group_is_the_inquiry_id() -> None:
+    assert inquiry_id_from_external_id("12443523", DIGITS) == 12443523
+
+
+def test_named_group_wins_over_the_first() -> None:
+    assert inquiry_id_from_external_id("SHOP-77", NAMED) == 77
+
+
+def test_pattern_is_searched_so_a_partial_pattern_works() -> None:
+    assert inquiry_id_from_external_id("order 55 / INQ-901", re.compile(r"INQ-(\d+)")) == 901
+
+
+def test_anchors_make_the_pattern_match_the_whole_id() -> None:
+    assert inquiry_id_from_external_id("x INQ-901", re.compile(r"^INQ-(\d+)$")) is None
+
+
+def test_no_match_finds_nothing() -> None:
+    assert inquiry_id_from_external_id("no digits here", DIGITS) is None
+
+
+@pytest.mark.parametrize(
+    "captured", ["0", "000", "-5", "+5", "1_000", " 5", "٣", "²", "12a", str(MAX_INQUIRY_ID + 1), "9" * 5000]
+)
+def test_capture_that_is_not_a_positive_int64_finds_nothing(captured: str) -> None:
+    assert inquiry_id_from_external_id(captured, re.compile(r"(.*)", re.DOTALL)) is None
+
+
+def test_group_that_did_not_take_part_finds_nothing() -> None:
+    assert inquiry_id_from_external_id("SHOP", re.compile(r"SHOP(?:-(\d+))?")) is None
+
+
+def test_largest_int64_and_leading_zeros_are_accepted() -> None:
+    whole = re.compile(r"(.*)")
+    assert inquiry_id_from_external_id(str(MAX_INQUIRY_ID), whole) == MAX_INQUIRY_ID
+    assert inquiry_id_from_external_id("000042", whole) == 42
+
+
+@given(inquiry_id=st.integers(min_value=1, max_value=MAX_INQUIRY_ID), noise=st.text(alphabet="ABC- /"))
+def test_any_positive_int64_is_found_back(inquiry_id: int, noise: str) -> None:
+    assert inquiry_id_from_external_id(f"{noise}{inquiry_id}{noise}", DIGITS) == inquiry_id
+
+
+@given(external_id=st.text())
+def test_result_is_always_a_positive_int64_or_none(external_id: str) -> None:
+    found = inquiry_id_from_external_id(external_id, re.compile(r"(\S+)"))
+    assert found is None or 1 <= found <= MAX_INQUIRY_ID

@@ -1,0 +1,137 @@
+"""The store under the webhook route: 503 when it cannot commit, group commit, restarts, readiness."""
+
+import asyncio
+import json
+import sqlite3
+
+from relay.app import create_app
+from relay.keys import DATABASE
+from relay.store.db import Database
+from relay.store.migrations import LATEST_VERSION, migrate
+from tests.conftest import AUTH, fixture_bytes
+from tests.test_webhook import rating_body
+
+BODY = fixture_bytes("bringg/rating_submitted.json")
+
+
+async def test_locked_database_answers_503_with_retry_after_then_recovers(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings(relay_store_timeout_s=0.3)))
+    blocker = sqlite3.connect(client.app[DATABASE].path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+
+    refused = await client.post("/webhooks/bringg", data=BODY, headers=AUTH)
+    ready = await client.get("/readyz")
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    accepted = await client.post("/webhooks/bringg", data=BODY, headers=AUTH)
+
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "30"
+    assert refused.content_type == "application/problem+json"
+    assert ready.status == 503
+    assert "database not writable" in " ".join((await ready.json())["problems"])
+    assert (accepted.status, (await accepted.json())["status"]) == (202, "accepted")
+
+
+async def test_full_disk_answers_503_and_keeps_nothing_half_written(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings()))
+    database = client.app[DATABASE]
+    writer = database._writer
+    assert writer is not None
+    pages = (await (await writer.execute("PRAGMA page_count")).fetchone())[0]
+    await writer.execute(f"PRAGMA max_page_count = {pages}")  # the file cannot grow: a full disk
+    big = rating_body(title="x" * 20000)
+
+    refused = await client.post("/webhooks/bringg", data=big, headers=AUTH)
+    failure = database.last_commit_error
+    await writer.execute("PRAGMA max_page_count = 1073741823")
+    accepted = await client.post("/webhooks/bringg", data=big, headers=AUTH)
+
+    assert refused.status == 503
+    assert failure is not None and "full" in failure
+    assert (accepted.status, (await accepted.json())["status"]) == (202, "accepted")
+    conn = sqlite3.connect(database.path)
+    assert conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 1
+    conn.close()
+
+
+async def test_concurrent_webhooks_share_commits(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings()))
+    database = client.app[DATABASE]
+    before = database.commits
+
+    answers = await asyncio.gather(
+        *(client.post("/webhooks/bringg", data=rating_body(rating_id=n), headers=AUTH) for n in range(1, 101))
+    )
+
+    assert [answer.status for answer in answers] == [202] * 100
+    commits = database.commits - before
+    assert 1 <= commits < 100, commits
+    conn = sqlite3.connect(database.path)
+    assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 100
+    conn.close()
+
+
+async def test_stored_webhooks_survive_a_restart(aiohttp_client, make_settings):
+    settings = make_settings()
+    first = await aiohttp_client(create_app(settings))
+    accepted = await (await first.post("/webhooks/bringg", data=BODY, headers=AUTH)).json()
+    await first.close()
+
+    second = await aiohttp_client(create_app(settings))
+    again = await second.post("/webhooks/bringg", data=BODY, headers=AUTH)
+
+    assert (again.status, (await again.json())["delivery_id"]) == (200, accepted["delivery_id"])
+    conn = sqlite3.connect(settings.database_path)
+    assert conn.execute("SELECT body FROM webhooks WHERE id = ?", (accepted["id"],)).fetchone()[0] == BODY
+    conn.close()
+
+
+async def test_database_runs_in_wal_mode_with_full_sync(make_settings):
+    database = Database(make_settings().database_path, timeout_s=1)
+    await database.open()
+    try:
+        mode = await (await database.reader.execute("PRAGMA journal_mode")).fetchone()
+        assert mode is not None and mode[0] == "wal"
+        writer = database._writer
+        assert writer is not None
+        sync = await (await writer.execute("PRAGMA synchronous")).fetchone()
+        assert sync is not None and sync[0] == 2  # FULL
+    finally:
+        await database.close()
+
+
+async def test_migrations_apply_once_and_are_idempotent(make_settings):
+    database = Database(make_settings().database_path, timeout_s=1)
+    await database.open()
+    try:
+        writer = database._writer
+        assert writer is not None
+        assert await migrate(writer) == []  # already applied at open
+        assert await database.schema_version() == LATEST_VERSION
+    finally:
+        await database.close()
+
+
+async def test_health_and_readiness(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings()))
+
+    health = await client.get("/healthz")
+    ready = await client.get("/readyz")
+
+    assert (health.status, await health.json()) == (200, {"status": "ok"})
+    assert (ready.status, (await ready.json())["status"]) == (200, "ready")
+
+
+async def test_readiness_names_a_database_behind_on_migrations(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings()))
+    conn = sqlite3.connect(client.app[DATABASE].path)
+    conn.execute("DELETE FROM schema_migrations")
+    conn.commit()
+    conn.close()
+
+    ready = await client.get("/readyz")
+
+    assert ready.status == 503
+    assert json.dumps(await ready.json()).count("schema at version 0") == 1

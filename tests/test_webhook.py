@@ -1,0 +1,191 @@
+"""The webhook route through HTTP: each answer, what is stored for it, and what is not."""
+
+import json
+from collections.abc import AsyncIterator
+import sqlite3
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from relay.app import create_app
+from relay.keys import DATABASE
+from tests.conftest import AUTH, fixture_bytes
+
+FIXTURE = "bringg/rating_submitted.json"
+
+
+def rating_body(rating_id: int = 77, stars: Any = 5, updated_at: str | None = None, **task: Any) -> bytes:
+    payload = {
+        "webhook_type": "rating_submitted",
+        "merchant_id": 9,
+        "rating": {
+            "id": rating_id,
+            "rating": stars,
+            "created_at": "2026-11-01T10:00:00.000Z",
+            "updated_at": updated_at,
+            "comment": "Left at the door",
+            "task": {"id": 5, "status": 4, "title": "Groceries", "external_id": "ORD-1", **task},
+            "rating_reasons": [{"text": "On time"}],
+        },
+    }
+    return json.dumps(payload).encode()
+
+
+def rows(app: web.Application, sql: str, *args: Any) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(app[DATABASE].path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def relay(aiohttp_client, make_settings):
+    return await aiohttp_client(create_app(make_settings()))
+
+
+async def post(client, body: bytes, headers: dict[str, str] | None = None):
+    response = await client.post("/webhooks/bringg", data=body, headers=AUTH if headers is None else headers)
+    return response, await response.json()
+
+
+async def test_new_rating_is_committed_with_a_pending_delivery_before_202(relay):
+    response, answer = await post(relay, fixture_bytes(FIXTURE))
+
+    assert response.status == 202
+    assert answer["status"] == "accepted"
+    webhook = rows(relay.app, "SELECT * FROM webhooks WHERE id = ?", answer["id"])[0]
+    assert webhook["body"] == fixture_bytes(FIXTURE)
+    assert webhook["status"] == "accepted"
+    delivery = rows(relay.app, "SELECT * FROM deliveries WHERE id = ?", answer["delivery_id"])[0]
+    assert (delivery["state"], delivery["merchant_id"], delivery["rating_id"]) == ("pending", 1, 3452)
+    assert (delivery["stars"], delivery["external_id"], delivery["version"]) == (4, "12443523", "")
+    stored = json.loads(delivery["rating"])
+    assert stored["reasons"] == ["Driver friendlinesss", "Ease of use"]
+    assert stored["created_at"] == "2022-07-20T12:01:30.191000Z"
+    assert (stored["task_id"], stored["task_title"], stored["task_status"]) == (345623, "pickup", 1)
+
+
+async def test_same_version_again_is_a_duplicate_without_a_second_delivery(relay):
+    _, first = await post(relay, fixture_bytes(FIXTURE))
+    response, again = await post(relay, fixture_bytes(FIXTURE))
+
+    assert response.status == 200
+    assert again["status"] == "duplicate"
+    assert again["delivery_id"] == first["delivery_id"]
+    assert len(rows(relay.app, "SELECT id FROM deliveries")) == 1
+    assert [row["status"] for row in rows(relay.app, "SELECT status FROM webhooks ORDER BY id")] == [
+        "accepted",
+        "duplicate",
+    ]
+
+
+async def test_newer_version_supersedes_the_waiting_older_one(relay):
+    _, original = await post(relay, rating_body(stars=2))
+    _, update = await post(relay, rating_body(stars=5, updated_at="2026-11-02T08:00:00Z"))
+
+    assert update["status"] == "accepted"
+    states = {row["id"]: row["state"] for row in rows(relay.app, "SELECT id, state FROM deliveries")}
+    assert states == {original["delivery_id"]: "superseded", update["delivery_id"]: "pending"}
+
+
+async def test_older_version_arriving_late_is_kept_but_never_delivered(relay):
+    _, update = await post(relay, rating_body(stars=5, updated_at="2026-11-02T08:00:00Z"))
+    response, late = await post(relay, rating_body(stars=2))
+
+    assert (response.status, late["status"]) == (202, "accepted")
+    states = {row["id"]: row["state"] for row in rows(relay.app, "SELECT id, state FROM deliveries")}
+    assert states == {update["delivery_id"]: "pending", late["delivery_id"]: "superseded"}
+
+
+async def test_other_webhook_type_is_ignored_and_its_body_kept(relay):
+    body = b'{"webhook_type": "order_done", "merchant_id": 4, "task": {"id": 1}}'
+    response, answer = await post(relay, body)
+
+    assert (response.status, answer["status"]) == (202, "ignored")
+    webhook = rows(relay.app, "SELECT * FROM webhooks WHERE id = ?", answer["id"])[0]
+    assert (webhook["status"], webhook["webhook_type"], webhook["merchant_id"]) == (
+        "ignored",
+        "order_done",
+        4,
+    )
+    assert webhook["body"] == body
+    assert rows(relay.app, "SELECT id FROM deliveries") == []
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (fixture_bytes("bringg/rating_submitted.doc-example.txt"), "Invalid JSON"),
+        (fixture_bytes("bringg/rating_submitted.doc-nulls.txt"), "Invalid JSON"),
+        (fixture_bytes("bringg/rating_submitted.nulls.json"), "rating.id: missing"),
+        (b"not json at all", "Invalid JSON"),
+        (b"[1, 2, 3]", "object"),
+        (b'{"merchant_id": 1, "rating": {"id": 1, "rating": 3}}', "webhook_type: missing"),
+        (rating_body(stars=0), "stars must be 1..5, got 0"),
+        (rating_body(stars=6), "stars must be 1..5, got 6"),
+        (rating_body(stars=4.5), "rating.rating"),
+        (rating_body(stars=None), "stars missing"),
+        (rating_body(rating_id=None), "rating.id: missing"),  # type: ignore[arg-type]
+        (rating_body(rating_id=2**70), "rating.id"),
+        (b'{"webhook_type": "rating_submitted", "merchant_id": 3}', "rating: missing"),
+        (b'{"webhook_type": "rating_submitted", "rating": {"id": 1, "rating": 3}}', "merchant_id: missing"),
+    ],
+)
+async def test_unusable_rating_is_quarantined_with_its_reason_and_raw_bytes(relay, body, reason):
+    response, answer = await post(relay, body)
+
+    assert (response.status, answer["status"]) == (202, "quarantined")
+    assert any(reason in error for error in answer["errors"]), answer["errors"]
+    webhook = rows(relay.app, "SELECT * FROM webhooks WHERE id = ?", answer["id"])[0]
+    assert webhook["body"] == body
+    assert webhook["status"] == "quarantined"
+    assert any(reason in error for error in json.loads(webhook["errors"]))
+    assert rows(relay.app, "SELECT id FROM deliveries") == []
+
+
+async def test_loose_types_are_read_leniently(relay):
+    body = (
+        b'{"webhook_type": "rating_submitted", "merchant_id": "12", "extra": {"x": 1}, "rating": {'
+        b'"id": "345", "rating": "3", "task": {"external_id": 98765, "title": null, "new_field": true}, '
+        b'"created_at": "2026-11-01T10:00:00", "rating_reasons": [null, {"text": null}, {"text": "Late"}]}}'
+    )
+    response, answer = await post(relay, body)
+
+    assert (response.status, answer["status"]) == (202, "accepted")
+    delivery = rows(relay.app, "SELECT * FROM deliveries")[0]
+    assert (delivery["merchant_id"], delivery["rating_id"], delivery["stars"]) == (12, 345, 3)
+    assert delivery["external_id"] == "98765"
+    stored = json.loads(delivery["rating"])
+    assert stored["reasons"] == ["Late"]
+    assert stored["created_at"] == "2026-11-01T10:00:00Z"  # no offset given: read as UTC
+
+
+async def test_body_over_the_limit_gets_413_and_nothing_is_stored(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings(relay_max_body_bytes=2048)))
+    big = rating_body(title="x" * 4096)
+
+    declared = await client.post("/webhooks/bringg", data=big, headers=AUTH)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield big[:1000]
+        yield big[1000:]
+
+    streamed = await client.post("/webhooks/bringg", data=chunks(), headers=AUTH)
+    assert (declared.status, streamed.status) == (413, 413)
+    assert declared.content_type == "application/problem+json"
+    assert rows(client.app, "SELECT id FROM webhooks") == []
+
+
+async def test_request_id_is_taken_from_the_caller_or_made_and_echoed(relay):
+    given = await relay.post(
+        "/webhooks/bringg", data=rating_body(), headers={**AUTH, "X-Request-ID": "abc-123"}
+    )
+    made = await relay.post("/webhooks/bringg", data=rating_body(rating_id=78), headers=AUTH)
+
+    assert given.headers["X-Request-ID"] == "abc-123"
+    assert len(made.headers["X-Request-ID"]) == 32
+    stored = [row["request_id"] for row in rows(relay.app, "SELECT request_id FROM webhooks ORDER BY id")]
+    assert stored == ["abc-123", made.headers["X-Request-ID"]]
