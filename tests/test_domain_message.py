@@ -68,7 +68,8 @@ def test_default_template_renders_the_fixture_rating_for_a_person() -> None:
     assert render_message(fixture_rating(), TEMPLATE) == (
         "Customer rating: 4/5 stars\n"
         "Reasons: Driver friendlinesss, Ease of use\n"
-        "Order: 12443523 pickup\n"
+        "Order: 12443523\n"
+        "Task: pickup\n"
         "[bringg:1:3452]"
     )
 
@@ -83,9 +84,9 @@ def test_updated_rating_ends_with_its_versioned_tag() -> None:
     assert render_message(updated, TEMPLATE).endswith("\n[bringg:1:3452:20220721T080000.000000Z]")
 
 
-def test_line_with_every_field_empty_is_dropped_but_a_partly_filled_one_stays() -> None:
+def test_lines_whose_fields_are_all_empty_are_dropped() -> None:
     rating = fixture_rating(reasons=(), external_id=None, task_title="pickup")
-    assert render_message(rating, TEMPLATE) == "Customer rating: 4/5 stars\nOrder:  pickup\n[bringg:1:3452]"
+    assert render_message(rating, TEMPLATE) == "Customer rating: 4/5 stars\nTask: pickup\n[bringg:1:3452]"
 
 
 def test_line_without_fields_stays() -> None:
@@ -102,7 +103,7 @@ def test_reasons_and_order_fields_stay_on_their_line() -> None:
     rating = fixture_rating(reasons=("Too\nlate",), task_title="pick\n up")
     message = render_message(rating, TEMPLATE)
     assert "Reasons: Too late\n" in message
-    assert "Order: 12443523 pick up\n" in message
+    assert "Task: pick up\n" in message
 
 
 def test_braces_in_user_text_stay_literal() -> None:

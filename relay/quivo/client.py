@@ -1,0 +1,264 @@
+"""The Quivo API client: one shared login, token renewal, and answers classified for exactly-once sends."""
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import aiohttp
+import structlog
+from pydantic import ValidationError
+
+from relay.quivo.models import CustomerInquiry
+
+log = structlog.get_logger(__name__)
+
+BODY_EXCERPT_CHARS = 500
+_REASON_BODY_CHARS = 200
+_RENEW_MARGIN_MAX_S = 300.0
+_RENEW_MARGIN_SHARE = 0.1
+
+# Raised before a single byte of the request is written: Quivo cannot have seen it.
+_NOT_SENT = (
+    aiohttp.ClientConnectorError,  # refused, DNS, TLS handshake, proxy connect
+    aiohttp.ConnectionTimeoutError,  # ClientTimeout.connect / sock_connect, pool wait included
+    aiohttp.ServerFingerprintMismatch,  # checked right after the TLS handshake
+    aiohttp.InvalidURL,
+    aiohttp.NonHttpUrlClientError,
+)
+# Anything else may strike after the request went out. OSError covers TimeoutError (ClientTimeout.total).
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
+
+
+class QuivoError(Exception):
+    """A Quivo call gave no answer to act on; `sent` says whether Quivo may have acted on the request."""
+
+    sent: bool
+
+
+class QuivoUnreachable(QuivoError):
+    """The request certainly did not reach Quivo, so it is safe to send again."""
+
+    sent = False
+
+
+class QuivoNoAnswer(QuivoError):
+    """The request may have reached Quivo but no complete answer came back: check before sending again."""
+
+    sent = True
+
+
+class LoginFailed(QuivoError):
+    """Quivo refused the login (or answered it without a token); nothing else was sent."""
+
+    sent = False
+
+    def __init__(self, status: int | None, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"Quivo login failed: {self.reason}"
+
+
+@dataclass(frozen=True)
+class QuivoAnswer:
+    """What Quivo answered to one call, kept small enough to store with the delivery attempt."""
+
+    status: int
+    body_excerpt: str
+    inquiry: CustomerInquiry | None
+    retry_after: str | None
+
+
+class QuivoClient:
+    """Calls Quivo with a session token shared by all callers, renewed before expiry and after a 401."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        api_key: str,
+        username: str,
+        password: str,
+        auth_prefix: str = "",
+        token_ttl_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._username = username
+        self._password = password
+        self._auth_prefix = auth_prefix
+        self._token_ttl_s = token_ttl_s
+        self._renew_margin_s = min(_RENEW_MARGIN_MAX_S, _RENEW_MARGIN_SHARE * token_ttl_s)
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._token: str | None = None
+        self._token_issued_at = 0.0
+        # Counts finished login attempts, so a caller that waited for the lock knows someone else tried.
+        self._login_attempts = 0
+        self._login_error: QuivoError | None = None
+        self.credentials_ok: bool | None = None
+        self.last_login_error: str | None = None
+
+    async def post_rating(self, inquiry_id: int, rating: float, message: str) -> QuivoAnswer:
+        """Rate an inquiry. Quivo has no idempotency key: resending after QuivoNoAnswer may rate twice."""
+        payload = {"rating": rating, "ratingMessage": message}
+        return await self._call("POST", f"/customerInquiries/{inquiry_id}/ratings", payload)
+
+    async def get_inquiry(self, inquiry_id: int) -> QuivoAnswer:
+        """Read a customer inquiry back, with its current rating and rating messages."""
+        return await self._call("GET", f"/customerInquiries/{inquiry_id}", None)
+
+    async def ensure_login(self) -> None:
+        """Log in unless a fresh token is at hand; raises LoginFailed or QuivoUnreachable."""
+        if not self._token_is_fresh():
+            await self._login_unless_tried_since(self._login_attempts)
+
+    async def _call(self, method: str, path: str, payload: dict[str, Any] | None) -> QuivoAnswer:
+        await self.ensure_login()
+        attempts_seen = self._login_attempts
+        answer = await self._request(method, path, payload)
+        if answer.status != HTTPStatus.UNAUTHORIZED:
+            return answer
+        # The token was refused before expiry: renew it (once for all callers) and repeat this call once.
+        await self._login_unless_tried_since(attempts_seen)
+        return await self._request(method, path, payload)
+
+    def _token_is_fresh(self) -> bool:
+        if self._token is None:
+            return False
+        return self._clock() < self._token_issued_at + self._token_ttl_s - self._renew_margin_s
+
+    async def _login_unless_tried_since(self, attempts_seen: int) -> None:
+        async with self._lock:
+            if self._login_attempts == attempts_seen:
+                await self._login()
+            elif self._login_error is not None:
+                # Someone else's login failed while we waited: share its outcome rather than hammer /login.
+                error = self._login_error
+                raise type(error)(*error.args) from error
+
+    async def _login(self) -> None:
+        issued_at = self._clock()
+        started = time.monotonic()
+        try:
+            status, body, _ = await self._exchange(
+                "POST",
+                "/login",
+                {"X-Api-Key": self._api_key},
+                {"username": self._username, "password": self._password},
+            )
+        except _TRANSPORT_ERRORS as exc:
+            # Whatever the phase, the call this login serves was not sent; credentials are not judged.
+            unreachable = QuivoUnreachable(self._redact(f"login: {_describe(exc)}"))
+            self._end_login(None, unreachable)
+            raise unreachable from exc
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        token = _token_from(body) if 200 <= status < 300 else None
+        if token is None and _is_unavailable(status):
+            # Quivo is down or throttling: the credentials were not judged, so they are not called bad.
+            busy = QuivoUnreachable(self._login_refusal(status, body))
+            log.warning("quivo.login_failed", status=status, reason=str(busy), duration_ms=duration_ms)
+            self._end_login(None, busy)
+            raise busy
+        if token is None:
+            refused = LoginFailed(status, self._login_refusal(status, body))
+            self.credentials_ok = False
+            self.last_login_error = refused.reason
+            log.warning("quivo.login_failed", status=status, reason=refused.reason, duration_ms=duration_ms)
+            self._end_login(None, refused)
+            raise refused
+        self.credentials_ok = True
+        self.last_login_error = None
+        self._token_issued_at = issued_at
+        log.info("quivo.login", status=status, duration_ms=duration_ms)
+        self._end_login(token, None)
+
+    def _end_login(self, token: str | None, error: QuivoError | None) -> None:
+        self._token = token
+        self._login_error = error
+        self._login_attempts += 1
+
+    def _login_refusal(self, status: int, body: bytes) -> str:
+        if 200 <= status < 300:
+            return f"answered {status} without a token"
+        excerpt = " ".join(_decode(body, _REASON_BODY_CHARS).split())
+        return self._redact(f"answered {status}: {excerpt}" if excerpt else f"answered {status}")
+
+    async def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> QuivoAnswer:
+        # ensure_login, or a login this call waited for, left a token (a failed login raises instead).
+        assert self._token is not None
+        headers = {"X-Api-Key": self._api_key, "Authorization": f"{self._auth_prefix}{self._token}"}
+        try:
+            status, body, retry_after = await self._exchange(method, path, headers, payload)
+        except _TRANSPORT_ERRORS as exc:
+            what = self._redact(f"{method} {path}: {_describe(exc)}")
+            if isinstance(exc, _NOT_SENT):
+                raise QuivoUnreachable(what) from exc
+            raise QuivoNoAnswer(what) from exc
+        return QuivoAnswer(
+            status=status,
+            body_excerpt=self._redact(_decode(body, BODY_EXCERPT_CHARS)),
+            inquiry=_inquiry_from(body) if 200 <= status < 300 else None,
+            retry_after=retry_after,
+        )
+
+    async def _exchange(
+        self, method: str, path: str, headers: dict[str, str], payload: dict[str, Any] | None
+    ) -> tuple[int, bytes, str | None]:
+        # raise_for_status and redirects are switched off per call: the session is the caller's, and a
+        # redirect would carry our credentials elsewhere or turn a POST into a GET.
+        async with self._session.request(
+            method,
+            self._base_url + path,
+            headers=headers,
+            json=payload,
+            raise_for_status=False,
+            allow_redirects=False,
+        ) as response:
+            body = await response.read()
+            return response.status, body, response.headers.get("Retry-After")
+
+    def _redact(self, text: str) -> str:
+        for secret in (self._api_key, self._password, self._token):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def _describe(exc: BaseException) -> str:
+    detail = str(exc)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def _decode(body: bytes, chars: int) -> str:
+    # UTF-8 needs at most 4 bytes a character, so this slice always holds the first `chars` characters.
+    return body[: chars * 4].decode("utf-8", errors="replace")[:chars]
+
+
+def _token_from(body: bytes) -> str | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    token = document.get("token") if isinstance(document, dict) else None
+    return token if isinstance(token, str) and token else None
+
+
+def _inquiry_from(body: bytes) -> CustomerInquiry | None:
+    try:
+        return CustomerInquiry.model_validate_json(body)
+    except ValidationError:
+        return None
+
+
+def _is_unavailable(status: int) -> bool:
+    return status in (408, 425, 429) or status >= 500

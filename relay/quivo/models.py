@@ -1,0 +1,57 @@
+"""Lenient models of Quivo's answers: every field optional, nulls accepted, unknown fields ignored."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic.alias_generators import to_camel
+
+RATING_MESSAGE = "RATING_MESSAGE"
+
+
+class _QuivoModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+
+class InquiryMessage(_QuivoModel):
+    """One message of a customer inquiry; a rating's comment arrives as category `RATING_MESSAGE`."""
+
+    category: str | None = None
+    message: str | None = None
+    created: str | None = None
+    posted_at: str | None = None
+    username: str | None = None
+    full_name: str | None = None
+
+
+class CustomerInquiry(_QuivoModel):
+    """A Quivo customer inquiry as `GET /customerInquiries/{id}` and the rating POST return it."""
+
+    id: int | None = None
+    subject: str | None = None
+    status: str | None = None
+    case_number: str | None = None
+    created: str | None = None
+    resolved_at: str | None = None
+    resolved_by: str | None = None
+    current_rating: float | None = None
+    messages: tuple[InquiryMessage, ...] = ()
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _drop_nulls(cls, value: Any) -> Any:
+        # Quivo may send `"messages": null` or null entries; both mean "no message there".
+        if value is None:
+            return ()
+        if isinstance(value, list):
+            return [item for item in value if item is not None]
+        return value
+
+    def has_rating_message_with(self, tag: str) -> bool:
+        """True when a `RATING_MESSAGE` message contains `tag`: the proof that a rating arrived."""
+        # An empty tag is in every text; it must never count as proof of delivery.
+        if not tag:
+            return False
+        return any(
+            message.category == RATING_MESSAGE and message.message is not None and tag in message.message
+            for message in self.messages
+        )
