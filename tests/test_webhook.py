@@ -1,8 +1,8 @@
 """The webhook route through HTTP: each answer, what is stored for it, and what is not."""
 
 import json
-from collections.abc import AsyncIterator
 import sqlite3
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
