@@ -3,25 +3,30 @@
 import asyncio
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from relay.bringg.auth import Authenticator
 from relay.bringg.routes import routes as bringg_routes
 from relay.http import request_context
-from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, READINESS_CHECKS, SETTINGS
+from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, READINESS_CHECKS, SETTINGS, WORKER
 from relay.ops.health import routes as health_routes
+from relay.quivo.client import QuivoClient
 from relay.settings import Settings
 from relay.store.db import Database
+from relay.worker import Worker
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The relay's web application: webhook intake, OAuth token endpoint, health."""
+def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
+    """The relay: webhook intake, OAuth token endpoint and health, plus the delivery worker when asked."""
     app = web.Application(client_max_size=settings.relay_max_body_bytes, middlewares=[request_context])
     app[SETTINGS] = settings
     app[AUTHENTICATOR] = Authenticator(settings)
     app[NEW_DELIVERY] = asyncio.Event()
     app[READINESS_CHECKS] = []
     app.cleanup_ctx.append(_database)
+    if run_worker:
+        app.cleanup_ctx.append(_worker)
     app.add_routes(bringg_routes)
     app.add_routes(health_routes)
     return app
@@ -34,3 +39,33 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[READINESS_CHECKS].append(database.readiness_problems)
     yield
     await database.close()
+
+
+async def _worker(app: web.Application) -> AsyncIterator[None]:
+    """The Quivo session and the delivery loop; they stop before the database closes (reverse order)."""
+    settings = app[SETTINGS]
+    timeout = aiohttp.ClientTimeout(
+        total=settings.quivo_timeout_s, connect=min(5.0, settings.quivo_timeout_s)
+    )
+    connector = aiohttp.TCPConnector(limit=settings.quivo_max_concurrency + 2)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        client = QuivoClient(
+            session,
+            base_url=settings.quivo_base_url.rstrip("/"),
+            api_key=_secret(settings.quivo_api_key),
+            username=settings.quivo_username or "",
+            password=_secret(settings.quivo_password),
+            auth_prefix=settings.quivo_auth_prefix,
+            token_ttl_s=settings.quivo_token_ttl_s,
+        )
+        worker = Worker(settings, app[DATABASE], client, wake=app[NEW_DELIVERY])
+        app[WORKER] = worker
+        app[READINESS_CHECKS].append(worker.readiness_problems)
+        worker.start()
+        yield
+        await worker.stop()
+
+
+def _secret(value: object) -> str:
+    get = getattr(value, "get_secret_value", None)
+    return str(get()) if get else ""

@@ -8,6 +8,7 @@ from aiohttp import web
 from relay.bringg.auth import Authenticator
 from relay.settings import Settings
 from relay.store.db import Database
+from relay.worker import Worker
 
 ReadinessCheck = Callable[[], Awaitable[list[str]]]
 
@@ -17,3 +18,4 @@ AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 # Set when a webhook stores a new delivery, so the worker starts on it at once instead of at its next sweep.
 NEW_DELIVERY = web.AppKey("new_delivery", asyncio.Event)
 READINESS_CHECKS = web.AppKey("readiness_checks", list[ReadinessCheck])
+WORKER = web.AppKey("worker", Worker)

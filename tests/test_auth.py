@@ -52,14 +52,16 @@ async def webhook_status(client, headers: dict[str, str]):
     ],
 )
 async def test_static_token(aiohttp_client, make_settings, headers, status):
-    client = await aiohttp_client(create_app(make_settings()))
+    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
 
     assert await webhook_status(client, headers) == status
     assert stored_webhooks(client) == (1 if status == 202 else 0)
 
 
 async def test_static_token_in_a_custom_header(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings(bringg_token_header="application-key")))
+    client = await aiohttp_client(
+        create_app(make_settings(bringg_token_header="application-key"), run_worker=False)
+    )
 
     assert await webhook_status(client, {"application-key": WEBHOOK_TOKEN}) == 202
     assert await webhook_status(client, {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}) == 401
@@ -83,7 +85,7 @@ async def test_jwt(aiohttp_client, make_settings, token, status):
     settings = make_settings(
         bringg_webhook_token=None, bringg_jwt_secret=JWT_SECRET, bringg_jwt_issuer=ISSUER
     )
-    client = await aiohttp_client(create_app(settings))
+    client = await aiohttp_client(create_app(settings, run_worker=False))
 
     assert await webhook_status(client, {"Authorization": token}) == status
     assert stored_webhooks(client) == (1 if status == 202 else 0)
@@ -91,7 +93,7 @@ async def test_jwt(aiohttp_client, make_settings, token, status):
 
 async def test_jwt_signed_with_another_algorithm_is_refused(aiohttp_client, make_settings):
     settings = make_settings(bringg_webhook_token=None, bringg_jwt_secret=JWT_SECRET * 2)
-    client = await aiohttp_client(create_app(settings))
+    client = await aiohttp_client(create_app(settings, run_worker=False))
     hs512 = jwt.encode({"exp": int(time.time()) + 60}, JWT_SECRET * 2, "HS512")
 
     assert await webhook_status(client, {"Authorization": hs512}) == 401
@@ -105,7 +107,7 @@ async def oauth_relay(aiohttp_client, make_settings):
         bringg_oauth_client_secret=CLIENT_SECRET,
         bringg_oauth_token_ttl_s=120,
     )
-    return await aiohttp_client(create_app(settings))
+    return await aiohttp_client(create_app(settings, run_worker=False))
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
@@ -159,7 +161,7 @@ async def test_webhook_refuses_tokens_the_relay_did_not_issue_or_that_expired(oa
 
 
 async def test_oauth_endpoint_is_absent_when_oauth_is_not_configured(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings()))
+    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
 
     response = await client.post("/oauth/token", data={"grant_type": "client_credentials"})
     assert response.status == 404
@@ -167,7 +169,7 @@ async def test_oauth_endpoint_is_absent_when_oauth_is_not_configured(aiohttp_cli
 
 async def test_any_configured_method_suffices(aiohttp_client, make_settings):
     settings = make_settings(bringg_jwt_secret=JWT_SECRET)
-    client = await aiohttp_client(create_app(settings))
+    client = await aiohttp_client(create_app(settings, run_worker=False))
 
     assert await webhook_status(client, {"Authorization": WEBHOOK_TOKEN}) == 202
     assert await webhook_status(client, {"Authorization": bringg_jwt()}) == 200  # same rating: duplicate
@@ -175,6 +177,8 @@ async def test_any_configured_method_suffices(aiohttp_client, make_settings):
 
 
 async def test_auth_none_accepts_anonymous_webhooks(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings(bringg_webhook_token=None, bringg_auth="none")))
+    client = await aiohttp_client(
+        create_app(make_settings(bringg_webhook_token=None, bringg_auth="none"), run_worker=False)
+    )
 
     assert await webhook_status(client, {}) == 202

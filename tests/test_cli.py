@@ -11,7 +11,9 @@ from tests.processes import free_port, relay_process, run_relay, wait_until_read
 
 
 def test_misconfigured_start_exits_2_with_one_line_per_problem(tmp_path: Path):
-    result = run_relay("serve", env={"PORT": "eighty", "RELAY_MAX_BODY_BYTES": "10"}, cwd=tmp_path)
+    result = run_relay(
+        "serve", "--no-worker", env={"PORT": "eighty", "RELAY_MAX_BODY_BYTES": "10"}, cwd=tmp_path
+    )
 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -21,13 +23,21 @@ def test_misconfigured_start_exits_2_with_one_line_per_problem(tmp_path: Path):
 
 
 def test_start_without_any_webhook_authentication_is_refused(tmp_path: Path):
-    result = run_relay("serve", env={"BRINGG_OAUTH_CLIENT_ID": "only-the-id"}, cwd=tmp_path)
+    result = run_relay("serve", "--no-worker", env={"BRINGG_OAUTH_CLIENT_ID": "only-the-id"}, cwd=tmp_path)
 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2, lines
     assert "BRINGG_OAUTH_CLIENT_ID and BRINGG_OAUTH_CLIENT_SECRET" in lines[0]
     assert "set at least one webhook authentication method" in lines[1]
+
+
+def test_worker_needs_quivo_credentials_but_not_webhook_auth(tmp_path: Path):
+    result = run_relay("worker", env={"QUIVO_USERNAME": "relay"}, cwd=tmp_path)
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(": ")[2] for line in lines] == ["QUIVO_API_KEY", "QUIVO_PASSWORD"]
 
 
 def test_secret_values_never_appear_in_configuration_errors(tmp_path: Path):

@@ -360,6 +360,7 @@ async def test_stats_count_requests_by_route_and_status(client: Client, state: S
         "requests": {"login": {"200": 2, "403": 1}, "post_rating": {"200": 1, "404": 1}},
         "logins": 2,
         "ratings": 1,
+        "most_rating_posts_at_once_per_inquiry": 1,
     }
 
 
@@ -414,3 +415,17 @@ async def test_cli_announces_the_bound_port_serves_and_exits_0_on_sigterm() -> N
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_stats_show_rating_posts_open_at_once_for_one_inquiry(client: Client, state: SimState) -> None:
+    headers = await session_headers(client)
+    state.latency_ms = 100
+
+    await asyncio.gather(
+        client.post("/customerInquiries/7/ratings", json=RATING, headers=headers),
+        client.post("/customerInquiries/7/ratings", json=RATING, headers=headers),
+        client.post("/customerInquiries/8/ratings", json=RATING, headers=headers),
+    )
+
+    stats = await (await client.get("/_sim/stats")).json()
+    assert stats["most_rating_posts_at_once_per_inquiry"] == 2

@@ -15,7 +15,7 @@ BODY = fixture_bytes("bringg/rating_submitted.json")
 
 
 async def test_locked_database_answers_503_with_retry_after_then_recovers(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings(relay_store_timeout_s=0.3)))
+    client = await aiohttp_client(create_app(make_settings(relay_store_timeout_s=0.3), run_worker=False))
     blocker = sqlite3.connect(client.app[DATABASE].path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
 
@@ -34,7 +34,7 @@ async def test_locked_database_answers_503_with_retry_after_then_recovers(aiohtt
 
 
 async def test_full_disk_answers_503_and_keeps_nothing_half_written(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings()))
+    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
     database = client.app[DATABASE]
     writer = database._writer
     assert writer is not None
@@ -57,7 +57,7 @@ async def test_full_disk_answers_503_and_keeps_nothing_half_written(aiohttp_clie
 
 
 async def test_concurrent_webhooks_share_commits(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings()))
+    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
     database = client.app[DATABASE]
     before = database.commits
 
@@ -75,11 +75,11 @@ async def test_concurrent_webhooks_share_commits(aiohttp_client, make_settings):
 
 async def test_stored_webhooks_survive_a_restart(aiohttp_client, make_settings):
     settings = make_settings()
-    first = await aiohttp_client(create_app(settings))
+    first = await aiohttp_client(create_app(settings, run_worker=False))
     accepted = await (await first.post("/webhooks/bringg", data=BODY, headers=AUTH)).json()
     await first.close()
 
-    second = await aiohttp_client(create_app(settings))
+    second = await aiohttp_client(create_app(settings, run_worker=False))
     again = await second.post("/webhooks/bringg", data=BODY, headers=AUTH)
 
     assert (again.status, (await again.json())["delivery_id"]) == (200, accepted["delivery_id"])
@@ -115,7 +115,7 @@ async def test_migrations_apply_once_and_are_idempotent(make_settings):
 
 
 async def test_health_and_readiness(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings()))
+    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
 
     health = await client.get("/healthz")
     ready = await client.get("/readyz")
@@ -125,7 +125,7 @@ async def test_health_and_readiness(aiohttp_client, make_settings):
 
 
 async def test_readiness_names_a_database_behind_on_migrations(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings()))
+    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
     conn = sqlite3.connect(client.app[DATABASE].path)
     conn.execute("DELETE FROM schema_migrations")
     conn.commit()

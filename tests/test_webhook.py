@@ -43,7 +43,7 @@ def rows(app: web.Application, sql: str, *args: Any) -> list[sqlite3.Row]:
 
 @pytest.fixture
 async def relay(aiohttp_client, make_settings):
-    return await aiohttp_client(create_app(make_settings()))
+    return await aiohttp_client(create_app(make_settings(), run_worker=False))
 
 
 async def post(client, body: bytes, headers: dict[str, str] | None = None):
@@ -164,7 +164,7 @@ async def test_loose_types_are_read_leniently(relay):
 
 
 async def test_body_over_the_limit_gets_413_and_nothing_is_stored(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings(relay_max_body_bytes=2048)))
+    client = await aiohttp_client(create_app(make_settings(relay_max_body_bytes=2048), run_worker=False))
     big = rating_body(title="x" * 4096)
 
     declared = await client.post("/webhooks/bringg", data=big, headers=AUTH)

@@ -5,6 +5,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic.alias_generators import to_camel
 
+from relay.domain.message import ends_with_reference_tag
+
 RATING_MESSAGE = "RATING_MESSAGE"
 
 
@@ -47,11 +49,13 @@ class CustomerInquiry(_QuivoModel):
         return value
 
     def has_rating_message_with(self, tag: str) -> bool:
-        """True when a `RATING_MESSAGE` message contains `tag`: the proof that a rating arrived."""
-        # An empty tag is in every text; it must never count as proof of delivery.
+        """True when a `RATING_MESSAGE` message ends with `tag`: the proof that a rating arrived."""
+        # An empty tag ends every text; it must never count as proof of delivery.
         if not tag:
             return False
         return any(
-            message.category == RATING_MESSAGE and message.message is not None and tag in message.message
+            message.category == RATING_MESSAGE
+            and message.message is not None
+            and ends_with_reference_tag(message.message, tag)
             for message in self.messages
         )

@@ -62,7 +62,14 @@ async def quivo_gateway(request: web.Request, handler: Handler) -> web.StreamRes
     if route not in _QUIVO_ROUTES:
         return await handler(request)
     state = request.app[SIM_STATE]
-    response = await _pass_gateway(request, handler, state, route)
+    inquiry_key = request.match_info.get("inquiry_id", "") if route == "post_rating" else ""
+    if inquiry_key:
+        state.rating_post_opened(inquiry_key)
+    try:
+        response = await _pass_gateway(request, handler, state, route)
+    finally:
+        if inquiry_key:
+            state.rating_post_closed(inquiry_key)
     transport = request.transport
     answered = transport is not None and not transport.is_closing()
     state.count(route, response.status if answered else NO_ANSWER)
@@ -190,7 +197,12 @@ async def sim_ratings(request: web.Request) -> web.Response:
 async def sim_stats(request: web.Request) -> web.Response:
     state = request.app[SIM_STATE]
     return web.json_response(
-        {"requests": state.requests_by_route(), "logins": state.logins, "ratings": len(state.ratings)}
+        {
+            "requests": state.requests_by_route(),
+            "logins": state.logins,
+            "ratings": len(state.ratings),
+            "most_rating_posts_at_once_per_inquiry": state.most_rating_posts_at_once_per_inquiry,
+        }
     )
 
 

@@ -123,6 +123,9 @@ class SimState:
     ratings: list[RatingRecord] = field(default_factory=list, init=False)
     requests: Counter[tuple[str, int]] = field(default_factory=Counter, init=False)
     logins: int = field(default=0, init=False)
+    # How many rating POSTs for one inquiry were ever open at once: a relay must keep this at 1.
+    most_rating_posts_at_once_per_inquiry: int = field(default=0, init=False)
+    _rating_posts_open: Counter[str] = field(default_factory=Counter, init=False, repr=False)
     _inquiries: dict[int, Inquiry] = field(default_factory=dict, init=False, repr=False)
     _token_expiry: dict[str, float] = field(default_factory=dict, init=False, repr=False)
 
@@ -141,6 +144,7 @@ class SimState:
         self.ratings.clear()
         self.requests.clear()
         self.logins = 0
+        self.most_rating_posts_at_once_per_inquiry = 0
         self._inquiries.clear()
         self.set_faults({f.name: f.default for f in fields(self) if f.name in FAULT_KNOBS})
 
@@ -178,6 +182,17 @@ class SimState:
         inquiry.ratings.append(record)
         self.ratings.append(record)
         return record
+
+    def rating_post_opened(self, inquiry_key: str) -> None:
+        self._rating_posts_open[inquiry_key] += 1
+        self.most_rating_posts_at_once_per_inquiry = max(
+            self.most_rating_posts_at_once_per_inquiry, self._rating_posts_open[inquiry_key]
+        )
+
+    def rating_post_closed(self, inquiry_key: str) -> None:
+        self._rating_posts_open[inquiry_key] -= 1
+        if not self._rating_posts_open[inquiry_key]:
+            del self._rating_posts_open[inquiry_key]
 
     def count(self, route: str, status: int) -> None:
         self.requests[route, status] += 1

@@ -1,0 +1,127 @@
+"""The links CSV file: which Quivo inquiry each merchant's order belongs to, as operators edit it."""
+
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+COLUMNS = ("merchant_id", "external_id", "inquiry_id")
+
+# SQLite's INTEGER and Quivo's ids are both int64.
+MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Link:
+    """A merchant's order, by its Bringg external id, belongs to this Quivo customer inquiry."""
+
+    merchant_id: int
+    external_id: str
+    inquiry_id: int
+
+
+@dataclass(frozen=True)
+class LinkFileProblem:
+    """Why one line of a links file was not taken; lines count from 1, the header being line 1."""
+
+    line: int
+    reason: str
+
+
+def parse_links_csv(text: str) -> tuple[list[Link], list[LinkFileProblem]]:
+    """The links in `text` and the problems with the rows that are not links.
+
+    The header names the columns `merchant_id`, `external_id` and `inquiry_id`, in any order; other columns
+    are ignored. Whitespace around names and values is trimmed, a UTF-8 byte order mark is tolerated, and
+    blank lines (or rows of empty fields) are skipped. A missing column is one problem on the header's line
+    and yields no links. A bad row yields one problem per bad field and never stops the good rows. When a
+    (merchant_id, external_id) appears on more than one row, the later row wins.
+    """
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+    problems: list[LinkFileProblem] = []
+    columns: dict[str, int] | None = None
+    width = 0
+    links: dict[tuple[int, str], Link] = {}
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            problems.append(LinkFileProblem(line, f"unreadable CSV: {error}"))
+            continue
+        if not any(field.strip() for field in row):
+            continue
+        if columns is None:
+            columns, header_problem = _read_header(row)
+            if header_problem is not None:
+                return [], [LinkFileProblem(line, header_problem)]
+            width = len(row)
+            continue
+        if len(row) != width:
+            problems.append(LinkFileProblem(line, f"expected {width} fields, found {len(row)}"))
+            continue
+        link, reasons = _read_row(row, columns)
+        problems.extend(LinkFileProblem(line, reason) for reason in reasons)
+        if link is not None:
+            links[link.merchant_id, link.external_id] = link
+    if columns is None:
+        return [], [LinkFileProblem(1, f"no header: expected columns {','.join(COLUMNS)}")]
+    return list(links.values()), problems
+
+
+def links_to_csv(links: Iterable[Link]) -> str:
+    """A links file that `parse_links_csv` reads back as `links`."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(COLUMNS)
+    writer.writerows((link.merchant_id, link.external_id, link.inquiry_id) for link in links)
+    return out.getvalue()
+
+
+def _read_header(row: list[str]) -> tuple[dict[str, int], str | None]:
+    names = [name.strip() for name in row]
+    missing = [column for column in COLUMNS if column not in names]
+    if missing:
+        return {}, f"missing column {', '.join(missing)}: expected columns {','.join(COLUMNS)}"
+    doubled = [column for column in COLUMNS if names.count(column) > 1]
+    if doubled:
+        return {}, f"column {', '.join(doubled)} appears more than once"
+    return {column: names.index(column) for column in COLUMNS}, None
+
+
+def _read_row(row: list[str], columns: dict[str, int]) -> tuple[Link | None, list[str]]:
+    merchant_id, merchant_problem = _read_id(row[columns["merchant_id"]], "merchant_id")
+    inquiry_id, inquiry_problem = _read_id(row[columns["inquiry_id"]], "inquiry_id")
+    external_id, external_problem = _read_external_id(row[columns["external_id"]])
+    reasons = [reason for reason in (merchant_problem, external_problem, inquiry_problem) if reason]
+    if merchant_id is None or inquiry_id is None or external_id is None:
+        return None, reasons
+    return Link(merchant_id, external_id, inquiry_id), reasons
+
+
+def _read_id(field: str, name: str) -> tuple[int | None, str | None]:
+    value = field.strip()
+    # int() would also take signs, underscores and non-ASCII digits; an id is none of those.
+    if not (value.isascii() and value.isdigit()):
+        return None, f"{name} must be a positive whole number, found {value!r}"
+    significant = value.lstrip("0")
+    if not significant:
+        return None, f"{name} must be positive, found {value!r}"
+    # Checked by length first: int() refuses strings of more than 4300 digits.
+    if len(significant) > len(str(MAX_ID)) or int(significant) > MAX_ID:
+        return None, f"{name} {value} is beyond the int64 range"
+    return int(significant), None
+
+
+def _read_external_id(field: str) -> tuple[str | None, str | None]:
+    value = field.strip()
+    if not value:
+        return None, "external_id is empty"
+    # A file read with surrogateescape keeps undecodable bytes as lone surrogates, which SQLite refuses.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, f"external_id {value!r} is not valid UTF-8"
+    return value, None

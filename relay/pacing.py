@@ -1,0 +1,51 @@
+"""Pacing of Quivo calls: at most QUIVO_MAX_RPS, and all calls held while Quivo asks for a pause."""
+
+import asyncio
+import time
+from collections.abc import Callable
+
+# After a run of failures every call waits a little longer, so an outage is probed, not hammered.
+_STREAK_BASE_S = 0.5
+
+
+class Pacer:
+    """One per worker: spaces calls evenly and holds them during pauses (429, outages, failure streaks)."""
+
+    def __init__(
+        self, rps: float, *, max_pause_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._interval = 1.0 / rps
+        self._max_pause_s = max_pause_s
+        self._clock = clock
+        self._next_slot = 0.0
+        self._resume_at = 0.0
+        self._failure_streak = 0
+
+    def pause_for(self, seconds: float) -> None:
+        """Hold every call for `seconds` from now (Quivo said Retry-After)."""
+        self._resume_at = max(self._resume_at, self._clock() + min(seconds, self._max_pause_s))
+
+    def note_failure(self) -> None:
+        """A call failed on Quivo's side (5xx, timeout, refused): back off all calls a little more."""
+        if self.paused_for() > 0:
+            return  # calls that were already out when the pause began count as one failure, not many
+        self._failure_streak += 1
+        self.pause_for(min(self._max_pause_s, _STREAK_BASE_S * 2 ** min(self._failure_streak - 1, 30)))
+
+    def note_success(self) -> None:
+        self._failure_streak = 0
+
+    def paused_for(self) -> float:
+        """Seconds until calls may go again (0 when they may go now)."""
+        return max(0.0, self._resume_at - self._clock())
+
+    async def wait_turn(self, *, max_wait_s: float) -> bool:
+        """Wait for this call's slot; False, without taking one, when that would be longer than max_wait_s."""
+        now = self._clock()
+        slot = max(now, self._next_slot, self._resume_at)
+        if slot - now > max_wait_s:
+            return False
+        self._next_slot = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+        return True

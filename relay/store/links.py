@@ -1,0 +1,152 @@
+"""Links from a merchant's order to its Quivo inquiry, and waking the deliveries that waited for one."""
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import aiosqlite
+
+from relay.domain.rating import format_instant
+from relay.linkfile import Link, LinkFileProblem, parse_links_csv
+from relay.store.db import Database, WriteJob
+
+
+@dataclass(frozen=True)
+class LinkUpsert:
+    """What saving a set of links did: how many were saved, and which unmatched deliveries they woke."""
+
+    saved: int
+    woken: list[int]
+
+
+@dataclass(frozen=True)
+class LinkImport:
+    """What importing a links file did: links saved, deliveries woken, and the rows that were not links."""
+
+    saved: int
+    woken: int
+    problems: list[LinkFileProblem]
+
+
+def upsert_links(links: Sequence[Link], *, now: datetime) -> WriteJob[LinkUpsert]:
+    """A write job that saves `links` and wakes the unmatched deliveries of their orders.
+
+    A link given twice for one (merchant_id, external_id) ends as the later one. Woken deliveries go back
+    to 'pending', due `now`, in the same transaction as the links.
+    """
+
+    async def job(conn: aiosqlite.Connection) -> LinkUpsert:
+        if not links:
+            return LinkUpsert(saved=0, woken=[])
+        stamp = format_instant(now)
+        await conn.executemany(
+            "INSERT INTO links (merchant_id, external_id, inquiry_id, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (merchant_id, external_id) DO UPDATE "
+            "SET inquiry_id = excluded.inquiry_id, updated_at = excluded.updated_at",
+            [(link.merchant_id, link.external_id, link.inquiry_id, stamp) for link in links],
+        )
+        # Every key just saved has a link now, so its unmatched deliveries are the ones to wake.
+        keys = json.dumps([[link.merchant_id, link.external_id] for link in links])
+        woken = await conn.execute_fetchall(
+            "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ? "
+            "WHERE state = 'unmatched' AND (merchant_id, external_id) IN "
+            "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)) "
+            "RETURNING id",
+            (stamp, stamp, keys),
+        )
+        return LinkUpsert(saved=len(links), woken=sorted(int(row["id"]) for row in woken))
+
+    return job
+
+
+def delete_link(merchant_id: int, external_id: str) -> WriteJob[bool]:
+    """A write job that removes one link; True when there was one. Deliveries already matched keep theirs."""
+
+    async def job(conn: aiosqlite.Connection) -> bool:
+        cursor = await conn.execute(
+            "DELETE FROM links WHERE merchant_id = ? AND external_id = ?", (merchant_id, external_id)
+        )
+        return cursor.rowcount > 0
+
+    return job
+
+
+async def inquiry_for(conn: aiosqlite.Connection, merchant_id: int, external_id: str) -> int | None:
+    """The Quivo inquiry linked to a merchant's order, or None when there is no link."""
+    cursor = await conn.execute(
+        "SELECT inquiry_id FROM links WHERE merchant_id = ? AND external_id = ?", (merchant_id, external_id)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else int(row["inquiry_id"])
+
+
+async def list_links(
+    conn: aiosqlite.Connection,
+    *,
+    merchant_id: int | None = None,
+    after: tuple[int, str] | None = None,
+    limit: int = 100,
+) -> list[Link]:
+    """Up to `limit` links in (merchant_id, external_id) order, starting past the key `after`.
+
+    Pass the key of the last link of one page as `after` to get the next; an empty page is the end.
+    """
+    if limit < 1:
+        # SQLite reads a negative LIMIT as no limit at all.
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    conditions: list[str] = []
+    parameters: list[int | str] = []
+    if merchant_id is not None:
+        if after is not None and after[0] > merchant_id:
+            return []
+        conditions.append("merchant_id = ?")
+        parameters.append(merchant_id)
+        # With merchant_id fixed, SQLite seeks the primary key on this form but not on the row value.
+        if after is not None and after[0] == merchant_id:
+            conditions.append("external_id > ?")
+            parameters.append(after[1])
+    elif after is not None:
+        conditions.append("(merchant_id, external_id) > (?, ?)")
+        parameters.extend(after)
+    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    rows = await conn.execute_fetchall(
+        f"SELECT merchant_id, external_id, inquiry_id FROM links {where}"
+        "ORDER BY merchant_id, external_id LIMIT ?",
+        [*parameters, limit],
+    )
+    return [Link(int(row["merchant_id"]), str(row["external_id"]), int(row["inquiry_id"])) for row in rows]
+
+
+async def import_links_file(
+    database: Database,
+    path: Path,
+    *,
+    now: datetime,
+    batch_size: int = 5000,
+    progress: Callable[[int], None] | None = None,
+) -> LinkImport:
+    """Save the good rows of a links CSV file in batches of `batch_size`, one commit each.
+
+    `progress` hears the number of links saved so far after each batch. Bad rows are reported, never
+    saved, and never stop the good ones. Saving is idempotent, so an import cut short can be run again.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    # Off the event loop: a large file takes a while to read and parse, and webhooks keep coming.
+    links, problems = await asyncio.to_thread(_read_links_file, path)
+    saved = woken = 0
+    for start in range(0, len(links), batch_size):
+        result = await database.write(upsert_links(links[start : start + batch_size], now=now))
+        saved += result.saved
+        woken += len(result.woken)
+        if progress is not None:
+            progress(saved)
+    return LinkImport(saved=saved, woken=woken, problems=problems)
+
+
+def _read_links_file(path: Path) -> tuple[list[Link], list[LinkFileProblem]]:
+    # surrogateescape: a row with bytes that are not UTF-8 becomes that row's problem, not the file's.
+    return parse_links_csv(path.read_bytes().decode("utf-8", errors="surrogateescape"))

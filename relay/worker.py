@@ -1,0 +1,436 @@
+"""The delivery loop: claims due deliveries and posts each onto its Quivo inquiry, exactly once."""
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from relay.domain.matching import inquiry_id_from_external_id
+from relay.domain.message import quivo_rating, render_message
+from relay.domain.rating import Rating
+from relay.domain.retry import Verdict, retry_delay, verdict_for_status
+from relay.pacing import Pacer
+from relay.quivo.client import LoginFailed, QuivoAnswer, QuivoClient, QuivoError, QuivoNoAnswer
+from relay.settings import Settings
+from relay.store.db import Database, StoreUnavailable
+from relay.store.outbox import (
+    AttemptRecord,
+    ClaimedDelivery,
+    Outcome,
+    claim_due,
+    record_outcome,
+    retry_unmatched,
+    wake_linked_and_expire_unmatched,
+)
+
+log = structlog.get_logger("relay.delivery")
+
+# Unmatched deliveries look for a newly added link at least this often.
+MAINTENANCE_INTERVAL_S = 10.0
+# While Quivo refuses our credentials, try logging in again this often, at most.
+LOGIN_PROBE_MAX_S = 60.0
+ERROR_EXCERPT_CHARS = 300
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Attempt:
+    """What one pass over a claimed delivery did, so far."""
+
+    delivery: ClaimedDelivery
+    rating: Rating
+    inquiry_id: int
+    calls: list[AttemptRecord] = field(default_factory=list)
+    send_started: bool = False
+
+
+class Worker:
+    """Claims due deliveries under a lease and runs each through reconcile, send and outcome."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        client: QuivoClient,
+        *,
+        wake: asyncio.Event | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.client = client
+        self._wake = wake or asyncio.Event()
+        self._rng = rng or random.Random()
+        self._pacer = Pacer(settings.quivo_max_rps, max_pause_s=settings.relay_retry_max_s)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._inquiries_in_flight: dict[int, tuple[asyncio.Lock, int]] = {}
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._last_maintenance = 0.0
+        self.paused_reason: str | None = None
+        self.last_heartbeat: float | None = None
+
+    # The loop ---------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver until stop() is called."""
+        await self.database.write(retry_unmatched(now=utc_now()))
+        log.info(
+            "worker.started", concurrency=self.settings.quivo_max_concurrency, rps=self.settings.quivo_max_rps
+        )
+        while not self._stopping.is_set():
+            self.last_heartbeat = time.time()
+            # Cleared before looking, so whatever happens from here on wakes the wait below.
+            self._wake.clear()
+            try:
+                await self._maintain()
+                if self.paused_reason is not None:
+                    await self._probe_login()
+                    continue
+                wanted, claimed = await self._claim()
+            except StoreUnavailable as error:
+                log.error("worker.store_unavailable", error=str(error))
+                await self._sleep(self.settings.relay_sweep_interval_s)
+                continue
+            except Exception:
+                log.exception("worker.loop_error")
+                await self._sleep(self.settings.relay_sweep_interval_s)
+                continue
+            for delivery in claimed:
+                task = asyncio.create_task(self._deliver(delivery), name=f"delivery-{delivery.id}")
+                self._in_flight.add(task)
+                task.add_done_callback(self._finished)
+            if wanted and len(claimed) == wanted:
+                continue  # a full batch: more may be due right now
+            await self._sleep(
+                min(self.settings.relay_sweep_interval_s, self._pacer.paused_for() or float("inf"))
+            )
+
+    def start(self) -> None:
+        """Run the loop in the background until stop()."""
+        self._loop_task = asyncio.create_task(self.run(), name="relay-worker")
+
+    async def stop(self) -> None:
+        """Stop claiming; let sends in flight finish within the grace time; release the rest."""
+        self._stopping.set()
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        late: set[asyncio.Task[None]] = set()
+        if self._in_flight:
+            _, late = await asyncio.wait(set(self._in_flight), timeout=self.settings.relay_shutdown_grace_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        log.info("worker.stopped", released=len(late))
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker.delivery_crashed", error=repr(task.exception()))
+
+    async def _claim(self) -> tuple[int, list[ClaimedDelivery]]:
+        """How many deliveries the worker could take now, and those it took."""
+        free = self.settings.quivo_max_concurrency - len(self._in_flight)
+        if free <= 0 or self._pacer.paused_for() > 0:
+            return 0, []
+        now = utc_now()
+        lease_until = now + timedelta(seconds=self.settings.quivo_lease_s)
+        return free, await self.database.write(claim_due(now=now, lease_until=lease_until, limit=free))
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _maintain(self) -> None:
+        if time.monotonic() - self._last_maintenance < MAINTENANCE_INTERVAL_S:
+            return
+        self._last_maintenance = time.monotonic()
+        now = utc_now()
+        woken, expired = await self.database.write(
+            wake_linked_and_expire_unmatched(now=now, expire_before=now - self.settings.relay_unmatched_ttl)
+        )
+        if woken or expired:
+            log.info("worker.unmatched_swept", woken=woken, expired=expired)
+
+    async def _probe_login(self) -> None:
+        delay = min(LOGIN_PROBE_MAX_S, max(self.settings.relay_retry_base_s, 1.0))
+        await self._sleep(delay)
+        if self._stopping.is_set():
+            return
+        try:
+            await self.client.ensure_login()
+        except QuivoError as error:
+            log.warning("worker.paused", reason=self.paused_reason, probe_error=str(error))
+            return
+        log.info("worker.resumed", was_paused_for=self.paused_reason)
+        self.paused_reason = None
+
+    async def readiness_problems(self) -> list[str]:
+        """Why deliveries cannot flow now; empty when they can."""
+        if self.paused_reason is not None:
+            return [f"deliveries paused: Quivo refused our credentials ({self.paused_reason})"]
+        return []
+
+    # One delivery -----------------------------------------------------------------------------------
+
+    async def _deliver(self, delivery: ClaimedDelivery) -> None:
+        started = time.perf_counter()
+        rating = Rating.model_validate_json(delivery.rating_json)
+        inquiry_id = delivery.inquiry_id or inquiry_id_from_external_id(
+            rating.external_id, self.settings.relay_inquiry_id_pattern
+        )
+        if inquiry_id is None:
+            outcome = Outcome(delivery.id, "unmatched", delivery.attempts, delivery.unconfirmed)
+            await self._record(outcome, delivery, rating, started, "delivery.unmatched")
+            return
+        async with self._inquiry_turn(inquiry_id):
+            attempt = _Attempt(delivery, rating, inquiry_id)
+            try:
+                outcome, event = await self._attempt(attempt)
+            except LoginFailed as error:
+                self._pause(error.reason)
+                outcome, event = self._release(attempt), "delivery.paused"
+            except _PausedTooLong:
+                later = utc_now() + timedelta(seconds=self._pacer.paused_for())
+                outcome, event = replace(self._release(attempt), next_attempt_at=later), "delivery.deferred"
+            except asyncio.CancelledError:
+                await self._record(self._release(attempt), delivery, rating, started, "delivery.released")
+                raise
+            await self._record(outcome, delivery, rating, started, event)
+
+    @contextlib.asynccontextmanager
+    async def _inquiry_turn(self, inquiry_id: int) -> AsyncIterator[None]:
+        # Never two calls in flight for one inquiry: its ratings land in the order they were claimed.
+        lock, users = self._inquiries_in_flight.get(inquiry_id, (asyncio.Lock(), 0))
+        self._inquiries_in_flight[inquiry_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._inquiries_in_flight[inquiry_id]
+            if users == 1:
+                del self._inquiries_in_flight[inquiry_id]
+            else:
+                self._inquiries_in_flight[inquiry_id] = (lock, users - 1)
+
+    async def _attempt(self, attempt: _Attempt) -> tuple[Outcome, str]:
+        delivery = attempt.delivery
+        if delivery.unconfirmed:
+            checked = await self._reconcile(attempt)
+            if checked is not None:
+                return checked
+        exhausted = self._exhausted(delivery)
+        if exhausted is not None:
+            return self._outcome(attempt, "dead", last_error=exhausted), "delivery.dead"
+        message = render_message(attempt.rating, self.settings.relay_message_template)
+        value = quivo_rating(
+            attempt.rating.stars, self.settings.quivo_rating_min, self.settings.quivo_rating_max
+        )
+        answer = await self._call(
+            attempt, "send", lambda: self.client.post_rating(attempt.inquiry_id, value, message)
+        )
+        attempts = delivery.attempts + 1
+        if isinstance(answer, QuivoError):
+            unconfirmed = isinstance(answer, QuivoNoAnswer)
+            self._pacer.note_failure()
+            return self._retry(
+                attempt, attempts, unconfirmed, None, _excerpt(str(answer)) or type(answer).__name__
+            )
+        verdict = verdict_for_status(answer.status)
+        if verdict is Verdict.DELIVERED:
+            self._pacer.note_success()
+            current = answer.inquiry.current_rating if answer.inquiry else None
+            outcome = self._outcome(
+                attempt,
+                "delivered",
+                attempts=attempts,
+                unconfirmed=False,
+                last_status=answer.status,
+                current_rating=current,
+            )
+            return outcome, "delivery.delivered"
+        if verdict is Verdict.DEAD:
+            outcome = self._outcome(
+                attempt,
+                "dead",
+                attempts=attempts,
+                unconfirmed=False,
+                last_status=answer.status,
+                last_error=_excerpt(answer.body_excerpt) or f"Quivo answered {answer.status}",
+            )
+            return outcome, "delivery.dead"
+        if answer.status == 429:
+            self._pacer.pause_for(self._delay(attempts, answer.retry_after))
+        elif verdict is Verdict.RETRY:
+            self._pacer.note_failure()
+        # REAUTH here means a fresh token was refused too: retry later like any passing refusal.
+        return self._retry(attempt, attempts, False, answer, _excerpt(answer.body_excerpt))
+
+    async def _reconcile(self, attempt: _Attempt) -> tuple[Outcome, str] | None:
+        """An earlier send may have landed: look for our tag before sending again. None means: send."""
+        answer = await self._call(attempt, "reconcile", lambda: self.client.get_inquiry(attempt.inquiry_id))
+        delivery = attempt.delivery
+        if isinstance(answer, QuivoError):
+            self._pacer.note_failure()
+            return self._retry(attempt, delivery.attempts, True, None, _excerpt(str(answer)))
+        if answer.inquiry is not None and 200 <= answer.status < 300:
+            if answer.inquiry.has_rating_message_with(attempt.rating.reference_tag):
+                outcome = self._outcome(
+                    attempt,
+                    "delivered",
+                    unconfirmed=False,
+                    last_status=answer.status,
+                    current_rating=answer.inquiry.current_rating,
+                )
+                return outcome, "delivery.reconciled"
+            return None
+        if verdict_for_status(answer.status) is Verdict.RETRY:
+            self._pacer.note_failure()
+            return self._retry(attempt, delivery.attempts, True, answer, _excerpt(answer.body_excerpt))
+        # 404 and other refusals to read: the send will say what Quivo thinks of this inquiry.
+        return None
+
+    async def _call(
+        self, attempt: _Attempt, action: str, call: Callable[[], Awaitable[QuivoAnswer]]
+    ) -> QuivoAnswer | QuivoError:
+        if not await self._pacer.wait_turn(max_wait_s=self.settings.quivo_lease_s / 2):
+            raise _PausedTooLong()
+        if action == "send":
+            attempt.send_started = True
+        started_at, started = utc_now(), time.perf_counter()
+        result: QuivoAnswer | QuivoError
+        try:
+            result = await call()
+        except LoginFailed:
+            attempt.send_started = False  # a refused login means the call itself never went out
+            raise
+        except QuivoError as error:
+            result = error
+        duration_ms = round((time.perf_counter() - started) * 1000)
+        if isinstance(result, QuivoError):
+            record = AttemptRecord(
+                action, started_at, duration_ms, None, type(result).__name__, _excerpt(str(result))
+            )
+        else:
+            record = AttemptRecord(
+                action,
+                started_at,
+                duration_ms,
+                result.status,
+                verdict_for_status(result.status).value,
+                None if result.status < 300 else _excerpt(result.body_excerpt),
+            )
+        attempt.calls.append(record)
+        return result
+
+    def _exhausted(self, delivery: ClaimedDelivery) -> str | None:
+        if delivery.attempts >= self.settings.relay_max_attempts:
+            return f"gave up after {delivery.attempts} attempts (RELAY_MAX_ATTEMPTS)"
+        age = utc_now() - datetime.fromisoformat(delivery.created_at)
+        if age > self.settings.relay_max_age:
+            return f"gave up after {age} waiting (RELAY_MAX_AGE)"
+        return None
+
+    def _delay(self, attempts: int, retry_after: str | None) -> float:
+        return retry_delay(
+            max(attempts, 1),
+            retry_after=retry_after,
+            now=utc_now(),
+            base=self.settings.relay_retry_base_s,
+            cap=self.settings.relay_retry_max_s,
+            rng=self._rng,
+        )
+
+    def _retry(
+        self,
+        attempt: _Attempt,
+        attempts: int,
+        unconfirmed: bool,
+        answer: QuivoAnswer | None,
+        error: str | None,
+    ) -> tuple[Outcome, str]:
+        delay = self._delay(attempts, answer.retry_after if answer else None)
+        outcome = self._outcome(
+            attempt,
+            "retrying",
+            attempts=attempts,
+            unconfirmed=unconfirmed,
+            next_attempt_at=utc_now() + timedelta(seconds=delay),
+            last_status=answer.status if answer else None,
+            last_error=error,
+        )
+        return outcome, "delivery.retry_scheduled"
+
+    def _release(self, attempt: _Attempt) -> Outcome:
+        """Give the delivery back without spending an attempt; a send already started stays unconfirmed."""
+        delivery = attempt.delivery
+        return self._outcome(
+            attempt,
+            "retrying" if delivery.attempts else "pending",
+            unconfirmed=delivery.unconfirmed or attempt.send_started,
+            attempts=delivery.attempts + (1 if attempt.send_started else 0),
+            next_attempt_at=utc_now(),
+            last_error=self.paused_reason,
+        )
+
+    def _outcome(self, attempt: _Attempt, state: str, **changes: Any) -> Outcome:
+        base = Outcome(
+            attempt.delivery.id,
+            state,
+            attempts=attempt.delivery.attempts,
+            unconfirmed=attempt.delivery.unconfirmed,
+            inquiry_id=attempt.inquiry_id,
+            calls=attempt.calls,
+        )
+        return replace(base, **changes)
+
+    def _pause(self, reason: str) -> None:
+        if self.paused_reason is None:
+            log.error("worker.paused", reason=reason)
+        self.paused_reason = reason
+        self._wake.set()
+
+    async def _record(
+        self, outcome: Outcome, delivery: ClaimedDelivery, rating: Rating, started: float, event: str
+    ) -> None:
+        state = await self.database.write(record_outcome(outcome, now=utc_now()))
+        if state == "superseded" and outcome.state != "superseded":
+            event = "delivery.superseded"
+        last = outcome.calls[-1] if outcome.calls else None
+        emit = log.error if state == "dead" else log.warning if state == "retrying" else log.info
+        emit(
+            event,
+            delivery_id=delivery.id,
+            merchant_id=delivery.merchant_id,
+            rating_id=delivery.rating_id,
+            inquiry_id=outcome.inquiry_id,
+            attempt=outcome.attempts,
+            state=state,
+            status_code=last.status_code if last else None,
+            error=outcome.last_error,
+            next_attempt_at=outcome.next_attempt_at.isoformat() if outcome.next_attempt_at else None,
+            current_rating=outcome.current_rating,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+
+class _PausedTooLong(Exception):
+    """Quivo asked for a pause longer than the lease can wait out."""
+
+
+def _excerpt(text: str | None) -> str | None:
+    if not text:
+        return None
+    return text if len(text) <= ERROR_EXCERPT_CHARS else text[: ERROR_EXCERPT_CHARS - 1] + "…"

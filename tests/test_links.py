@@ -1,0 +1,330 @@
+"""Links: the CSV file operators edit, and the store that saves links and wakes unmatched deliveries."""
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiosqlite
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.domain.rating import format_instant
+from relay.linkfile import MAX_ID, Link, LinkFileProblem, links_to_csv, parse_links_csv
+from relay.settings import Settings
+from relay.store.db import Database
+from relay.store.links import (
+    LinkUpsert,
+    delete_link,
+    import_links_file,
+    inquiry_for,
+    list_links,
+    upsert_links,
+)
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+EARLIER = format_instant(datetime(2024, 4, 1, tzinfo=UTC))
+HEADER = "merchant_id,external_id,inquiry_id\n"
+
+
+# The file
+
+
+def test_good_file_gives_every_link_and_no_problems() -> None:
+    links, problems = parse_links_csv(HEADER + "7,ORD-1,101\n7,ORD-2,102\n8,ORD-1,201\n")
+
+    assert links == [Link(7, "ORD-1", 101), Link(7, "ORD-2", 102), Link(8, "ORD-1", 201)]
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ("x,ORD-1,101", "merchant_id"),
+        ("0,ORD-1,101", "merchant_id"),
+        ("-7,ORD-1,101", "merchant_id"),
+        ("+7,ORD-1,101", "merchant_id"),
+        ("1_0,ORD-1,101", "merchant_id"),
+        ("٣,ORD-1,101", "merchant_id"),
+        (f"{MAX_ID + 1},ORD-1,101", "merchant_id"),
+        ("7,ORD-1,", "inquiry_id"),
+        ("7,ORD-1,1.5", "inquiry_id"),
+        ("7,ORD-1,000", "inquiry_id"),
+        (f"7,ORD-1,{'9' * 5000}", "inquiry_id"),
+        ("7,,101", "external_id"),
+        ("7,   ,101", "external_id"),
+        ("7,ORD-1", "fields"),
+        ("7,ORD-1,101,extra", "fields"),
+    ],
+)
+def test_bad_row_is_a_problem_on_its_line_naming_the_field(row: str, field: str) -> None:
+    links, problems = parse_links_csv(HEADER + "7,ORD-0,100\n" + row + "\n7,ORD-2,102\n")
+
+    assert links == [Link(7, "ORD-0", 100), Link(7, "ORD-2", 102)]
+    assert [problem.line for problem in problems] == [3]
+    assert field in problems[0].reason
+
+
+def test_each_bad_field_of_a_row_is_its_own_problem() -> None:
+    _, problems = parse_links_csv(HEADER + "0,,-1\n")
+
+    assert [problem.line for problem in problems] == [2, 2, 2]
+    assert [problem.reason.split()[0] for problem in problems] == ["merchant_id", "external_id", "inquiry_id"]
+
+
+def test_line_numbers_count_blank_lines_and_lines_inside_quoted_fields() -> None:
+    text = HEADER + '\n7,"ORD\n1",101\n\n   \n,,\nx,ORD-2,102\n'
+
+    links, problems = parse_links_csv(text)
+
+    assert links == [Link(7, "ORD\n1", 101)]
+    assert problems == [LinkFileProblem(8, "merchant_id must be a positive whole number, found 'x'")]
+
+
+def test_undecodable_bytes_in_an_external_id_are_that_rows_problem() -> None:
+    text = (HEADER + "7,caf\xe9,101\n7,ORD-2,102\n").encode("latin-1").decode("utf-8", "surrogateescape")
+
+    links, problems = parse_links_csv(text)
+
+    assert links == [Link(7, "ORD-2", 102)]
+    assert [problem.line for problem in problems] == [2]
+    assert "UTF-8" in problems[0].reason
+
+
+@pytest.mark.parametrize(
+    "header", ["merchant_id,external_id", "merchant,external_id,inquiry_id", "inquiry_id", "7,ORD-0,100"]
+)
+def test_missing_column_is_one_problem_on_line_one_and_no_links(header: str) -> None:
+    links, problems = parse_links_csv(header + "\n7,ORD-1,101\n8,ORD-2,102\n")
+
+    assert links == []
+    assert len(problems) == 1
+    assert problems[0].line == 1
+    assert "column" in problems[0].reason
+
+
+def test_column_named_twice_is_one_problem_and_no_links() -> None:
+    links, problems = parse_links_csv("merchant_id,external_id,inquiry_id,inquiry_id\n7,ORD-1,101,102\n")
+
+    assert links == []
+    assert problems == [LinkFileProblem(1, "column inquiry_id appears more than once")]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "\ufeff", " , ,\n"])
+def test_file_without_a_header_is_one_problem_on_line_one(text: str) -> None:
+    links, problems = parse_links_csv(text)
+
+    assert links == []
+    assert [problem.line for problem in problems] == [1]
+    assert "no header" in problems[0].reason
+
+
+def test_columns_in_any_order_with_extras_and_whitespace() -> None:
+    text = " inquiry_id , note ,merchant_id,  external_id\n 101 , call back , 7 ,  ORD-1  \n"
+
+    assert parse_links_csv(text) == ([Link(7, "ORD-1", 101)], [])
+
+
+def test_byte_order_mark_and_windows_line_ends_are_tolerated() -> None:
+    text = "\ufeffmerchant_id,external_id,inquiry_id\r\n7,ORD-1,101\r\n"
+
+    assert parse_links_csv(text) == ([Link(7, "ORD-1", 101)], [])
+
+
+def test_later_row_wins_for_the_same_order() -> None:
+    links, problems = parse_links_csv(HEADER + "7,ORD-1,101\n8,ORD-1,201\n7,ORD-1,109\n")
+
+    assert sorted(links, key=lambda link: link.merchant_id) == [Link(7, "ORD-1", 109), Link(8, "ORD-1", 201)]
+    assert problems == []
+
+
+def test_largest_int64_ids_are_kept() -> None:
+    assert parse_links_csv(HEADER + f"{MAX_ID},ORD-1,{MAX_ID}\n") == ([Link(MAX_ID, "ORD-1", MAX_ID)], [])
+
+
+IDS = st.integers(min_value=1, max_value=MAX_ID)
+EXTERNAL_IDS = st.text(min_size=1).filter(lambda text: text == text.strip())
+
+
+@given(
+    st.lists(
+        st.builds(Link, IDS, EXTERNAL_IDS, IDS), unique_by=lambda link: (link.merchant_id, link.external_id)
+    )
+)
+def test_exported_links_read_back_the_same(links: list[Link]) -> None:
+    assert parse_links_csv(links_to_csv(links)) == (links, [])
+
+
+# The store
+
+
+@pytest.fixture
+async def database(make_settings: Callable[..., Settings]) -> AsyncIterator[Database]:
+    db = Database(make_settings().database_path, timeout_s=5)
+    await db.open()
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+async def add_delivery(db: Database, merchant_id: int, external_id: str, state: str) -> int:
+    """A delivery row as the worker leaves it, written with plain SQL."""
+
+    async def job(conn: aiosqlite.Connection) -> int:
+        cursor = await conn.execute(
+            "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, external_id, stars, "
+            "rating, state, created_at, updated_at) "
+            "VALUES (1, ?, (SELECT COUNT(*) + 1 FROM deliveries), '', ?, 5, '{}', ?, ?, ?)",
+            (merchant_id, external_id, state, EARLIER, EARLIER),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    return await db.write(job)
+
+
+async def delivery_state(db: Database, delivery_id: int) -> tuple[str, str | None, str]:
+    cursor = await db.reader.execute(
+        "SELECT state, next_attempt_at, updated_at FROM deliveries WHERE id = ?", (delivery_id,)
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return row["state"], row["next_attempt_at"], row["updated_at"]
+
+
+async def test_saved_link_names_its_inquiry(database: Database) -> None:
+    saved = await database.write(upsert_links([Link(7, "ORD-1", 101), Link(7, "ORD-2", 102)], now=NOW))
+
+    assert saved.saved == 2
+    assert await inquiry_for(database.reader, 7, "ORD-1") == 101
+    assert await inquiry_for(database.reader, 7, "ORD-2") == 102
+    assert await inquiry_for(database.reader, 8, "ORD-1") is None
+
+
+async def test_saving_a_link_again_changes_its_inquiry(database: Database) -> None:
+    await database.write(upsert_links([Link(7, "ORD-1", 101)], now=NOW))
+
+    await database.write(upsert_links([Link(7, "ORD-1", 555)], now=NOW))
+
+    assert await inquiry_for(database.reader, 7, "ORD-1") == 555
+
+
+async def test_saving_no_links_saves_and_wakes_nothing(database: Database) -> None:
+    waiting = await add_delivery(database, 7, "ORD-1", "unmatched")
+
+    assert await database.write(upsert_links([], now=NOW)) == LinkUpsert(saved=0, woken=[])
+    assert (await delivery_state(database, waiting))[0] == "unmatched"
+
+
+async def test_new_link_wakes_only_the_unmatched_deliveries_of_its_order(database: Database) -> None:
+    waiting = await add_delivery(database, 7, "ORD-1", "unmatched")
+    also_waiting = await add_delivery(database, 7, "ORD-1", "unmatched")
+    other_order = await add_delivery(database, 7, "ORD-2", "unmatched")
+    other_merchant = await add_delivery(database, 8, "ORD-1", "unmatched")
+    dead = await add_delivery(database, 7, "ORD-1", "dead")
+    delivered = await add_delivery(database, 7, "ORD-1", "delivered")
+
+    result = await database.write(upsert_links([Link(7, "ORD-1", 101)], now=NOW))
+
+    assert result.woken == [waiting, also_waiting]
+    stamp = format_instant(NOW)
+    assert await delivery_state(database, waiting) == ("pending", stamp, stamp)
+    assert await delivery_state(database, also_waiting) == ("pending", stamp, stamp)
+    assert await delivery_state(database, other_order) == ("unmatched", None, EARLIER)
+    assert await delivery_state(database, other_merchant) == ("unmatched", None, EARLIER)
+    assert await delivery_state(database, dead) == ("dead", None, EARLIER)
+    assert await delivery_state(database, delivered) == ("delivered", None, EARLIER)
+
+
+async def test_many_links_in_one_job_wake_all_their_deliveries(database: Database) -> None:
+    links = [Link(n % 3 + 1, f"ORD-{n}", n) for n in range(1, 20_001)]
+    waiting = [
+        await add_delivery(database, link.merchant_id, link.external_id, "unmatched")
+        for link in links[::1000]
+    ]
+    unlinked = await add_delivery(database, 1, "ORD-20001", "unmatched")
+
+    result = await database.write(upsert_links(links, now=NOW))
+
+    assert (result.saved, result.woken) == (20_000, waiting)
+    assert (await delivery_state(database, unlinked))[0] == "unmatched"
+
+
+async def test_import_saves_good_rows_reports_bad_ones_and_tells_progress(
+    database: Database, tmp_path: Path
+) -> None:
+    waiting = await add_delivery(database, 7, "ORD-3", "unmatched")
+    path = tmp_path / "links.csv"
+    rows = ["7,ORD-1,101", "7,ORD-2,abc", "7,ORD-3,103", ",ORD-4,104", "7,ORD-5,105", "7,ORD-6"]
+    path.write_text("\ufeff" + HEADER + "\n".join(rows) + "\n", encoding="utf-8")
+    heard: list[int] = []
+
+    result = await import_links_file(database, path, now=NOW, batch_size=2, progress=heard.append)
+
+    assert (result.saved, result.woken) == (3, 1)
+    assert [problem.line for problem in result.problems] == [3, 5, 7]
+    assert "inquiry_id" in result.problems[0].reason
+    assert "merchant_id" in result.problems[1].reason
+    assert heard == [2, 3]
+    assert [link.external_id for link in await list_links(database.reader)] == ["ORD-1", "ORD-3", "ORD-5"]
+    assert (await delivery_state(database, waiting))[0] == "pending"
+
+
+async def test_import_of_a_file_without_the_columns_saves_nothing(database: Database, tmp_path: Path) -> None:
+    path = tmp_path / "links.csv"
+    path.write_text("merchant,order,inquiry\n7,ORD-1,101\n", encoding="utf-8")
+    heard: list[int] = []
+
+    result = await import_links_file(database, path, now=NOW, progress=heard.append)
+
+    assert (result.saved, result.woken, heard) == (0, 0, [])
+    assert [problem.line for problem in result.problems] == [1]
+    assert await list_links(database.reader) == []
+
+
+async def test_delete_link_removes_it_once(database: Database) -> None:
+    await database.write(upsert_links([Link(7, "ORD-1", 101), Link(7, "ORD-2", 102)], now=NOW))
+
+    first = await database.write(delete_link(7, "ORD-1"))
+    second = await database.write(delete_link(7, "ORD-1"))
+
+    assert (first, second) == (True, False)
+    assert await inquiry_for(database.reader, 7, "ORD-1") is None
+    assert await inquiry_for(database.reader, 7, "ORD-2") == 102
+
+
+async def test_list_links_pages_by_key(database: Database) -> None:
+    links = [Link(merchant, f"ORD-{n:02}", merchant * 100 + n) for merchant in (9, 7, 8) for n in range(5)]
+    await database.write(upsert_links(links, now=NOW))
+    expected = sorted(links, key=lambda link: (link.merchant_id, link.external_id))
+
+    pages: list[list[Link]] = []
+    after: tuple[int, str] | None = None
+    while page := await list_links(database.reader, after=after, limit=4):
+        pages.append(page)
+        after = (page[-1].merchant_id, page[-1].external_id)
+
+    assert [len(page) for page in pages] == [4, 4, 4, 3]
+    assert [link for page in pages for link in page] == expected
+
+
+async def test_list_links_of_one_merchant_pages_by_key(database: Database) -> None:
+    links = [Link(merchant, f"ORD-{n:02}", merchant * 100 + n) for merchant in (7, 8, 9) for n in range(5)]
+    await database.write(upsert_links(links, now=NOW))
+
+    first = await list_links(database.reader, merchant_id=8, limit=3)
+    second = await list_links(database.reader, merchant_id=8, after=(8, first[-1].external_id), limit=3)
+    from_earlier_merchant = await list_links(database.reader, merchant_id=8, after=(7, "ORD-99"), limit=3)
+    from_later_merchant = await list_links(database.reader, merchant_id=8, after=(9, ""), limit=3)
+
+    assert [link.external_id for link in first] == ["ORD-00", "ORD-01", "ORD-02"]
+    assert [link.external_id for link in second] == ["ORD-03", "ORD-04"]
+    assert {link.merchant_id for link in first + second} == {8}
+    assert from_earlier_merchant == first
+    assert from_later_merchant == []
+
+
+async def test_list_links_refuses_a_limit_below_one(database: Database) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        await list_links(database.reader, limit=0)
