@@ -1,5 +1,6 @@
 """Real relay processes for tests: started on free loopback ports, stopped by the test or at its end."""
 
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -70,3 +72,34 @@ def relay_process(
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
+
+
+@contextmanager
+def sim_quivo_process(*args: str, cwd: Path) -> Iterator[str]:
+    """`relay sim-quivo` on a free port; yields its base URL."""
+    process = subprocess.Popen(
+        relay_command("sim-quivo", "--port", "0", *args),
+        env=_clean_env({}),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("sim-quivo listening on "):
+            raise RuntimeError(f"sim-quivo did not start: {line!r}")
+        yield line.removeprefix("sim-quivo listening on ").strip()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+def http_json(
+    method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None
+) -> Any:
+    """A small blocking JSON call for tests that drive real processes."""
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read() or b"null")

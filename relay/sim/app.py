@@ -79,6 +79,8 @@ async def quivo_gateway(request: web.Request, handler: Handler) -> web.StreamRes
 async def _pass_gateway(
     request: web.Request, handler: Handler, state: SimState, route: str
 ) -> web.StreamResponse:
+    # The whole request arrives before Quivo takes its time: a client that leaves meanwhile is too late.
+    await request.read()
     if state.latency_ms > 0:
         await asyncio.sleep(state.latency_ms / 1000)
     if state.outage:

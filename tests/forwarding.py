@@ -1,0 +1,80 @@
+"""Helpers for forwarding tests: a Quivo stand-in in the test's loop, and waiting on delivery states."""
+
+import asyncio
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relay.sim.state import SimState
+
+SETTLED = frozenset({"delivered", "dead", "unmatched", "superseded"})
+
+
+@dataclass
+class Quivo:
+    """The stand-in's state (its fault knobs and records) and where it listens."""
+
+    state: SimState
+    url: str
+
+
+def forwarding_settings(quivo: Quivo, **overrides: Any) -> dict[str, Any]:
+    """Settings that point the worker at the stand-in, with short retry and sweep times for tests."""
+    return {
+        "quivo_base_url": quivo.url,
+        "quivo_api_key": quivo.state.api_key,
+        "quivo_username": quivo.state.username,
+        "quivo_password": quivo.state.password,
+        "relay_inquiry_id_pattern": r"^INQ-(\d+)$",
+        "relay_retry_base_s": 0.05,
+        "relay_retry_max_s": 0.2,
+        "relay_sweep_interval_s": 0.05,
+        "quivo_timeout_s": 2.0,
+        "quivo_max_rps": 1000.0,
+        **overrides,
+    }
+
+
+def rating_webhook(
+    rating_id: int, external_id: str, *, stars: int = 4, updated_at: str | None = None, merchant_id: int = 1
+) -> bytes:
+    return json.dumps(
+        {
+            "webhook_type": "rating_submitted",
+            "merchant_id": merchant_id,
+            "rating": {
+                "id": rating_id,
+                "rating": stars,
+                "comment": f"comment of rating {rating_id}",
+                "created_at": "2026-11-20T09:00:00Z",
+                "updated_at": updated_at,
+                "task": {"id": rating_id * 10, "title": "Delivery", "external_id": external_id},
+                "rating_reasons": [{"text": "Friendly driver"}],
+            },
+        }
+    ).encode()
+
+
+def query(path: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+async def wait_for_state(
+    path: Path, delivery_id: int, states: frozenset[str] = SETTLED, within_s: float = 15
+) -> sqlite3.Row:
+    """The delivery's row once its state is one of `states`."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        row = query(path, "SELECT * FROM deliveries WHERE id = ?", delivery_id)[0]
+        if row["state"] in states:
+            return row
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"delivery {delivery_id} still {row['state']} after {within_s}s")
+        await asyncio.sleep(0.02)

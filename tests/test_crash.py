@@ -1,0 +1,113 @@
+"""Real relay processes killed and stopped mid-send: nothing acknowledged is lost, nothing sent twice."""
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import AUTH
+from tests.forwarding import query, rating_webhook
+from tests.processes import free_port, http_json, relay_process, sim_quivo_process, wait_until_ready
+
+
+def relay_env(tmp_path: Path, sim_url: str, port: int, **extra: str) -> dict[str, str]:
+    return {
+        "PORT": str(port),
+        "RELAY_HOST": "127.0.0.1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}",
+        "BRINGG_WEBHOOK_TOKEN": AUTH["Authorization"].removeprefix("Bearer "),
+        "QUIVO_BASE_URL": sim_url,
+        "QUIVO_API_KEY": "sim-key",
+        "QUIVO_USERNAME": "sim-user",
+        "QUIVO_PASSWORD": "sim-pass",
+        "RELAY_INQUIRY_ID_PATTERN": r"^INQ-(\d+)$",
+        "RELAY_RETRY_BASE_S": "0.1",
+        "RELAY_RETRY_MAX_S": "0.5",
+        "RELAY_SWEEP_INTERVAL_S": "0.1",
+        **extra,
+    }
+
+
+def wait_for(predicate, timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        time.sleep(0.02)
+
+
+def states(db: Path) -> dict[int, str]:
+    return {row["id"]: row["state"] for row in query(db, "SELECT id, state FROM deliveries")}
+
+
+def post_webhook(port: int, body: bytes) -> dict[str, Any]:
+    return http_json("POST", f"http://127.0.0.1:{port}/webhooks/bringg", body, AUTH)
+
+
+def test_relay_killed_mid_send_reconciles_after_restart_without_a_second_rating(tmp_path: Path):
+    db = tmp_path / "relay.db"
+    with sim_quivo_process("--latency-ms", "700", cwd=tmp_path) as sim:
+        port = free_port()
+        # A short timeout makes the lease (3 x timeout + 5 s) short enough for a test.
+        env = relay_env(tmp_path, sim, port, QUIVO_TIMEOUT_S="1")
+        with relay_process("serve", env=env, cwd=tmp_path, log_path=tmp_path / "first.log") as first:
+            wait_until_ready(f"http://127.0.0.1:{port}/readyz", first)
+            warm_up = post_webhook(port, rating_webhook(4, "INQ-44"))  # logs in, so the next send is the POST
+            wait_for(lambda: states(db).get(warm_up["delivery_id"]) == "delivered", what="first delivery")
+            accepted = post_webhook(port, rating_webhook(5, "INQ-55"))
+            wait_for(lambda: states(db).get(accepted["delivery_id"]) == "sending", what="send under way")
+            time.sleep(0.2)  # the POST is at the stand-in, inside its latency
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        wait_for(lambda: http_json("GET", f"{sim}/_sim/ratings")["count"] == 2, what="stand-in commit")
+        assert states(db)[accepted["delivery_id"]] == "sending"
+
+        with relay_process("serve", env=env, cwd=tmp_path, log_path=tmp_path / "second.log") as second:
+            wait_until_ready(f"http://127.0.0.1:{port}/readyz", second)
+            wait_for(lambda: states(db)[accepted["delivery_id"]] == "delivered", what="reconciled delivery")
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=20) == 0
+
+        assert http_json("GET", f"{sim}/_sim/ratings")["count"] == 2
+    actions = query(db, "SELECT action FROM attempts WHERE delivery_id = ?", accepted["delivery_id"])
+    assert [row["action"] for row in actions] == ["reconcile"]
+    assert '"event": "delivery.reconciled"' in (tmp_path / "second.log").read_text()
+
+
+def test_sigterm_lets_sends_in_flight_finish_and_exits_0(tmp_path: Path):
+    db = tmp_path / "relay.db"
+    with sim_quivo_process("--latency-ms", "500", cwd=tmp_path) as sim:
+        port = free_port()
+        env = relay_env(tmp_path, sim, port, RELAY_SHUTDOWN_GRACE_S="5")
+        with relay_process("serve", env=env, cwd=tmp_path, log_path=tmp_path / "relay.log") as relay:
+            wait_until_ready(f"http://127.0.0.1:{port}/readyz", relay)
+            ids = [post_webhook(port, rating_webhook(n, f"INQ-{n}"))["delivery_id"] for n in range(1, 4)]
+            wait_for(lambda: list(states(db).values()).count("sending") == 3, what="three sends under way")
+            relay.send_signal(signal.SIGTERM)
+            assert relay.wait(timeout=20) == 0
+
+        assert {states(db)[delivery_id] for delivery_id in ids} == {"delivered"}
+        assert http_json("GET", f"{sim}/_sim/ratings")["count"] == 3
+
+
+def test_split_web_and_worker_processes_share_one_database(tmp_path: Path):
+    db = tmp_path / "relay.db"
+    with sim_quivo_process(cwd=tmp_path) as sim:
+        port = free_port()
+        env = relay_env(tmp_path, sim, port)
+        with (
+            relay_process(
+                "serve", "--no-worker", env=env, cwd=tmp_path, log_path=tmp_path / "web.log"
+            ) as web,
+            relay_process("worker", env=env, cwd=tmp_path, log_path=tmp_path / "worker.log") as worker,
+        ):
+            wait_until_ready(f"http://127.0.0.1:{port}/readyz", web)
+            ids = [post_webhook(port, rating_webhook(n, f"INQ-{n}"))["delivery_id"] for n in range(1, 6)]
+            wait_for(lambda: {states(db)[i] for i in ids} == {"delivered"}, what="deliveries by the worker")
+            for process in (web, worker):
+                process.send_signal(signal.SIGTERM)
+            assert (web.wait(timeout=20), worker.wait(timeout=20)) == (0, 0)
+
+        assert http_json("GET", f"{sim}/_sim/ratings")["count"] == 5
+    assert "delivery.delivered" in (tmp_path / "worker.log").read_text()
+    assert "delivery.delivered" not in (tmp_path / "web.log").read_text()

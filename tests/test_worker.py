@@ -1,0 +1,280 @@
+"""Forwarding through HTTP: a relay with its worker against the Quivo stand-in, one outcome per test."""
+
+import asyncio
+import itertools
+import random
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from relay.app import create_app
+from relay.keys import DATABASE
+from relay.linkfile import Link
+from relay.sim.app import create_sim_app
+from relay.sim.state import SimState
+from relay.store.links import upsert_links
+from tests.conftest import AUTH, fixture_bytes
+from tests.forwarding import Quivo, forwarding_settings, query, rating_webhook, wait_for_state
+
+
+@pytest.fixture
+async def quivo(aiohttp_server) -> Quivo:
+    state = SimState(rng=random.Random(7))
+    server = await aiohttp_server(create_sim_app(state))
+    return Quivo(state, str(server.make_url("")).rstrip("/"))
+
+
+@pytest.fixture
+def start_relay(aiohttp_client, make_settings, quivo):
+    async def start(**overrides):
+        settings = make_settings(**forwarding_settings(quivo, **overrides))
+        return await aiohttp_client(create_app(settings, run_worker=True))
+
+    return start
+
+
+async def post(relay, body: bytes) -> dict[str, Any]:
+    response = await relay.post("/webhooks/bringg", data=body, headers=AUTH)
+    assert response.status in (200, 202)
+    return await response.json()
+
+
+def db(relay):
+    return relay.app[DATABASE].path
+
+
+async def test_rating_is_posted_once_with_its_value_message_and_tag(start_relay, quivo):
+    relay = await start_relay()
+
+    accepted = await post(relay, rating_webhook(31, "INQ-501", stars=4))
+    row = await wait_for_state(db(relay), accepted["delivery_id"])
+
+    assert (row["state"], row["inquiry_id"], row["attempts"], row["current_rating"]) == (
+        "delivered",
+        501,
+        1,
+        4.0,
+    )
+    [received] = quivo.state.ratings
+    assert (received.inquiry_id, received.rating) == (501, 4.0)
+    assert received.message is not None
+    assert "comment of rating 31" in received.message and "Friendly driver" in received.message
+    assert received.message.endswith("\n[bringg:1:31]")
+    [attempt] = query(db(relay), "SELECT * FROM attempts WHERE delivery_id = ?", row["id"])
+    assert (attempt["action"], attempt["status_code"], attempt["number"]) == ("send", 200, 1)
+
+
+async def test_stars_map_linearly_onto_the_configured_quivo_scale(start_relay, quivo):
+    relay = await start_relay(quivo_rating_min=0, quivo_rating_max=10)
+
+    for rating_id, stars in ((1, 1), (2, 3), (3, 5)):
+        accepted = await post(relay, rating_webhook(rating_id, f"INQ-{rating_id}", stars=stars))
+        await wait_for_state(db(relay), accepted["delivery_id"])
+
+    assert sorted(record.rating for record in quivo.state.ratings) == [0.0, 5.0, 10.0]
+
+
+async def test_expired_session_token_mid_run_means_one_new_login(start_relay, quivo):
+    relay = await start_relay()
+    first = await post(relay, rating_webhook(1, "INQ-1"))
+    await wait_for_state(db(relay), first["delivery_id"])
+
+    quivo.state.expire_tokens()
+    second = await post(relay, rating_webhook(2, "INQ-2"))
+    row = await wait_for_state(db(relay), second["delivery_id"])
+
+    assert row["state"] == "delivered"
+    assert quivo.state.logins == 2
+    assert quivo.state.requests["post_rating", 401] == 1
+    assert len(quivo.state.ratings) == 2
+
+
+async def test_answer_dropped_after_commit_is_reconciled_not_sent_again(start_relay, quivo):
+    quivo.state.drop_after_commit_rate = 1.0
+    relay = await start_relay()
+
+    accepted = await post(relay, rating_webhook(7, "INQ-70"))
+    row = await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"retrying"}))
+    assert row["unconfirmed"] == 1
+    quivo.state.drop_after_commit_rate = 0.0
+    row = await wait_for_state(db(relay), accepted["delivery_id"])
+
+    assert row["state"] == "delivered"
+    assert len(quivo.state.ratings) == 1
+    actions = [a["action"] for a in query(db(relay), "SELECT action FROM attempts ORDER BY id")]
+    assert actions == ["send", "reconcile"]
+
+
+async def test_unconfirmed_send_that_did_not_land_is_sent_after_checking(start_relay, quivo):
+    relay = await start_relay()
+    accepted = await post(relay, rating_webhook(8, "INQ-80"))
+    await wait_for_state(db(relay), accepted["delivery_id"])
+    quivo.state.reset()
+    # As if the relay had died mid-send: the row is left 'sending' with its lease run out.
+    await relay.app[DATABASE].write(_expired_lease(accepted["delivery_id"]))
+
+    row = await wait_for_state(db(relay), accepted["delivery_id"])
+
+    assert row["state"] == "delivered"
+    assert len(quivo.state.ratings) == 1
+    actions = [a["action"] for a in query(db(relay), "SELECT action FROM attempts ORDER BY id")]
+    assert actions == ["send", "reconcile", "send"]
+
+
+def _expired_lease(delivery_id: int):
+    async def job(conn):
+        await conn.execute(
+            "UPDATE deliveries SET state = 'sending', next_attempt_at = '2000-01-01T00:00:00Z' WHERE id = ?",
+            (delivery_id,),
+        )
+
+    return job
+
+
+async def test_retry_after_is_honoured(start_relay, quivo):
+    quivo.state.rate_limit_rate = 1.0
+    quivo.state.retry_after_s = 1
+    relay = await start_relay(relay_retry_max_s=5)
+
+    accepted = await post(relay, rating_webhook(9, "INQ-90"))
+    await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"retrying"}))
+    quivo.state.rate_limit_rate = 0.0
+    row = await wait_for_state(db(relay), accepted["delivery_id"])
+
+    assert row["state"] == "delivered"
+    sends = query(db(relay), "SELECT started_at, status_code FROM attempts ORDER BY id")
+    assert [send["status_code"] for send in sends] == [429, 200]
+    waited = datetime.fromisoformat(sends[1]["started_at"]) - datetime.fromisoformat(sends[0]["started_at"])
+    assert waited.total_seconds() >= 1.0
+
+
+async def test_server_errors_and_outages_are_retried_until_delivered(start_relay, quivo):
+    quivo.state.error_rate = 1.0
+    relay = await start_relay()
+
+    accepted = await post(relay, rating_webhook(10, "INQ-100"))
+    await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"retrying"}))
+    quivo.state.error_rate = 0.0
+    quivo.state.outage = True
+    await asyncio.sleep(0.3)
+    quivo.state.outage = False
+    row = await wait_for_state(db(relay), accepted["delivery_id"])
+
+    assert row["state"] == "delivered"
+    assert row["attempts"] >= 2
+    assert len(quivo.state.ratings) == 1
+
+
+async def test_missing_inquiry_is_dead_with_quivos_answer_kept(start_relay, quivo):
+    quivo.state.missing.add(404404)
+    relay = await start_relay()
+
+    accepted = await post(relay, rating_webhook(11, "INQ-404404"))
+    row = await wait_for_state(db(relay), accepted["delivery_id"])
+
+    assert (row["state"], row["last_status"], row["attempts"]) == ("dead", 404, 1)
+    assert "not found" in row["last_error"]
+
+
+async def test_attempts_run_out_and_the_delivery_dies_with_its_last_error(start_relay, quivo):
+    quivo.state.error_rate = 1.0
+    relay = await start_relay(relay_max_attempts=2)
+
+    accepted = await post(relay, rating_webhook(12, "INQ-120"))
+    row = await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"dead"}))
+
+    assert row["attempts"] == 2
+    assert "RELAY_MAX_ATTEMPTS" in row["last_error"]
+    assert quivo.state.ratings == []
+
+
+async def test_refused_credentials_pause_deliveries_without_spending_attempts(start_relay, quivo):
+    quivo.state.reject_credentials = True
+    relay = await start_relay()
+
+    accepted = [await post(relay, rating_webhook(n, f"INQ-{n}")) for n in (21, 22)]
+    await asyncio.sleep(0.5)
+    ready = await relay.get("/readyz")
+    rows = query(db(relay), "SELECT state, attempts FROM deliveries")
+
+    assert ready.status == 503
+    assert "Quivo refused our credentials" in " ".join((await ready.json())["problems"])
+    assert {(row["state"], row["attempts"]) for row in rows} == {("pending", 0)}
+    quivo.state.reject_credentials = False
+    for answer in accepted:
+        row = await wait_for_state(db(relay), answer["delivery_id"])
+        assert (row["state"], row["attempts"]) == ("delivered", 1)
+    assert (await relay.get("/readyz")).status == 200
+
+
+async def test_unmatched_rating_is_delivered_once_its_link_is_saved(start_relay, quivo):
+    relay = await start_relay()
+
+    accepted = await post(relay, fixture_bytes("bringg/rating_submitted.json"))
+    row = await wait_for_state(db(relay), accepted["delivery_id"])
+    assert row["state"] == "unmatched"
+    link = Link(merchant_id=1, external_id="12443523", inquiry_id=777)
+    await relay.app[DATABASE].write(upsert_links([link], now=datetime.now().astimezone()))
+    row = await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"delivered"}))
+
+    assert row["inquiry_id"] == 777
+    assert [(r.inquiry_id, r.message and r.message.splitlines()[-1]) for r in quivo.state.ratings] == [
+        (777, "[bringg:1:3452]")
+    ]
+
+
+async def test_update_supersedes_an_undelivered_older_version(start_relay, quivo):
+    quivo.state.outage = True
+    relay = await start_relay()
+
+    original = await post(relay, rating_webhook(40, "INQ-400", stars=1))
+    await wait_for_state(db(relay), original["delivery_id"], states=frozenset({"retrying"}))
+    update = await post(relay, rating_webhook(40, "INQ-400", stars=5, updated_at="2026-11-21T10:00:00Z"))
+    quivo.state.outage = False
+    newer = await wait_for_state(db(relay), update["delivery_id"])
+    older = query(db(relay), "SELECT state FROM deliveries WHERE id = ?", original["delivery_id"])[0]
+
+    assert (older["state"], newer["state"]) == ("superseded", "delivered")
+    [received] = quivo.state.ratings
+    assert received.rating == 5.0
+    assert received.message is not None and received.message.endswith("[bringg:1:40:20261121T100000.000000Z]")
+
+
+async def test_one_inquiry_never_has_two_rating_posts_in_flight(start_relay, quivo):
+    quivo.state.latency_ms = 50
+    relay = await start_relay(quivo_max_concurrency=8)
+
+    answers = [await post(relay, rating_webhook(n, "INQ-9000")) for n in range(50, 56)]
+    answers += [await post(relay, rating_webhook(n, f"INQ-{n}")) for n in range(60, 64)]
+    for answer in answers:
+        await wait_for_state(db(relay), answer["delivery_id"])
+
+    assert len(quivo.state.ratings) == 10
+    assert quivo.state.most_rating_posts_at_once_per_inquiry == 1
+
+
+async def test_sends_are_spaced_to_the_rate_limit(start_relay, quivo):
+    relay = await start_relay(quivo_max_rps=10, quivo_max_concurrency=8)
+
+    answers = [await post(relay, rating_webhook(n, f"INQ-{n}")) for n in range(70, 76)]
+    for answer in answers:
+        await wait_for_state(db(relay), answer["delivery_id"])
+
+    starts = sorted(
+        datetime.fromisoformat(row["started_at"])
+        for row in query(db(relay), "SELECT started_at FROM attempts")
+    )
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(starts)]
+    assert len(starts) == 6
+    assert min(gaps) >= 0.09  # 1/10 s apart, less clock rounding
+
+
+async def test_a_new_rating_wakes_the_worker_without_waiting_for_the_sweep(start_relay, quivo):
+    relay = await start_relay(relay_sweep_interval_s=120)
+    await asyncio.sleep(0.2)  # the worker is idle, waiting
+
+    accepted = await post(relay, rating_webhook(80, "INQ-800"))
+    row = await wait_for_state(db(relay), accepted["delivery_id"], within_s=10)
+
+    assert row["state"] == "delivered"
