@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     relay_shutdown_grace_s: float = Field(10.0, ge=0)
     relay_sweep_interval_s: float = Field(5.0, gt=0)
 
+    relay_admin_token: SecretStr | None = None
+    relay_retention_days: float = Field(30.0, gt=0)
+    relay_ready_max_backlog_age_s: float = Field(900.0, gt=0)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] | None = None
 

@@ -53,7 +53,7 @@ def test_migrate_creates_the_default_database_and_is_idempotent(tmp_path: Path):
 
     assert (first.returncode, second.returncode) == (0, 0)
     conn = sqlite3.connect(tmp_path / "var" / "relay.db")
-    assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1]
+    assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1, 2]
     conn.close()
     assert json.loads(second.stdout.splitlines()[-1])["event"] == "relay.migrated"
 

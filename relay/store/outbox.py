@@ -23,7 +23,7 @@ class ClaimedDelivery:
     inquiry_id: int | None
     attempts: int
     unconfirmed: bool
-    created_at: str
+    created_at: str  # or when an operator last replayed it: age limits count from here
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[l
                         AND o.version < d.version AND o.state = 'sending')
                 ORDER BY d.next_attempt_at
                 LIMIT :limit)
-            RETURNING id, merchant_id, rating_id, rating, inquiry_id, attempts, unconfirmed, created_at
+            RETURNING id, merchant_id, rating_id, rating, inquiry_id, attempts, unconfirmed,
+                COALESCE(replayed_at, created_at) AS created_at
             """,
             {"now": format_instant(now), "lease_until": format_instant(lease_until), "limit": limit},
         )
@@ -198,7 +199,7 @@ def wake_linked_and_expire_unmatched(*, now: datetime, expire_before: datetime) 
             """
             UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = :now,
                 last_error = 'no Quivo inquiry found for this order within RELAY_UNMATCHED_TTL'
-            WHERE state = 'unmatched' AND created_at < :expire_before
+            WHERE state = 'unmatched' AND COALESCE(replayed_at, created_at) < :expire_before
             RETURNING id
             """,
             {"now": stamp, "expire_before": format_instant(expire_before)},
