@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay.domain.message import template_problems
+
 DEFAULT_MESSAGE_TEMPLATE = (
     "Customer rating: {stars}/5 stars\\n"
     "Comment: {comment}\\n"
@@ -28,7 +30,10 @@ class SettingsError(Exception):
 class Settings(BaseSettings):
     """The relay's configuration; field names are the environment variable names, lower-cased."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    # An empty variable means "not set", so a copied example file with blanks works as is.
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     port: int = Field(8080, ge=0, le=65535)
     relay_host: str = "0.0.0.0"
@@ -80,6 +85,14 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("relay_unmatched_ttl", "relay_max_age", mode="before")
+    @classmethod
+    def _plain_seconds(cls, value: object) -> object:
+        # "3600" from the environment means seconds, as a bare number does.
+        if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+            return float(value)
+        return value
+
     @field_validator("relay_inquiry_id_pattern", mode="after")
     @classmethod
     def _one_group(cls, pattern: re.Pattern[str] | None) -> re.Pattern[str] | None:
@@ -93,7 +106,11 @@ class Settings(BaseSettings):
     @classmethod
     def _line_breaks(cls, template: str) -> str:
         # An environment variable holds one line, so `\n` in the value stands for a line break.
-        return template.replace("\\n", "\n")
+        template = template.replace("\\n", "\n")
+        problems = template_problems(template)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return template
 
     @field_validator("database_url", mode="after")
     @classmethod
@@ -170,4 +187,5 @@ def _describe(item: object) -> str:
     assert isinstance(item, dict)
     name = ".".join(str(part) for part in item.get("loc", ())).upper() or "settings"
     # The input value is left out on purpose: it may be a secret.
-    return f"{name}: {item.get('msg', 'invalid')}"
+    message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{name}: {message}"
