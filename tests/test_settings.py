@@ -25,8 +25,8 @@ def test_example_env_documents_every_setting_and_nothing_else():
 def test_example_env_values_are_the_defaults(monkeypatch):
     for name in list(documented()):
         monkeypatch.delenv(name, raising=False)
-    from_file = Settings(_env_file=EXAMPLE)  # type: ignore[call-arg]
-    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    from_file = Settings(_env_file=EXAMPLE)
+    defaults = Settings(_env_file=None)
 
     assert from_file.model_dump() == defaults.model_dump()
 
@@ -76,6 +76,6 @@ def test_durations_take_seconds_or_iso_8601(monkeypatch):
     monkeypatch.setenv("RELAY_UNMATCHED_TTL", "P2D")
     monkeypatch.setenv("RELAY_MAX_AGE", "3600")
 
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
 
     assert (settings.relay_unmatched_ttl.days, settings.relay_max_age.total_seconds()) == (2, 3600)
