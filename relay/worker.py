@@ -192,6 +192,13 @@ class Worker:
             rating.external_id, self.settings.relay_inquiry_id_pattern
         )
         if inquiry_id is None:
+            if _age(delivery) > self.settings.relay_unmatched_ttl:
+                reason = "no Quivo inquiry found for this order within RELAY_UNMATCHED_TTL"
+                outcome = Outcome(
+                    delivery.id, "dead", delivery.attempts, delivery.unconfirmed, last_error=reason
+                )
+                await self._record(outcome, delivery, rating, started, "delivery.dead")
+                return
             outcome = Outcome(delivery.id, "unmatched", delivery.attempts, delivery.unconfirmed)
             await self._record(outcome, delivery, rating, started, "delivery.unmatched")
             return
@@ -338,7 +345,7 @@ class Worker:
     def _exhausted(self, delivery: ClaimedDelivery) -> str | None:
         if delivery.attempts >= self.settings.relay_max_attempts:
             return f"gave up after {delivery.attempts} attempts (RELAY_MAX_ATTEMPTS)"
-        age = utc_now() - datetime.fromisoformat(delivery.created_at)
+        age = _age(delivery)
         if age > self.settings.relay_max_age:
             return f"gave up after {age} waiting (RELAY_MAX_AGE)"
         return None
@@ -428,6 +435,10 @@ class Worker:
 
 class _PausedTooLong(Exception):
     """Quivo asked for a pause longer than the lease can wait out."""
+
+
+def _age(delivery: ClaimedDelivery) -> timedelta:
+    return utc_now() - datetime.fromisoformat(delivery.created_at)
 
 
 def _excerpt(text: str | None) -> str | None:

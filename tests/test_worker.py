@@ -278,3 +278,25 @@ async def test_a_new_rating_wakes_the_worker_without_waiting_for_the_sweep(start
     row = await wait_for_state(db(relay), accepted["delivery_id"], within_s=10)
 
     assert row["state"] == "delivered"
+
+
+async def test_delivery_older_than_max_age_dies_instead_of_retrying_forever(start_relay, quivo):
+    quivo.state.error_rate = 1.0
+    relay = await start_relay(relay_max_age=0.5, relay_max_attempts=1000)
+
+    accepted = await post(relay, rating_webhook(13, "INQ-130"))
+    row = await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"dead"}))
+
+    assert "RELAY_MAX_AGE" in row["last_error"]
+    assert row["attempts"] >= 1
+
+
+async def test_unmatched_rating_past_its_ttl_is_dead(start_relay, quivo):
+    relay = await start_relay(relay_unmatched_ttl=0)
+
+    accepted = await post(relay, rating_webhook(14, "ORDER-WITHOUT-LINK"))
+    row = await wait_for_state(db(relay), accepted["delivery_id"])
+
+    assert row["state"] == "dead"
+    assert "RELAY_UNMATCHED_TTL" in row["last_error"]
+    assert quivo.state.requests == {}
