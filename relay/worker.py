@@ -77,6 +77,7 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._last_maintenance = 0.0
         self.paused_reason: str | None = None
+        self._probe_delay_s = 1.0
         self.last_heartbeat: float | None = None
 
     # The loop ---------------------------------------------------------------------------------------
@@ -165,17 +166,19 @@ class Worker:
             log.info("worker.unmatched_swept", woken=woken, expired=expired)
 
     async def _probe_login(self) -> None:
-        delay = min(LOGIN_PROBE_MAX_S, max(self.settings.relay_retry_base_s, 1.0))
-        await self._sleep(delay)
+        # Probes back off from 1 s to a minute: revoked credentials may take an operator hours to fix.
+        await self._sleep(self._probe_delay_s)
         if self._stopping.is_set():
             return
         try:
             await self.client.ensure_login()
         except QuivoError as error:
+            self._probe_delay_s = min(LOGIN_PROBE_MAX_S, self._probe_delay_s * 2)
             log.warning("worker.paused", reason=self.paused_reason, probe_error=str(error))
             return
         log.info("worker.resumed", was_paused_for=self.paused_reason)
         self.paused_reason = None
+        self._probe_delay_s = 1.0
 
     async def readiness_problems(self) -> list[str]:
         """Why deliveries cannot flow now; empty when they can."""
