@@ -9,8 +9,10 @@ from aiohttp import web
 from relay.bringg.auth import Authenticator
 from relay.bringg.routes import routes as bringg_routes
 from relay.http import request_context
-from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, READINESS_CHECKS, SETTINGS, WORKER
+from relay.keys import AUTHENTICATOR, DATABASE, METRICS, NEW_DELIVERY, READINESS_CHECKS, SETTINGS, WORKER
 from relay.ops.health import routes as health_routes
+from relay.ops.metrics import RelayMetrics
+from relay.ops.metrics import routes as metrics_routes
 from relay.quivo.client import QuivoClient
 from relay.settings import Settings
 from relay.store.db import Database
@@ -24,11 +26,13 @@ def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
     app[AUTHENTICATOR] = Authenticator(settings)
     app[NEW_DELIVERY] = asyncio.Event()
     app[READINESS_CHECKS] = []
+    app[METRICS] = RelayMetrics()
     app.cleanup_ctx.append(_database)
     if run_worker:
         app.cleanup_ctx.append(_worker)
     app.add_routes(bringg_routes)
     app.add_routes(health_routes)
+    app.add_routes(metrics_routes)
     return app
 
 
@@ -57,10 +61,10 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
             password=_secret(settings.quivo_password),
             auth_prefix=settings.quivo_auth_prefix,
             token_ttl_s=settings.quivo_token_ttl_s,
+            observe=app[METRICS].quivo_request,
         )
-        worker = Worker(settings, app[DATABASE], client, wake=app[NEW_DELIVERY])
+        worker = Worker(settings, app[DATABASE], client, app[METRICS], wake=app[NEW_DELIVERY])
         app[WORKER] = worker
-        app[READINESS_CHECKS].append(worker.readiness_problems)
         worker.start()
         yield
         await worker.stop()

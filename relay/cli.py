@@ -5,7 +5,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -18,6 +18,7 @@ from relay.settings import Settings, SettingsError, load_settings
 from relay.sim import cli as sim_cli
 from relay.store.db import Database
 from relay.store.links import LinkImport, import_links_file, list_links
+from relay.store.retention import PruneResult, prune
 
 log = structlog.get_logger("relay")
 
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     link_import.set_defaults(command=_links_import)
     link_export = link_commands.add_parser("export", help="write every link as CSV to stdout")
     link_export.set_defaults(command=_links_export)
+
+    prune_parser = commands.add_parser(
+        "prune", help="delete finished records older than RELAY_RETENTION_DAYS"
+    )
+    prune_parser.set_defaults(command=_prune)
 
     sim = commands.add_parser("sim-quivo", help="serve a Quivo stand-in for demos, tests and benchmarks")
     sim_cli.configure_parser(sim)
@@ -162,6 +168,34 @@ def _links_export(args: argparse.Namespace) -> int:
             await database.close()
 
     asyncio.run(run())
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    settings = _settings(serves_webhooks=False, runs_worker=False)
+    older_than = datetime.now(UTC) - timedelta(days=settings.relay_retention_days)
+
+    def show(total: PruneResult) -> None:
+        print(
+            f"\rpruned {total.deliveries} deliveries, {total.attempts} attempts, {total.webhooks} webhooks",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def run() -> PruneResult:
+        database = await _open(settings)
+        try:
+            return await prune(database, older_than=older_than, progress=show)
+        finally:
+            await database.close()
+
+    total = asyncio.run(run())
+    print(file=sys.stderr)
+    print(
+        f"pruned {total.deliveries} deliveries, {total.attempts} attempts and {total.webhooks} webhooks "
+        f"finished before {older_than.isoformat(timespec='seconds')}; dead, unmatched and quarantined kept"
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from relay.bringg.auth import Authenticator
+from relay.ops.metrics import METRICS
 from relay.settings import Settings
 from relay.store.db import Database
 from relay.worker import Worker
@@ -19,3 +20,5 @@ AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 NEW_DELIVERY = web.AppKey("new_delivery", asyncio.Event)
 READINESS_CHECKS = web.AppKey("readiness_checks", list[ReadinessCheck])
 WORKER = web.AppKey("worker", Worker)
+
+__all__ = ["AUTHENTICATOR", "DATABASE", "METRICS", "NEW_DELIVERY", "READINESS_CHECKS", "SETTINGS", "WORKER"]

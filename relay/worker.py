@@ -15,10 +15,12 @@ from relay.domain.matching import inquiry_id_from_external_id
 from relay.domain.message import quivo_rating, render_message
 from relay.domain.rating import Rating
 from relay.domain.retry import Verdict, retry_delay, verdict_for_status
+from relay.ops.metrics import RelayMetrics
 from relay.pacing import Pacer
 from relay.quivo.client import LoginFailed, QuivoAnswer, QuivoClient, QuivoError, QuivoNoAnswer
 from relay.settings import Settings
 from relay.store.db import Database, StoreUnavailable
+from relay.store.gauges import beat
 from relay.store.outbox import (
     AttemptRecord,
     ClaimedDelivery,
@@ -28,11 +30,17 @@ from relay.store.outbox import (
     retry_unmatched,
     wake_linked_and_expire_unmatched,
 )
+from relay.store.retention import prune
 
 log = structlog.get_logger("relay.delivery")
 
 # Unmatched deliveries look for a newly added link at least this often.
 MAINTENANCE_INTERVAL_S = 10.0
+# How often the worker records that it is alive (in the database, for /readyz and /metrics).
+HEARTBEAT_INTERVAL_S = 5.0
+# Retention runs at start and then hourly; a short pause between batches leaves the writer to ingest.
+RETENTION_INTERVAL_S = 3600.0
+RETENTION_PAUSE_S = 0.05
 # While Quivo refuses our credentials, try logging in again this often, at most.
 LOGIN_PROBE_MAX_S = 60.0
 ERROR_EXCERPT_CHARS = 300
@@ -61,6 +69,7 @@ class Worker:
         settings: Settings,
         database: Database,
         client: QuivoClient,
+        metrics: RelayMetrics,
         *,
         wake: asyncio.Event | None = None,
         rng: random.Random | None = None,
@@ -68,6 +77,7 @@ class Worker:
         self.settings = settings
         self.database = database
         self.client = client
+        self.metrics = metrics
         self._wake = wake or asyncio.Event()
         self._rng = rng or random.Random()
         self._pacer = Pacer(settings.quivo_max_rps, max_pause_s=settings.relay_retry_max_s)
@@ -75,7 +85,10 @@ class Worker:
         self._inquiries_in_flight: dict[int, tuple[asyncio.Lock, int]] = {}
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
         self._last_maintenance = 0.0
+        self._last_beat = 0.0
+        self._paused_changed = False
         self.paused_reason: str | None = None
         self._probe_delay_s = 1.0
         self.last_heartbeat: float | None = None
@@ -117,13 +130,18 @@ class Worker:
             )
 
     def start(self) -> None:
-        """Run the loop in the background until stop()."""
+        """Run the loop, and retention, in the background until stop()."""
         self._loop_task = asyncio.create_task(self.run(), name="relay-worker")
+        self._retention_task = asyncio.create_task(self._retention(), name="relay-retention")
 
     async def stop(self) -> None:
         """Stop claiming; let sends in flight finish within the grace time; release the rest."""
         self._stopping.set()
         self._wake.set()
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
         if self._loop_task is not None:
             await self._loop_task
         late: set[asyncio.Task[None]] = set()
@@ -155,15 +173,38 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _maintain(self) -> None:
-        if time.monotonic() - self._last_maintenance < MAINTENANCE_INTERVAL_S:
+        now = time.monotonic()
+        if now - self._last_beat >= HEARTBEAT_INTERVAL_S or self._paused_changed:
+            self._last_beat, self._paused_changed = now, False
+            # In the database, so a web process beside a separate worker can tell whether it lives.
+            await self.database.write(beat(utc_now(), self.paused_reason))
+        if now - self._last_maintenance < MAINTENANCE_INTERVAL_S:
             return
-        self._last_maintenance = time.monotonic()
-        now = utc_now()
+        self._last_maintenance = now
+        wall = utc_now()
         woken, expired = await self.database.write(
-            wake_linked_and_expire_unmatched(now=now, expire_before=now - self.settings.relay_unmatched_ttl)
+            wake_linked_and_expire_unmatched(now=wall, expire_before=wall - self.settings.relay_unmatched_ttl)
         )
         if woken or expired:
             log.info("worker.unmatched_swept", woken=woken, expired=expired)
+
+    async def _retention(self) -> None:
+        """Prune finished records past RELAY_RETENTION_DAYS, hourly, in small batches beside ingest."""
+        while True:
+            try:
+                older_than = utc_now() - timedelta(days=self.settings.relay_retention_days)
+                pruned = await prune(self.database, older_than=older_than, pause_s=RETENTION_PAUSE_S)
+                if pruned.deliveries or pruned.webhooks:
+                    log.info(
+                        "retention.pruned",
+                        deliveries=pruned.deliveries,
+                        attempts=pruned.attempts,
+                        webhooks=pruned.webhooks,
+                        older_than=older_than.isoformat(),
+                    )
+            except StoreUnavailable as error:
+                log.error("retention.failed", error=str(error))
+            await asyncio.sleep(RETENTION_INTERVAL_S)
 
     async def _probe_login(self) -> None:
         # Probes back off from 1 s to a minute: revoked credentials may take an operator hours to fix.
@@ -178,13 +219,8 @@ class Worker:
             return
         log.info("worker.resumed", was_paused_for=self.paused_reason)
         self.paused_reason = None
+        self._paused_changed = True
         self._probe_delay_s = 1.0
-
-    async def readiness_problems(self) -> list[str]:
-        """Why deliveries cannot flow now; empty when they can."""
-        if self.paused_reason is not None:
-            return [f"deliveries paused: Quivo refused our credentials ({self.paused_reason})"]
-        return []
 
     # One delivery -----------------------------------------------------------------------------------
 
@@ -409,6 +445,7 @@ class Worker:
     def _pause(self, reason: str) -> None:
         if self.paused_reason is None:
             log.error("worker.paused", reason=reason)
+            self._paused_changed = True
         self.paused_reason = reason
         self._wake.set()
 
@@ -418,6 +455,9 @@ class Worker:
         state = await self.database.write(record_outcome(outcome, now=utc_now()))
         if state == "superseded" and outcome.state != "superseded":
             event = "delivery.superseded"
+        self.metrics.delivery_finished(event.removeprefix("delivery."))
+        if state == "delivered":
+            self.metrics.delivery_latency(_age(delivery).total_seconds())
         last = outcome.calls[-1] if outcome.calls else None
         emit = log.error if state == "dead" else log.warning if state == "retrying" else log.info
         emit(

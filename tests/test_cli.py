@@ -63,7 +63,7 @@ def test_serve_takes_a_webhook_logs_it_without_secrets_and_stops_cleanly_on_sigt
     env = {"PORT": str(port), "RELAY_HOST": "127.0.0.1", "BRINGG_WEBHOOK_TOKEN": WEBHOOK_TOKEN}
     log_path = tmp_path / "relay.log"
     with relay_process("serve", "--no-worker", env=env, cwd=tmp_path, log_path=log_path) as process:
-        wait_until_ready(f"http://127.0.0.1:{port}/readyz", process)
+        wait_until_ready(f"http://127.0.0.1:{port}/readyz?scope=intake", process)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/webhooks/bringg",
             data=fixture_bytes("bringg/rating_submitted.json"),

@@ -101,7 +101,7 @@ def test_split_web_and_worker_processes_share_one_database(tmp_path: Path):
             ) as web,
             relay_process("worker", env=env, cwd=tmp_path, log_path=tmp_path / "worker.log") as worker,
         ):
-            wait_until_ready(f"http://127.0.0.1:{port}/readyz", web)
+            wait_until_ready(f"http://127.0.0.1:{port}/readyz?scope=intake", web)
             ids = [post_webhook(port, rating_webhook(n, f"INQ-{n}"))["delivery_id"] for n in range(1, 6)]
             wait_for(lambda: {states(db)[i] for i in ids} == {"delivered"}, what="deliveries by the worker")
             for process in (web, worker):

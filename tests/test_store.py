@@ -2,11 +2,14 @@
 
 import asyncio
 import json
+import re
 import sqlite3
+from datetime import UTC, datetime, timedelta
 
 from relay.app import create_app
 from relay.keys import DATABASE
 from relay.store.db import Database
+from relay.store.gauges import beat
 from relay.store.migrations import LATEST_VERSION, migrate
 from tests.conftest import AUTH, fixture_bytes
 from tests.test_webhook import rating_body
@@ -114,14 +117,41 @@ async def test_migrations_apply_once_and_are_idempotent(make_settings):
         await database.close()
 
 
-async def test_health_and_readiness(aiohttp_client, make_settings):
+async def test_health_and_intake_readiness_of_a_web_only_process(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(), run_worker=False))
 
     health = await client.get("/healthz")
-    ready = await client.get("/readyz")
+    intake = await client.get("/readyz?scope=intake")
+    full = await client.get("/readyz")
 
     assert (health.status, await health.json()) == (200, {"status": "ok"})
-    assert (ready.status, (await ready.json())["status"]) == (200, "ready")
+    assert (intake.status, (await intake.json())["status"]) == (200, "ready")
+    assert full.status == 503
+    assert (await full.json())["problems"] == [
+        "no worker has run on this database yet (start `relay worker` or `relay serve`)"
+    ]
+
+
+async def test_readiness_names_a_silent_worker_and_an_old_backlog(aiohttp_client, make_settings):
+    client = await aiohttp_client(
+        create_app(make_settings(relay_ready_max_backlog_age_s=60), run_worker=False)
+    )
+    await client.app[DATABASE].write(beat(datetime.now(UTC) - timedelta(minutes=5)))
+    accepted = await (await client.post("/webhooks/bringg", data=BODY, headers=AUTH)).json()
+    conn = sqlite3.connect(client.app[DATABASE].path)
+    conn.execute(
+        "UPDATE deliveries SET next_attempt_at = '2020-01-01T00:00:00.000000Z' WHERE id = ?",
+        (accepted["delivery_id"],),
+    )
+    conn.commit()
+    conn.close()
+
+    ready = await client.get("/readyz")
+
+    problems = (await ready.json())["problems"]
+    assert ready.status == 503
+    assert re.match(r"worker silent for 30\d s", problems[0]), problems
+    assert "over RELAY_READY_MAX_BACKLOG_AGE_S=60" in problems[1]
 
 
 async def test_readiness_names_a_database_behind_on_migrations(aiohttp_client, make_settings):

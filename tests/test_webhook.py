@@ -3,6 +3,7 @@
 import json
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ def rating_body(rating_id: int = 77, stars: Any = 5, updated_at: str | None = No
         "rating": {
             "id": rating_id,
             "rating": stars,
-            "created_at": "2026-11-01T10:00:00.000Z",
+            "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
             "updated_at": updated_at,
             "comment": "Left at the door",
             "task": {"id": 5, "status": 4, "title": "Groceries", "external_id": "ORD-1", **task},
@@ -189,3 +190,17 @@ async def test_request_id_is_taken_from_the_caller_or_made_and_echoed(relay):
     assert len(made.headers["X-Request-ID"]) == 32
     stored = [row["request_id"] for row in rows(relay.app, "SELECT request_id FROM webhooks ORDER BY id")]
     assert stored == ["abc-123", made.headers["X-Request-ID"]]
+
+
+async def test_rating_older_than_the_retention_window_is_checked_at_quivo_before_sending(
+    aiohttp_client, make_settings
+):
+    client = await aiohttp_client(create_app(make_settings(relay_retention_days=30), run_worker=False))
+
+    _, old = await post(client, fixture_bytes(FIXTURE))  # created 2022: its delivery may have been pruned
+    _, recent = await post(client, rating_body())  # created days ago
+
+    flags = {
+        row["id"]: row["unconfirmed"] for row in rows(client.app, "SELECT id, unconfirmed FROM deliveries")
+    }
+    assert flags == {old["delivery_id"]: 1, recent["delivery_id"]: 0}

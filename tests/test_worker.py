@@ -300,3 +300,31 @@ async def test_unmatched_rating_past_its_ttl_is_dead(start_relay, quivo):
     assert row["state"] == "dead"
     assert "RELAY_UNMATCHED_TTL" in row["last_error"]
     assert quivo.state.requests == {}
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample line of Prometheus text, e.g. 'relay_deliveries{state="delivered"}'."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split(" ")[1])
+    raise AssertionError(f"{name} not exposed")
+
+
+async def test_metrics_move_as_work_happens(start_relay, quivo):
+    relay = await start_relay()
+    before = await (await relay.get("/metrics")).text()
+
+    accepted = await post(relay, rating_webhook(90, "INQ-900"))
+    await post(relay, rating_webhook(90, "INQ-900"))  # duplicate
+    await wait_for_state(db(relay), accepted["delivery_id"])
+    after = await (await relay.get("/metrics")).text()
+
+    assert metric(before, 'relay_webhooks_received_total{outcome="accepted"}') == 0
+    assert metric(after, 'relay_webhooks_received_total{outcome="accepted"}') == 1
+    assert metric(after, 'relay_webhooks_received_total{outcome="duplicate"}') == 1
+    assert metric(after, 'relay_delivery_outcomes_total{outcome="delivered"}') == 1
+    assert metric(after, 'relay_quivo_requests_total{action="post_rating",status="200"}') == 1
+    assert metric(after, 'relay_quivo_requests_total{action="login",status="200"}') == 1
+    assert metric(after, 'relay_deliveries{state="delivered"}') == 1
+    assert metric(after, 'relay_deliveries{state="pending"}') == 0
+    assert metric(after, "relay_delivery_latency_seconds_count") == 1

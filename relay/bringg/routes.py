@@ -1,7 +1,7 @@
 """The inbound routes: `POST /webhooks/bringg` and the OAuth token endpoint Bringg calls first."""
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -9,7 +9,7 @@ from aiohttp import BasicAuth, web
 
 from relay.bringg.payload import judge
 from relay.http import REQUEST_ID, elapsed_ms, problem
-from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, SETTINGS
+from relay.keys import AUTHENTICATOR, DATABASE, METRICS, NEW_DELIVERY, SETTINGS
 from relay.store.db import StoreUnavailable
 from relay.store.inbox import InboundWebhook, record_webhook
 
@@ -26,6 +26,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     """Authenticate, read within the size limit, commit the raw bytes (and delivery), then answer."""
     verdict = request.app[AUTHENTICATOR].check(request.headers)
     if not verdict.ok:
+        request.app[METRICS].webhook_received("unauthorized")
         log.warning("webhook.unauthorized", reason=verdict.reason, duration_ms=elapsed_ms(request))
         return problem(401, "Unauthorized", verdict.reason)
     limit = request.app[SETTINGS].relay_max_body_bytes
@@ -34,6 +35,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
+        request.app[METRICS].webhook_received("too_large")
         log.warning(
             "webhook.too_large",
             limit=limit,
@@ -61,8 +63,11 @@ async def receive_webhook(request: web.Request) -> web.Response:
         "bytes": len(body),
     }
     try:
-        stored = await request.app[DATABASE].write(record_webhook(inbound))
+        # Past the retention window a delivered version may be gone from the database: check Quivo first.
+        recheck_before = inbound.received_at - timedelta(days=request.app[SETTINGS].relay_retention_days)
+        stored = await request.app[DATABASE].write(record_webhook(inbound, recheck_before=recheck_before))
     except StoreUnavailable as error:
+        request.app[METRICS].webhook_received("store_failed")
         log.error("webhook.store_failed", error=str(error), duration_ms=elapsed_ms(request), **fields)
         response = problem(503, "Service Unavailable", "the webhook could not be stored; send it again")
         response.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
@@ -72,6 +77,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         answer["delivery_id"] = stored.delivery_id
     if judgement.errors:
         answer["errors"] = list(judgement.errors)
+    request.app[METRICS].webhook_received(stored.status)
     if stored.status == "accepted":
         request.app[NEW_DELIVERY].set()
     for delivery_id in stored.superseded:

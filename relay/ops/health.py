@@ -1,8 +1,14 @@
-"""`/healthz` says the process serves; `/readyz` says whether it can do its job now, and if not, why."""
+"""`/healthz`: the process serves. `/readyz`: whether the relay can do its job now, and if not, why."""
+
+from datetime import UTC, datetime
 
 from aiohttp import web
 
-from relay.keys import READINESS_CHECKS
+from relay.keys import DATABASE, READINESS_CHECKS, SETTINGS
+from relay.store.gauges import oldest_due_age_s, worker_heartbeat, worker_paused
+
+# The worker beats every few seconds; a minute of silence means it is stuck or not running.
+WORKER_SILENT_AFTER_S = 60.0
 
 routes = web.RouteTableDef()
 
@@ -14,9 +20,33 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
+    """Every reason the relay cannot work now; `?scope=intake` asks only whether webhooks can be taken."""
     problems: list[str] = []
     for check in request.app[READINESS_CHECKS]:
         problems += await check()
+    if request.query.get("scope") != "intake" and not problems:
+        problems += await _delivery_problems(request)
     if problems:
         return web.json_response({"status": "unavailable", "problems": problems}, status=503)
     return web.json_response({"status": "ready"})
+
+
+async def _delivery_problems(request: web.Request) -> list[str]:
+    conn = request.app[DATABASE].reader
+    now = datetime.now(UTC)
+    problems = []
+    heartbeat = await worker_heartbeat(conn)
+    if heartbeat is None:
+        problems.append("no worker has run on this database yet (start `relay worker` or `relay serve`)")
+    elif (silent := (now - heartbeat).total_seconds()) > WORKER_SILENT_AFTER_S:
+        problems.append(f"worker silent for {silent:.0f} s (last heartbeat {heartbeat.isoformat()})")
+    paused = await worker_paused(conn)
+    if paused is not None:
+        problems.append(f"deliveries paused: Quivo refused our credentials ({paused})")
+    backlog = await oldest_due_age_s(conn, now)
+    limit = request.app[SETTINGS].relay_ready_max_backlog_age_s
+    if backlog is not None and backlog > limit:
+        problems.append(
+            f"oldest due delivery waited {backlog:.0f} s (over RELAY_READY_MAX_BACKLOG_AGE_S={limit:g})"
+        )
+    return problems

@@ -89,8 +89,11 @@ class QuivoClient:
         auth_prefix: str = "",
         token_ttl_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[str, int | None], None] | None = None,
     ) -> None:
         self._session = session
+        # Told of every call (login, post_rating, get_inquiry) and its status, None when no answer came.
+        self._observe = observe or (lambda action, status: None)
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._username = username
@@ -216,16 +219,22 @@ class QuivoClient:
     ) -> tuple[int, bytes, str | None]:
         # raise_for_status and redirects are switched off per call: the session is the caller's, and a
         # redirect would carry our credentials elsewhere or turn a POST into a GET.
-        async with self._session.request(
-            method,
-            self._base_url + path,
-            headers=headers,
-            json=payload,
-            raise_for_status=False,
-            allow_redirects=False,
-        ) as response:
-            body = await response.read()
-            return response.status, body, response.headers.get("Retry-After")
+        action = "login" if path == "/login" else "post_rating" if method == "POST" else "get_inquiry"
+        try:
+            async with self._session.request(
+                method,
+                self._base_url + path,
+                headers=headers,
+                json=payload,
+                raise_for_status=False,
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+        except BaseException:
+            self._observe(action, None)
+            raise
+        self._observe(action, response.status)
+        return response.status, body, response.headers.get("Retry-After")
 
     def _redact(self, text: str) -> str:
         for secret in (self._api_key, self._password, self._token):

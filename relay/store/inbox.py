@@ -1,12 +1,13 @@
 """Inbound webhooks: the raw bytes of each, and for a usable rating its delivery row, in one transaction."""
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
 import aiosqlite
 
+from relay.bringg.payload import Judgement
 from relay.domain.rating import Rating, format_instant
 from relay.store.db import WriteJob
 
@@ -39,8 +40,12 @@ class StoredWebhook:
     superseded: list[int] = field(default_factory=list)
 
 
-def record_webhook(inbound: InboundWebhook) -> WriteJob[StoredWebhook]:
-    """A write job that stores `inbound` and, for a new rating version, its pending delivery."""
+def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> WriteJob[StoredWebhook]:
+    """A write job that stores `inbound` and, for a new rating version, its pending delivery.
+
+    A rating created before `recheck_before` may have been delivered and pruned since: its delivery
+    starts unconfirmed, so the worker reads the inquiry back before it sends.
+    """
 
     async def job(conn: aiosqlite.Connection) -> StoredWebhook:
         rating = inbound.rating
@@ -58,9 +63,57 @@ def record_webhook(inbound: InboundWebhook) -> WriteJob[StoredWebhook]:
         webhook_id = await _insert_webhook(conn, inbound, "accepted")
         # A version older than one already known is kept for the record but never delivered.
         outdated = any(row["version"] > rating.version for row in versions)
-        delivery_id = await _insert_delivery(conn, webhook_id, rating, inbound.received_at, outdated)
+        recheck = rating.created_at is not None and rating.created_at < recheck_before
+        delivery_id = await _insert_delivery(conn, webhook_id, rating, inbound.received_at, outdated, recheck)
         superseded = [] if outdated else await supersede_older(conn, rating, inbound.received_at)
         return StoredWebhook(webhook_id, "accepted", delivery_id=delivery_id, superseded=superseded)
+
+    return job
+
+
+def reprocess_webhook(
+    webhook_id: int, judgement: Judgement, *, now: datetime, recheck_before: datetime
+) -> WriteJob[StoredWebhook | None]:
+    """A write job that stores a new judgement of a quarantined webhook's body, as if it arrived `now`.
+
+    The webhook keeps its id, bytes and request id; its status, ids and errors become the judgement's, and
+    a usable rating gets a pending delivery (or is a duplicate) exactly as `record_webhook` decides for a
+    new arrival, `recheck_before` included. None when the webhook is unknown or no longer quarantined.
+    """
+
+    async def job(conn: aiosqlite.Connection) -> StoredWebhook | None:
+        async with conn.execute(
+            "SELECT status, request_id, content_type, body FROM webhooks WHERE id = ?", (webhook_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None or row["status"] != "quarantined":
+            return None
+        inbound = InboundWebhook(
+            request_id=row["request_id"],
+            received_at=now,
+            body=bytes(row["body"]),
+            content_type=row["content_type"],
+            status=judgement.status,
+            webhook_type=judgement.webhook_type,
+            merchant_id=judgement.merchant_id,
+            rating_id=judgement.rating_id,
+            errors=judgement.errors,
+            rating=judgement.rating,
+        )
+        # record_webhook decides as for a new arrival, in a row of its own; that row is folded into this one.
+        stored = await record_webhook(inbound, recheck_before=recheck_before)(conn)
+        await conn.execute(
+            "UPDATE webhooks SET (status, webhook_type, merchant_id, rating_id, errors) = "
+            "(SELECT status, webhook_type, merchant_id, rating_id, errors FROM webhooks WHERE id = :new) "
+            "WHERE id = :original",
+            {"new": stored.webhook_id, "original": webhook_id},
+        )
+        if stored.status == "accepted" and stored.delivery_id is not None:
+            await conn.execute(
+                "UPDATE deliveries SET webhook_id = ? WHERE id = ?", (webhook_id, stored.delivery_id)
+            )
+        await conn.execute("DELETE FROM webhooks WHERE id = ?", (stored.webhook_id,))
+        return replace(stored, webhook_id=webhook_id)
 
     return job
 
@@ -97,12 +150,13 @@ async def _insert_webhook(conn: aiosqlite.Connection, inbound: InboundWebhook, s
 
 
 async def _insert_delivery(
-    conn: aiosqlite.Connection, webhook_id: int, rating: Rating, now: datetime, outdated: bool
+    conn: aiosqlite.Connection, webhook_id: int, rating: Rating, now: datetime, outdated: bool, recheck: bool
 ) -> int:
     stamp = format_instant(now)
     cursor = await conn.execute(
         "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, external_id, stars, rating, "
-        "state, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "state, next_attempt_at, unconfirmed, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             webhook_id,
             rating.merchant_id,
@@ -113,6 +167,7 @@ async def _insert_delivery(
             rating.model_dump_json(),
             "superseded" if outdated else "pending",
             None if outdated else stamp,
+            int(recheck),
             stamp,
             stamp,
         ),

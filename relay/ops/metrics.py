@@ -1,0 +1,169 @@
+"""Prometheus metrics: counters moved as the relay works, and gauges read from the database per scrape."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from relay.store.db import Database
+from relay.store.gauges import deliveries_by_state, oldest_due_age_s, worker_heartbeat
+
+WEBHOOK_OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "ignored",
+    "quarantined",
+    "unauthorized",
+    "too_large",
+    "store_failed",
+)
+DELIVERY_OUTCOMES = (
+    "delivered",
+    "reconciled",
+    "retry_scheduled",
+    "dead",
+    "unmatched",
+    "superseded",
+    "released",
+    "paused",
+    "deferred",
+)
+# fmt: off
+# From a fast Quivo answer to a delivery that waited out a day of retries.
+LATENCY_BUCKETS_S = (
+    0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600, 10800, 21600, 43200, 86400,
+)
+# fmt: on
+
+
+@dataclass(frozen=True)
+class _StoreReading:
+    """What the database said at the last refresh."""
+
+    deliveries_by_state: dict[str, int]
+    oldest_due_age_s: float
+    worker_heartbeat_age_s: float | None
+
+
+class _StoreGauges:
+    """A collector for the gauges read from the database: it can leave out a value nobody knows."""
+
+    def __init__(self) -> None:
+        self.reading: _StoreReading | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self.reading)
+
+    def _families(self, reading: _StoreReading | None) -> Iterator[Metric]:
+        by_state = GaugeMetricFamily(
+            "relay_deliveries", "Deliveries in the database, by state.", labels=["state"]
+        )
+        oldest_due = GaugeMetricFamily(
+            "relay_oldest_due_delivery_age_seconds",
+            "Seconds since the earliest due delivery fell due (how far the worker lags); 0 when none is due.",
+        )
+        heartbeat = GaugeMetricFamily(
+            "relay_worker_heartbeat_age_seconds",
+            "Seconds since a worker last went round its loop; absent until one ever has.",
+        )
+        if reading is not None:
+            for state, count in reading.deliveries_by_state.items():
+                by_state.add_metric([state], count)
+            oldest_due.add_metric([], reading.oldest_due_age_s)
+            if reading.worker_heartbeat_age_s is not None:
+                heartbeat.add_metric([], reading.worker_heartbeat_age_s)
+        yield from (by_state, oldest_due, heartbeat)
+
+
+class RelayMetrics:
+    """The relay's metrics, in a registry of their own so that two applications never share counts."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._webhooks = Counter(
+            "relay_webhooks_received",
+            "Webhooks received, by what became of each.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        # Not relay_deliveries_total: relay_deliveries is the gauge of rows by state, another family.
+        self._deliveries = Counter(
+            "relay_delivery_outcomes",
+            "Delivery passes finished, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._quivo_requests = Counter(
+            "relay_quivo_requests",
+            "Requests made to Quivo, by action and HTTP status ('none' when no answer came).",
+            ["action", "status"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "relay_delivery_latency_seconds",
+            "From a webhook accepted to its rating delivered on Quivo.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._store = _StoreGauges()
+        self.registry.register(self._store)
+        # Series alerted on exist at 0 from the first scrape, so rate() and increase() see their first rise.
+        for outcome in WEBHOOK_OUTCOMES:
+            self._webhooks.labels(outcome)
+        for outcome in DELIVERY_OUTCOMES:
+            self._deliveries.labels(outcome)
+
+    def webhook_received(self, outcome: str) -> None:
+        """One webhook answered: accepted, duplicate, ignored, quarantined, unauthorized, too_large, ..."""
+        self._webhooks.labels(outcome).inc()
+
+    def delivery_finished(self, outcome: str) -> None:
+        """One pass over a claimed delivery ended: delivered, retry_scheduled, dead, ..."""
+        self._deliveries.labels(outcome).inc()
+
+    def quivo_request(self, action: str, status: int | None) -> None:
+        """One call to Quivo (send, reconcile or login) and its HTTP status, None when none came back."""
+        self._quivo_requests.labels(action, "none" if status is None else str(status)).inc()
+
+    def delivery_latency(self, seconds: float) -> None:
+        """How long a rating took from its webhook being accepted to its delivery on Quivo."""
+        self._latency.observe(seconds)
+
+    async def refresh_from(self, database: Database) -> None:
+        """Read the gauges' values from the database: deliveries by state, backlog age, worker heartbeat."""
+        conn = database.reader
+        now = datetime.now(UTC)
+        heartbeat = await worker_heartbeat(conn)
+        self._store.reading = _StoreReading(
+            deliveries_by_state=await deliveries_by_state(conn),
+            oldest_due_age_s=await oldest_due_age_s(conn, now) or 0.0,
+            worker_heartbeat_age_s=None if heartbeat is None else (now - heartbeat).total_seconds(),
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type."""
+        # generate_latest writes the 0.0.4 text format; CONTENT_TYPE_LATEST now names 1.0.0 in this library.
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+METRICS = web.AppKey("metrics", RelayMetrics)
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus scrape: the counters as they stand and the store gauges read now."""
+    # Imported here: relay.keys imports the worker, which reports to this module.
+    from relay.keys import DATABASE
+
+    relay_metrics = request.config_dict[METRICS]
+    await relay_metrics.refresh_from(request.config_dict[DATABASE])
+    body, content_type = relay_metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})

@@ -1,0 +1,73 @@
+"""Store reads behind the operator gauges, and the worker heartbeat they report."""
+
+from datetime import datetime
+
+import aiosqlite
+
+from relay.domain.rating import format_instant
+from relay.store.db import WriteJob
+
+# Every state the deliveries table allows (its CHECK constraint), so each gauge exists even at zero.
+DELIVERY_STATES = ("pending", "sending", "retrying", "delivered", "dead", "unmatched", "superseded")
+HEARTBEAT_KEY = "worker_heartbeat"
+PAUSED_KEY = "worker_paused"
+
+
+async def deliveries_by_state(conn: aiosqlite.Connection) -> dict[str, int]:
+    """How many deliveries are in each state, every state present (0 when none)."""
+    counts = dict.fromkeys(DELIVERY_STATES, 0)
+    rows = await conn.execute_fetchall("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
+    counts.update({row[0]: row[1] for row in rows})
+    return counts
+
+
+async def oldest_due_age_s(conn: aiosqlite.Connection, now: datetime) -> float | None:
+    """Seconds since the earliest due delivery fell due (what claim_due would take), None when none is."""
+    # The state list matches deliveries_due's own WHERE, so this reads one entry of that partial index;
+    # INDEXED BY: without ANALYZE statistics the planner would walk deliveries_state instead.
+    # A 'sending' row is due only once its lease ran out (a relay died mid-send), just as claim_due sees it.
+    async with conn.execute(
+        """
+        SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due
+        WHERE state IN ('pending', 'retrying', 'sending') AND next_attempt_at <= ?
+        ORDER BY next_attempt_at LIMIT 1
+        """,
+        (format_instant(now),),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return None if row is None else (now - datetime.fromisoformat(row[0])).total_seconds()
+
+
+async def worker_heartbeat(conn: aiosqlite.Connection) -> datetime | None:
+    """When a worker last went round its loop, as it recorded with `beat`; None if none ever did."""
+    async with conn.execute("SELECT value FROM meta WHERE key = ?", (HEARTBEAT_KEY,)) as cursor:
+        row = await cursor.fetchone()
+    return None if row is None else datetime.fromisoformat(row[0])
+
+
+def beat(now: datetime, paused_reason: str | None = None) -> WriteJob[None]:
+    """A write job recording that the worker's loop is alive at `now`, and why it is paused if it is."""
+
+    async def job(conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (HEARTBEAT_KEY, format_instant(now)),
+        )
+        if paused_reason is None:
+            await conn.execute("DELETE FROM meta WHERE key = ?", (PAUSED_KEY,))
+        else:
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (PAUSED_KEY, paused_reason),
+            )
+
+    return job
+
+
+async def worker_paused(conn: aiosqlite.Connection) -> str | None:
+    """Why the worker has paused all deliveries (Quivo refuses its credentials), or None."""
+    async with conn.execute("SELECT value FROM meta WHERE key = ?", (PAUSED_KEY,)) as cursor:
+        row = await cursor.fetchone()
+    return None if row is None else str(row[0])

@@ -1,0 +1,103 @@
+"""Retention: finished deliveries and spent webhooks past the cutoff are deleted in short batches."""
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiosqlite
+
+from relay.domain.rating import format_instant
+from relay.store.db import Database, WriteJob
+
+# INDEXED BY in both walks: without ANALYZE statistics the planner prefers the state and status indexes,
+# which read every delivered delivery (or accepted webhook) and sort them, on each batch.
+
+# Oldest finished first, along the partial index on updated_at; its WHERE must be repeated word for word.
+_FINISHED_DELIVERIES = """
+DELETE FROM deliveries WHERE id IN (
+    SELECT id FROM deliveries INDEXED BY deliveries_finished
+    WHERE state IN ('delivered', 'superseded') AND updated_at < :cutoff
+    ORDER BY updated_at LIMIT :limit)
+RETURNING id
+"""
+
+# A delivery carries its webhook's merchant and rating ids, so the unique (merchant_id, rating_id, version)
+# index finds any delivery still pointing at the webhook; there is no index on webhook_id alone.
+# Quarantined webhooks are never chosen: their raw bytes wait for an operator.
+_SPENT_WEBHOOKS = """
+DELETE FROM webhooks WHERE id IN (
+    SELECT w.id FROM webhooks w INDEXED BY webhooks_received
+    WHERE w.received_at < :cutoff AND w.status IN ('accepted', 'duplicate', 'ignored')
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries d
+          WHERE d.merchant_id = w.merchant_id AND d.rating_id = w.rating_id AND d.webhook_id = w.id)
+    ORDER BY w.received_at LIMIT :limit)
+"""
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """How many rows of each kind a prune deleted."""
+
+    deliveries: int
+    attempts: int
+    webhooks: int
+
+    def __add__(self, other: "PruneResult") -> "PruneResult":
+        return PruneResult(
+            self.deliveries + other.deliveries,
+            self.attempts + other.attempts,
+            self.webhooks + other.webhooks,
+        )
+
+
+_NOTHING = PruneResult(0, 0, 0)
+
+
+def prune_batch(*, older_than: datetime, batch_size: int) -> WriteJob[PruneResult]:
+    """A write job deleting up to `batch_size` finished deliveries (with their attempts) and webhooks.
+
+    Delivered and superseded deliveries last updated before `older_than` go, and every attempt of them.
+    Duplicate and ignored webhooks received before it go, and accepted ones whose deliveries are all gone
+    (their raw body has served its purpose). No webhook that a delivery still points at is deleted.
+    """
+
+    async def job(conn: aiosqlite.Connection) -> PruneResult:
+        window = {"cutoff": format_instant(older_than), "limit": batch_size}
+        finished = [row[0] for row in await conn.execute_fetchall(_FINISHED_DELIVERIES, window)]
+        attempts = 0
+        if finished:
+            cursor = await conn.executemany(
+                "DELETE FROM attempts WHERE delivery_id = ?", [(delivery_id,) for delivery_id in finished]
+            )
+            attempts = cursor.rowcount
+        # After the deliveries, so a webhook whose last delivery went in this batch goes in it too.
+        webhooks = await conn.execute(_SPENT_WEBHOOKS, window)
+        return PruneResult(len(finished), attempts, webhooks.rowcount)
+
+    return job
+
+
+async def prune(
+    database: Database,
+    *,
+    older_than: datetime,
+    batch_size: int = 500,
+    pause_s: float = 0.0,
+    progress: Callable[[PruneResult], None] | None = None,
+) -> PruneResult:
+    """Prune batch after batch until one deletes nothing; return the totals.
+
+    Each batch is its own short write job, so webhooks being stored wait for one batch at most.
+    `progress` hears the running totals after each batch that deleted something.
+    """
+    total = _NOTHING
+    while True:
+        batch = await database.write(prune_batch(older_than=older_than, batch_size=batch_size))
+        if batch == _NOTHING:
+            return total
+        total += batch
+        if progress is not None:
+            progress(total)
+        await asyncio.sleep(pause_s)

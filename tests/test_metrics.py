@@ -1,0 +1,164 @@
+"""`/metrics` through HTTP: counters move when reported, gauges follow the database, apps never share."""
+
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import aiosqlite
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay.domain.rating import format_instant
+from relay.keys import DATABASE
+from relay.ops.metrics import METRICS, RelayMetrics, routes
+from relay.store.db import Database
+from relay.store.gauges import beat
+
+RATING_IDS = itertools.count(1)
+
+
+@pytest.fixture
+async def database(make_settings) -> AsyncIterator[Database]:
+    db = Database(make_settings().database_path, timeout_s=5)
+    await db.open()
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+@pytest.fixture
+async def client(aiohttp_client, database):
+    app = web.Application()
+    app[DATABASE] = database
+    app[METRICS] = RelayMetrics()
+    app.add_routes(routes)
+    return await aiohttp_client(app)
+
+
+async def scrape(client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(await response.text())
+        for sample in family.samples
+    }
+
+
+def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    return name, frozenset(labels.items())
+
+
+async def insert_deliveries(
+    database: Database, state: str, next_attempt_at: datetime | None, count: int
+) -> None:
+    async def job(conn: aiosqlite.Connection) -> None:
+        stamp = format_instant(datetime.now(UTC))
+        due = format_instant(next_attempt_at) if next_attempt_at else None
+        await conn.executemany(
+            "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, stars, rating, state, "
+            "next_attempt_at, created_at, updated_at) VALUES (1, 1, ?, '', 4, '{}', ?, ?, ?, ?)",
+            [(next(RATING_IDS), state, due, stamp, stamp) for _ in range(count)],
+        )
+
+    await database.write(job)
+
+
+async def test_counters_move_as_work_is_reported(client):
+    metrics = client.app[METRICS]
+    metrics.webhook_received("accepted")
+    metrics.webhook_received("accepted")
+    metrics.delivery_finished("dead")
+    metrics.quivo_request("send", 201)
+    metrics.quivo_request("login", None)
+    metrics.delivery_latency(1.5)
+
+    values = await scrape(client)
+
+    assert values[key("relay_webhooks_received_total", outcome="accepted")] == 2
+    assert values[key("relay_delivery_outcomes_total", outcome="dead")] == 1
+    assert values[key("relay_quivo_requests_total", action="send", status="201")] == 1
+    assert values[key("relay_quivo_requests_total", action="login", status="none")] == 1
+    assert values[key("relay_delivery_latency_seconds_count")] == 1
+    assert values[key("relay_delivery_latency_seconds_bucket", le="1.0")] == 0
+    assert values[key("relay_delivery_latency_seconds_bucket", le="2.5")] == 1
+
+
+async def test_alerted_series_exist_at_zero_from_the_first_scrape(client):
+    values = await scrape(client)
+
+    assert values[key("relay_webhooks_received_total", outcome="quarantined")] == 0
+    assert values[key("relay_webhooks_received_total", outcome="store_failed")] == 0
+    assert values[key("relay_delivery_outcomes_total", outcome="dead")] == 0
+    assert values[key("relay_delivery_outcomes_total", outcome="retry_scheduled")] == 0
+
+
+async def test_scrape_is_prometheus_text(client):
+    response = await client.get("/metrics")
+
+    assert response.content_type == "text/plain"
+    assert "version=0.0.4" in response.headers["Content-Type"]
+    assert "# TYPE relay_deliveries gauge" in await response.text()
+
+
+async def test_deliveries_gauge_counts_rows_by_state_every_state_present(client, database):
+    await insert_deliveries(database, "pending", datetime.now(UTC) + timedelta(hours=1), 3)
+    await insert_deliveries(database, "dead", None, 1)
+
+    values = await scrape(client)
+
+    assert values[key("relay_deliveries", state="pending")] == 3
+    assert values[key("relay_deliveries", state="dead")] == 1
+    assert values[key("relay_deliveries", state="delivered")] == 0
+    assert values[key("relay_deliveries", state="superseded")] == 0
+
+
+async def test_oldest_due_age_is_how_long_the_earliest_due_delivery_has_waited(client, database):
+    nothing_due = await scrape(client)
+    await insert_deliveries(database, "retrying", datetime.now(UTC) + timedelta(minutes=5), 1)  # not yet due
+    await insert_deliveries(database, "pending", datetime.now(UTC) - timedelta(minutes=10), 1)
+    await insert_deliveries(database, "retrying", datetime.now(UTC) - timedelta(minutes=1), 1)
+
+    overdue = await scrape(client)
+
+    assert nothing_due[key("relay_oldest_due_delivery_age_seconds")] == 0
+    assert 600 <= overdue[key("relay_oldest_due_delivery_age_seconds")] < 660
+
+
+async def test_worker_heartbeat_age_appears_once_a_worker_beats(client, database):
+    before = await scrape(client)
+    await database.write(beat(datetime.now(UTC) - timedelta(seconds=5)))
+
+    after = await scrape(client)
+
+    assert key("relay_worker_heartbeat_age_seconds") not in before
+    assert 5 <= after[key("relay_worker_heartbeat_age_seconds")] < 60
+
+
+def test_two_applications_never_share_counts():
+    first, second = RelayMetrics(), RelayMetrics()
+
+    first.webhook_received("accepted")
+    first.delivery_latency(0.2)
+
+    assert first.registry.get_sample_value("relay_webhooks_received_total", {"outcome": "accepted"}) == 1
+    assert second.registry.get_sample_value("relay_webhooks_received_total", {"outcome": "accepted"}) == 0
+    assert second.registry.get_sample_value("relay_delivery_latency_seconds_count") == 0
+
+
+async def test_gauge_reads_walk_indexes(client, database):
+    statements: list[str] = []
+    await database.reader.set_trace_callback(statements.append)
+
+    await client.app[METRICS].refresh_from(database)
+    await database.reader.set_trace_callback(None)
+
+    assert len(statements) == 3
+    for sql in statements:
+        plan = [row[3] for row in await database.reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}")]
+        assert all(
+            "INDEX" in step or "PRIMARY KEY" in step for step in plan if step.startswith(("SCAN", "SEARCH"))
+        ), plan
+        assert not [step for step in plan if "TEMP B-TREE" in step], plan
