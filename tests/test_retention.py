@@ -9,6 +9,7 @@ import pytest
 from relay.domain.rating import format_instant
 from relay.store.db import Database
 from relay.store.retention import PruneResult, prune, prune_batch
+from tests.plans import full_scans_and_sorts, plan, traced
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CUTOFF = NOW - timedelta(days=30)
@@ -182,17 +183,11 @@ async def test_every_prune_statement_walks_an_index(database):
     rows = Rows(database)
     await rows.delivery("delivered", OLD, attempts=1)
     await rows.webhook("duplicate", OLD)
-    statements: list[str] = []
-    writer = database._writer
-    assert writer is not None
-    await writer.set_trace_callback(statements.append)
 
-    await database.write(prune_batch(older_than=CUTOFF, batch_size=10))
-    await writer.set_trace_callback(None)
+    statements = await traced(database, prune_batch(older_than=CUTOFF, batch_size=10))
 
     deletes = [sql for sql in statements if sql.lstrip().startswith("DELETE")]
     assert len(deletes) == 3
     for sql in deletes:
-        plan = [row[3] for row in await database.reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}")]
-        assert not [step for step in plan if step.startswith("SCAN")], plan
-        assert not [step for step in plan if "TEMP B-TREE" in step], plan
+        steps = await plan(database, sql)
+        assert full_scans_and_sorts(steps) == [], steps

@@ -60,6 +60,7 @@ def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[l
     async def job(conn: aiosqlite.Connection) -> list[ClaimedDelivery]:
         # A row still 'sending' here had its lease expire (a relay died mid-send): its send is unconfirmed.
         # A newer version waits while an older one of the same rating is in flight, so order is kept.
+        # INDEXED BY: without ANALYZE statistics SQLite would walk deliveries_state and sort the backlog.
         rows = await conn.execute_fetchall(
             """
             UPDATE deliveries SET
@@ -71,7 +72,7 @@ def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[l
                     SELECT l.inquiry_id FROM links l
                     WHERE l.merchant_id = deliveries.merchant_id AND l.external_id = deliveries.external_id))
             WHERE id IN (
-                SELECT d.id FROM deliveries d
+                SELECT d.id FROM deliveries d INDEXED BY deliveries_due
                 WHERE d.state IN ('pending', 'retrying', 'sending') AND d.next_attempt_at <= :now
                   AND NOT EXISTS (
                       SELECT 1 FROM deliveries o
@@ -221,12 +222,3 @@ def retry_unmatched(*, now: datetime) -> WriteJob[int]:
         return cursor.rowcount
 
     return job
-
-
-async def next_due_at(conn: aiosqlite.Connection) -> str | None:
-    """When the earliest waiting delivery falls due (ISO text), or None when nothing waits."""
-    async with conn.execute(
-        "SELECT MIN(next_attempt_at) FROM deliveries WHERE state IN ('pending', 'retrying', 'sending')"
-    ) as cursor:
-        row = await cursor.fetchone()
-    return row[0] if row else None

@@ -1,0 +1,38 @@
+"""The worker's hot queries walk their indexes: a backlog of a million rows costs no more per claim."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from relay.store.db import Database
+from relay.store.outbox import claim_due, wake_linked_and_expire_unmatched
+from tests.plans import full_scans_and_sorts, plan, traced
+
+
+@pytest.fixture
+async def database(make_settings):
+    database = Database(make_settings().database_path, timeout_s=5)
+    await database.open()
+    yield database
+    await database.close()
+
+
+async def test_claim_walks_the_due_index_without_sorting(database):
+    now = datetime.now(UTC)
+
+    statements = await traced(database, claim_due(now=now, lease_until=now + timedelta(seconds=30), limit=8))
+
+    [claim] = [sql for sql in statements if "UPDATE deliveries" in sql]
+    steps = await plan(database, claim)
+    assert "SEARCH d USING INDEX deliveries_due (next_attempt_at<?)" in steps
+    assert full_scans_and_sorts(steps) == [], steps
+
+
+async def test_unmatched_sweep_reads_only_unmatched_rows(database):
+    now = datetime.now(UTC)
+
+    statements = await traced(database, wake_linked_and_expire_unmatched(now=now, expire_before=now))
+
+    for sql in (sql for sql in statements if sql.lstrip().startswith("UPDATE")):
+        steps = await plan(database, sql)
+        assert full_scans_and_sorts(steps) == [], steps
