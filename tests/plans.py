@@ -14,7 +14,7 @@ async def traced(database: Database, job: WriteJob[Any]) -> list[str]:
     try:
         await database.write(job)
     finally:
-        await writer.set_trace_callback(None)
+        await writer.set_trace_callback(None)  # type: ignore[arg-type]  # None switches tracing off
     return statements
 
 
