@@ -10,6 +10,7 @@ from relay.bringg.auth import Authenticator
 from relay.bringg.routes import routes as bringg_routes
 from relay.http import request_context
 from relay.keys import AUTHENTICATOR, DATABASE, METRICS, NEW_DELIVERY, READINESS_CHECKS, SETTINGS, WORKER
+from relay.ops.admin import create_admin_app
 from relay.ops.health import routes as health_routes
 from relay.ops.metrics import RelayMetrics
 from relay.ops.metrics import routes as metrics_routes
@@ -33,6 +34,8 @@ def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
     app.add_routes(bringg_routes)
     app.add_routes(health_routes)
     app.add_routes(metrics_routes)
+    if settings.relay_admin_token is not None:
+        app.add_subapp("/admin", create_admin_app(settings.relay_admin_token.get_secret_value()))
     return app
 
 

@@ -1,0 +1,438 @@
+"""The operators' admin API under /admin: deliveries, webhooks, links and stats, behind a bearer token."""
+
+import base64
+import hmac
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+
+from relay.bringg.payload import judge
+from relay.http import Handler, problem
+from relay.keys import DATABASE, NEW_DELIVERY, SETTINGS
+from relay.linkfile import MAX_ID, Link, parse_links_csv
+from relay.store import queries
+from relay.store.db import Database
+from relay.store.inbox import reprocess_webhook
+from relay.store.links import delete_link, list_links
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+log = structlog.get_logger("relay.admin")
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+# Enough to fix a bad list of links in one go, few enough to read.
+MAX_REPORTED = 20
+
+M = TypeVar("M")
+B = TypeVar("B", bound=BaseModel)
+D = TypeVar("D", bound="DataclassInstance")
+
+routes = web.RouteTableDef()
+
+
+def create_admin_app(token: str) -> web.Application:
+    """The admin API as a sub-application to mount at /admin; every request must carry `token`."""
+    if not token:
+        raise ValueError("an empty admin token would let anyone in")
+    admin = web.Application(middlewares=[_bearer_token(token)])
+    admin.add_routes(routes)
+    return admin
+
+
+def _bearer_token(token: str) -> Middleware:
+    expected = token.encode()
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        given = offered.strip().encode("utf-8", "surrogateescape")
+        # compare_digest: how long a refusal takes must not tell how much of a guess was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+            log.warning(
+                "admin.unauthorized", method=request.method, path=request.path, token_given=bool(given)
+            )
+            response = problem(401, "Unauthorized", "send Authorization: Bearer <RELAY_ADMIN_TOKEN>")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="relay admin"'
+            return response
+        return await handler(request)
+
+    return require_token
+
+
+# Query and body models ----------------------------------------------------------------------------
+
+
+def _page_size(size: int) -> int:
+    if not 1 <= size <= MAX_PAGE:
+        raise ValueError(f"must be between 1 and {MAX_PAGE}")
+    return size
+
+
+def _cursor_of(*shape: type) -> BeforeValidator:
+    """Reads back a cursor made by `_cursor` from a key of these types."""
+
+    def read(value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            key = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        except ValueError:
+            key = None
+        if not (
+            isinstance(key, list)
+            and len(key) == len(shape)
+            and all(type(part) is kind for part, kind in zip(key, shape, strict=True))
+        ):
+            raise ValueError("not a cursor this API gave")
+        return key[0] if len(shape) == 1 else tuple(key)
+
+    return BeforeValidator(read)
+
+
+def _cursor(key: Sequence[int | str]) -> str:
+    """An opaque page cursor: the sort key of the last item shown."""
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+PageSize = Annotated[int, AfterValidator(_page_size)]
+IdCursor = Annotated[int | None, _cursor_of(int)]
+LinkId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+class DeliveryListing(queries.DeliveryFilter):
+    limit: PageSize = DEFAULT_PAGE
+    cursor: IdCursor = None
+
+
+class WebhookListing(queries.WebhookFilter):
+    limit: PageSize = DEFAULT_PAGE
+    cursor: IdCursor = None
+
+
+class LinkListing(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    merchant_id: queries.Id | None = None
+    limit: PageSize = DEFAULT_PAGE
+    cursor: Annotated[tuple[int, str] | None, _cursor_of(int, str)] = None
+
+
+class LinkInput(BaseModel):
+    """One link as an operator sends it; strict, so neither `"7"` nor `true` passes for an id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    merchant_id: LinkId
+    external_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+    inquiry_id: LinkId
+
+    def link(self) -> Link:
+        return Link(self.merchant_id, self.external_id, self.inquiry_id)
+
+
+class LinkTarget(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    inquiry_id: LinkId
+
+
+_LINK_LIST = TypeAdapter(list[LinkInput])
+
+
+# Deliveries ---------------------------------------------------------------------------------------
+
+
+@routes.get("/deliveries")
+async def list_deliveries(request: web.Request) -> web.Response:
+    listing = _validated(DeliveryListing, _query(request))
+    found = await queries.list_deliveries(
+        _database(request).reader, listing, after=listing.cursor, limit=listing.limit + 1
+    )
+    return _page(found, listing.limit, lambda delivery: [delivery.id])
+
+
+@routes.get(r"/deliveries/{delivery_id:\d+}")
+async def show_delivery(request: web.Request) -> web.Response:
+    return await _delivery_answer(request, _path_id(request, "delivery_id"))
+
+
+@routes.post(r"/deliveries/{delivery_id:\d+}/replay")
+async def replay_delivery(request: web.Request) -> web.Response:
+    delivery_id = _path_id(request, "delivery_id")
+    change = await _database(request).write(queries.replay_delivery(delivery_id, now=_now()))
+    _require_moved(change, delivery_id)
+    request.config_dict[NEW_DELIVERY].set()
+    log.info("admin.delivery_replayed", delivery_id=delivery_id, was=change.before)
+    return await _delivery_answer(request, delivery_id)
+
+
+@routes.post("/deliveries/replay")
+async def replay_deliveries(request: web.Request) -> web.Response:
+    body = await request.read()
+    where = (
+        _validated_json(queries.ReplayFilter, body)
+        if body.strip()
+        else _validated(queries.ReplayFilter, _query(request))
+    )
+    replayed = await queries.replay_matching(_database(request), where, now=_now())
+    if replayed:
+        request.config_dict[NEW_DELIVERY].set()
+    log.info(
+        "admin.deliveries_replayed",
+        replayed=replayed,
+        filter=where.model_dump(mode="json", exclude_none=True),
+    )
+    return web.json_response({"replayed": replayed})
+
+
+@routes.post(r"/deliveries/{delivery_id:\d+}/cancel")
+async def cancel_delivery(request: web.Request) -> web.Response:
+    delivery_id = _path_id(request, "delivery_id")
+    change = await _database(request).write(queries.cancel_delivery(delivery_id, now=_now()))
+    _require_moved(change, delivery_id)
+    log.info("admin.delivery_cancelled", delivery_id=delivery_id, was=change.before)
+    return await _delivery_answer(request, delivery_id)
+
+
+async def _delivery_answer(request: web.Request, delivery_id: int) -> web.Response:
+    detail = await queries.get_delivery(_database(request).reader, delivery_id)
+    if detail is None:
+        raise _refusal(404, f"no delivery {delivery_id}")
+    return web.json_response(asdict(detail))
+
+
+def _require_moved(change: queries.StateChange, delivery_id: int) -> None:
+    if change.before is None:
+        raise _refusal(404, f"no delivery {delivery_id}")
+    if change.refusal is not None:
+        raise _refusal(409, change.refusal, state=change.before)
+
+
+# Webhooks -----------------------------------------------------------------------------------------
+
+
+@routes.get("/webhooks")
+async def list_webhooks(request: web.Request) -> web.Response:
+    listing = _validated(WebhookListing, _query(request))
+    found = await queries.list_webhooks(
+        _database(request).reader, listing, after=listing.cursor, limit=listing.limit + 1
+    )
+    return _page(found, listing.limit, lambda webhook: [webhook.id])
+
+
+@routes.get(r"/webhooks/{webhook_id:\d+}")
+async def show_webhook(request: web.Request) -> web.Response:
+    webhook = await _webhook(request, _path_id(request, "webhook_id"))
+    return web.json_response({**asdict(webhook), **_readable(webhook.body)})
+
+
+@routes.post(r"/webhooks/{webhook_id:\d+}/reprocess")
+async def reprocess(request: web.Request) -> web.Response:
+    webhook_id = _path_id(request, "webhook_id")
+    webhook = await _webhook(request, webhook_id)
+    if webhook.status != "quarantined":
+        detail = f"webhook {webhook_id} is {webhook.status}: only quarantined ones are reprocessed"
+        raise _refusal(409, detail, webhook_status=webhook.status)
+    judgement = judge(webhook.body)
+    now = _now()
+    # As for a new arrival: past the retention window a delivered version may be gone, so check Quivo first.
+    recheck_before = now - timedelta(days=request.config_dict[SETTINGS].relay_retention_days)
+    stored = await _database(request).write(
+        reprocess_webhook(webhook_id, judgement, now=now, recheck_before=recheck_before)
+    )
+    if stored is None:
+        raise _refusal(409, f"webhook {webhook_id} is no longer quarantined")
+    if stored.status == "accepted":
+        request.config_dict[NEW_DELIVERY].set()
+    log.info(
+        "admin.webhook_reprocessed",
+        webhook_id=webhook_id,
+        outcome=stored.status,
+        delivery_id=stored.delivery_id,
+        superseded=stored.superseded or None,
+        errors=list(judgement.errors) or None,
+    )
+    answer: dict[str, Any] = {"status": stored.status}
+    if stored.delivery_id is not None:
+        answer["delivery_id"] = stored.delivery_id
+    if judgement.errors:
+        answer["errors"] = list(judgement.errors)
+    return web.json_response(answer)
+
+
+async def _webhook(request: web.Request, webhook_id: int) -> queries.WebhookDetail:
+    webhook = await queries.get_webhook(_database(request).reader, webhook_id)
+    if webhook is None:
+        raise _refusal(404, f"no webhook {webhook_id}")
+    return webhook
+
+
+def _readable(body: bytes) -> dict[str, str]:
+    try:
+        return {"body": body.decode("utf-8"), "body_encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"body": base64.b64encode(body).decode("ascii"), "body_encoding": "base64"}
+
+
+# Links --------------------------------------------------------------------------------------------
+
+
+@routes.get("/links")
+async def links_page(request: web.Request) -> web.Response:
+    listing = _validated(LinkListing, _query(request))
+    found = await list_links(
+        _database(request).reader,
+        merchant_id=listing.merchant_id,
+        after=listing.cursor,
+        limit=listing.limit + 1,
+    )
+    return _page(found, listing.limit, lambda link: [link.merchant_id, link.external_id])
+
+
+@routes.put(r"/links/{merchant_id:\d+}/{external_id}")
+async def put_link(request: web.Request) -> web.Response:
+    target = _validated_json(LinkTarget, await request.read())
+    given = {
+        "merchant_id": _path_id(request, "merchant_id"),
+        "external_id": request.match_info["external_id"],
+        "inquiry_id": target.inquiry_id,
+    }
+    link = _validated(LinkInput, given).link()
+    saved = await queries.save_links(_database(request), [link], now=_now())
+    if saved.woken:
+        request.config_dict[NEW_DELIVERY].set()
+    log.info("admin.link_saved", **asdict(link), woken=len(saved.woken))
+    return web.json_response({**asdict(link), "woken": saved.woken})
+
+
+@routes.delete(r"/links/{merchant_id:\d+}/{external_id}")
+async def remove_link(request: web.Request) -> web.Response:
+    merchant_id = _path_id(request, "merchant_id")
+    external_id = request.match_info["external_id"]
+    if not await _database(request).write(delete_link(merchant_id, external_id)):
+        raise _refusal(404, f"no link for merchant {merchant_id}'s order {external_id!r}")
+    log.info("admin.link_deleted", merchant_id=merchant_id, external_id=external_id)
+    return web.Response(status=204)
+
+
+@routes.post("/links")
+async def import_links(request: web.Request) -> web.Response:
+    body = await request.read()
+    if request.content_type == "text/csv":
+        # surrogateescape: bytes that are not UTF-8 become their row's problem, not the whole file's.
+        links, problems = parse_links_csv(body.decode("utf-8", errors="surrogateescape"))
+    else:
+        links, problems = [item.link() for item in _checked(lambda: _LINK_LIST.validate_json(body))], []
+    saved = await queries.save_links(_database(request), links, now=_now())
+    if saved.woken:
+        request.config_dict[NEW_DELIVERY].set()
+    log.info("admin.links_imported", saved=saved.saved, woken=len(saved.woken), problems=len(problems))
+    answer = {"saved": saved.saved, "woken": len(saved.woken), "problems": [asdict(p) for p in problems]}
+    return web.json_response(answer)
+
+
+# Stats --------------------------------------------------------------------------------------------
+
+
+@routes.get("/stats")
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(asdict(await queries.get_stats(_database(request).reader, now=_now())))
+
+
+# Plumbing -----------------------------------------------------------------------------------------
+
+
+def _database(request: web.Request) -> Database:
+    return request.config_dict[DATABASE]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _query(request: web.Request) -> dict[str, str | list[str]]:
+    """The query string as a model reads it: a repeated key as a list, an empty value as if absent."""
+    values: dict[str, list[str]] = {}
+    for key, value in request.query.items():
+        if value.strip():
+            values.setdefault(key, []).append(value)
+    return {key: found[0] if len(found) == 1 else found for key, found in values.items()}
+
+
+def _path_id(request: web.Request, name: str) -> int:
+    digits = request.match_info[name]  # the route admits digits only
+    # By length first: int() refuses very long digit strings; and ids are SQLite int64s.
+    if len(digits) > len(str(MAX_ID)) or int(digits) > MAX_ID:
+        raise _refusal(404, f"{name} {digits} is beyond the int64 range")
+    return int(digits)
+
+
+def _page(items: Sequence[D], limit: int, key: Callable[[D], Sequence[int | str]]) -> web.Response:
+    """One page of a listing read one item too far: that item tells whether there is a next page."""
+    shown = items[:limit]
+    next_cursor = _cursor(key(shown[-1])) if len(items) > limit else None
+    return web.json_response({"items": [asdict(item) for item in shown], "next_cursor": next_cursor})
+
+
+def _validated(kind: type[B], data: object) -> B:
+    return _checked(lambda: kind.model_validate(data))
+
+
+def _validated_json(kind: type[B], body: bytes) -> B:
+    return _checked(lambda: kind.model_validate_json(body))
+
+
+def _checked(parse: Callable[[], M]) -> M:
+    try:
+        return parse()
+    except ValidationError as error:
+        raise _invalid(error) from None
+
+
+def _invalid(error: ValidationError) -> web.HTTPException:
+    """400 naming the first bad field (as `state`, `[3].inquiry_id` or `body`), and the others after it."""
+    problems = [
+        {"field": _field(item["loc"]), "detail": item["msg"].removeprefix("Value error, ")}
+        for item in error.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    first = problems[0]
+    return _refusal(
+        400, f"{first['field']}: {first['detail']}", field=first["field"], errors=problems[:MAX_REPORTED]
+    )
+
+
+def _field(location: tuple[int | str, ...]) -> str:
+    name = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location)
+    return name.removeprefix(".") or "body"
+
+
+_REFUSALS: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest,
+    404: web.HTTPNotFound,
+    409: web.HTTPConflict,
+}
+
+
+def _refusal(status: int, detail: str, **extra: Any) -> web.HTTPException:
+    """A problem answer to raise, so a handler stops at the first thing wrong."""
+    answer = problem(status, HTTPStatus(status).phrase, detail, **extra)
+    return _REFUSALS[status](text=answer.text, content_type=answer.content_type)
