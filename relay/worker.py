@@ -36,6 +36,8 @@ log = structlog.get_logger("relay.delivery")
 
 # Unmatched deliveries look for a newly added link at least this often.
 MAINTENANCE_INTERVAL_S = 10.0
+# Deliveries claimed per Quivo call slot: the spare ones wait on a slot, their leases far from running out.
+CLAIM_AHEAD = 2
 # How often the worker records that it is alive (in the database, for /readyz and /metrics).
 HEARTBEAT_INTERVAL_S = 5.0
 # Retention runs at start and then hourly; a short pause between batches leaves the writer to ingest.
@@ -80,6 +82,8 @@ class Worker:
         self.metrics = metrics
         self._wake = wake or asyncio.Event()
         self._rng = rng or random.Random()
+        # QUIVO_MAX_CONCURRENCY bounds calls in flight; claiming ahead keeps store round trips off that path.
+        self._quivo_slots = asyncio.Semaphore(settings.quivo_max_concurrency)
         self._pacer = Pacer(settings.quivo_max_rps, max_pause_s=settings.relay_retry_max_s)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._inquiries_in_flight: dict[int, tuple[asyncio.Lock, int]] = {}
@@ -161,7 +165,7 @@ class Worker:
 
     async def _claim(self) -> tuple[int, list[ClaimedDelivery]]:
         """How many deliveries the worker could take now, and those it took."""
-        free = self.settings.quivo_max_concurrency - len(self._in_flight)
+        free = CLAIM_AHEAD * self.settings.quivo_max_concurrency - len(self._in_flight)
         if free <= 0 or self._pacer.paused_for() > 0:
             return 0, []
         now = utc_now()
@@ -351,19 +355,20 @@ class Worker:
     async def _call(
         self, attempt: _Attempt, action: str, call: Callable[[], Awaitable[QuivoAnswer]]
     ) -> QuivoAnswer | QuivoError:
-        if not await self._pacer.wait_turn(max_wait_s=self.settings.quivo_lease_s / 2):
-            raise _PausedTooLong()
-        if action == "send":
-            attempt.send_started = True
-        started_at, started = utc_now(), time.perf_counter()
-        result: QuivoAnswer | QuivoError
-        try:
-            result = await call()
-        except LoginFailed:
-            attempt.send_started = False  # a refused login means the call itself never went out
-            raise
-        except QuivoError as error:
-            result = error
+        async with self._quivo_slots:
+            if not await self._pacer.wait_turn(max_wait_s=self.settings.quivo_lease_s / 2):
+                raise _PausedTooLong()
+            if action == "send":
+                attempt.send_started = True
+            started_at, started = utc_now(), time.perf_counter()
+            result: QuivoAnswer | QuivoError
+            try:
+                result = await call()
+            except LoginFailed:
+                attempt.send_started = False  # a refused login means the call itself never went out
+                raise
+            except QuivoError as error:
+                result = error
         duration_ms = round((time.perf_counter() - started) * 1000)
         if isinstance(result, QuivoError):
             record = AttemptRecord(

@@ -1,5 +1,6 @@
 """Query-plan checks: run a write job with SQL tracing on, then EXPLAIN what it ran."""
 
+import sqlite3
 from typing import Any
 
 from relay.store.db import Database, WriteJob
@@ -8,13 +9,15 @@ from relay.store.db import Database, WriteJob
 async def traced(database: Database, job: WriteJob[Any]) -> list[str]:
     """The SQL statements (with their values) that `job` ran."""
     statements: list[str] = []
-    writer = database._writer
-    assert writer is not None
-    await writer.set_trace_callback(statements.append)
-    try:
-        await database.write(job)
-    finally:
-        await writer.set_trace_callback(None)  # type: ignore[arg-type]  # None switches tracing off
+
+    def with_trace(conn: sqlite3.Connection) -> Any:
+        conn.set_trace_callback(statements.append)
+        try:
+            return job(conn)
+        finally:
+            conn.set_trace_callback(None)
+
+    await database.write(with_trace)
     return statements
 
 

@@ -1,10 +1,10 @@
 """Links: the CSV file operators edit, and the store that saves links and wakes unmatched deliveries."""
 
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiosqlite
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -171,8 +171,8 @@ async def database(make_settings: Callable[..., Settings]) -> AsyncIterator[Data
 async def add_delivery(db: Database, merchant_id: int, external_id: str, state: str) -> int:
     """A delivery row as the worker leaves it, written with plain SQL."""
 
-    async def job(conn: aiosqlite.Connection) -> int:
-        cursor = await conn.execute(
+    def job(conn: sqlite3.Connection) -> int:
+        cursor = conn.execute(
             "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, external_id, stars, "
             "rating, state, created_at, updated_at) "
             "VALUES (1, ?, (SELECT COUNT(*) + 1 FROM deliveries), '', ?, 5, '{}', ?, ?, ?)",

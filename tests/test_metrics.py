@@ -1,10 +1,10 @@
 """`/metrics` through HTTP: counters move when reported, gauges follow the database, apps never share."""
 
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import aiosqlite
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,10 +54,10 @@ def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
 async def insert_deliveries(
     database: Database, state: str, next_attempt_at: datetime | None, count: int
 ) -> None:
-    async def job(conn: aiosqlite.Connection) -> None:
+    def job(conn: sqlite3.Connection) -> None:
         stamp = format_instant(datetime.now(UTC))
         due = format_instant(next_attempt_at) if next_attempt_at else None
-        await conn.executemany(
+        conn.executemany(
             "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, stars, rating, state, "
             "next_attempt_at, created_at, updated_at) VALUES (1, 1, ?, '', 4, '{}', ?, ?, ?, ?)",
             [(next(RATING_IDS), state, due, stamp, stamp) for _ in range(count)],

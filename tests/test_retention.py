@@ -1,9 +1,9 @@
 """Retention against a real database: what goes, what stays for an operator, in batches, on indexes."""
 
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import aiosqlite
 import pytest
 
 from relay.domain.rating import format_instant
@@ -35,8 +35,8 @@ class Rows:
         self.rating_id = 0
 
     async def webhook(self, status: str, received_at: datetime, rating_id: int | None = None) -> int:
-        async def job(conn: aiosqlite.Connection) -> int:
-            cursor = await conn.execute(
+        def job(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
                 "INSERT INTO webhooks (received_at, request_id, status, merchant_id, rating_id, body) "
                 "VALUES (?, 'req', ?, 1, ?, x'7b7d')",
                 (format_instant(received_at), status, rating_id),
@@ -55,15 +55,15 @@ class Rows:
         if webhook_id is None:
             webhook_id = await self.webhook("accepted", at, rating_id)
 
-        async def job(conn: aiosqlite.Connection) -> int:
+        def job(conn: sqlite3.Connection) -> int:
             stamp = format_instant(at)
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, stars, rating, state, "
                 "next_attempt_at, created_at, updated_at) VALUES (?, 1, ?, ?, 4, '{}', ?, ?, ?, ?)",
                 (webhook_id, rating_id, stamp, state, stamp, stamp, stamp),
             )
             assert cursor.lastrowid is not None
-            await conn.executemany(
+            conn.executemany(
                 "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, outcome) "
                 "VALUES (?, ?, 'send', ?, 10, 'ok')",
                 [(cursor.lastrowid, number, stamp) for number in range(1, attempts + 1)],
@@ -76,9 +76,9 @@ class Rows:
         """Another version of the webhook's rating, pointing at the same webhook."""
         rating_id = await self.scalar("SELECT rating_id FROM webhooks WHERE id = ?", webhook_id)
 
-        async def job(conn: aiosqlite.Connection) -> int:
+        def job(conn: sqlite3.Connection) -> int:
             stamp = format_instant(at)
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, stars, rating, state, "
                 "created_at, updated_at) VALUES (?, 1, ?, 'v2', 4, '{}', ?, ?, ?)",
                 (webhook_id, rating_id, state, stamp, stamp),

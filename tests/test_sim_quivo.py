@@ -361,6 +361,7 @@ async def test_stats_count_requests_by_route_and_status(client: Client, state: S
         "logins": 2,
         "ratings": 1,
         "most_rating_posts_at_once_per_inquiry": 1,
+        "most_rating_posts_at_once": 1,
     }
 
 
@@ -429,3 +430,4 @@ async def test_stats_show_rating_posts_open_at_once_for_one_inquiry(client: Clie
 
     stats = await (await client.get("/_sim/stats")).json()
     assert stats["most_rating_posts_at_once_per_inquiry"] == 2
+    assert stats["most_rating_posts_at_once"] == 3

@@ -39,15 +39,14 @@ async def test_locked_database_answers_503_with_retry_after_then_recovers(aiohtt
 async def test_full_disk_answers_503_and_keeps_nothing_half_written(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(), run_worker=False))
     database = client.app[DATABASE]
-    writer = database._writer
-    assert writer is not None
-    pages = (await (await writer.execute("PRAGMA page_count")).fetchone())[0]
-    await writer.execute(f"PRAGMA max_page_count = {pages}")  # the file cannot grow: a full disk
+    pages = await database.write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    # The file cannot grow: a full disk, for the writer's connection.
+    await database.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
     big = rating_body(title="x" * 20000)
 
     refused = await client.post("/webhooks/bringg", data=big, headers=AUTH)
     failure = database.last_commit_error
-    await writer.execute("PRAGMA max_page_count = 1073741823")
+    await database.write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
     accepted = await client.post("/webhooks/bringg", data=big, headers=AUTH)
 
     assert refused.status == 503
@@ -97,10 +96,8 @@ async def test_database_runs_in_wal_mode_with_full_sync(make_settings):
     try:
         mode = await (await database.reader.execute("PRAGMA journal_mode")).fetchone()
         assert mode is not None and mode[0] == "wal"
-        writer = database._writer
-        assert writer is not None
-        sync = await (await writer.execute("PRAGMA synchronous")).fetchone()
-        assert sync is not None and sync[0] == 2  # FULL
+        sync = await database.write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+        assert sync == 2  # FULL
     finally:
         await database.close()
 
@@ -109,9 +106,7 @@ async def test_migrations_apply_once_and_are_idempotent(make_settings):
     database = Database(make_settings().database_path, timeout_s=1)
     await database.open()
     try:
-        writer = database._writer
-        assert writer is not None
-        assert await migrate(writer) == []  # already applied at open
+        assert await database.write(migrate) == []  # already applied at open
         assert await database.schema_version() == LATEST_VERSION
     finally:
         await database.close()

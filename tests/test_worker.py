@@ -123,8 +123,8 @@ async def test_unconfirmed_send_that_did_not_land_is_sent_after_checking(start_r
 
 
 def _expired_lease(delivery_id: int):
-    async def job(conn):
-        await conn.execute(
+    def job(conn):
+        conn.execute(
             "UPDATE deliveries SET state = 'sending', next_attempt_at = '2000-01-01T00:00:00Z' WHERE id = ?",
             (delivery_id,),
         )
@@ -252,6 +252,18 @@ async def test_one_inquiry_never_has_two_rating_posts_in_flight(start_relay, qui
 
     assert len(quivo.state.ratings) == 10
     assert quivo.state.most_rating_posts_at_once_per_inquiry == 1
+
+
+async def test_calls_in_flight_stay_within_the_concurrency_limit(start_relay, quivo):
+    quivo.state.latency_ms = 60
+    relay = await start_relay(quivo_max_concurrency=3)
+
+    answers = [await post(relay, rating_webhook(n, f"INQ-{n}")) for n in range(100, 112)]
+    for answer in answers:
+        await wait_for_state(db(relay), answer["delivery_id"])
+
+    assert len(quivo.state.ratings) == 12
+    assert quivo.state.most_rating_posts_at_once == 3
 
 
 async def test_sends_are_spaced_to_the_rate_limit(start_relay, quivo):

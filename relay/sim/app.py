@@ -204,6 +204,7 @@ async def sim_stats(request: web.Request) -> web.Response:
             "logins": state.logins,
             "ratings": len(state.ratings),
             "most_rating_posts_at_once_per_inquiry": state.most_rating_posts_at_once_per_inquiry,
+            "most_rating_posts_at_once": state.most_rating_posts_at_once,
         }
     )
 

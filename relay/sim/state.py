@@ -125,6 +125,8 @@ class SimState:
     logins: int = field(default=0, init=False)
     # How many rating POSTs for one inquiry were ever open at once: a relay must keep this at 1.
     most_rating_posts_at_once_per_inquiry: int = field(default=0, init=False)
+    # How many rating POSTs were ever open at once in all: a relay keeps this within its concurrency.
+    most_rating_posts_at_once: int = field(default=0, init=False)
     _rating_posts_open: Counter[str] = field(default_factory=Counter, init=False, repr=False)
     _inquiries: dict[int, Inquiry] = field(default_factory=dict, init=False, repr=False)
     _token_expiry: dict[str, float] = field(default_factory=dict, init=False, repr=False)
@@ -145,6 +147,7 @@ class SimState:
         self.requests.clear()
         self.logins = 0
         self.most_rating_posts_at_once_per_inquiry = 0
+        self.most_rating_posts_at_once = 0
         self._inquiries.clear()
         self.set_faults({f.name: f.default for f in fields(self) if f.name in FAULT_KNOBS})
 
@@ -185,6 +188,7 @@ class SimState:
 
     def rating_post_opened(self, inquiry_key: str) -> None:
         self._rating_posts_open[inquiry_key] += 1
+        self.most_rating_posts_at_once = max(self.most_rating_posts_at_once, self._rating_posts_open.total())
         self.most_rating_posts_at_once_per_inquiry = max(
             self.most_rating_posts_at_once_per_inquiry, self._rating_posts_open[inquiry_key]
         )

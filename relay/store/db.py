@@ -1,9 +1,10 @@
-"""The SQLite database: one writer that groups concurrent writes into one commit, and one reader."""
+"""The SQLite database: one writer thread that groups concurrent writes into one commit, and one reader."""
 
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,10 +12,11 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
-from relay.store.migrations import LATEST_VERSION, applied_version, migrate
+from relay.store.migrations import LATEST_VERSION, migrate
 
 T = TypeVar("T")
-WriteJob = Callable[[aiosqlite.Connection], Awaitable[T]]
+# A write job runs inside the writer's transaction, on the writer thread: plain sqlite3, no awaiting.
+WriteJob = Callable[[sqlite3.Connection], T]
 
 log = structlog.get_logger(__name__)
 
@@ -33,12 +35,17 @@ class _Pending:
 
 
 class Database:
-    """Opens the file, migrates it, and serializes every write through a group-commit loop."""
+    """Opens the file, migrates it, and serializes every write through a group-commit loop.
+
+    A whole batch of write jobs runs on the writer thread in one hop: BEGIN, the jobs, COMMIT. The event
+    loop waits once per batch instead of once per statement, and SQLite's work uses another core.
+    """
 
     def __init__(self, path: Path, *, timeout_s: float) -> None:
         self.path = path
         self.timeout_s = timeout_s
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db-writer")
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._loop_task: asyncio.Task[None] | None = None
@@ -48,20 +55,27 @@ class Database:
     async def open(self) -> None:
         """Connect, set durability pragmas, apply migrations, start the writer loop."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await migrate(self._writer)
-        self._reader = await self._connect()
+        self._writer = await self._on_writer(self._connect_writer)
+        await self._on_writer(migrate)
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        self._reader.row_factory = sqlite3.Row
+        await self._reader.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
         self._loop_task = asyncio.create_task(self._commit_loop(), name="relay-db-writer")
 
-    async def _connect(self) -> aiosqlite.Connection:
+    def _connect_writer(self, _: object = None) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun and ended here, explicitly.
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
-        await conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
-        await conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit is on disk (WAL fsynced) before any caller hears it succeeded.
-        await conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA synchronous = FULL")
         return conn
+
+    async def _on_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the writer thread with the writer connection (outside the commit loop)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer_thread, lambda: work(self._writer))  # type: ignore[arg-type]
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections."""
@@ -70,10 +84,14 @@ class Database:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        for conn in (self._writer, self._reader):
-            if conn is not None:
-                await conn.close()
-        self._writer = self._reader = None
+            self._loop_task = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await asyncio.get_running_loop().run_in_executor(self._writer_thread, writer.close)
+        self._writer_thread.shutdown(wait=True)
 
     @property
     def reader(self) -> aiosqlite.Connection:
@@ -106,8 +124,10 @@ class Database:
                     self._queue.task_done()
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        jobs = [item.job for item in batch]
         try:
-            results = await self._transaction([item.job for item in batch])
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._writer_thread, self._transaction, jobs)
         except Exception as error:
             # Storage failures (locked, full, read-only, I/O) fail every job alike; fail the batch at once.
             if len(batch) == 1 or isinstance(error, sqlite3.OperationalError):
@@ -126,18 +146,19 @@ class Database:
             if not item.done.done():
                 item.done.set_result(result)
 
-    async def _transaction(self, jobs: list[WriteJob[Any]]) -> list[Any]:
+    def _transaction(self, jobs: list[WriteJob[Any]]) -> list[Any]:
+        """On the writer thread: one transaction around every job of the batch."""
         conn = self._writer
         if conn is None:
             raise StoreUnavailable("database is closed")
-        await conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            results = [await job(conn) for job in jobs]
-            await conn.execute("COMMIT")
+            results = [job(conn) for job in jobs]
+            conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
             raise
         return results
 
@@ -150,7 +171,9 @@ class Database:
 
     async def schema_version(self) -> int:
         """The newest migration applied to the file."""
-        return await applied_version(self.reader)
+        async with self.reader.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def readiness_problems(self) -> list[str]:
         """Why the database cannot take webhooks now; empty when it can."""
@@ -165,8 +188,8 @@ class Database:
         return problems
 
 
-async def _touch_probe(conn: aiosqlite.Connection) -> None:
-    await conn.execute(
+def _touch_probe(conn: sqlite3.Connection) -> None:
+    conn.execute(
         "INSERT INTO meta (key, value) VALUES ('ready_probe', strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
     )

@@ -1,5 +1,6 @@
 """Store reads behind the operator gauges, and the worker heartbeat they report."""
 
+import sqlite3
 from datetime import datetime
 
 import aiosqlite
@@ -48,16 +49,16 @@ async def worker_heartbeat(conn: aiosqlite.Connection) -> datetime | None:
 def beat(now: datetime, paused_reason: str | None = None) -> WriteJob[None]:
     """A write job recording that the worker's loop is alive at `now`, and why it is paused if it is."""
 
-    async def job(conn: aiosqlite.Connection) -> None:
-        await conn.execute(
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (HEARTBEAT_KEY, format_instant(now)),
         )
         if paused_reason is None:
-            await conn.execute("DELETE FROM meta WHERE key = ?", (PAUSED_KEY,))
+            conn.execute("DELETE FROM meta WHERE key = ?", (PAUSED_KEY,))
         else:
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (PAUSED_KEY, paused_reason),

@@ -1,11 +1,10 @@
 """Inbound webhooks: the raw bytes of each, and for a usable rating its delivery row, in one transaction."""
 
 import json
+import sqlite3
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
-
-import aiosqlite
 
 from relay.bringg.payload import Judgement
 from relay.domain.rating import Rating, format_instant
@@ -47,25 +46,25 @@ def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> Writ
     starts unconfirmed, so the worker reads the inquiry back before it sends.
     """
 
-    async def job(conn: aiosqlite.Connection) -> StoredWebhook:
+    def job(conn: sqlite3.Connection) -> StoredWebhook:
         rating = inbound.rating
         if inbound.status != "accepted" or rating is None:
-            webhook_id = await _insert_webhook(conn, inbound, inbound.status)
+            webhook_id = _insert_webhook(conn, inbound, inbound.status)
             return StoredWebhook(webhook_id, inbound.status)
-        versions = await conn.execute_fetchall(
+        versions = conn.execute(
             "SELECT id, version FROM deliveries WHERE merchant_id = ? AND rating_id = ?",
             (rating.merchant_id, rating.rating_id),
-        )
+        ).fetchall()
         for row in versions:
             if row["version"] == rating.version:
-                webhook_id = await _insert_webhook(conn, inbound, "duplicate")
+                webhook_id = _insert_webhook(conn, inbound, "duplicate")
                 return StoredWebhook(webhook_id, "duplicate", delivery_id=row["id"])
-        webhook_id = await _insert_webhook(conn, inbound, "accepted")
+        webhook_id = _insert_webhook(conn, inbound, "accepted")
         # A version older than one already known is kept for the record but never delivered.
         outdated = any(row["version"] > rating.version for row in versions)
         recheck = rating.created_at is not None and rating.created_at < recheck_before
-        delivery_id = await _insert_delivery(conn, webhook_id, rating, inbound.received_at, outdated, recheck)
-        superseded = [] if outdated else await supersede_older(conn, rating, inbound.received_at)
+        delivery_id = _insert_delivery(conn, webhook_id, rating, inbound.received_at, outdated, recheck)
+        superseded = [] if outdated else supersede_older(conn, rating, inbound.received_at)
         return StoredWebhook(webhook_id, "accepted", delivery_id=delivery_id, superseded=superseded)
 
     return job
@@ -81,11 +80,10 @@ def reprocess_webhook(
     new arrival, `recheck_before` included. None when the webhook is unknown or no longer quarantined.
     """
 
-    async def job(conn: aiosqlite.Connection) -> StoredWebhook | None:
-        async with conn.execute(
+    def job(conn: sqlite3.Connection) -> StoredWebhook | None:
+        row = conn.execute(
             "SELECT status, request_id, content_type, body FROM webhooks WHERE id = ?", (webhook_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        ).fetchone()
         if row is None or row["status"] != "quarantined":
             return None
         inbound = InboundWebhook(
@@ -101,36 +99,36 @@ def reprocess_webhook(
             rating=judgement.rating,
         )
         # record_webhook decides as for a new arrival, in a row of its own; that row is folded into this one.
-        stored = await record_webhook(inbound, recheck_before=recheck_before)(conn)
-        await conn.execute(
+        stored = record_webhook(inbound, recheck_before=recheck_before)(conn)
+        conn.execute(
             "UPDATE webhooks SET (status, webhook_type, merchant_id, rating_id, errors) = "
             "(SELECT status, webhook_type, merchant_id, rating_id, errors FROM webhooks WHERE id = :new) "
             "WHERE id = :original",
             {"new": stored.webhook_id, "original": webhook_id},
         )
         if stored.status == "accepted" and stored.delivery_id is not None:
-            await conn.execute(
+            conn.execute(
                 "UPDATE deliveries SET webhook_id = ? WHERE id = ?", (webhook_id, stored.delivery_id)
             )
-        await conn.execute("DELETE FROM webhooks WHERE id = ?", (stored.webhook_id,))
+        conn.execute("DELETE FROM webhooks WHERE id = ?", (stored.webhook_id,))
         return replace(stored, webhook_id=webhook_id)
 
     return job
 
 
-async def supersede_older(conn: aiosqlite.Connection, rating: Rating, now: datetime) -> list[int]:
+def supersede_older(conn: sqlite3.Connection, rating: Rating, now: datetime) -> list[int]:
     """Older versions of `rating` still waiting are superseded; one in flight finishes first."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         "UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL, updated_at = ? "
         "WHERE merchant_id = ? AND rating_id = ? AND version < ? "
         "AND state IN ('pending', 'retrying', 'unmatched') RETURNING id",
         (format_instant(now), rating.merchant_id, rating.rating_id, rating.version),
-    )
+    ).fetchall()
     return [int(row["id"]) for row in rows]
 
 
-async def _insert_webhook(conn: aiosqlite.Connection, inbound: InboundWebhook, status: WebhookStatus) -> int:
-    cursor = await conn.execute(
+def _insert_webhook(conn: sqlite3.Connection, inbound: InboundWebhook, status: WebhookStatus) -> int:
+    cursor = conn.execute(
         "INSERT INTO webhooks (received_at, request_id, status, webhook_type, merchant_id, rating_id, "
         "errors, content_type, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -149,11 +147,11 @@ async def _insert_webhook(conn: aiosqlite.Connection, inbound: InboundWebhook, s
     return cursor.lastrowid
 
 
-async def _insert_delivery(
-    conn: aiosqlite.Connection, webhook_id: int, rating: Rating, now: datetime, outdated: bool, recheck: bool
+def _insert_delivery(
+    conn: sqlite3.Connection, webhook_id: int, rating: Rating, now: datetime, outdated: bool, recheck: bool
 ) -> int:
     stamp = format_instant(now)
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, external_id, stars, rating, "
         "state, next_attempt_at, unconfirmed, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

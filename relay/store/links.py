@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,11 +39,11 @@ def upsert_links(links: Sequence[Link], *, now: datetime) -> WriteJob[LinkUpsert
     to 'pending', due `now`, in the same transaction as the links.
     """
 
-    async def job(conn: aiosqlite.Connection) -> LinkUpsert:
+    def job(conn: sqlite3.Connection) -> LinkUpsert:
         if not links:
             return LinkUpsert(saved=0, woken=[])
         stamp = format_instant(now)
-        await conn.executemany(
+        conn.executemany(
             "INSERT INTO links (merchant_id, external_id, inquiry_id, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (merchant_id, external_id) DO UPDATE "
             "SET inquiry_id = excluded.inquiry_id, updated_at = excluded.updated_at",
@@ -50,13 +51,13 @@ def upsert_links(links: Sequence[Link], *, now: datetime) -> WriteJob[LinkUpsert
         )
         # Every key just saved has a link now, so its unmatched deliveries are the ones to wake.
         keys = json.dumps([[link.merchant_id, link.external_id] for link in links])
-        woken = await conn.execute_fetchall(
+        woken = conn.execute(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ? "
             "WHERE state = 'unmatched' AND (merchant_id, external_id) IN "
             "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)) "
             "RETURNING id",
             (stamp, stamp, keys),
-        )
+        ).fetchall()
         return LinkUpsert(saved=len(links), woken=sorted(int(row["id"]) for row in woken))
 
     return job
@@ -65,8 +66,8 @@ def upsert_links(links: Sequence[Link], *, now: datetime) -> WriteJob[LinkUpsert
 def delete_link(merchant_id: int, external_id: str) -> WriteJob[bool]:
     """A write job that removes one link; True when there was one. Deliveries already matched keep theirs."""
 
-    async def job(conn: aiosqlite.Connection) -> bool:
-        cursor = await conn.execute(
+    def job(conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute(
             "DELETE FROM links WHERE merchant_id = ? AND external_id = ?", (merchant_id, external_id)
         )
         return cursor.rowcount > 0

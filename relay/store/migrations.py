@@ -4,8 +4,6 @@ import sqlite3
 from dataclasses import dataclass
 from importlib import resources
 
-import aiosqlite
-
 
 @dataclass(frozen=True)
 class Migration:
@@ -30,22 +28,21 @@ def known_migrations() -> list[Migration]:
 LATEST_VERSION = known_migrations()[-1].version
 
 
-async def applied_version(conn: aiosqlite.Connection) -> int:
+def applied_version(conn: sqlite3.Connection) -> int:
     """The newest migration applied to this database (0 for a new one)."""
-    await conn.execute(
+    conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
     )
-    async with conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cursor:
-        row = await cursor.fetchone()
+    row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
     return int(row[0]) if row else 0
 
 
-async def migrate(conn: aiosqlite.Connection) -> list[str]:
+def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply what is missing; safe to run again and beside another process doing the same."""
     done: list[str] = []
     for migration in known_migrations():
-        if migration.version <= await applied_version(conn):
+        if migration.version <= applied_version(conn):
             continue
         script = (
             "BEGIN IMMEDIATE;\n"
@@ -55,12 +52,12 @@ async def migrate(conn: aiosqlite.Connection) -> list[str]:
             "COMMIT;"
         )
         try:
-            await conn.executescript(script)
+            conn.executescript(script)
         except sqlite3.Error:
             if conn.in_transaction:
-                await conn.rollback()
+                conn.rollback()
             # Another process may have applied it meanwhile; anything else is a real failure.
-            if migration.version <= await applied_version(conn):
+            if migration.version <= applied_version(conn):
                 continue
             raise
         done.append(f"{migration.version:04d}_{migration.name}")

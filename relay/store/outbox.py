@@ -1,9 +1,8 @@
 """Deliveries as the worker sees them: claiming due ones under a lease, and recording what became of each."""
 
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
-
-import aiosqlite
 
 from relay.domain.rating import format_instant
 from relay.store.db import WriteJob
@@ -57,11 +56,11 @@ class Outcome:
 def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[list[ClaimedDelivery]]:
     """Lease up to `limit` due deliveries, oldest due first; fill in the inquiry from the links table."""
 
-    async def job(conn: aiosqlite.Connection) -> list[ClaimedDelivery]:
+    def job(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
         # A row still 'sending' here had its lease expire (a relay died mid-send): its send is unconfirmed.
         # A newer version waits while an older one of the same rating is in flight, so order is kept.
         # INDEXED BY: without ANALYZE statistics SQLite would walk deliveries_state and sort the backlog.
-        rows = await conn.execute_fetchall(
+        rows = conn.execute(
             """
             UPDATE deliveries SET
                 unconfirmed = CASE WHEN state = 'sending' THEN 1 ELSE unconfirmed END,
@@ -84,7 +83,7 @@ def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[l
                 COALESCE(replayed_at, created_at) AS created_at
             """,
             {"now": format_instant(now), "lease_until": format_instant(lease_until), "limit": limit},
-        )
+        ).fetchall()
         return [
             ClaimedDelivery(
                 id=row["id"],
@@ -105,9 +104,9 @@ def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[l
 def record_outcome(outcome: Outcome, *, now: datetime) -> WriteJob[str]:
     """Store where the delivery went return its state (a waiting one may be superseded)."""
 
-    async def job(conn: aiosqlite.Connection) -> str:
+    def job(conn: sqlite3.Connection) -> str:
         stamp = format_instant(now)
-        await conn.execute(
+        conn.execute(
             """
             UPDATE deliveries SET state = ?, attempts = ?, unconfirmed = ?, next_attempt_at = ?,
                 inquiry_id = COALESCE(?, inquiry_id), last_status = COALESCE(?, last_status),
@@ -131,7 +130,7 @@ def record_outcome(outcome: Outcome, *, now: datetime) -> WriteJob[str]:
             ),
         )
         if outcome.calls:
-            await conn.executemany(
+            conn.executemany(
                 "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, "
                 "outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -150,7 +149,7 @@ def record_outcome(outcome: Outcome, *, now: datetime) -> WriteJob[str]:
             )
         if outcome.state == "unmatched":
             # A link may have been saved while this delivery was in flight: then it is not unmatched.
-            linked = await conn.execute(
+            linked = conn.execute(
                 """
                 UPDATE deliveries SET state = 'pending', next_attempt_at = ?
                 WHERE id = ? AND EXISTS (
@@ -163,7 +162,7 @@ def record_outcome(outcome: Outcome, *, now: datetime) -> WriteJob[str]:
                 return "pending"
         if outcome.state in ("pending", "retrying", "unmatched"):
             # A newer version arrived while this one was in flight: it takes over, this one stops here.
-            superseded = await conn.execute_fetchall(
+            superseded = conn.execute(
                 """
                 UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL
                 WHERE id = ? AND EXISTS (
@@ -173,7 +172,7 @@ def record_outcome(outcome: Outcome, *, now: datetime) -> WriteJob[str]:
                 RETURNING id
                 """,
                 (outcome.delivery_id,),
-            )
+            ).fetchall()
             if superseded:
                 return "superseded"
         return outcome.state
@@ -184,9 +183,9 @@ def record_outcome(outcome: Outcome, *, now: datetime) -> WriteJob[str]:
 def wake_linked_and_expire_unmatched(*, now: datetime, expire_before: datetime) -> WriteJob[tuple[int, int]]:
     """Unmatched deliveries whose link now exists go back to pending; those waiting too long die."""
 
-    async def job(conn: aiosqlite.Connection) -> tuple[int, int]:
+    def job(conn: sqlite3.Connection) -> tuple[int, int]:
         stamp = format_instant(now)
-        woken = await conn.execute_fetchall(
+        woken = conn.execute(
             """
             UPDATE deliveries SET state = 'pending', next_attempt_at = :now, updated_at = :now
             WHERE state = 'unmatched' AND EXISTS (
@@ -195,8 +194,8 @@ def wake_linked_and_expire_unmatched(*, now: datetime, expire_before: datetime) 
             RETURNING id
             """,
             {"now": stamp},
-        )
-        expired = await conn.execute_fetchall(
+        ).fetchall()
+        expired = conn.execute(
             """
             UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = :now,
                 last_error = 'no Quivo inquiry found for this order within RELAY_UNMATCHED_TTL'
@@ -204,7 +203,7 @@ def wake_linked_and_expire_unmatched(*, now: datetime, expire_before: datetime) 
             RETURNING id
             """,
             {"now": stamp, "expire_before": format_instant(expire_before)},
-        )
+        ).fetchall()
         return len(list(woken)), len(list(expired))
 
     return job
@@ -213,8 +212,8 @@ def wake_linked_and_expire_unmatched(*, now: datetime, expire_before: datetime) 
 def retry_unmatched(*, now: datetime) -> WriteJob[int]:
     """Every unmatched delivery is tried again (at start: the inquiry id pattern may have changed)."""
 
-    async def job(conn: aiosqlite.Connection) -> int:
-        cursor = await conn.execute(
+    def job(conn: sqlite3.Connection) -> int:
+        cursor = conn.execute(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ? "
             "WHERE state = 'unmatched'",
             (format_instant(now), format_instant(now)),

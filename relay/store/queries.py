@@ -336,9 +336,8 @@ def replay_delivery(delivery_id: int, *, now: datetime) -> WriteJob[StateChange]
     A delivery with a newer version of its rating stays as it is: replaying it would overwrite the newer.
     """
 
-    async def job(conn: aiosqlite.Connection) -> StateChange:
-        row = await _one(
-            conn,
+    def job(conn: sqlite3.Connection) -> StateChange:
+        row = conn.execute(
             """
             SELECT d.state, (
                 SELECT n.id FROM deliveries n
@@ -347,7 +346,7 @@ def replay_delivery(delivery_id: int, *, now: datetime) -> WriteJob[StateChange]
             FROM deliveries d WHERE d.id = ?
             """,
             (delivery_id,),
-        )
+        ).fetchone()
         if row is None:
             return StateChange(None)
         state = row["state"]
@@ -360,7 +359,7 @@ def replay_delivery(delivery_id: int, *, now: datetime) -> WriteJob[StateChange]
                 state,
                 f"delivery {row['newer']} holds a newer version of this rating; replaying would undo it",
             )
-        await _replay(conn, [delivery_id], now)
+        _replay(conn, [delivery_id], now)
         return StateChange(state)
 
     return job
@@ -391,15 +390,15 @@ async def replay_matching(
 
 
 def _replay_job(ids: list[int], now: datetime) -> WriteJob[list[int]]:
-    async def job(conn: aiosqlite.Connection) -> list[int]:
-        return await _replay(conn, ids, now)
+    def job(conn: sqlite3.Connection) -> list[int]:
+        return _replay(conn, ids, now)
 
     return job
 
 
-async def _replay(conn: aiosqlite.Connection, ids: list[int], now: datetime) -> list[int]:
+def _replay(conn: sqlite3.Connection, ids: list[int], now: datetime) -> list[int]:
     # States are checked again here: between listing and this commit the worker may have moved a row.
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         """
         UPDATE deliveries SET state = 'pending', next_attempt_at = :now, attempts = 0, unconfirmed = 1,
             replayed_at = :now, updated_at = :now,
@@ -413,15 +412,15 @@ async def _replay(conn: aiosqlite.Connection, ids: list[int], now: datetime) -> 
         RETURNING id
         """,
         {"now": format_instant(now), "ids": json.dumps(ids)},
-    )
+    ).fetchall()
     return [int(row["id"]) for row in rows]
 
 
 def cancel_delivery(delivery_id: int, *, now: datetime) -> WriteJob[StateChange]:
     """A write job that stops a delivery not yet delivered nor in flight: it becomes dead, 'cancelled'."""
 
-    async def job(conn: aiosqlite.Connection) -> StateChange:
-        row = await _one(conn, "SELECT state FROM deliveries WHERE id = ?", (delivery_id,))
+    def job(conn: sqlite3.Connection) -> StateChange:
+        row = conn.execute("SELECT state FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
         if row is None:
             return StateChange(None)
         state = row["state"]
@@ -429,7 +428,7 @@ def cancel_delivery(delivery_id: int, *, now: datetime) -> WriteJob[StateChange]
             return StateChange(state, f"delivery {delivery_id} is sending: a call to Quivo is in flight")
         if state not in CANCELLABLE_STATES:
             return StateChange(state, f"delivery {delivery_id} is already {state}")
-        await conn.execute(
+        conn.execute(
             "UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? "
             "WHERE id = ?",
             (CANCELLED, format_instant(now), delivery_id),

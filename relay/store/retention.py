@@ -1,11 +1,10 @@
 """Retention: finished deliveries and spent webhooks past the cutoff are deleted in short batches."""
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-
-import aiosqlite
 
 from relay.domain.rating import format_instant
 from relay.store.db import Database, WriteJob
@@ -63,17 +62,17 @@ def prune_batch(*, older_than: datetime, batch_size: int) -> WriteJob[PruneResul
     (their raw body has served its purpose). No webhook that a delivery still points at is deleted.
     """
 
-    async def job(conn: aiosqlite.Connection) -> PruneResult:
+    def job(conn: sqlite3.Connection) -> PruneResult:
         window = {"cutoff": format_instant(older_than), "limit": batch_size}
-        finished = [row[0] for row in await conn.execute_fetchall(_FINISHED_DELIVERIES, window)]
+        finished = [row[0] for row in conn.execute(_FINISHED_DELIVERIES, window).fetchall()]
         attempts = 0
         if finished:
-            cursor = await conn.executemany(
+            cursor = conn.executemany(
                 "DELETE FROM attempts WHERE delivery_id = ?", [(delivery_id,) for delivery_id in finished]
             )
             attempts = cursor.rowcount
         # After the deliveries, so a webhook whose last delivery went in this batch goes in it too.
-        webhooks = await conn.execute(_SPENT_WEBHOOKS, window)
+        webhooks = conn.execute(_SPENT_WEBHOOKS, window)
         return PruneResult(len(finished), attempts, webhooks.rowcount)
 
     return job
