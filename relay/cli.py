@@ -1,28 +1,53 @@
-"""The `relay` command line: serve, worker, migrate, and the Quivo stand-in."""
+"""The `relay` command line: serve, worker, migrate, the operator's commands, and the Quivo stand-in."""
 
 import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from relay import console
 from relay.app import create_app
 from relay.linkfile import links_to_csv
 from relay.logs import configure_logging
+from relay.ops.admin import DEFAULT_PAGE, MAX_PAGE, DeliveryListing, page_cursor
 from relay.settings import Settings, SettingsError, load_settings
 from relay.sim import cli as sim_cli
-from relay.store.db import Database
-from relay.store.links import LinkImport, import_links_file, list_links
+from relay.store.db import Database, StoreUnavailable
+from relay.store.gauges import worker_heartbeat, worker_paused
+from relay.store.links import import_links_file, list_links
+from relay.store.queries import (
+    DELIVERY_STATES,
+    REPLAYABLE_STATES,
+    DeliveryDetail,
+    DeliveryFilter,
+    Id,
+    ReplayFilter,
+    StateChange,
+    get_delivery,
+    get_stats,
+    list_deliveries,
+    replay_delivery,
+    replay_matching,
+)
 from relay.store.retention import PruneResult, prune
 
 log = structlog.get_logger("relay")
 
 EXIT_MISCONFIGURED = 2
+# This command only marks deliveries pending; the worker process finds them when it next polls.
+WORKER_PICKS_UP = "a running `relay worker` or `relay serve` sends pending ones within RELAY_SWEEP_INTERVAL_S"
+
+T = TypeVar("T")
+F = TypeVar("F", bound=BaseModel)
+_DELIVERY_ID = TypeAdapter(Id)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,10 +85,87 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune_parser.set_defaults(command=_prune)
 
+    status = commands.add_parser(
+        "status", help="deliveries by state, webhooks by status, backlog, recent outcomes and the worker"
+    )
+    _json_option(status)
+    status.set_defaults(command=_status)
+
+    deliveries = commands.add_parser("deliveries", help="find and inspect deliveries")
+    delivery_commands = deliveries.add_subparsers(required=True, metavar="ACTION")
+    listing = delivery_commands.add_parser("list", help="deliveries matching the filters, newest first")
+    _filter_options(listing, DELIVERY_STATES)
+    listing.add_argument(
+        "--limit", metavar="N", help=f"show at most N (default {DEFAULT_PAGE}, at most {MAX_PAGE})"
+    )
+    listing.add_argument("--cursor", help="show the older ones: the next_cursor a listing ended with")
+    _json_option(listing)
+    listing.set_defaults(command=_deliveries_list)
+    show = delivery_commands.add_parser("show", help="one delivery, its calls to Quivo and its webhook")
+    show.add_argument("delivery_id", type=_delivery_id, metavar="ID", help="the delivery's id")
+    _json_option(show)
+    show.set_defaults(command=_deliveries_show)
+
+    replay = commands.add_parser(
+        "replay",
+        help="send a dead or unmatched delivery (ID), or all those matching --state ..., back to pending",
+        description="Send dead or unmatched deliveries back to pending, unconfirmed: the worker reads the "
+        "inquiry back before sending, so a rating is never posted twice. This command does not deliver: "
+        "a running `relay worker` (or `relay serve`) polls the database every RELAY_SWEEP_INTERVAL_S "
+        "and takes them up then.",
+    )
+    replay.add_argument(
+        "delivery_id", nargs="?", type=_delivery_id, metavar="ID", help="the delivery to replay"
+    )
+    _filter_options(replay, REPLAYABLE_STATES)
+    _json_option(replay)
+    replay.set_defaults(command=_replay)
+
     sim = commands.add_parser("sim-quivo", help="serve a Quivo stand-in for demos, tests and benchmarks")
     sim_cli.configure_parser(sim)
     sim.set_defaults(command=sim_cli.run)
     return parser
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON, as the admin API answers, for scripts"
+    )
+
+
+def _filter_options(parser: argparse.ArgumentParser, states: Sequence[str]) -> None:
+    """The options of DeliveryFilter's fields, which `_filter` reads back by the same names."""
+    parser.add_argument(
+        "--state",
+        action="append",
+        help=f"one or more of {', '.join(states)}: repeat the option or separate with commas",
+    )
+    parser.add_argument("--merchant-id", metavar="N", help="the Bringg merchant")
+    parser.add_argument("--external-id", metavar="X", help="the merchant's order (with --merchant-id)")
+    parser.add_argument("--inquiry-id", metavar="N", help="the Quivo customer inquiry")
+    parser.add_argument(
+        "--since", metavar="WHEN", help="created at or after: an ISO-8601 time, or a duration back (2h, 7d)"
+    )
+    parser.add_argument("--until", metavar="WHEN", help="created before: as --since")
+
+
+def _delivery_id(text: str) -> int:
+    try:
+        return _DELIVERY_ID.validate_strings(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"not a delivery id: {text!r}") from None
+
+
+def _filter(kind: type[F], args: argparse.Namespace) -> F:
+    """`kind` from the options named as its fields; a bad one ends the command with a line naming it."""
+    given = {name: value for name in kind.model_fields if (value := getattr(args, name, None)) is not None}
+    try:
+        return kind.model_validate(given)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-")
+        print(f"relay: {option}: {first['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        raise SystemExit(EXIT_MISCONFIGURED) from None
 
 
 def _settings(*, serves_webhooks: bool, runs_worker: bool) -> Settings:
@@ -124,24 +226,19 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _links_import(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
-
-    async def run() -> LinkImport:
-        database = await _open(settings)
-        try:
-            return await import_links_file(
-                database,
-                args.file,
-                now=datetime.now(UTC),
-                progress=lambda saved: print(f"\r{saved} links saved", end="", file=sys.stderr, flush=True),
-            )
-        finally:
-            await database.close()
-
     if not args.file.is_file():
         print(f"relay: no such file: {args.file}", file=sys.stderr)
         return 1
-    result = asyncio.run(run())
-    print(file=sys.stderr)
+    with console.progress_line() as show:
+        result = _on_database(
+            settings,
+            lambda database: import_links_file(
+                database,
+                args.file,
+                now=datetime.now(UTC),
+                progress=lambda saved: show(f"{saved} links saved"),
+            ),
+        )
     for problem in result.problems:
         print(f"{args.file}:{problem.line}: {problem.reason}", file=sys.stderr)
     bad = len(result.problems)
@@ -152,22 +249,18 @@ def _links_import(args: argparse.Namespace) -> int:
 def _links_export(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
 
-    async def run() -> None:
-        database = await _open(settings)
-        try:
-            after: tuple[int, str] | None = None
-            header = True
-            while page := await list_links(database.reader, after=after, limit=5000):
-                text = links_to_csv(page)
-                sys.stdout.write(text if header else text.split("\n", 1)[1])
-                header = False
-                after = (page[-1].merchant_id, page[-1].external_id)
-            if header:
-                sys.stdout.write(links_to_csv([]))
-        finally:
-            await database.close()
+    async def export(database: Database) -> None:
+        after: tuple[int, str] | None = None
+        header = True
+        while page := await list_links(database.reader, after=after, limit=5000):
+            text = links_to_csv(page)
+            sys.stdout.write(text if header else text.split("\n", 1)[1])
+            header = False
+            after = (page[-1].merchant_id, page[-1].external_id)
+        if header:
+            sys.stdout.write(links_to_csv([]))
 
-    asyncio.run(run())
+    _on_database(settings, export)
     return 0
 
 
@@ -175,45 +268,139 @@ def _prune(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
     older_than = datetime.now(UTC) - timedelta(days=settings.relay_retention_days)
 
-    def show(total: PruneResult) -> None:
-        print(
-            f"\rpruned {total.deliveries} deliveries, {total.attempts} attempts, {total.webhooks} webhooks",
-            end="",
-            file=sys.stderr,
-            flush=True,
+    def counts(total: PruneResult) -> str:
+        return f"{total.deliveries} deliveries, {total.attempts} attempts and {total.webhooks} webhooks"
+
+    with console.progress_line() as show:
+        total = _on_database(
+            settings,
+            lambda database: prune(
+                database, older_than=older_than, progress=lambda so_far: show(f"pruned {counts(so_far)}")
+            ),
         )
-
-    async def run() -> PruneResult:
-        database = await _open(settings)
-        try:
-            return await prune(database, older_than=older_than, progress=show)
-        finally:
-            await database.close()
-
-    total = asyncio.run(run())
-    print(file=sys.stderr)
     print(
-        f"pruned {total.deliveries} deliveries, {total.attempts} attempts and {total.webhooks} webhooks "
-        f"finished before {older_than.isoformat(timespec='seconds')}; dead, unmatched and quarantined kept"
+        f"pruned {counts(total)} finished before {older_than.isoformat(timespec='seconds')}; "
+        "dead, unmatched and quarantined kept"
     )
     return 0
 
 
-async def _open(settings: Settings) -> Database:
-    database = Database(settings.database_path, timeout_s=settings.relay_store_timeout_s)
-    await database.open()
-    return database
+def _status(args: argparse.Namespace) -> int:
+    settings = _settings(serves_webhooks=False, runs_worker=False)
+    now = datetime.now(UTC)
+
+    async def read(database: Database) -> console.Status:
+        reader = database.reader
+        stats = await get_stats(reader, now=now)
+        return console.Status(stats, await worker_heartbeat(reader), await worker_paused(reader))
+
+    status = _on_database(settings, read)
+    if args.json:
+        print(console.as_json(console.status_document(status, now)))
+    else:
+        print(console.status_text(status, now))
+    return 0
+
+
+def _deliveries_list(args: argparse.Namespace) -> int:
+    listing = _filter(DeliveryListing, args)
+    settings = _settings(serves_webhooks=False, runs_worker=False)
+    # One past the page, as the admin API reads: it tells whether older deliveries remain.
+    found = _on_database(
+        settings,
+        lambda database: list_deliveries(
+            database.reader, listing, after=listing.cursor, limit=listing.limit + 1
+        ),
+    )
+    shown = found[: listing.limit]
+    next_cursor = page_cursor([shown[-1].id]) if len(found) > len(shown) else None
+    if args.json:
+        print(console.as_json({"items": shown, "next_cursor": next_cursor}))
+        return 0
+    if shown:
+        print(console.deliveries_table(shown, datetime.now(UTC)))
+    else:
+        print("no deliveries match", file=sys.stderr)
+    if next_cursor is not None:
+        print(f"older ones: the same command with --cursor {next_cursor}", file=sys.stderr)
+    return 0
+
+
+def _deliveries_show(args: argparse.Namespace) -> int:
+    settings = _settings(serves_webhooks=False, runs_worker=False)
+    detail = _on_database(settings, lambda database: get_delivery(database.reader, args.delivery_id))
+    if detail is None:
+        print(f"relay: no delivery {args.delivery_id}", file=sys.stderr)
+        return 1
+    print(console.as_json(detail) if args.json else console.delivery_text(detail))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if args.delivery_id is None:
+        return _replay_matching(args)
+    if any(getattr(args, name) is not None for name in DeliveryFilter.model_fields):
+        print("relay: replay takes a delivery ID or filters, not both", file=sys.stderr)
+        return EXIT_MISCONFIGURED
+    settings = _settings(serves_webhooks=False, runs_worker=False)
+
+    async def replay(database: Database) -> tuple[StateChange, DeliveryDetail | None]:
+        change = await database.write(replay_delivery(args.delivery_id, now=datetime.now(UTC)))
+        return change, await get_delivery(database.reader, args.delivery_id) if change.moved else None
+
+    change, detail = _on_database(settings, replay)
+    if detail is None:
+        print(f"relay: {change.refusal or f'no delivery {args.delivery_id}'}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(console.as_json(detail))
+    else:
+        print(f"delivery {args.delivery_id}: {change.before} -> {detail.delivery.state}; {WORKER_PICKS_UP}")
+    return 0
+
+
+def _replay_matching(args: argparse.Namespace) -> int:
+    if args.state is None:
+        # Naming the states keeps a slip of the keyboard from replaying every dead and unmatched delivery.
+        print(f"relay: replay needs an ID or --state ({', '.join(REPLAYABLE_STATES)})", file=sys.stderr)
+        return EXIT_MISCONFIGURED
+    where = _filter(ReplayFilter, args)
+    settings = _settings(serves_webhooks=False, runs_worker=False)
+    with console.progress_line() as show:
+        replayed = _on_database(
+            settings,
+            lambda database: replay_matching(
+                database, where, now=datetime.now(UTC), progress=lambda count: show(f"replayed {count}...")
+            ),
+        )
+    if args.json:
+        print(console.as_json({"replayed": replayed}))
+    else:
+        print(f"replayed {replayed} deliveries; {WORKER_PICKS_UP}")
+    return 0
+
+
+def _on_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """`work` done on the database, beside a running relay (WAL: readers never wait for its writes)."""
+
+    async def run() -> T:
+        database = Database(settings.database_path, timeout_s=settings.relay_store_timeout_s)
+        await database.open()
+        try:
+            return await work(database)
+        finally:
+            await database.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreUnavailable as error:
+        print(f"relay: database unavailable: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _migrate(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
     configure_logging(settings.log_level, settings.log_format)
-
-    async def run() -> None:
-        database = await _open(settings)
-        version = await database.schema_version()
-        await database.close()
-        log.info("relay.migrated", database=str(settings.database_path), schema_version=version)
-
-    asyncio.run(run())
+    version = _on_database(settings, lambda database: database.schema_version())
+    log.info("relay.migrated", database=str(settings.database_path), schema_version=version)
     return 0

@@ -88,7 +88,7 @@ def _page_size(size: int) -> int:
 
 
 def _cursor_of(*shape: type) -> BeforeValidator:
-    """Reads back a cursor made by `_cursor` from a key of these types."""
+    """Reads back a cursor made by `page_cursor` from a key of these types."""
 
     def read(value: object) -> object:
         if not isinstance(value, str):
@@ -108,7 +108,7 @@ def _cursor_of(*shape: type) -> BeforeValidator:
     return BeforeValidator(read)
 
 
-def _cursor(key: Sequence[int | str]) -> str:
+def page_cursor(key: Sequence[int | str]) -> str:
     """An opaque page cursor: the sort key of the last item shown."""
     return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
 
@@ -389,7 +389,7 @@ def _path_id(request: web.Request, name: str) -> int:
 def _page(items: Sequence[D], limit: int, key: Callable[[D], Sequence[int | str]]) -> web.Response:
     """One page of a listing read one item too far: that item tells whether there is a next page."""
     shown = items[:limit]
-    next_cursor = _cursor(key(shown[-1])) if len(items) > limit else None
+    next_cursor = page_cursor(key(shown[-1])) if len(items) > limit else None
     return web.json_response({"items": [asdict(item) for item in shown], "next_cursor": next_cursor})
 
 

@@ -1,0 +1,201 @@
+"""What the operator commands print: aligned tables and short durations for people, JSON for scripts."""
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, astuple, dataclass, fields
+from datetime import datetime
+from itertools import zip_longest
+from typing import Any
+
+from relay.domain.rating import format_instant
+from relay.ops.health import WORKER_SILENT_AFTER_S
+from relay.store.queries import DeliveryAttempt, DeliveryDetail, DeliverySummary, Recent, Stats
+
+# A listing stays one line a delivery; `relay deliveries show` has the whole error.
+ERROR_WIDTH = 60
+_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+@dataclass(frozen=True)
+class Status:
+    """What `relay status` reports: the admin API's stats and what the worker last recorded."""
+
+    stats: Stats
+    worker_heartbeat: datetime | None
+    worker_paused: str | None
+
+
+def as_json(value: object) -> str:
+    """`value` as indented JSON, dataclasses as the objects the admin API answers with."""
+    return json.dumps(value, indent=2, default=_plain)
+
+
+def _plain(value: object) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+@contextmanager
+def progress_line() -> Iterator[Callable[[str], None]]:
+    """A line on stderr that each call rewrites, so long work shows it moves; ended when the work is."""
+    shown = False
+
+    def show(text: str) -> None:
+        nonlocal shown
+        shown = True
+        print(f"\r{text}", end="", file=sys.stderr, flush=True)
+
+    try:
+        yield show
+    finally:
+        if shown:
+            print(file=sys.stderr)
+
+
+def duration(seconds: float) -> str:
+    """A span as its two largest units, in whole seconds: `45s`, `3m 20s`, `2h`, `1d 3h`."""
+    left = max(int(seconds), 0)
+    largest: str | None = None
+    for unit, size in _UNITS:
+        count, left = divmod(left, size)
+        if largest is not None:
+            return f"{largest} {count}{unit}" if count else largest
+        if count:
+            largest = f"{count}{unit}"
+    return largest or "0s"
+
+
+def relative(instant: str | datetime | None, now: datetime) -> str:
+    """An instant as seen from `now`: `3m 20s ago`, `in 5s`, or `-` for none."""
+    if instant is None:
+        return "-"
+    moment = datetime.fromisoformat(instant) if isinstance(instant, str) else instant
+    seconds = (now - moment).total_seconds()
+    return f"{duration(seconds)} ago" if seconds >= 0 else f"in {duration(-seconds)}"
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
+    """Columns two spaces apart, numbers to the right; None shows as `-`, an empty string as blank."""
+    lines = [list(header)] if header else []
+    lines += [["-" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = [max(len(cell) for cell in column) for column in zip_longest(*lines, fillvalue="")]
+    numeric = [
+        all(isinstance(row[index], int) for row in rows if index < len(row) and row[index] not in ("", None))
+        for index in range(len(widths))
+    ]
+    return "\n".join(
+        "  ".join(
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(line, widths, numeric, strict=False)
+        ).rstrip()
+        for line in lines
+    )
+
+
+def status_text(status: Status, now: datetime) -> str:
+    """The relay at a glance: counts side by side, then the backlog, recent outcomes and the worker."""
+    stats = status.stats
+    counts = zip_longest(stats.deliveries.items(), stats.webhooks.items(), fillvalue=("", ""))
+    oldest = stats.oldest_due_age_s
+    summary = [
+        ("oldest due", "none due" if oldest is None else f"waiting {duration(oldest)}"),
+        ("delivered", _recent(stats.delivered)),
+        ("dead", _recent(stats.dead)),
+        ("worker", _heartbeat(status.worker_heartbeat, now)),
+        ("paused", status.worker_paused or "no"),
+    ]
+    header = ["DELIVERY STATE", "COUNT", "WEBHOOK STATUS", "COUNT"]
+    side_by_side = table([[*delivery, *webhook] for delivery, webhook in counts], header)
+    return f"{side_by_side}\n\n{table(summary)}"
+
+
+def status_document(status: Status, now: datetime) -> dict[str, Any]:
+    """The admin API's stats, and a `worker` object: its last heartbeat, that beat's age, why it paused."""
+    heartbeat = status.worker_heartbeat
+    return {
+        **asdict(status.stats),
+        "worker": {
+            "last_heartbeat": None if heartbeat is None else format_instant(heartbeat),
+            "heartbeat_age_s": None if heartbeat is None else (now - heartbeat).total_seconds(),
+            "paused": status.worker_paused,
+        },
+    }
+
+
+def _recent(recent: Recent) -> str:
+    return f"{recent.last_hour} in the last hour, {recent.last_day} in the last day"
+
+
+def _heartbeat(heartbeat: datetime | None, now: datetime) -> str:
+    if heartbeat is None:
+        return "never ran on this database (start `relay worker` or `relay serve`)"
+    seen = f"last heartbeat {relative(heartbeat, now)}"
+    silent = (now - heartbeat).total_seconds() > WORKER_SILENT_AFTER_S
+    return f"{seen}: silent, not running or stuck" if silent else seen
+
+
+def deliveries_table(deliveries: Sequence[DeliverySummary], now: datetime) -> str:
+    """One line a delivery, newest first as given; times as ages from `now`."""
+    return table(
+        [
+            [
+                delivery.id,
+                delivery.state,
+                delivery.merchant_id,
+                delivery.rating_id,
+                delivery.external_id,
+                delivery.inquiry_id,
+                delivery.stars,
+                delivery.attempts,
+                relative(delivery.created_at, now),
+                relative(delivery.next_attempt_at, now),
+                _shortened(delivery.last_error),
+            ]
+            for delivery in deliveries
+        ],
+        [
+            "ID",
+            "STATE",
+            "MERCHANT",
+            "RATING",
+            "ORDER",
+            "INQUIRY",
+            "STARS",
+            "ATTEMPTS",
+            "CREATED",
+            "NEXT ATTEMPT",
+            "LAST ERROR",
+        ],
+    )
+
+
+def _shortened(text: str | None) -> str | None:
+    if text is None or len(text) <= ERROR_WIDTH:
+        return text
+    return text[: ERROR_WIDTH - 1] + "…"
+
+
+def delivery_text(detail: DeliveryDetail) -> str:
+    """Every field of a delivery, its calls to Quivo oldest first, and the webhook it came from."""
+    record = asdict(detail.delivery)
+    record["rating"] = json.dumps(record["rating"])
+    calls = (
+        table(
+            [astuple(call) for call in detail.attempts],
+            [field.name.upper() for field in fields(DeliveryAttempt)],
+        )
+        if detail.attempts
+        else "no calls to Quivo yet"
+    )
+    webhook = detail.webhook
+    source = (
+        "webhook: pruned"
+        if webhook is None
+        else f"webhook {webhook.id}: {webhook.status}, received {webhook.received_at}, "
+        f"request id {webhook.request_id}"
+    )
+    return "\n\n".join([table(list(record.items())), calls, source])

@@ -1,0 +1,259 @@
+"""The operator's commands run as in a shell: status, deliveries list and show, replay, beside readers."""
+
+import json
+import re
+import sqlite3
+import subprocess
+from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from relay.cli import main
+from relay.console import duration, table
+from relay.keys import DATABASE
+from relay.store.db import Database
+from relay.store.queries import DELIVERY_STATES, DeliverySummary
+from tests.processes import run_relay
+from tests.test_admin import ago, delivery_row, seed, sql
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> Any:
+    """A migrated database, shaped as test_admin's seeding helpers read a relay: `store.app[DATABASE]`."""
+    database = Database(tmp_path / "relay.db", timeout_s=5)
+    await database.open()
+    await database.close()
+    return SimpleNamespace(app={DATABASE: database})
+
+
+def relay(store: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    path: Path = store.app[DATABASE].path
+    return run_relay(*args, env={"DATABASE_URL": f"sqlite:///{path}"}, cwd=path.parent)
+
+
+def relay_json(store: Any, *args: str) -> Any:
+    result = relay(store, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def columns(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
+# Rendering
+
+
+def test_durations_show_their_two_largest_units():
+    assert [duration(s) for s in (0.4, 45, 200, 3600, 7300, 90061)] == [
+        "0s",
+        "45s",
+        "3m 20s",
+        "1h",
+        "2h 1m",
+        "1d 1h",
+    ]
+
+
+def test_tables_align_columns_and_put_numbers_right():
+    assert table(
+        [[7, "dead", None], [12, "unmatched", "no link"]], ["ID", "STATE", "ERROR"]
+    ).splitlines() == [
+        "ID  STATE      ERROR",
+        " 7  dead       -",
+        "12  unmatched  no link",
+    ]
+
+
+def test_help_lists_the_operator_commands_and_says_a_worker_does_the_replaying(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    replay_help = capsys.readouterr().out
+
+    assert all(f"\n    {command}" in listed for command in ("status", "deliveries", "replay", "prune"))
+    assert "RELAY_SWEEP_INTERVAL_S" in " ".join(replay_help.split())
+
+
+# Status
+
+
+def test_status_shows_counts_backlog_recent_outcomes_and_the_worker(store):
+    seed(store, state="pending", next_attempt_at=ago(minutes=10))
+    seed(store, state="unmatched")
+    seed(store, state="delivered", updated_at=ago(minutes=5))
+    seed(store, state="dead", updated_at=ago(hours=2))
+    sql(store, "UPDATE webhooks SET status = 'quarantined' WHERE id = 1")
+    sql(store, "INSERT INTO meta (key, value) VALUES ('worker_heartbeat', ?)", ago(minutes=2))
+    sql(store, "INSERT INTO meta (key, value) VALUES ('worker_paused', 'Quivo answered 401')")
+
+    shown = relay(store, "status")
+    document = relay_json(store, "status")
+
+    assert shown.returncode == 0, shown.stderr
+    lines = [columns(line) for line in shown.stdout.splitlines()]
+    assert lines[0] == ["DELIVERY STATE", "COUNT", "WEBHOOK STATUS", "COUNT"]
+    assert lines[1] == ["pending", "1", "accepted", "3"]
+    assert lines[4][:2] == ["delivered", "1"] and lines[5][:2] == ["dead", "1"]
+    assert ["quarantined", "1"] in [line[2:] for line in lines]
+    summary = {line[0]: line[1] for line in lines if len(line) == 2}
+    assert summary["oldest due"].startswith("waiting 10m")
+    assert summary["delivered"] == "1 in the last hour, 1 in the last day"
+    assert summary["dead"] == "0 in the last hour, 1 in the last day"
+    assert summary["worker"].startswith("last heartbeat 2m")
+    assert summary["paused"] == "Quivo answered 401"
+
+    seeded = ("pending", "delivered", "dead", "unmatched")
+    assert document["deliveries"] == {state: int(state in seeded) for state in DELIVERY_STATES}
+    assert document["webhooks"] == {"accepted": 3, "duplicate": 0, "ignored": 0, "quarantined": 1}
+    assert 600 <= document["oldest_due_age_s"] < 660
+    assert (document["delivered"], document["dead"]) == (
+        {"last_hour": 1, "last_day": 1},
+        {"last_hour": 0, "last_day": 1},
+    )
+    assert document["worker"]["paused"] == "Quivo answered 401"
+    assert 120 <= document["worker"]["heartbeat_age_s"] < 180
+
+
+# Deliveries
+
+
+def test_deliveries_list_filters_by_state_and_time_newest_first_and_pages(store):
+    old_dead = seed(store, state="dead", created_at=ago(hours=3))
+    unmatched = seed(store, state="unmatched", external_id="ORD-9", created_at=ago(hours=1))
+    delivered = seed(store, state="delivered", inquiry_id=77, created_at=ago(minutes=30))
+    recent_dead = seed(store, state="dead", last_error="Quivo answered 422")
+
+    dead = relay_json(store, "deliveries", "list", "--state", "dead")
+    recent = relay_json(store, "deliveries", "list", "--state", "dead,unmatched", "--since", "2h")
+    first = relay_json(store, "deliveries", "list", "--state", "dead", "--limit", "1")
+    rest = relay_json(store, "deliveries", "list", "--state", "dead", "--cursor", first["next_cursor"])
+    shown = relay(store, "deliveries", "list", "--state", "unmatched", "--state", "delivered")
+
+    assert [item["id"] for item in dead["items"]] == [recent_dead, old_dead]
+    assert dead["next_cursor"] is None
+    # The admin API's item: every field of the listing's record.
+    assert set(dead["items"][0]) == {field.name for field in fields(DeliverySummary)}
+    assert dead["items"][0]["last_error"] == "Quivo answered 422"
+    assert [item["id"] for item in recent["items"]] == [recent_dead, unmatched]
+    assert [item["id"] for item in first["items"] + rest["items"]] == [recent_dead, old_dead]
+    assert rest["next_cursor"] is None
+    header, *rows = [columns(line) for line in shown.stdout.splitlines()]
+    assert header[:3] == ["ID", "STATE", "MERCHANT"]
+    assert [(row[0], row[1]) for row in rows] == [
+        (str(delivered), "delivered"),
+        (str(unmatched), "unmatched"),
+    ]
+    assert rows[0][header.index("INQUIRY")] == "77"
+    assert rows[1][header.index("CREATED")].startswith("1h")
+
+
+def test_show_prints_the_delivery_its_calls_and_its_webhook_and_an_unknown_id_exits_1(store):
+    delivery_id = seed(store, state="dead", attempts=1, last_error="Quivo answered 422")
+    sql(
+        store,
+        "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, outcome, "
+        "error) VALUES (?, 1, 'send', ?, 87, 422, 'dead', 'Quivo answered 422')",
+        delivery_id,
+        ago(minutes=1),
+    )
+
+    detail = relay_json(store, "deliveries", "show", str(delivery_id))
+    shown = relay(store, "deliveries", "show", str(delivery_id))
+    unknown = relay(store, "deliveries", "show", "999")
+
+    assert (detail["delivery"]["id"], detail["delivery"]["state"]) == (delivery_id, "dead")
+    assert detail["delivery"]["rating"]["external_id"] == "ORD-1"
+    assert [(call["status_code"], call["outcome"]) for call in detail["attempts"]] == [(422, "dead")]
+    assert detail["webhook"]["status"] == "accepted"
+    lines = [columns(line) for line in shown.stdout.splitlines()]
+    assert ["state", "dead"] in lines
+    calls = lines.index(["NUMBER", "ACTION", "STARTED_AT", "DURATION_MS", "STATUS_CODE", "OUTCOME", "ERROR"])
+    assert lines[calls + 1][:2] == ["1", "send"] and lines[calls + 1][4] == "422"
+    assert f"webhook {detail['webhook']['id']}: accepted" in shown.stdout
+    assert (unknown.returncode, unknown.stderr) == (1, "relay: no delivery 999\n")
+
+
+# Replay
+
+
+def test_replay_sends_a_dead_delivery_back_to_pending_unconfirmed(store):
+    delivery_id = seed(store, state="dead", attempts=5, last_error="Quivo answered 503")
+
+    result = relay(store, "replay", str(delivery_id))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"delivery {delivery_id}: dead -> pending;")
+    row = delivery_row(store, delivery_id)
+    assert (row["state"], row["unconfirmed"], row["attempts"]) == ("pending", 1, 0)
+    assert row["replayed_at"] is not None
+
+
+def test_replay_of_a_delivered_one_exits_1_naming_its_state(store):
+    delivery_id = seed(store, state="delivered")
+
+    result = relay(store, "replay", str(delivery_id))
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"relay: delivery {delivery_id} is delivered:")
+    assert delivery_row(store, delivery_id)["state"] == "delivered"
+
+
+def test_bulk_replay_takes_the_dead_matching_the_filters_and_shows_progress(store):
+    recent = [seed(store, state="dead") for _ in range(3)]
+    old = seed(store, state="dead", created_at=ago(hours=3))
+    unmatched = seed(store, state="unmatched")
+
+    result = relay(store, "replay", "--state", "dead", "--since", "2h", "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"replayed": 3}
+    assert "replayed 3..." in result.stderr
+    states = {row["id"]: row["state"] for row in sql(store, "SELECT id, state FROM deliveries")}
+    assert states == {**dict.fromkeys(recent, "pending"), old: "dead", unmatched: "unmatched"}
+
+
+# Bad command lines
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["deliveries", "list", "--state", "dead,lost"], "--state"),
+        (["deliveries", "list", "--since", "yesterday"], "--since"),
+        (["replay", "--state", "pending"], "--state"),
+    ],
+)
+def test_a_bad_filter_exits_2_with_one_line_naming_the_option(store, args, option):
+    result = relay(store, *args)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"relay: {option}: ") and result.stderr.count("\n") == 1
+    assert result.stdout == ""
+
+
+# Beside a running relay
+
+
+def test_commands_work_while_another_connection_holds_a_read_transaction(store):
+    delivery_id = seed(store, state="dead")
+    reader = sqlite3.connect(store.app[DATABASE].path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT state FROM deliveries").fetchall() == [("dead",)]
+
+        replayed = relay(store, "replay", str(delivery_id), "--json")
+        status = relay_json(store, "status")
+
+        assert replayed.returncode == 0, replayed.stderr
+        assert json.loads(replayed.stdout)["delivery"]["state"] == "pending"
+        assert status["deliveries"]["pending"] == 1
+        # WAL: the open transaction still reads its snapshot; the commit waited for no one.
+        assert reader.execute("SELECT state FROM deliveries").fetchall() == [("dead",)]
+    finally:
+        reader.close()
