@@ -14,6 +14,7 @@ from relay.ops.admin import create_admin_app
 from relay.ops.health import routes as health_routes
 from relay.ops.metrics import RelayMetrics
 from relay.ops.metrics import routes as metrics_routes
+from relay.ops.openapi import routes as openapi_routes
 from relay.quivo.client import QuivoClient
 from relay.settings import Settings
 from relay.store.db import Database
@@ -34,6 +35,7 @@ def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
     app.add_routes(bringg_routes)
     app.add_routes(health_routes)
     app.add_routes(metrics_routes)
+    app.add_routes(openapi_routes)
     if settings.relay_admin_token is not None:
         app.add_subapp("/admin", create_admin_app(settings.relay_admin_token.get_secret_value()))
     return app
