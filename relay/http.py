@@ -43,8 +43,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     try:
         response = await handler(request)
     except web.HTTPException as error:
-        error.headers[REQUEST_ID_HEADER] = request_id
-        raise
+        if error.status < 400 or error.content_type != "text/plain":
+            error.headers[REQUEST_ID_HEADER] = request_id
+            raise
+        # aiohttp's own refusals (404, 405, 413, ...) answer as problem+json like every other error.
+        response = problem(error.status, error.reason, error.text or error.reason)
+        for name in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if name in error.headers:
+                response.headers[name] = error.headers[name]
     except Exception:
         log.exception("http.unhandled_error", method=request.method, path=request.path)
         response = problem(500, "Internal Server Error", "the error is logged under this request id")

@@ -46,6 +46,7 @@ RETENTION_PAUSE_S = 0.05
 # While Quivo refuses our credentials, try logging in again this often, at most.
 LOGIN_PROBE_MAX_S = 60.0
 ERROR_EXCERPT_CHARS = 300
+UNMATCHED_TOO_LONG = "no Quivo inquiry found for this order within RELAY_UNMATCHED_TTL"
 
 
 def utc_now() -> datetime:
@@ -190,7 +191,10 @@ class Worker:
             wake_linked_and_expire_unmatched(now=wall, expire_before=wall - self.settings.relay_unmatched_ttl)
         )
         if woken or expired:
-            log.info("worker.unmatched_swept", woken=woken, expired=expired)
+            log.info("worker.unmatched_swept", woken=len(woken), expired=len(expired))
+        for delivery_id in expired:
+            self.metrics.delivery_finished("dead")
+            log.error("delivery.dead", delivery_id=delivery_id, state="dead", error=UNMATCHED_TOO_LONG)
 
     async def _retention(self) -> None:
         """Prune finished records past RELAY_RETENTION_DAYS, hourly, in small batches beside ingest."""
@@ -206,8 +210,9 @@ class Worker:
                         webhooks=pruned.webhooks,
                         older_than=older_than.isoformat(),
                     )
-            except StoreUnavailable as error:
-                log.error("retention.failed", error=str(error))
+            except Exception as error:
+                # Retention must never die quietly: the next hour tries again.
+                log.error("retention.failed", error=f"{type(error).__name__}: {error}")
             await asyncio.sleep(RETENTION_INTERVAL_S)
 
     async def _probe_login(self) -> None:

@@ -182,3 +182,16 @@ async def test_auth_none_accepts_anonymous_webhooks(aiohttp_client, make_setting
     )
 
     assert await webhook_status(client, {}) == 202
+
+
+async def test_refusal_names_the_scheme_and_unknown_paths_answer_problem_json(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
+
+    refused = await client.post("/webhooks/bringg", data=BODY)
+    unknown = await client.get("/no/such/path")
+    wrong_method = await client.get("/webhooks/bringg")
+
+    assert refused.headers["WWW-Authenticate"] == 'Bearer realm="relay"'
+    assert (unknown.status, unknown.content_type) == (404, "application/problem+json")
+    assert (wrong_method.status, wrong_method.content_type) == (405, "application/problem+json")
+    assert wrong_method.headers["Allow"] == "POST"

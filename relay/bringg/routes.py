@@ -27,8 +27,15 @@ async def receive_webhook(request: web.Request) -> web.Response:
     verdict = request.app[AUTHENTICATOR].check(request.headers)
     if not verdict.ok:
         request.app[METRICS].webhook_received("unauthorized")
-        log.warning("webhook.unauthorized", reason=verdict.reason, duration_ms=elapsed_ms(request))
-        return problem(401, "Unauthorized", verdict.reason)
+        log.warning(
+            "webhook.unauthorized",
+            outcome="unauthorized",
+            reason=verdict.reason,
+            duration_ms=elapsed_ms(request),
+        )
+        refused = problem(401, "Unauthorized", verdict.reason)
+        refused.headers["WWW-Authenticate"] = 'Bearer realm="relay"'
+        return refused
     limit = request.app[SETTINGS].relay_max_body_bytes
     try:
         if request.content_length is not None and request.content_length > limit:
@@ -38,6 +45,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         request.app[METRICS].webhook_received("too_large")
         log.warning(
             "webhook.too_large",
+            outcome="too_large",
             limit=limit,
             content_length=request.content_length,
             duration_ms=elapsed_ms(request),
@@ -68,7 +76,13 @@ async def receive_webhook(request: web.Request) -> web.Response:
         stored = await request.app[DATABASE].write(record_webhook(inbound, recheck_before=recheck_before))
     except StoreUnavailable as error:
         request.app[METRICS].webhook_received("store_failed")
-        log.error("webhook.store_failed", error=str(error), duration_ms=elapsed_ms(request), **fields)
+        log.error(
+            "webhook.store_failed",
+            outcome="store_failed",
+            error=str(error),
+            duration_ms=elapsed_ms(request),
+            **fields,
+        )
         response = problem(503, "Service Unavailable", "the webhook could not be stored; send it again")
         response.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
         return response
@@ -81,6 +95,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     if stored.status == "accepted":
         request.app[NEW_DELIVERY].set()
     for delivery_id in stored.superseded:
+        request.app[METRICS].delivery_finished("superseded")
         log.info("delivery.superseded", delivery_id=delivery_id, by=stored.delivery_id, **fields)
     emit = log.warning if stored.status == "quarantined" else log.info
     emit(
@@ -109,7 +124,10 @@ async def issue_token(request: web.Request) -> web.Response:
     client_id, client_secret = _client_credentials(request, params)
     if not authenticator.client_matches(client_id, client_secret):
         log.warning("oauth.token_refused", reason="invalid client credentials")
-        return _oauth_error(401, "invalid_client")
+        refused = _oauth_error(401, "invalid_client")
+        # RFC 6749 §5.2: a client that tried HTTP Basic is told which scheme to use.
+        refused.headers["WWW-Authenticate"] = 'Basic realm="relay"'
+        return refused
     token = authenticator.issue_token(client_id)
     log.info("oauth.token_issued", expires_in=authenticator.oauth_token_ttl_s)
     return web.json_response(

@@ -128,7 +128,7 @@ class RelayMetrics:
         self._deliveries.labels(outcome).inc()
 
     def quivo_request(self, action: str, status: int | None) -> None:
-        """One call to Quivo (send, reconcile or login) and its HTTP status, None when none came back."""
+        """One call to Quivo (login, post_rating, get_inquiry) and its status; None when none came back."""
         self._quivo_requests.labels(action, "none" if status is None else str(status)).inc()
 
     def delivery_latency(self, seconds: float) -> None:

@@ -180,10 +180,12 @@ def record_outcome(outcome: Outcome, *, now: datetime) -> WriteJob[str]:
     return job
 
 
-def wake_linked_and_expire_unmatched(*, now: datetime, expire_before: datetime) -> WriteJob[tuple[int, int]]:
-    """Unmatched deliveries whose link now exists go back to pending; those waiting too long die."""
+def wake_linked_and_expire_unmatched(
+    *, now: datetime, expire_before: datetime
+) -> WriteJob[tuple[list[int], list[int]]]:
+    """Unmatched ones whose link now exists go back to pending; those waiting too long die (ids of each)."""
 
-    def job(conn: sqlite3.Connection) -> tuple[int, int]:
+    def job(conn: sqlite3.Connection) -> tuple[list[int], list[int]]:
         stamp = format_instant(now)
         woken = conn.execute(
             """
@@ -204,7 +206,7 @@ def wake_linked_and_expire_unmatched(*, now: datetime, expire_before: datetime) 
             """,
             {"now": stamp, "expire_before": format_instant(expire_before)},
         ).fetchall()
-        return len(list(woken)), len(list(expired))
+        return [int(row["id"]) for row in woken], [int(row["id"]) for row in expired]
 
     return job
 
