@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench bench-quick wrk clean
 
 install: $(STAMP)
 
@@ -17,8 +17,8 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check relay tests scripts
-	$(BIN)/ruff format --check relay tests scripts
+	$(BIN)/ruff check relay tests scripts bench
+	$(BIN)/ruff format --check relay tests scripts bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -27,6 +27,16 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The saturating load generator comes from Debian's packages.
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+bench: $(STAMP) wrk
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP) wrk
+	$(BIN)/python -m bench.run --quick --out /tmp/relay-bench-quick.md
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

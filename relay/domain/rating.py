@@ -7,7 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 def format_instant(moment: datetime) -> str:
     """Fixed-width ISO-8601 UTC text, so stored instants sort as text in time order."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times faster than strftime, and this runs a few times per webhook.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 class Rating(BaseModel):

@@ -108,7 +108,8 @@ class Database:
         self._queue.put_nowait(pending)
         try:
             # shield: a caller that gives up must not cancel a batch other callers share.
-            return await asyncio.wait_for(asyncio.shield(pending.done), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                return await asyncio.shield(pending.done)
         except TimeoutError:
             raise StoreUnavailable(f"no commit within {self.timeout_s:g}s") from None
 

@@ -64,7 +64,8 @@ def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> Writ
         outdated = any(row["version"] > rating.version for row in versions)
         recheck = rating.created_at is not None and rating.created_at < recheck_before
         delivery_id = _insert_delivery(conn, webhook_id, rating, inbound.received_at, outdated, recheck)
-        superseded = [] if outdated else supersede_older(conn, rating, inbound.received_at)
+        # With no other version stored there is nothing to supersede: skip the statement.
+        superseded = supersede_older(conn, rating, inbound.received_at) if versions and not outdated else []
         return StoredWebhook(webhook_id, "accepted", delivery_id=delivery_id, superseded=superseded)
 
     return job

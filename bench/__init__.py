@@ -1,0 +1,1 @@
+"""Benchmarks of the relay: `make bench` runs them all and writes bench/RESULTS.md."""
