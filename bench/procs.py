@@ -2,20 +2,15 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.processes import free_port, wait_until_ready
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port", "memory_mb", "relay", "started"]
 
 
 def _env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -32,7 +27,7 @@ def started(
         process = subprocess.Popen(args, env=_env(env), stdout=out, stderr=subprocess.STDOUT)
     try:
         if ready_url:
-            wait_ready(ready_url, process)
+            wait_until_ready(ready_url, process)
         yield process
     finally:
         if process.poll() is None:
@@ -46,20 +41,6 @@ def started(
 
 def relay(*args: str) -> list[str]:
     return [sys.executable, "-m", "relay", *args]
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{url} not ready in {timeout}s")
 
 
 def memory_mb(pid: int) -> tuple[float, float]:

@@ -1,12 +1,13 @@
 """Shared test fixtures: settings on a temporary database, the relay app, and the vendors' fixtures."""
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relay.settings import Settings
+from relay.store.db import Database
 
 # The vendors' own payloads live beside the project, in ../shared, for every developer and CI run.
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -34,3 +35,24 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         return Settings(_env_file=None, **values)
 
     return build
+
+
+@pytest.fixture
+async def database(make_settings: Callable[..., Settings]) -> AsyncIterator[Database]:
+    """An opened, migrated database on tmp_path, closed after the test."""
+    db = Database(make_settings().database_path, timeout_s=5)
+    await db.open()
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

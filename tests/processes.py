@@ -38,7 +38,7 @@ def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     return {**base, "LOG_FORMAT": "json", **extra}
 
 
-def wait_until_ready(url: str, process: subprocess.Popen[str], timeout: float = 20) -> None:
+def wait_until_ready(url: str, process: subprocess.Popen[Any], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -2,7 +2,6 @@
 
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,16 +15,6 @@ from relay.store.db import Database
 from relay.store.gauges import beat
 
 RATING_IDS = itertools.count(1)
-
-
-@pytest.fixture
-async def database(make_settings) -> AsyncIterator[Database]:
-    db = Database(make_settings().database_path, timeout_s=5)
-    await db.open()
-    try:
-        yield db
-    finally:
-        await db.close()
 
 
 @pytest.fixture

@@ -2,19 +2,8 @@
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-from relay.store.db import Database
 from relay.store.outbox import claim_due, wake_linked_and_expire_unmatched
 from tests.plans import full_scans_and_sorts, plan, traced
-
-
-@pytest.fixture
-async def database(make_settings):
-    database = Database(make_settings().database_path, timeout_s=5)
-    await database.open()
-    yield database
-    await database.close()
 
 
 async def test_claim_walks_the_due_index_without_sorting(database):

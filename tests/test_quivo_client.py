@@ -16,6 +16,7 @@ from pytest_aiohttp import AiohttpServer
 from relay.quivo import client as quivo_client
 from relay.quivo.client import LoginFailed, QuivoClient, QuivoNoAnswer, QuivoUnreachable
 from relay.quivo.models import CustomerInquiry
+from tests.conftest import FakeClock
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "quivo"
 API_KEY = "key-4f1c0ffee"
@@ -83,16 +84,6 @@ class FakeQuivo:
             return self.answer()
         inquiry = {"id": int(request.match_info["inquiry_id"]), "status": "WITH_YOU", "messages": []}
         return web.json_response(inquiry)
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

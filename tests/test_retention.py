@@ -1,10 +1,7 @@
 """Retention against a real database: what goes, what stays for an operator, in batches, on indexes."""
 
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from relay.domain.rating import format_instant
 from relay.store.db import Database
@@ -15,16 +12,6 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CUTOFF = NOW - timedelta(days=30)
 OLD = NOW - timedelta(days=40)
 RECENT = NOW - timedelta(days=2)
-
-
-@pytest.fixture
-async def database(make_settings) -> AsyncIterator[Database]:
-    db = Database(make_settings().database_path, timeout_s=5)
-    await db.open()
-    try:
-        yield db
-    finally:
-        await db.close()
 
 
 class Rows:

@@ -18,6 +18,7 @@ from pytest_aiohttp import AiohttpClient
 
 from relay.sim.app import create_sim_app
 from relay.sim.state import FAULT_KNOBS, SimState
+from tests.conftest import FakeClock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUIVO_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "quivo"
@@ -26,16 +27,6 @@ CREDENTIALS = {"username": "sim-user", "password": "sim-pass"}
 RATING = {"rating": 4.5, "ratingMessage": "Driver was lovely [bringg:1:3452]"}
 
 Client = TestClient[web.Request, web.Application]
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
