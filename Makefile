@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench bench-quick wrk clean
+.PHONY: install demo test lint typecheck unit bench bench-quick wrk chaos clean
 
 install: $(STAMP)
 
@@ -27,6 +27,13 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The fault-injection suite on its long profile; docs/reliability.md gets the figures even when one fails.
+chaos: $(STAMP)
+	mkdir -p var
+	rm -f var/chaos-results.jsonl
+	RELAY_CHAOS=full RELAY_CHAOS_RESULTS=$(CURDIR)/var/chaos-results.jsonl $(BIN)/pytest -q tests/chaos; \
+	  status=$$?; $(BIN)/python scripts/chaos_report.py var/chaos-results.jsonl || status=1; exit $$status
 
 # The saturating load generator comes from Debian's packages.
 wrk:

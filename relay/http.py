@@ -42,6 +42,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[STARTED] = time.perf_counter()
     try:
         response = await handler(request)
+    except web.RequestPayloadError as error:
+        # aiohttp could not read the body (undecodable Content-Encoding, broken chunks): a malformed request.
+        response = problem(400, "Bad Request", f"the request body could not be read: {error}")
     except web.HTTPException as error:
         if error.status < 400 or error.content_type != "text/plain":
             error.headers[REQUEST_ID_HEADER] = request_id
@@ -51,11 +54,29 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         for name in ("Allow", "Retry-After", "WWW-Authenticate"):
             if name in error.headers:
                 response.headers[name] = error.headers[name]
-    except Exception:
-        log.exception("http.unhandled_error", method=request.method, path=request.path)
-        response = problem(500, "Internal Server Error", "the error is logged under this request id")
+    except Exception as error:
+        if isinstance(error, ConnectionResetError) and _client_gone(request):
+            # The client hung up mid-request: no one hears an answer, and it is no bug to alert anyone about.
+            response = problem(
+                400, "Bad Request", "the client closed the connection before the request ended"
+            )
+        else:
+            log.exception("http.unhandled_error", method=request.method, path=request.path)
+            response = problem(500, "Internal Server Error", "the error is logged under this request id")
     response.headers[REQUEST_ID_HEADER] = request_id
     return response
+
+
+def _client_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
+def header_text(value: str | None) -> str | None:
+    """A header value as text SQLite and JSON can hold: bytes that are not UTF-8 are spelled `\\xNN`."""
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape; those surrogates cannot be encoded again.
+    if value is None:
+        return None
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def elapsed_ms(request: web.Request) -> float:

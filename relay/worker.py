@@ -217,7 +217,9 @@ class Worker:
 
     async def _probe_login(self) -> None:
         # Probes back off from 1 s to a minute: revoked credentials may take an operator hours to fix.
-        await self._sleep(self._probe_delay_s)
+        # Only stop() cuts the wait short: webhooks wake the loop, and must not each become a login.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self._probe_delay_s)
         if self._stopping.is_set():
             return
         try:

@@ -98,13 +98,16 @@ def _strip_bearer(value: str) -> str:
 
 
 def _same(presented: str, expected: str) -> bool:
-    return hmac.compare_digest(presented.encode(), expected.encode())
+    # surrogateescape: a header's bytes that are not UTF-8 reach here as lone surrogates; compare the bytes.
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 def _jwt_problem(
     token: str, key: str | bytes, *, issuer: str | None = None, audience: str | None = None
 ) -> str | None:
     """None when the token is valid; else a short reason fit for a log line."""
+    if not token.isascii():
+        return "malformed"  # a JWT is base64url and dots; PyJWT cannot even encode some other text
     try:
         # The algorithm is pinned: a token's own `alg` header (none, RS256, ...) is never trusted.
         jwt.decode(

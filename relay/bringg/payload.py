@@ -11,7 +11,8 @@ from relay.domain.rating import Rating
 RATING_SUBMITTED = "rating_submitted"
 
 # Bringg documents Int32 ids; anything that fits SQLite's int64 is kept, anything larger is unusable.
-Id = Annotated[int, Field(ge=0, le=2**63 - 1)]
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(ge=0, le=MAX_ID)]
 
 
 class _Wire(BaseModel):
@@ -83,7 +84,10 @@ def _judge_unparsable(body: bytes, error: ValidationError) -> Judgement:
         envelope = WireEnvelope.model_validate_json(body)
     except ValidationError:
         return Judgement("quarantined", errors=errors)
-    merchant_id = envelope.merchant_id if isinstance(envelope.merchant_id, int) else None
+    # The envelope takes any JSON value: only an int in the ids' range can be stored as a merchant id.
+    merchant_id = envelope.merchant_id if type(envelope.merchant_id) is int else None
+    if merchant_id is not None and not 0 <= merchant_id <= MAX_ID:
+        merchant_id = None
     if isinstance(envelope.webhook_type, str) and envelope.webhook_type != RATING_SUBMITTED:
         return _other_type(envelope.webhook_type, merchant_id)
     return Judgement("quarantined", RATING_SUBMITTED, merchant_id, errors=errors)
@@ -110,6 +114,9 @@ def _normalize(wire: WireWebhook) -> Judgement:
             errors.append("rating.rating: stars missing")
         elif not 1 <= rating.rating <= 5:
             errors.append(f"rating.rating: stars must be 1..5, got {rating.rating}")
+        for name, moment in (("created_at", rating.created_at), ("updated_at", rating.updated_at)):
+            if moment is not None and not _fits_utc(moment):
+                errors.append(f"rating.{name}: out of range once converted to UTC")
     if errors or rating is None or wire.merchant_id is None or rating.id is None or rating.rating is None:
         return Judgement("quarantined", RATING_SUBMITTED, wire.merchant_id, rating_id, tuple(errors))
     task = rating.task or WireTask()
@@ -134,6 +141,15 @@ def _utc(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
+
+
+def _fits_utc(moment: datetime) -> bool:
+    # An offset can carry a valid local time past year 9999 or before year 1 in UTC, where versions live.
+    try:
+        moment.replace(tzinfo=moment.tzinfo or UTC).astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
 
 
 def _describe(item: Any) -> str:

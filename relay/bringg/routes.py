@@ -8,7 +8,7 @@ import structlog
 from aiohttp import BasicAuth, web
 
 from relay.bringg.payload import judge
-from relay.http import REQUEST_ID, elapsed_ms, problem
+from relay.http import REQUEST_ID, elapsed_ms, header_text, problem
 from relay.keys import AUTHENTICATOR, DATABASE, METRICS, NEW_DELIVERY, SETTINGS
 from relay.store.db import StoreUnavailable
 from relay.store.inbox import InboundWebhook, record_webhook
@@ -56,7 +56,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         request_id=request[REQUEST_ID],
         received_at=datetime.now(UTC),
         body=body,
-        content_type=request.headers.get("Content-Type"),
+        content_type=header_text(request.headers.get("Content-Type")),
         status=judgement.status,
         webhook_type=judgement.webhook_type,
         merchant_id=judgement.merchant_id,
@@ -141,12 +141,16 @@ async def _token_params(request: web.Request) -> dict[str, str]:
     if request.content_type == "application/json":
         try:
             body = json.loads(await request.read() or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than json can follow
             body = {}
         if isinstance(body, dict):
             params.update({key: value for key, value in body.items() if isinstance(value, str)})
     elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()
+        try:
+            form = await request.post()
+        except ValueError:
+            # A form that does not parse (no boundary, bytes outside its charset) carries no credentials.
+            return params
         params.update({key: value for key, value in form.items() if isinstance(value, str)})
     return params
 
