@@ -1,0 +1,1 @@
+"""Scripts run by make: the demo and the reliability report."""

@@ -1,0 +1,213 @@
+"""`make chaos` report: the fault-injection figures (RELAY_CHAOS_RESULTS lines) as docs/reliability.md."""
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "docs" / "reliability.md"
+RESULTS_ENV = "RELAY_CHAOS_RESULTS"
+MISSING = "–"
+COLUMNS = (
+    ("sent", "webhooks sent"),
+    ("acknowledged", "acknowledged"),
+    ("stored", "stored"),
+    ("delivered", "delivered"),
+    ("delivered_twice", "delivered twice"),
+    ("lost", "lost"),
+    ("run_time_s", "run time (s)"),
+)
+INTRO = """\
+# Reliability
+
+The relay promises that every webhook answered 2xx is delivered to Quivo exactly once, and that bad input
+never takes it down. `tests/chaos/` breaks things on purpose to check that promise: each scenario drives real
+`relay serve` / `relay worker` processes over HTTP against `relay sim-quivo` with its fault knobs, while a
+sender posts distinct ratings the way Bringg does (what got no 2xx is sent again). The figures come from the
+stand-in's record of what it committed (the reference tag on the last line of every rating message) and
+from the relay's database.
+
+`make test` runs every scenario in a small, fast profile; `make chaos` runs the full profile and writes this
+page (`scripts/chaos_report.py`). Replay a scenario with the seed shown: `RELAY_CHAOS_SEED=<seed>`.
+
+- **webhooks sent**: distinct ratings posted at least once (resends after a refusal or a 503 not counted).
+- **acknowledged**: ratings that got a 2xx. Only those are promised.
+- **stored**: webhook rows / delivery rows in the relay's database for the scenario's merchant. A resend of
+  a webhook that was stored but whose answer was lost (the relay died first) adds a `duplicate` webhook row,
+  never a second delivery.
+- **delivered**: distinct ratings at Quivo. **delivered twice**: ratings Quivo holds more than once.
+- **lost**: acknowledged, yet not at Quivo once the relay had drained.
+
+## Scenarios
+
+1. **Kill storm**: sustained webhooks while `relay serve` is SIGKILLed and restarted at random moments
+   (seeded), Quivo dropping a tenth of its answers after committing the rating. A killed worker's leases
+   run out (3 x `QUIVO_TIMEOUT_S` + 5 s) and the next one reads the inquiry back before sending again.
+2. **Graceful stops**: SIGTERM under load, with Quivo slower than `RELAY_SHUTDOWN_GRACE_S`: each stop exits 0
+   within the grace time (+ 2 s), finishes or releases every send it held (no row left `sending`), and the
+   released sends that Quivo committed anyway are reconciled, not sent twice.
+3. **Quivo outage**: every call answered 503 for a while. The relay-wide pause after failures (0.5 s,
+   doubling) keeps the rating POSTs during the outage within
+   `QUIVO_MAX_CONCURRENCY` x (ceil(log2(outage / 0.5 + 1)) + 1); nothing goes `dead`; everything is
+   delivered after.
+4. **Flaky Quivo**: 5xx (20 %), 429 with `Retry-After` (10 %), dropped answers (10 %) throughout, and a spell
+   where Quivo answers (and commits) only after `QUIVO_TIMEOUT_S`.
+5. **Credentials revoked, then restored**: deliveries pause without spending attempts (`attempts` stays 0),
+   `/readyz` names the refused credentials, login probes back off (bounded logins), and deliveries resume
+   within about the pause's length once Quivo accepts the credentials again.
+6. **Storage failure** and 7. **hostile input**: see `tests/chaos/test_storage.py` and
+   `tests/chaos/test_hostile.py`.
+8. **Split deployment**: `relay serve --no-worker` and `relay worker` on one database, started together on a
+   fresh database, then either or both SIGKILLed at random and restarted.
+
+## Bugs these scenarios found (fixed in the relay)
+
+- Scenario 5: while deliveries were paused on refused credentials, every incoming webhook woke the worker and
+  each wake-up became a login probe, so `/login` was called at the webhook rate and the probe delay doubled
+  to its 60 s cap within a second: after the credentials were restored, deliveries waited up to a minute.
+  The probe now waits out its delay; only a stop cuts it short (`relay/worker.py`, `_probe_login`).
+"""
+
+
+def load(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Every JSON object line of the results files, in order; torn or foreign lines are skipped."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("scenario"), str):
+                rows.append(row)
+    return rows
+
+
+def latest_per_scenario(rows: Sequence[Mapping[str, Any]], profile: str) -> list[Mapping[str, Any]]:
+    """What the report shows, by scenario number: each test's lines from its latest run of the profile.
+
+    Lines name their test and run; older lines that do not (the scenario's name is their only key) are
+    kept until a newer, named line of the same scenario number replaces them.
+    """
+    wanted = [
+        (index, row) for index, row in enumerate(rows) if profile == "any" or row.get("profile") == profile
+    ]
+    latest_run = {row["test"]: row.get("run") for _, row in wanted if row.get("test")}
+    named = [(i, row) for i, row in wanted if row.get("test") and row.get("run") == latest_run[row["test"]]]
+    unnamed: dict[str, tuple[int, Mapping[str, Any]]] = {}
+    for index, row in wanted:
+        if not row.get("test"):
+            unnamed[row["scenario"]] = (index, row)
+    newest_named: dict[int, int] = {}
+    for index, row in named:
+        number = _order(row["scenario"])[0]
+        newest_named[number] = max(index, newest_named.get(number, -1))
+    kept = [
+        *named,
+        *(
+            (index, row)
+            for index, row in unnamed.values()
+            if newest_named.get(_order(row["scenario"])[0], -1) < index
+        ),
+    ]
+    return [row for _, row in sorted(kept, key=lambda pair: (_order(pair[1]["scenario"]), pair[0]))]
+
+
+def _order(scenario: str) -> tuple[int, str]:
+    number = re.match(r"\s*(\d+)", scenario)
+    return (int(number[1]) if number else 1_000_000, scenario)
+
+
+def verdict(row: Mapping[str, Any]) -> str:
+    """'pass' when the scenario says so, or when nothing was lost or sent twice."""
+    if "passed" in row:
+        return "pass" if row["passed"] else "FAIL"
+    if row.get("lost", 0) == 0 and row.get("delivered_twice", 0) == 0:
+        return "pass"
+    return "FAIL"
+
+
+def cell(row: Mapping[str, Any], key: str) -> str:
+    if key == "stored":
+        webhooks, deliveries = row.get("stored_webhooks"), row.get("stored_deliveries")
+        if webhooks is None and deliveries is None:
+            return _text(row.get("stored"))
+        return f"{_text(webhooks)} / {_text(deliveries)}"
+    return _text(row.get(key))
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def render(rows: Sequence[Mapping[str, Any]], profile: str) -> str:
+    lines = [INTRO]
+    if not rows:
+        lines.append(f"No results of the `{profile}` profile yet: run `make chaos`.\n")
+        return "\n".join(lines)
+    dates = sorted({str(row["date"]) for row in rows if row.get("date")})
+    machines = sorted({(row.get("cores"), row.get("python")) for row in rows if row.get("cores")}, key=str)
+    lines.append("## Last run\n")
+    lines.append(f"- Profile: `{', '.join(sorted({str(row.get('profile', MISSING)) for row in rows}))}`")
+    if dates:
+        lines.append(f"- Date: {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else ""))
+    for cores, python in machines:
+        lines.append(f"- Machine: {cores} cores, Python {python}")
+    seeded = [row for row in rows if row.get("seed") is not None]
+    if seeded:
+        lines.append("- Seeds (replay with `RELAY_CHAOS_SEED`):")
+        lines += [f"  - {row['scenario']}: {row['seed']}" for row in seeded]
+    lines.append("")
+    lines.append("| scenario | " + " | ".join(title for _, title in COLUMNS) + " | result |")
+    lines.append("| --- " * (len(COLUMNS) + 2) + "|")
+    for row in rows:
+        cells = [str(row["scenario"]), *(cell(row, key) for key, _ in COLUMNS), verdict(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    details = [row for row in rows if row.get("extra") or row.get("notes")]
+    if details:
+        lines.append("## Scenario details\n")
+        for row in details:
+            facts = {**(row.get("extra") or {}), **({"notes": row["notes"]} if row.get("notes") else {})}
+            rendered = ", ".join(f"{key} {json.dumps(value)}" for key, value in facts.items())
+            lines.append(f"- **{row['scenario']}**: {rendered}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "results",
+        nargs="*",
+        type=Path,
+        help=f"JSON-lines results files (default: ${RESULTS_ENV})",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="page to write (default: %(default)s)")
+    parser.add_argument(
+        "--profile", choices=("full", "fast", "any"), default="full", help="which runs to report"
+    )
+    args = parser.parse_args(argv)
+    paths = args.results or ([Path(os.environ[RESULTS_ENV])] if os.environ.get(RESULTS_ENV) else [])
+    if not paths:
+        parser.error(f"name a results file or set {RESULTS_ENV}")
+    rows = latest_per_scenario(load(paths), args.profile)
+    args.out.write_text(render(rows, args.profile))
+    failed = [row["scenario"] for row in rows if verdict(row) != "pass"]
+    print(f"{args.out}: {len(rows)} scenarios, {len(failed)} failed", file=sys.stderr)
+    return 1 if failed or not rows else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Fault-injection scenarios: real relay and Quivo stand-in processes, broken on purpose."""
