@@ -50,6 +50,7 @@ class Settings(BaseSettings):
 
     relay_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     relay_store_timeout_s: float = Field(5.0, gt=0)
+    relay_body_timeout_s: float = Field(30.0, gt=0)
 
     quivo_base_url: str = "https://api.quivo.co"
     quivo_api_key: SecretStr | None = None

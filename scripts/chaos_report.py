@@ -71,6 +71,17 @@ page (`scripts/chaos_report.py`). Replay a scenario with the seed shown: `RELAY_
   each wake-up became a login probe, so `/login` was called at the webhook rate and the probe delay doubled
   to its 60 s cap within a second: after the credentials were restored, deliveries waited up to a minute.
   The probe now waits out its delay; only a stop cuts it short (`relay/worker.py`, `_probe_login`).
+- Scenario 7: a Content-Type or Authorization header with bytes that are not UTF-8 answered 500 (the value
+  could not be stored, compared or handed to PyJWT); now the header is stored with `\\xNN` escapes and a bad
+  credential is a 401 (`relay/http.py` `header_text`, `relay/bringg/auth.py`).
+- Scenario 7: a merchant id beyond int64 in a webhook that failed full validation, or a timestamp whose
+  offset puts it outside years 1-9999 in UTC, answered 500; now the webhook is quarantined with the reason
+  (`relay/bringg/payload.py`).
+- Scenario 7: a body aiohttp could not read (undecodable gzip/deflate, broken chunked framing) answered 500
+  and logged `http.unhandled_error`; now it is a 400 problem+json. A client hanging up mid-body is dropped
+  without an error line (`relay/http.py`).
+- Scenario 7: `/oauth/token` answered 500 to a form that does not parse or to JSON nested too deep; now it
+  is a 400 (`relay/bringg/routes.py`).
 """
 
 

@@ -1,9 +1,10 @@
 """The OpenAPI document: well formed, true to the app's routes, and every real answer of the app fits it."""
 
+import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -175,6 +176,7 @@ def relay_app(make_settings: Callable[..., Settings], **overrides: Any) -> web.A
         "bringg_oauth_client_secret": CLIENT_SECRET,
         "bringg_jwt_secret": JWT_SECRET,
         "relay_max_body_bytes": MAX_BODY,
+        "relay_body_timeout_s": 0.3,
         **overrides,
     }
     app = create_app(make_settings(**settings), run_worker=False)
@@ -287,7 +289,15 @@ def test_every_route_of_the_app_is_documented_and_every_documented_one_exists(ma
 
 # Real answers -------------------------------------------------------------------------------------
 
-WEBHOOK_ANSWERS: Answers = {("post", "/webhooks/bringg"): {200, 202, 401, 413, 503}}
+
+async def trickle(body: bytes) -> AsyncIterator[bytes]:
+    """A body that stalls past the relay's body timeout."""
+    yield body[:10]
+    await asyncio.sleep(0.8)
+    yield body[10:]
+
+
+WEBHOOK_ANSWERS: Answers = {("post", "/webhooks/bringg"): {200, 202, 401, 408, 413, 503}}
 
 
 async def test_webhook_answers_fit_the_document(relay, monkeypatch):
@@ -306,6 +316,7 @@ async def test_webhook_answers_fit_the_document(relay, monkeypatch):
     unusable = await contract.check(await relay.post("/webhooks/bringg", data=b"not json", headers=AUTH))
     await contract.check(await relay.post("/webhooks/bringg", data=FIXTURE))
     await contract.check(await relay.post("/webhooks/bringg", data=TOO_LARGE, headers=AUTH))
+    await contract.check(await relay.post("/webhooks/bringg", data=trickle(FIXTURE), headers=AUTH))
 
     async def refuse(job: object) -> None:
         raise StoreUnavailable("database or disk is full")

@@ -1,5 +1,6 @@
 """The webhook route through HTTP: each answer, what is stored for it, and what is not."""
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -204,3 +205,22 @@ async def test_rating_older_than_the_retention_window_is_checked_at_quivo_before
         row["id"]: row["unconfirmed"] for row in rows(client.app, "SELECT id, unconfirmed FROM deliveries")
     }
     assert flags == {old["delivery_id"]: 1, recent["delivery_id"]: 0}
+
+
+async def test_body_that_stalls_past_the_body_timeout_gets_408_and_nothing_is_stored(
+    aiohttp_client, make_settings
+):
+    client = await aiohttp_client(create_app(make_settings(relay_body_timeout_s=0.3), run_worker=False))
+    body = fixture_bytes(FIXTURE)
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield body[:20]
+        await asyncio.sleep(0.8)
+        yield body[20:]
+
+    stalled = await client.post("/webhooks/bringg", data=trickle(), headers=AUTH)
+    prompt = await client.post("/webhooks/bringg", data=body, headers=AUTH)
+
+    assert (stalled.status, stalled.content_type) == (408, "application/problem+json")
+    assert prompt.status == 202
+    assert len(rows(client.app, "SELECT id FROM webhooks")) == 1

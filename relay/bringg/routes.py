@@ -1,5 +1,6 @@
 """The inbound routes: `POST /webhooks/bringg` and the OAuth token endpoint Bringg calls first."""
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,10 +38,17 @@ async def receive_webhook(request: web.Request) -> web.Response:
         refused.headers["WWW-Authenticate"] = 'Bearer realm="relay"'
         return refused
     limit = request.app[SETTINGS].relay_max_body_bytes
+    deadline = request.app[SETTINGS].relay_body_timeout_s
     try:
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        body = await request.read()
+        # aiohttp puts no limit on how long a body may take: a trickling client would hold its slot forever.
+        async with asyncio.timeout(deadline):
+            body = await request.read()
+    except TimeoutError:
+        request.app[METRICS].webhook_received("too_slow")
+        log.warning("webhook.too_slow", outcome="too_slow", limit_s=deadline, duration_ms=elapsed_ms(request))
+        return problem(408, "Request Timeout", f"the body took over {deadline:g} s to arrive; send it again")
     except web.HTTPRequestEntityTooLarge:
         request.app[METRICS].webhook_received("too_large")
         log.warning(

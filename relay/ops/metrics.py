@@ -18,6 +18,7 @@ WEBHOOK_OUTCOMES = (
     "quarantined",
     "unauthorized",
     "too_large",
+    "too_slow",
     "store_failed",
 )
 DELIVERY_OUTCOMES = (
