@@ -1,7 +1,6 @@
 """Links: the CSV file operators edit, and the store that saves links and wakes unmatched deliveries."""
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from hypothesis import strategies as st
 
 from relay.domain.rating import format_instant
 from relay.linkfile import MAX_ID, Link, LinkFileProblem, links_to_csv, parse_links_csv
-from relay.settings import Settings
 from relay.store.db import Database
 from relay.store.links import (
     LinkUpsert,
@@ -156,16 +154,6 @@ def test_exported_links_read_back_the_same(links: list[Link]) -> None:
 
 
 # The store
-
-
-@pytest.fixture
-async def database(make_settings: Callable[..., Settings]) -> AsyncIterator[Database]:
-    db = Database(make_settings().database_path, timeout_s=5)
-    await db.open()
-    try:
-        yield db
-    finally:
-        await db.close()
 
 
 async def add_delivery(db: Database, merchant_id: int, external_id: str, state: str) -> int:
