@@ -308,7 +308,7 @@ class Worker:
         verdict = verdict_for_status(answer.status)
         if verdict is Verdict.DELIVERED:
             self._pacer.note_success()
-            current = answer.inquiry.current_rating if answer.inquiry else None
+            current = answer.current_rating
             outcome = self._outcome(
                 attempt,
                 "delivered",

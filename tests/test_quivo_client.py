@@ -14,7 +14,7 @@ from aiohttp.test_utils import unused_port
 from pytest_aiohttp import AiohttpServer
 
 from relay.quivo import client as quivo_client
-from relay.quivo.client import LoginFailed, QuivoClient, QuivoNoAnswer, QuivoUnreachable
+from relay.quivo.client import LoginFailed, QuivoAnswer, QuivoClient, QuivoNoAnswer, QuivoUnreachable
 from relay.quivo.models import CustomerInquiry
 from tests.conftest import FakeClock
 
@@ -388,6 +388,16 @@ def test_documented_inquiry_parses_and_finds_rating_messages() -> None:
     assert (message.category, message.posted_at) == ("RATING_MESSAGE", "2023-11-07T05:31:56Z")
     assert inquiry.has_rating_message_with("<string>")
     assert not inquiry.has_rating_message_with(TAG)
+
+
+def test_current_rating_of_a_2xx_answer_is_read_without_the_messages() -> None:
+    body = (FIXTURE / "customer_inquiry.doc-example.json").read_bytes()
+
+    rated = QuivoAnswer(status=200, body_excerpt="", retry_after=None, body=body)
+    refused = QuivoAnswer(status=400, body_excerpt="", retry_after=None, body=body)
+
+    assert (rated.current_rating, refused.current_rating) == (123.0, None)
+    assert refused.inquiry is None
 
 
 def test_inquiry_accepts_nulls_and_unknown_fields() -> None:

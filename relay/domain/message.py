@@ -1,5 +1,6 @@
 """The Quivo side of a rating: its number on Quivo's scale and the message text that carries the tag."""
 
+import functools
 from collections.abc import Callable
 from string import Formatter
 
@@ -119,8 +120,10 @@ def _field_values(rating: Rating, max_comment_chars: int) -> dict[str, int | str
     }
 
 
-def _template_lines(template: str) -> list[list[_Piece]]:
+@functools.lru_cache(maxsize=8)
+def _template_lines(template: str) -> tuple[tuple[_Piece, ...], ...]:
     """The template's pieces grouped by the line they stand on (line breaks live in the literal text)."""
+    # Cached: one template serves every delivery, and parsing it cost more than filling it in.
     lines: list[list[_Piece]] = [[]]
     for literal, field, spec, conversion in _pieces(template):
         *whole_lines, rest = literal.split("\n")
@@ -128,7 +131,7 @@ def _template_lines(template: str) -> list[list[_Piece]]:
             lines[-1].append((text, None, "", None))
             lines.append([])
         lines[-1].append((rest, field, spec, conversion))
-    return lines
+    return tuple(tuple(line) for line in lines)
 
 
 def _pieces(template: str) -> list[_Piece]:

@@ -4,7 +4,8 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from http import HTTPStatus
 from typing import Any
 
@@ -13,6 +14,7 @@ import structlog
 from pydantic import ValidationError
 
 from relay.quivo.models import CustomerInquiry
+from relay.quivo.models import RatedInquiry as _RatedInquiry
 
 log = structlog.get_logger(__name__)
 
@@ -71,8 +73,24 @@ class QuivoAnswer:
 
     status: int
     body_excerpt: str
-    inquiry: CustomerInquiry | None
     retry_after: str | None
+    body: bytes = field(default=b"", repr=False)
+
+    @cached_property
+    def inquiry(self) -> CustomerInquiry | None:
+        """The answer as a customer inquiry, parsed when first asked for; None unless a 2xx that parses."""
+        # Parsed on demand: a delivered send needs only the current rating, not every message of the inquiry.
+        return _inquiry_from(self.body) if 200 <= self.status < 300 else None
+
+    @cached_property
+    def current_rating(self) -> float | None:
+        """The inquiry's `currentRating` in a 2xx answer, read without building its messages."""
+        if not 200 <= self.status < 300:
+            return None
+        try:
+            return _RatedInquiry.model_validate_json(self.body).current_rating
+        except ValidationError:
+            return None
 
 
 class QuivoClient:
@@ -210,8 +228,8 @@ class QuivoClient:
         return QuivoAnswer(
             status=status,
             body_excerpt=self._redact(_decode(body, BODY_EXCERPT_CHARS)),
-            inquiry=_inquiry_from(body) if 200 <= status < 300 else None,
             retry_after=retry_after,
+            body=body,
         )
 
     async def _exchange(

@@ -59,3 +59,9 @@ class CustomerInquiry(_QuivoModel):
             and ends_with_reference_tag(message.message, tag)
             for message in self.messages
         )
+
+
+class RatedInquiry(_QuivoModel):
+    """Only the current rating of an inquiry: what a delivered send records."""
+
+    current_rating: float | None = None
