@@ -1,11 +1,11 @@
 """Bringg `rating_submitted` payloads: the wire models, and judging raw bytes into a rating or a reason."""
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from relay.domain.judgement import Judgement
 from relay.domain.rating import Rating
 
 RATING_SUBMITTED = "rating_submitted"
@@ -53,18 +53,6 @@ class WireEnvelope(BaseModel):
     model_config = ConfigDict(extra="ignore")
     webhook_type: Any = None
     merchant_id: Any = None
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """What the raw bytes are: a usable rating, another webhook type, or unusable with reasons."""
-
-    status: Literal["accepted", "ignored", "quarantined"]
-    webhook_type: str | None = None
-    merchant_id: int | None = None
-    rating_id: int | None = None
-    errors: tuple[str, ...] = ()
-    rating: Rating | None = None
 
 
 def judge(body: bytes) -> Judgement:

@@ -60,17 +60,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )
         return problem(413, "Payload Too Large", f"the body is larger than {limit} bytes")
     judgement = judge(body)
-    inbound = InboundWebhook(
+    inbound = InboundWebhook.judged(
+        judgement,
         request_id=request[REQUEST_ID],
         received_at=datetime.now(UTC),
         body=body,
         content_type=header_text(request.headers.get("Content-Type")),
-        status=judgement.status,
-        webhook_type=judgement.webhook_type,
-        merchant_id=judgement.merchant_id,
-        rating_id=judgement.rating_id,
-        errors=judgement.errors,
-        rating=judgement.rating,
     )
     fields: dict[str, Any] = {
         "merchant_id": judgement.merchant_id,

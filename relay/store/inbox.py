@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from relay.bringg.payload import Judgement
+from relay.domain.judgement import Judgement
 from relay.domain.rating import Rating, format_instant
 from relay.store.db import WriteJob
 
@@ -27,6 +27,30 @@ class InboundWebhook:
     rating_id: int | None = None
     errors: tuple[str, ...] = ()
     rating: Rating | None = None
+
+    @classmethod
+    def judged(
+        cls,
+        judgement: Judgement,
+        *,
+        request_id: str,
+        received_at: datetime,
+        body: bytes,
+        content_type: str | None,
+    ) -> "InboundWebhook":
+        """The webhook as received, carrying what its bytes were judged to be."""
+        return cls(
+            request_id=request_id,
+            received_at=received_at,
+            body=body,
+            content_type=content_type,
+            status=judgement.status,
+            webhook_type=judgement.webhook_type,
+            merchant_id=judgement.merchant_id,
+            rating_id=judgement.rating_id,
+            errors=judgement.errors,
+            rating=judgement.rating,
+        )
 
 
 @dataclass(frozen=True)
@@ -87,17 +111,12 @@ def reprocess_webhook(
         ).fetchone()
         if row is None or row["status"] != "quarantined":
             return None
-        inbound = InboundWebhook(
+        inbound = InboundWebhook.judged(
+            judgement,
             request_id=row["request_id"],
             received_at=now,
             body=bytes(row["body"]),
             content_type=row["content_type"],
-            status=judgement.status,
-            webhook_type=judgement.webhook_type,
-            merchant_id=judgement.merchant_id,
-            rating_id=judgement.rating_id,
-            errors=judgement.errors,
-            rating=judgement.rating,
         )
         # record_webhook decides as for a new arrival, in a row of its own; that row is folded into this one.
         stored = record_webhook(inbound, recheck_before=recheck_before)(conn)
