@@ -9,8 +9,10 @@ import pytest
 from relay.settings import Settings
 from relay.store.db import Database
 
-# The vendors' own payloads live beside the project, in ../shared, for every developer and CI run.
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+# The vendors' own payloads live beside the project in ../shared; tests/fixtures holds unedited copies for a
+# clone that sits elsewhere.
+SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = SHARED_FIXTURES if SHARED_FIXTURES.is_dir() else Path(__file__).resolve().parent / "fixtures"
 
 WEBHOOK_TOKEN = "test-webhook-token-0123456789"
 AUTH = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}

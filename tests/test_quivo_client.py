@@ -3,7 +3,6 @@
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,9 +15,9 @@ from pytest_aiohttp import AiohttpServer
 from relay.quivo import client as quivo_client
 from relay.quivo.client import LoginFailed, QuivoAnswer, QuivoClient, QuivoNoAnswer, QuivoUnreachable
 from relay.quivo.models import CustomerInquiry
-from tests.conftest import FakeClock
+from tests.conftest import FIXTURES, FakeClock
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "quivo"
+FIXTURE = FIXTURES / "quivo"
 API_KEY = "key-4f1c0ffee"
 USERNAME = "relay@example.com"
 PASSWORD = "hunter2-secret"

@@ -18,10 +18,10 @@ from pytest_aiohttp import AiohttpClient
 
 from relay.sim.app import create_sim_app
 from relay.sim.state import FAULT_KNOBS, SimState
-from tests.conftest import FakeClock
+from tests.conftest import FIXTURES, FakeClock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-QUIVO_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "quivo"
+QUIVO_FIXTURES = FIXTURES / "quivo"
 API_KEY = {"X-Api-Key": "sim-key"}
 CREDENTIALS = {"username": "sim-user", "password": "sim-pass"}
 RATING = {"rating": 4.5, "ratingMessage": "Driver was lovely [bringg:1:3452]"}
