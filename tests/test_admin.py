@@ -609,6 +609,14 @@ async def test_reprocess_of_a_version_already_delivered_from_elsewhere_is_a_dupl
 # Links
 
 
+async def test_a_link_saved_with_spaces_around_its_order_id_is_deleted_by_the_same_url(relay):
+    saved = await relay.put("/admin/links/3/%20ORD-9%20", json={"inquiry_id": 5}, headers=ADMIN)
+    deleted = await relay.delete("/admin/links/3/%20ORD-9%20", headers=ADMIN)
+
+    assert (saved.status, deleted.status) == (200, 204)
+    assert sql(relay, "SELECT COUNT(*) FROM links")[0][0] == 0
+
+
 async def test_put_link_wakes_the_unmatched_delivery_and_delete_removes_it(relay):
     unmatched = seed(relay, state="unmatched", merchant_id=3, external_id="ORD 7/A")
     relay.app[NEW_DELIVERY].clear()

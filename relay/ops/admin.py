@@ -327,7 +327,8 @@ async def put_link(request: web.Request) -> web.Response:
 @routes.delete(r"/links/{merchant_id:\d+}/{external_id}")
 async def remove_link(request: web.Request) -> web.Response:
     merchant_id = _path_id(request, "merchant_id")
-    external_id = request.match_info["external_id"]
+    # Trimmed as PUT and the CSV import trim it, so a link saved through either can be deleted by its URL.
+    external_id = request.match_info["external_id"].strip()
     if not await _database(request).write(delete_link(merchant_id, external_id)):
         raise _refusal(404, f"no link for merchant {merchant_id}'s order {external_id!r}")
     log.info("admin.link_deleted", merchant_id=merchant_id, external_id=external_id)
