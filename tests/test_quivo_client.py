@@ -277,6 +277,7 @@ async def test_refused_login_raises_login_failed_without_secrets(
     assert quivo.calls == []
     [line] = logs
     assert (line["event"], line["log_level"], line["status"]) == ("quivo.login_failed", "warning", 401)
+    assert line["credentials_refused"] is True
     assert_no_secret(repr(line))
 
 
@@ -425,7 +426,7 @@ def test_only_rating_messages_count_as_proof() -> None:
     assert not inquiry.has_rating_message_with("")
 
 
-async def test_login_answered_503_is_unavailability_not_bad_credentials(aiohttp_server) -> None:
+async def test_login_answered_503_is_unavailability_not_bad_credentials(aiohttp_server, logs) -> None:
     app = web.Application()
 
     async def login(request: web.Request) -> web.Response:
@@ -440,3 +441,5 @@ async def test_login_answered_503_is_unavailability_not_bad_credentials(aiohttp_
         with pytest.raises(QuivoUnreachable):
             await client.ensure_login()
         assert client.credentials_ok is None
+    [line] = logs
+    assert (line["event"], line["status"], line["credentials_refused"]) == ("quivo.login_failed", 503, False)

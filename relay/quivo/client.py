@@ -187,14 +187,26 @@ class QuivoClient:
         if token is None and _is_unavailable(status):
             # Quivo is down or throttling: the credentials were not judged, so they are not called bad.
             busy = QuivoUnreachable(self._login_refusal(status, body))
-            log.warning("quivo.login_failed", status=status, reason=str(busy), duration_ms=duration_ms)
+            log.warning(
+                "quivo.login_failed",
+                status=status,
+                credentials_refused=False,
+                reason=str(busy),
+                duration_ms=duration_ms,
+            )
             self._end_login(None, busy)
             raise busy
         if token is None:
             refused = LoginFailed(status, self._login_refusal(status, body))
             self.credentials_ok = False
             self.last_login_error = refused.reason
-            log.warning("quivo.login_failed", status=status, reason=refused.reason, duration_ms=duration_ms)
+            log.warning(
+                "quivo.login_failed",
+                status=status,
+                credentials_refused=True,
+                reason=refused.reason,
+                duration_ms=duration_ms,
+            )
             self._end_login(None, refused)
             raise refused
         self.credentials_ok = True
