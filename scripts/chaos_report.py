@@ -82,6 +82,9 @@ page (`scripts/chaos_report.py`). Replay a scenario with the seed shown: `RELAY_
   without an error line (`relay/http.py`).
 - Scenario 7: `/oauth/token` answered 500 to a form that does not parse or to JSON nested too deep; now it
   is a 400 (`relay/bringg/routes.py`).
+- A test's own mistake, found by a full run (not a relay bug): the hostile-input oracle expected a body
+  stored when a deflate stream ended and a stray byte followed; aiohttp refuses that with its own 400 and
+  nothing is stored, which is a clear answer. The oracle was corrected and the case pinned as an example.
 """
 
 
