@@ -60,12 +60,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )
         return problem(413, "Payload Too Large", f"the body is larger than {limit} bytes")
     judgement = judge(body)
-    inbound = InboundWebhook.judged(
-        judgement,
+    inbound = InboundWebhook(
         request_id=request[REQUEST_ID],
         received_at=datetime.now(UTC),
         body=body,
         content_type=header_text(request.headers.get("Content-Type")),
+        judgement=judgement,
     )
     fields: dict[str, Any] = {
         "merchant_id": judgement.merchant_id,

@@ -21,36 +21,7 @@ class InboundWebhook:
     received_at: datetime
     body: bytes
     content_type: str | None
-    status: Literal["accepted", "ignored", "quarantined"]
-    webhook_type: str | None = None
-    merchant_id: int | None = None
-    rating_id: int | None = None
-    errors: tuple[str, ...] = ()
-    rating: Rating | None = None
-
-    @classmethod
-    def judged(
-        cls,
-        judgement: Judgement,
-        *,
-        request_id: str,
-        received_at: datetime,
-        body: bytes,
-        content_type: str | None,
-    ) -> "InboundWebhook":
-        """The webhook as received, carrying what its bytes were judged to be."""
-        return cls(
-            request_id=request_id,
-            received_at=received_at,
-            body=body,
-            content_type=content_type,
-            status=judgement.status,
-            webhook_type=judgement.webhook_type,
-            merchant_id=judgement.merchant_id,
-            rating_id=judgement.rating_id,
-            errors=judgement.errors,
-            rating=judgement.rating,
-        )
+    judgement: Judgement
 
 
 @dataclass(frozen=True)
@@ -71,10 +42,10 @@ def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> Writ
     """
 
     def job(conn: sqlite3.Connection) -> StoredWebhook:
-        rating = inbound.rating
-        if inbound.status != "accepted" or rating is None:
-            webhook_id = _insert_webhook(conn, inbound, inbound.status)
-            return StoredWebhook(webhook_id, inbound.status)
+        rating = inbound.judgement.rating
+        if inbound.judgement.status != "accepted" or rating is None:
+            webhook_id = _insert_webhook(conn, inbound, inbound.judgement.status)
+            return StoredWebhook(webhook_id, inbound.judgement.status)
         versions = conn.execute(
             "SELECT id, version FROM deliveries WHERE merchant_id = ? AND rating_id = ?",
             (rating.merchant_id, rating.rating_id),
@@ -111,12 +82,12 @@ def reprocess_webhook(
         ).fetchone()
         if row is None or row["status"] != "quarantined":
             return None
-        inbound = InboundWebhook.judged(
-            judgement,
+        inbound = InboundWebhook(
             request_id=row["request_id"],
             received_at=now,
             body=bytes(row["body"]),
             content_type=row["content_type"],
+            judgement=judgement,
         )
         # record_webhook decides as for a new arrival, in a row of its own; that row is folded into this one.
         stored = record_webhook(inbound, recheck_before=recheck_before)(conn)
@@ -155,10 +126,10 @@ def _insert_webhook(conn: sqlite3.Connection, inbound: InboundWebhook, status: W
             format_instant(inbound.received_at),
             inbound.request_id,
             status,
-            inbound.webhook_type,
-            inbound.merchant_id,
-            inbound.rating_id,
-            json.dumps(list(inbound.errors)) if inbound.errors else None,
+            inbound.judgement.webhook_type,
+            inbound.judgement.merchant_id,
+            inbound.judgement.rating_id,
+            json.dumps(list(inbound.judgement.errors)) if inbound.judgement.errors else None,
             inbound.content_type,
             inbound.body,
         ),
