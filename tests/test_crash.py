@@ -5,27 +5,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.chaos.harness import relay_env
 from tests.conftest import AUTH
 from tests.forwarding import query, rating_webhook
 from tests.processes import free_port, http_json, relay_process, sim_quivo_process, wait_until_ready
-
-
-def relay_env(tmp_path: Path, sim_url: str, port: int, **extra: str) -> dict[str, str]:
-    return {
-        "PORT": str(port),
-        "RELAY_HOST": "127.0.0.1",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}",
-        "BRINGG_WEBHOOK_TOKEN": AUTH["Authorization"].removeprefix("Bearer "),
-        "QUIVO_BASE_URL": sim_url,
-        "QUIVO_API_KEY": "sim-key",
-        "QUIVO_USERNAME": "sim-user",
-        "QUIVO_PASSWORD": "sim-pass",
-        "RELAY_INQUIRY_ID_PATTERN": r"^INQ-(\d+)$",
-        "RELAY_RETRY_BASE_S": "0.1",
-        "RELAY_RETRY_MAX_S": "0.5",
-        "RELAY_SWEEP_INTERVAL_S": "0.1",
-        **extra,
-    }
 
 
 def wait_for(predicate, timeout: float = 20, what: str = "condition") -> None:

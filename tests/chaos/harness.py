@@ -160,14 +160,14 @@ def http_call(
         return status, answer_headers, raw
 
 
-def relay_env(workdir: Path, sim: Sim, port: int, **extra: str) -> dict[str, str]:
+def relay_env(workdir: Path, sim_url: str, port: int, **extra: str) -> dict[str, str]:
     """Settings of a relay on `workdir/relay.db` delivering to the stand-in, with short test timings."""
     return {
         "PORT": str(port),
         "RELAY_HOST": "127.0.0.1",
         "DATABASE_URL": f"sqlite:///{workdir / 'relay.db'}",
         "BRINGG_WEBHOOK_TOKEN": AUTH["Authorization"].removeprefix("Bearer "),
-        "QUIVO_BASE_URL": sim.url,
+        "QUIVO_BASE_URL": sim_url,
         "QUIVO_API_KEY": "sim-key",
         "QUIVO_USERNAME": "sim-user",
         "QUIVO_PASSWORD": "sim-pass",
@@ -611,7 +611,7 @@ def stage(
     at the end, whatever happened. `env` adds or overrides relay settings (names as in the environment)."""
     with ExitStack() as stack:
         sim = stack.enter_context(Sim.running(workdir, *sim_args))
-        settings = relay_env(workdir, sim, free_port(), **env)
+        settings = relay_env(workdir, sim.url, free_port(), **env)
         serve_args = ("serve", "--no-worker") if split else ("serve",)
         relay = stack.enter_context(
             RelayProcess(*serve_args, env=settings, cwd=workdir, log_path=workdir / "relay.log")

@@ -116,7 +116,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         port = free_port()
         env = relay_env(
             workdir,
-            sim,
+            sim.url,
             port,
             RELAY_MAX_BODY_BYTES=str(LIMIT),
             BRINGG_JWT_SECRET=JWT_SECRET,

@@ -138,7 +138,7 @@ def storage_failure(
     broken_s = PROFILE.pick(2.5, 15.0)
     count = PROFILE.pick(60, 400)
     with Sim.running(tmp_path) as sim:
-        env = relay_env(db_dir, sim, free_port(), RELAY_STORE_TIMEOUT_S=STORE_TIMEOUT_S)
+        env = relay_env(db_dir, sim.url, free_port(), RELAY_STORE_TIMEOUT_S=STORE_TIMEOUT_S)
         with RelayProcess("serve", env=env, cwd=tmp_path, log_path=tmp_path / "relay.log") as relay:
             relay.start()
             with Sender(relay.url, count, merchant_id=SENDER_MERCHANT) as sender:
