@@ -164,7 +164,8 @@ def _filter(kind: type[F], args: argparse.Namespace) -> F:
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         option = "--" + str(first["loc"][0]).replace("_", "-")
-        print(f"relay: {option}: {first['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        reason = console.printable(first["msg"].removeprefix("Value error, "))
+        print(f"relay: {option}: {reason}", file=sys.stderr)
         raise SystemExit(EXIT_MISCONFIGURED) from None
 
 
@@ -240,7 +241,7 @@ def _links_import(args: argparse.Namespace) -> int:
             ),
         )
     for problem in result.problems:
-        print(f"{args.file}:{problem.line}: {problem.reason}", file=sys.stderr)
+        print(console.printable(f"{args.file}:{problem.line}: {problem.reason}"), file=sys.stderr)
     bad = len(result.problems)
     print(f"saved {result.saved} links, woke {result.woken} unmatched deliveries, {bad} bad rows")
     return 1 if result.problems else 0

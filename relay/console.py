@@ -28,6 +28,23 @@ class Status:
     worker_paused: str | None
 
 
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on or hide escaped as Python writes it: `\\x1b`.
+
+    Order ids, errors and request ids come from Bringg and Quivo: raw, an `ESC ] 0 ; ... BEL` retitles
+    the operator's terminal and `ESC [ 2 J` clears it. Line breaks are escaped too, so a value cannot
+    forge a line of its own.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def printable_lines(text: str) -> str:
+    """`text` as `printable` shows it, keeping its own line breaks (the command's, not a value's)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def as_json(value: object) -> str:
     """`value` as indented JSON, dataclasses as the objects the admin API answers with."""
     return json.dumps(value, indent=2, default=_plain)
@@ -81,7 +98,7 @@ def relative(instant: str | datetime | None, now: datetime) -> str:
 def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
     """Columns two spaces apart, numbers to the right; None shows as `-`, an empty string as blank."""
     lines = [list(header)] if header else []
-    lines += [["-" if cell is None else str(cell) for cell in row] for row in rows]
+    lines += [["-" if cell is None else printable(str(cell)) for cell in row] for row in rows]
     widths = [max(len(cell) for cell in column) for column in zip_longest(*lines, fillvalue="")]
     numeric = [
         all(isinstance(row[index], int) for row in rows if index < len(row) and row[index] not in ("", None))
@@ -198,4 +215,4 @@ def delivery_text(detail: DeliveryDetail) -> str:
         else f"webhook {webhook.id}: {webhook.status}, received {webhook.received_at}, "
         f"request id {webhook.request_id}"
     )
-    return "\n\n".join([table(list(record.items())), calls, source])
+    return "\n\n".join([table(list(record.items())), calls, printable(source)])

@@ -1,5 +1,6 @@
 """The admin API through HTTP: auth, every endpoint, filters and pages, replay, reprocess, links and stats."""
 
+import base64
 import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -242,6 +243,40 @@ async def test_bad_listing_filter_is_400_problem_naming_the_field(relay, params,
     answer = await response.json()
     assert (answer["title"], answer["field"]) == ("Bad Request", field)
     assert answer["detail"].startswith(f"{field}: ")
+
+
+def crafted_cursor(key_json: str) -> str:
+    return base64.urlsafe_b64encode(key_json.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        ("/admin/deliveries", {"cursor": crafted_cursor(f"[{2**64}]")}, "cursor"),
+        ("/admin/deliveries", {"cursor": crafted_cursor("[-1]")}, "cursor"),
+        ("/admin/deliveries", {"cursor": crafted_cursor("[" * 5000)}, "cursor"),
+        ("/admin/webhooks", {"cursor": crafted_cursor("[" * 5000)}, "cursor"),
+        ("/admin/links", {"cursor": crafted_cursor('[1, "\\ud800"]')}, "cursor"),
+        ("/admin/links", {"cursor": crafted_cursor(f'[{2**64}, "ORD-1"]')}, "cursor"),
+        ("/admin/deliveries", {"since": "9999-12-31T23:59:59-23:59"}, "since"),
+        ("/admin/deliveries", {"until": "0001-01-01T00:00:00+23:59"}, "until"),
+        ("/admin/webhooks", {"since": "9999-12-31T23:59:59-23:59"}, "since"),
+    ],
+)
+async def test_crafted_cursors_and_times_beyond_range_are_400_naming_the_field(relay, path, params, field):
+    response = await relay.get(path, params=params, headers=ADMIN)
+
+    assert response.status == 400
+    answer = await response.json()
+    assert (response.content_type, answer["field"]) == (PROBLEM, field)
+
+
+async def test_a_bulk_replay_since_beyond_the_range_is_400_naming_it(relay):
+    status, answer = await post(
+        relay, "/admin/deliveries/replay", json={"since": "9999-12-31T23:59:59-23:59"}
+    )
+
+    assert (status, answer["field"]) == (400, "since")
 
 
 async def test_limit_out_of_range_says_the_range(relay):

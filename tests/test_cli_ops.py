@@ -17,7 +17,7 @@ from relay.keys import DATABASE
 from relay.store.db import Database
 from relay.store.queries import DELIVERY_STATES, DeliverySummary
 from tests.processes import run_relay
-from tests.test_admin import ago, delivery_row, seed, sql
+from tests.test_admin import ago, crafted_cursor, delivery_row, seed, sql
 
 
 @pytest.fixture
@@ -227,6 +227,11 @@ def test_bulk_replay_takes_the_dead_matching_the_filters_and_shows_progress(stor
         (["deliveries", "list", "--state", "dead,lost"], "--state"),
         (["deliveries", "list", "--since", "yesterday"], "--since"),
         (["replay", "--state", "pending"], "--state"),
+        (["deliveries", "list", "--cursor", crafted_cursor(f"[{2**64}]")], "--cursor"),
+        (["deliveries", "list", "--cursor", crafted_cursor("[" * 5000)], "--cursor"),
+        (["deliveries", "list", "--since", "9999-12-31T23:59:59-23:59"], "--since"),
+        (["deliveries", "list", "--until", "0001-01-01T00:00:00+23:59"], "--until"),
+        (["replay", "--state", "dead", "--since", "9999-12-31T23:59:59-23:59"], "--since"),
     ],
 )
 def test_a_bad_filter_exits_2_with_one_line_naming_the_option(store, args, option):
@@ -257,3 +262,45 @@ def test_commands_work_while_another_connection_holds_a_read_transaction(store):
         assert reader.execute("SELECT state FROM deliveries").fetchall() == [("dead",)]
     finally:
         reader.close()
+
+
+# What reaches the terminal
+
+ESCAPES = "\x1b]0;owned\x07\x1b[2JALL OK\u202e"
+
+
+def test_control_characters_from_webhooks_and_quivo_are_shown_escaped(store):
+    delivery_id = seed(store, state="dead", external_id=f"ORD-{ESCAPES}", last_error=f"Quivo: {ESCAPES}")
+    sql(store, "UPDATE webhooks SET request_id = ?", f"req-{ESCAPES}")
+    sql(
+        store,
+        "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, outcome, "
+        "error) VALUES (?, 1, 'send', ?, 87, 422, 'dead', ?)",
+        delivery_id,
+        ago(minutes=1),
+        f"Quivo answered 422: {ESCAPES}",
+    )
+    sql(store, "INSERT INTO meta (key, value) VALUES ('worker_paused', ?)", f"Quivo answered 401: {ESCAPES}")
+
+    shown = [
+        relay(store, "deliveries", "list"),
+        relay(store, "deliveries", "show", str(delivery_id)),
+        relay(store, "status"),
+    ]
+    as_json = [
+        relay(store, "deliveries", "list", "--json"),
+        relay(store, "deliveries", "show", str(delivery_id), "--json"),
+        relay(store, "status", "--json"),
+    ]
+
+    for result in shown + as_json:
+        assert result.returncode == 0, result.stderr
+        assert not any(char in result.stdout + result.stderr for char in "\x1b\x07\u202e")
+    listed, detail, status = (result.stdout for result in shown)
+    assert "ORD-\\x1b]0;owned\\x07\\x1b[2JALL OK\\u202e" in listed
+    assert detail.count("\\x1b]0;owned") == 4  # order id, last error, the call's error, request id
+    assert "\\u001b]0;owned" in detail  # the rating, shown as JSON
+    assert "Quivo answered 401: \\x1b]0;owned" in status
+    # JSON escapes them itself, and reads back as they were.
+    assert json.loads(as_json[0].stdout)["items"][0]["external_id"] == f"ORD-{ESCAPES}"
+    assert json.loads(as_json[2].stdout)["worker"]["paused"] == f"Quivo answered 401: {ESCAPES}"

@@ -95,17 +95,30 @@ def _cursor_of(*shape: type) -> BeforeValidator:
             return value
         try:
             key = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: thousands of nested `[`
             key = None
         if not (
             isinstance(key, list)
             and len(key) == len(shape)
-            and all(type(part) is kind for part, kind in zip(key, shape, strict=True))
+            and all(_key_part(part, kind) for part, kind in zip(key, shape, strict=True))
         ):
             raise ValueError("not a cursor this API gave")
         return key[0] if len(shape) == 1 else tuple(key)
 
     return BeforeValidator(read)
+
+
+def _key_part(part: object, kind: type) -> bool:
+    """Whether `part` could be a key this API sorts by: an int64 id, or text SQLite can store."""
+    if type(part) is not kind:
+        return False
+    if isinstance(part, int):
+        return 0 <= part <= MAX_ID
+    try:
+        str(part).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which SQLite refuses
+        return False
+    return True
 
 
 def page_cursor(key: Sequence[int | str]) -> str:

@@ -60,7 +60,13 @@ def parse_instant(text: str, now: datetime) -> datetime:
 
 
 def _as_utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    # In UTC now, not when the query is built: 9999-12-31T23:59:59-01:00 is beyond the year 9999 there.
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must fall within the years 1 to 9999 in UTC") from None
 
 
 def _read_instant(value: object, info: ValidationInfo) -> object:
