@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 
 from relay.app import create_app
@@ -17,10 +18,12 @@ from tests.conftest import AUTH, fixture_bytes
 FIXTURE = "bringg/rating_submitted.json"
 
 
-def rating_body(rating_id: int = 77, stars: Any = 5, updated_at: str | None = None, **task: Any) -> bytes:
+def rating_body(
+    rating_id: int = 77, stars: Any = 5, updated_at: str | None = None, merchant_id: int = 9, **task: Any
+) -> bytes:
     payload = {
         "webhook_type": "rating_submitted",
-        "merchant_id": 9,
+        "merchant_id": merchant_id,
         "rating": {
             "id": rating_id,
             "rating": stars,
@@ -93,6 +96,24 @@ async def test_newer_version_supersedes_the_waiting_older_one(relay):
     assert states == {original["delivery_id"]: "superseded", update["delivery_id"]: "pending"}
 
 
+async def test_same_rating_id_from_two_merchants_is_two_ratings_each_delivered(relay):
+    # The duplicate key and the versions a new one supersedes are per merchant: ids are Bringg's per merchant.
+    _, first = await post(relay, rating_body(rating_id=77, merchant_id=9))
+    response, other = await post(relay, rating_body(rating_id=77, merchant_id=10))
+    _, newer_other = await post(
+        relay, rating_body(rating_id=77, merchant_id=10, updated_at="2026-11-02T08:00:00Z")
+    )
+
+    assert (response.status, first["status"], other["status"]) == (202, "accepted", "accepted")
+    assert first["delivery_id"] != other["delivery_id"]
+    states = {row["id"]: row["state"] for row in rows(relay.app, "SELECT id, state FROM deliveries")}
+    assert states == {
+        first["delivery_id"]: "pending",
+        other["delivery_id"]: "superseded",
+        newer_other["delivery_id"]: "pending",
+    }
+
+
 async def test_older_version_arriving_late_is_kept_but_never_delivered(relay):
     _, update = await post(relay, rating_body(stars=5, updated_at="2026-11-02T08:00:00Z"))
     response, late = await post(relay, rating_body(stars=2))
@@ -129,6 +150,7 @@ async def test_other_webhook_type_is_ignored_and_its_body_kept(relay):
         (rating_body(stars=0), "stars must be 1..5, got 0"),
         (rating_body(stars=6), "stars must be 1..5, got 6"),
         (rating_body(stars=4.5), "rating.rating"),
+        (rating_body(stars=True), "rating.rating: a boolean is not a number"),
         (rating_body(stars=None), "stars missing"),
         (rating_body(rating_id=None), "rating.id: missing"),  # type: ignore[arg-type]
         (rating_body(rating_id=2**70), "rating.id"),
@@ -146,6 +168,30 @@ async def test_unusable_rating_is_quarantined_with_its_reason_and_raw_bytes(rela
     assert webhook["status"] == "quarantined"
     assert any(reason in error for error in json.loads(webhook["errors"]))
     assert rows(relay.app, "SELECT id FROM deliveries") == []
+
+
+async def test_thousands_of_errors_are_reported_as_the_first_few_and_a_count(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings(relay_max_body_bytes=2**21), run_worker=False))
+    reasons: list[dict[str, list[str]]] = [{"text": []}] * 86_000
+    body = json.dumps(
+        {
+            "webhook_type": "rating_submitted",
+            "merchant_id": 9,
+            "rating": {"id": 1, "rating": 3, "rating_reasons": reasons},
+        }
+    ).encode()
+
+    with structlog.testing.capture_logs() as logged:
+        response, answer = await post(client, body)
+
+    assert len(body) > 1_000_000
+    assert (response.status, answer["status"]) == (202, "quarantined")
+    expected = [f"rating.rating_reasons.{n}.text: Input should be a valid string" for n in range(5)]
+    assert answer["errors"] == [*expected, "... and 85995 more (86000 in all)"]
+    stored = rows(client.app, "SELECT errors FROM webhooks WHERE id = ?", answer["id"])[0]["errors"]
+    assert json.loads(stored) == answer["errors"]
+    [line] = [line for line in logged if line["event"] == "webhook.quarantined"]
+    assert line["errors"] == answer["errors"]
 
 
 async def test_loose_types_are_read_leniently(relay):

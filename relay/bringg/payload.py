@@ -3,16 +3,25 @@
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from relay.domain.judgement import Judgement
+from relay.domain.judgement import Judgement, reported
 from relay.domain.rating import Rating
 
 RATING_SUBMITTED = "rating_submitted"
 
+
+def _not_bool(value: object) -> object:
+    # Lax pydantic reads true as 1: a boolean is no star count and no id, however loose Bringg is.
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
 # Bringg documents Int32 ids; anything that fits SQLite's int64 is kept, anything larger is unusable.
 MAX_ID = 2**63 - 1
-Id = Annotated[int, Field(ge=0, le=MAX_ID)]
+Id = Annotated[int, Field(ge=0, le=MAX_ID), BeforeValidator(_not_bool)]
+Stars = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class _Wire(BaseModel):
@@ -33,7 +42,7 @@ class WireTask(_Wire):
 
 class WireRating(_Wire):
     id: Id | None = None
-    rating: int | None = None
+    rating: Stars | None = None
     comment: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -56,7 +65,10 @@ class WireEnvelope(BaseModel):
 
 
 def judge(body: bytes) -> Judgement:
-    """Parse the raw body once (pydantic on the bytes) and decide what the relay does with it."""
+    """Parse the raw body once (pydantic on the bytes) and decide what the relay does with it.
+
+    Reasons are reported as `reported` caps them: a body can hold thousands of the same mistake.
+    """
     try:
         wire = WireWebhook.model_validate_json(body)
     except ValidationError as error:
@@ -67,7 +79,7 @@ def judge(body: bytes) -> Judgement:
 
 
 def _judge_unparsable(body: bytes, error: ValidationError) -> Judgement:
-    errors = tuple(_describe(item) for item in error.errors(include_url=False))
+    errors = reported([_describe(item) for item in error.errors(include_url=False)])
     try:
         envelope = WireEnvelope.model_validate_json(body)
     except ValidationError:
@@ -106,7 +118,7 @@ def _normalize(wire: WireWebhook) -> Judgement:
             if moment is not None and not _fits_utc(moment):
                 errors.append(f"rating.{name}: out of range once converted to UTC")
     if errors or rating is None or wire.merchant_id is None or rating.id is None or rating.rating is None:
-        return Judgement("quarantined", RATING_SUBMITTED, wire.merchant_id, rating_id, tuple(errors))
+        return Judgement("quarantined", RATING_SUBMITTED, wire.merchant_id, rating_id, reported(errors))
     task = rating.task or WireTask()
     normalized = Rating(
         merchant_id=wire.merchant_id,
@@ -142,4 +154,5 @@ def _fits_utc(moment: datetime) -> bool:
 
 def _describe(item: Any) -> str:
     where = ".".join(str(part) for part in item.get("loc", ())) or "body"
-    return f"{where}: {item.get('msg', 'invalid')}"
+    # A custom validator's message comes prefixed by pydantic; the reason alone reads better.
+    return f"{where}: {str(item.get('msg', 'invalid')).removeprefix('Value error, ')}"
