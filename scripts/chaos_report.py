@@ -5,6 +5,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,10 @@ stand-in's record of what it committed (the reference tag on the last line of ev
 from the relay's database.
 
 `make test` runs every scenario in a small, fast profile; `make chaos` runs the full profile and writes this
-page (`scripts/chaos_report.py`). Replay a scenario with the seed shown: `RELAY_CHAOS_SEED=<seed>`.
+page (`scripts/chaos_report.py`) from that run's figures alone, with the commit it ran on. A scenario's result
+is `pass` only when the test that recorded its figures passed (pytest's outcome, recorded beside the figures
+by `tests/chaos/conftest.py`) and nothing was lost or sent twice; `make chaos` exits non-zero otherwise.
+Replay a scenario with the seed shown: `RELAY_CHAOS_SEED=<seed>`.
 
 - **webhooks sent**: distinct ratings posted at least once (resends after a refusal or a 503 not counted).
 - **acknowledged**: ratings that got a 2xx. Only those are promised.
@@ -65,7 +69,9 @@ page (`scripts/chaos_report.py`). Replay a scenario with the seed shown: `RELAY_
 8. **Split deployment**: `relay serve --no-worker` and `relay worker` on one database, started together on a
    fresh database, then either or both SIGKILLed at random and restarted.
 
-## Bugs these scenarios found (fixed in the relay)
+## History: bugs these scenarios found (not a result of the run below)
+
+Found by the runs of 2026-11-22 and fixed in commits d7706f8 and 085f076.
 
 - Scenario 5: while deliveries were paused on refused credentials, every incoming webhook woke the worker and
   each wake-up became a login probe, so `/login` was called at the webhook rate and the probe delay doubled
@@ -89,7 +95,8 @@ page (`scripts/chaos_report.py`). Replay a scenario with the seed shown: `RELAY_
 
 
 def load(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    """Every JSON object line of the results files, in order; torn or foreign lines are skipped."""
+    """Every figures line and test-outcome line of the results files, in order; torn or foreign lines are
+    skipped."""
     rows: list[dict[str, Any]] = []
     for path in paths:
         if not path.exists():
@@ -99,21 +106,35 @@ def load(paths: Iterable[Path]) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(row, dict) and isinstance(row.get("scenario"), str):
+            if isinstance(row, dict) and any(
+                isinstance(row.get(key), str) for key in ("scenario", "outcome")
+            ):
                 rows.append(row)
     return rows
 
 
+def _of_profile(rows: Sequence[Mapping[str, Any]], profile: str) -> list[tuple[int, Mapping[str, Any]]]:
+    return [
+        (index, row) for index, row in enumerate(rows) if profile == "any" or row.get("profile") == profile
+    ]
+
+
+def _latest_runs(rows: Sequence[Mapping[str, Any]], profile: str) -> dict[str, Any]:
+    """Each test's latest run, from its figures or its outcome: a run that failed before recording figures
+    still hides the figures of an older run."""
+    return {row["test"]: row.get("run") for _, row in _of_profile(rows, profile) if row.get("test")}
+
+
 def latest_per_scenario(rows: Sequence[Mapping[str, Any]], profile: str) -> list[Mapping[str, Any]]:
-    """What the report shows, by scenario number: each test's lines from its latest run of the profile.
+    """What the report shows, by scenario number: each test's figures from its latest run of the profile.
 
     Lines name their test and run; older lines that do not (the scenario's name is their only key) are
     kept until a newer, named line of the same scenario number replaces them.
     """
     wanted = [
-        (index, row) for index, row in enumerate(rows) if profile == "any" or row.get("profile") == profile
+        (index, row) for index, row in _of_profile(rows, profile) if isinstance(row.get("scenario"), str)
     ]
-    latest_run = {row["test"]: row.get("run") for _, row in wanted if row.get("test")}
+    latest_run = _latest_runs(rows, profile)
     named = [(i, row) for i, row in wanted if row.get("test") and row.get("run") == latest_run[row["test"]]]
     unnamed: dict[str, tuple[int, Mapping[str, Any]]] = {}
     for index, row in wanted:
@@ -134,18 +155,33 @@ def latest_per_scenario(rows: Sequence[Mapping[str, Any]], profile: str) -> list
     return [row for _, row in sorted(kept, key=lambda pair: (_order(pair[1]["scenario"]), pair[0]))]
 
 
+def latest_outcomes(rows: Sequence[Mapping[str, Any]], profile: str) -> dict[str, Mapping[str, Any]]:
+    """Each test's outcome line (pytest's outcome and the commit it ran on) from its latest run."""
+    latest_run = _latest_runs(rows, profile)
+    return {
+        row["test"]: row
+        for _, row in _of_profile(rows, profile)
+        if isinstance(row.get("outcome"), str)
+        and row.get("test")
+        and row.get("run") == latest_run[row["test"]]
+    }
+
+
 def _order(scenario: str) -> tuple[int, str]:
     number = re.match(r"\s*(\d+)", scenario)
     return (int(number[1]) if number else 1_000_000, scenario)
 
 
-def verdict(row: Mapping[str, Any]) -> str:
-    """'pass' when the scenario says so, or when nothing was lost or sent twice."""
-    if "passed" in row:
-        return "pass" if row["passed"] else "FAIL"
-    if row.get("lost", 0) == 0 and row.get("delivered_twice", 0) == 0:
-        return "pass"
-    return "FAIL"
+def verdict(row: Mapping[str, Any], outcomes: Mapping[str, Mapping[str, Any]]) -> str:
+    """'pass' only when the test that recorded the figures passed, and nothing was lost or sent twice."""
+    if row.get("lost", 0) or row.get("delivered_twice", 0):
+        return "FAIL (lost or sent twice)"
+    outcome = outcomes.get(row.get("test") or "")
+    if outcome is None:
+        return "unknown (no test outcome recorded)"
+    if outcome["outcome"] != "passed":
+        return f"FAIL (test {outcome['outcome']})"
+    return "pass"
 
 
 def cell(row: Mapping[str, Any], key: str) -> str:
@@ -165,30 +201,42 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def render(rows: Sequence[Mapping[str, Any]], profile: str) -> str:
+def render(rows: Sequence[Mapping[str, Any]], outcomes: Mapping[str, Mapping[str, Any]], profile: str) -> str:
     lines = [INTRO]
-    if not rows:
+    if not rows and not outcomes:
         lines.append(f"No results of the `{profile}` profile yet: run `make chaos`.\n")
         return "\n".join(lines)
     dates = sorted({str(row["date"]) for row in rows if row.get("date")})
     machines = sorted({(row.get("cores"), row.get("python")) for row in rows if row.get("cores")}, key=str)
+    commits = sorted({str(line["commit"]) for line in outcomes.values() if line.get("commit")})
     lines.append("## Last run\n")
+    lines.append("Everything below was measured by this run, and only by it.\n")
     lines.append(f"- Profile: `{', '.join(sorted({str(row.get('profile', MISSING)) for row in rows}))}`")
+    if len(commits) == 1:
+        lines.append(f"- Commit: {commits[0]}")
+    elif commits:
+        lines.append(f"- Commits (the lines come from more than one run): {', '.join(commits)}")
+    else:
+        lines.append("- Commit: not recorded")
     if dates:
         lines.append(f"- Date: {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else ""))
     for cores, python in machines:
         lines.append(f"- Machine: {cores} cores, Python {python}")
+    lines.append(f"- Tests: {_tally(outcomes)}")
+    failed = sorted(test for test, line in outcomes.items() if line["outcome"] == "failed")
+    lines += [f"  - failed: `{test}`" for test in failed]
     seeded = [row for row in rows if row.get("seed") is not None]
     if seeded:
         lines.append("- Seeds (replay with `RELAY_CHAOS_SEED`):")
         lines += [f"  - {row['scenario']}: {row['seed']}" for row in seeded]
     lines.append("")
-    lines.append("| scenario | " + " | ".join(title for _, title in COLUMNS) + " | result |")
-    lines.append("| --- " * (len(COLUMNS) + 2) + "|")
-    for row in rows:
-        cells = [str(row["scenario"]), *(cell(row, key) for key, _ in COLUMNS), verdict(row)]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    if rows:
+        lines.append("| scenario | " + " | ".join(title for _, title in COLUMNS) + " | result |")
+        lines.append("| --- " * (len(COLUMNS) + 2) + "|")
+        for row in rows:
+            cells = [str(row["scenario"]), *(cell(row, key) for key, _ in COLUMNS), verdict(row, outcomes)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
     details = [row for row in rows if row.get("extra") or row.get("notes")]
     if details:
         lines.append("## Scenario details\n")
@@ -198,6 +246,24 @@ def render(rows: Sequence[Mapping[str, Any]], profile: str) -> str:
             lines.append(f"- **{row['scenario']}**: {rendered}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _tally(outcomes: Mapping[str, Mapping[str, Any]]) -> str:
+    counts = Counter(str(line["outcome"]) for line in outcomes.values())
+    if not counts:
+        return "no outcomes recorded"
+    return ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) + f" (of {len(outcomes)})"
+
+
+def problems(rows: Sequence[Mapping[str, Any]], outcomes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per reason the run is not a pass: a scenario not passed, a test failed, nothing recorded."""
+    found = [
+        f"{row['scenario']}: {verdict(row, outcomes)}" for row in rows if verdict(row, outcomes) != "pass"
+    ]
+    found += [f"{test}: failed" for test, line in sorted(outcomes.items()) if line["outcome"] == "failed"]
+    if not rows:
+        found.append("no scenario recorded its figures")
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,11 +282,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = args.results or ([Path(os.environ[RESULTS_ENV])] if os.environ.get(RESULTS_ENV) else [])
     if not paths:
         parser.error(f"name a results file or set {RESULTS_ENV}")
-    rows = latest_per_scenario(load(paths), args.profile)
-    args.out.write_text(render(rows, args.profile))
-    failed = [row["scenario"] for row in rows if verdict(row) != "pass"]
-    print(f"{args.out}: {len(rows)} scenarios, {len(failed)} failed", file=sys.stderr)
-    return 1 if failed or not rows else 0
+    lines = load(paths)
+    rows = latest_per_scenario(lines, args.profile)
+    outcomes = latest_outcomes(lines, args.profile)
+    args.out.write_text(render(rows, outcomes, args.profile))
+    found = problems(rows, outcomes)
+    for problem in found:
+        print(f"chaos: {problem}", file=sys.stderr)
+    print(f"{args.out}: {len(rows)} scenarios, {len(found)} problems", file=sys.stderr)
+    return 1 if found else 0
 
 
 if __name__ == "__main__":
