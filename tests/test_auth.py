@@ -58,6 +58,16 @@ async def test_static_token(aiohttp_client, make_settings, headers, status):
     assert stored_webhooks(client) == (1 if status == 202 else 0)
 
 
+async def test_static_token_is_compared_whole_never_by_prefix(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
+    near_misses = [WEBHOOK_TOKEN + "x", WEBHOOK_TOKEN * 2, WEBHOOK_TOKEN[:-1], WEBHOOK_TOKEN[:1]]
+
+    for near in near_misses:
+        assert await webhook_status(client, {"Authorization": f"Bearer {near}"}) == 401, near
+        assert await webhook_status(client, {"Authorization": near}) == 401, near
+    assert stored_webhooks(client) == 0
+
+
 async def test_static_token_in_a_custom_header(aiohttp_client, make_settings):
     client = await aiohttp_client(
         create_app(make_settings(bringg_token_header="application-key"), run_worker=False)
@@ -79,6 +89,12 @@ async def test_static_token_in_a_custom_header(aiohttp_client, make_settings):
         (bringg_jwt(iss="https://evil.example"), 401),
         (bringg_jwt(secret=JWT_SECRET, ttl=300)[:-4] + "AAAA", 401),  # tampered signature
         ("not.a.jwt", 401),
+        (bringg_jwt(ttl=23 * 3600), 202),  # within the 24 h a token may live
+        (bringg_jwt(ttl=25 * 3600), 401),
+        (bringg_jwt(ttl=30 * 365 * 86400), 401),  # decades away: minted to be replayed
+        (bringg_jwt(exp=str(int(time.time()) + 300)), 401),  # a time as a string
+        (bringg_jwt(iat="yesterday"), 401),
+        (bringg_jwt(nbf=[0]), 401),
     ],
 )
 async def test_jwt(aiohttp_client, make_settings, token, status):

@@ -3,13 +3,16 @@
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import jwt
 import pytest
 import structlog
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from relay.app import create_app
 from relay.keys import DATABASE
@@ -270,3 +273,21 @@ async def test_body_that_stalls_past_the_body_timeout_gets_408_and_nothing_is_st
     assert (stalled.status, stalled.content_type) == (408, "application/problem+json")
     assert prompt.status == 202
     assert len(rows(client.app, "SELECT id FROM webhooks")) == 1
+
+
+async def test_a_refusal_tells_the_caller_nothing_of_the_configuration_and_the_log_why(
+    aiohttp_client, make_settings
+):
+    secret = "bringg-shared-jwt-secret-of-32-bytes!"
+    settings = make_settings(bringg_jwt_secret=secret, bringg_jwt_issuer="https://us2-admin-api.bringg.com")
+    client = await aiohttp_client(create_app(settings, run_worker=False))
+    foreign = jwt.encode({"iss": "https://evil.example", "exp": int(time.time()) + 300}, secret, "HS256")
+
+    with capture_logs() as logs:
+        response, answer = await post(client, fixture_bytes(FIXTURE), {"Authorization": f"Bearer {foreign}"})
+
+    assert (response.status, answer["detail"]) == (401, "missing or invalid credentials")
+    for word in ("token", "jwt", "issuer", "oauth"):
+        assert word not in json.dumps(answer).lower()
+    [line] = [line for line in logs if line["event"] == "webhook.unauthorized"]
+    assert line["reason"] == "token does not match; jwt issuer mismatch"

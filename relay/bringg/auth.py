@@ -12,6 +12,11 @@ from relay.settings import Settings
 
 # Tokens the relay issues at /oauth/token carry this audience, so no other JWT passes for one.
 OAUTH_AUDIENCE = "relay-webhook"
+# No token needs to live longer than a day (the relay's own are capped so by BRINGG_OAUTH_TOKEN_TTL_S): one
+# that claims more was minted to be replayed. Bounded from now, as Bringg documents no `iat`.
+MAX_TOKEN_LIFETIME_S = 24 * 3600
+# PyJWT reads these with int(), so "9999999999" would pass for a time: a time must be a JSON number.
+TIME_CLAIMS = ("exp", "iat", "nbf")
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ def _jwt_problem(
         return "malformed"  # a JWT is base64url and dots; PyJWT cannot even encode some other text
     try:
         # The algorithm is pinned: a token's own `alg` header (none, RS256, ...) is never trusted.
-        jwt.decode(
+        claims = jwt.decode(
             token,
             key,
             algorithms=["HS256"],
@@ -132,4 +137,13 @@ def _jwt_problem(
         return f"missing claim {error.claim}"
     except jwt.InvalidTokenError:
         return "malformed"
+    for name in TIME_CLAIMS:
+        if name in claims and not _is_number(claims[name]):
+            return f"claim {name} not a number"
+    if claims["exp"] - time.time() > MAX_TOKEN_LIFETIME_S:
+        return "expiry more than 24 h ahead"
     return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -34,7 +34,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
             reason=verdict.reason,
             duration_ms=elapsed_ms(request),
         )
-        refused = problem(401, "Unauthorized", verdict.reason)
+        # The reason is for the operator's log: it would tell a stranger which methods are configured.
+        refused = problem(401, "Unauthorized", "missing or invalid credentials")
         refused.headers["WWW-Authenticate"] = 'Bearer realm="relay"'
         return refused
     limit = request.app[SETTINGS].relay_max_body_bytes
