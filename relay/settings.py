@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     relay_max_age: timedelta = timedelta(days=3)
     relay_shutdown_grace_s: float = Field(10.0, ge=0)
     relay_sweep_interval_s: float = Field(5.0, gt=0)
+    relay_unsure_settle_s: float = Field(60.0, gt=0)
 
     relay_admin_token: SecretStr | None = None
     relay_retention_days: float = Field(30.0, gt=0)
@@ -143,6 +144,12 @@ class Settings(BaseSettings):
                 found.append("QUIVO_RATING_MAX: must be greater than QUIVO_RATING_MIN")
             if self.relay_retry_max_s < self.relay_retry_base_s:
                 found.append("RELAY_RETRY_MAX_S: must be at least RELAY_RETRY_BASE_S")
+            if self.quivo_timeout_s > self.relay_unsure_settle_s:
+                # Quivo may commit as late as we wait for it; a reconcile before then could resend.
+                found.append(
+                    "QUIVO_TIMEOUT_S: must not exceed RELAY_UNSURE_SETTLE_S "
+                    "(how late Quivo may commit a send)"
+                )
         return found
 
     def _auth_problems(self) -> list[str]:

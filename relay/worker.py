@@ -14,7 +14,7 @@ import structlog
 from relay.domain.matching import inquiry_id_from_external_id
 from relay.domain.message import quivo_rating, render_message
 from relay.domain.rating import Rating
-from relay.domain.retry import Verdict, retry_delay, verdict_for_status
+from relay.domain.retry import Verdict, leaves_send_unsure, retry_delay, verdict_for_status
 from relay.ops.metrics import RelayMetrics
 from relay.pacing import Pacer
 from relay.quivo.client import LoginFailed, QuivoAnswer, QuivoClient, QuivoError, QuivoNoAnswer
@@ -170,7 +170,10 @@ class Worker:
         if free <= 0 or self._pacer.paused_for() > 0:
             return 0, []
         now = utc_now()
-        lease_until = now + timedelta(seconds=self.settings.quivo_lease_s)
+        # Should this worker die mid-send, Quivo may still commit that send up to the settle time later:
+        # the row becomes due again (and is read back) only after that too.
+        lease_s = self.settings.quivo_lease_s + self.settings.relay_unsure_settle_s
+        lease_until = now + timedelta(seconds=lease_s)
         return free, await self.database.write(claim_due(now=now, lease_until=lease_until, limit=free))
 
     async def _sleep(self, seconds: float) -> None:
@@ -333,31 +336,38 @@ class Worker:
         elif verdict is Verdict.RETRY:
             self._pacer.note_failure()
         # REAUTH here means a fresh token was refused too: retry later like any passing refusal.
-        return self._retry(attempt, attempts, False, answer, _excerpt(answer.body_excerpt))
+        unsure = leaves_send_unsure(answer.status)
+        return self._retry(attempt, attempts, unsure, answer, _excerpt(answer.body_excerpt))
 
     async def _reconcile(self, attempt: _Attempt) -> tuple[Outcome, str] | None:
         """An earlier send may have landed: look for our tag before sending again. None means: send."""
         answer = await self._call(attempt, "reconcile", lambda: self.client.get_inquiry(attempt.inquiry_id))
         delivery = attempt.delivery
         if isinstance(answer, QuivoError):
+            # No answer to the read proves nothing either way: still unsure, never sent blindly.
             self._pacer.note_failure()
             return self._retry(attempt, delivery.attempts, True, None, _excerpt(str(answer)))
-        if answer.inquiry is not None and 200 <= answer.status < 300:
-            if answer.inquiry.has_rating_message_with(attempt.rating.reference_tag):
+        verdict = verdict_for_status(answer.status)
+        if verdict is Verdict.DEAD:
+            # 404 and other refusals to read: the send will say what Quivo thinks of this inquiry.
+            return None
+        inquiry = answer.inquiry
+        if verdict is Verdict.DELIVERED and inquiry is not None:
+            if inquiry.has_rating_message_with(attempt.rating.reference_tag):
                 outcome = self._outcome(
                     attempt,
                     "delivered",
                     unconfirmed=False,
                     last_status=answer.status,
-                    current_rating=answer.inquiry.current_rating,
+                    current_rating=inquiry.current_rating,
                 )
                 return outcome, "delivery.reconciled"
             return None
-        if verdict_for_status(answer.status) is Verdict.RETRY:
+        # No inquiry to look at (5xx, 429, a fresh token refused, a 2xx that does not parse): still unsure.
+        if verdict is Verdict.RETRY:
             self._pacer.note_failure()
-            return self._retry(attempt, delivery.attempts, True, answer, _excerpt(answer.body_excerpt))
-        # 404 and other refusals to read: the send will say what Quivo thinks of this inquiry.
-        return None
+        error = _excerpt(answer.body_excerpt) or f"Quivo answered {answer.status} without a readable inquiry"
+        return self._retry(attempt, delivery.attempts, True, answer, error)
 
     async def _call(
         self, attempt: _Attempt, action: str, call: Callable[[], Awaitable[QuivoAnswer]]
@@ -420,6 +430,9 @@ class Worker:
         error: str | None,
     ) -> tuple[Outcome, str]:
         delay = self._delay(attempts, answer.retry_after if answer else None)
+        if unconfirmed and attempt.send_started:
+            # Quivo may still commit the send it did not answer: read the inquiry once it had time to.
+            delay = max(delay, self.settings.relay_unsure_settle_s)
         outcome = self._outcome(
             attempt,
             "retrying",
@@ -434,12 +447,14 @@ class Worker:
     def _release(self, attempt: _Attempt) -> Outcome:
         """Give the delivery back without spending an attempt; a send already started stays unconfirmed."""
         delivery = attempt.delivery
+        # A send cut short may still be committed: it is read back only after the settle time.
+        settle_s = self.settings.relay_unsure_settle_s if attempt.send_started else 0.0
         return self._outcome(
             attempt,
             "retrying" if delivery.attempts else "pending",
             unconfirmed=delivery.unconfirmed or attempt.send_started,
             attempts=delivery.attempts + (1 if attempt.send_started else 0),
-            next_attempt_at=utc_now(),
+            next_attempt_at=utc_now() + timedelta(seconds=settle_s),
             last_error=self.paused_reason,
         )
 

@@ -32,6 +32,8 @@ def forwarding_settings(quivo: Quivo, **overrides: Any) -> dict[str, Any]:
         "relay_retry_max_s": 0.2,
         "relay_sweep_interval_s": 0.05,
         "quivo_timeout_s": 2.0,
+        # Below the timeout (load_settings refuses that): the stand-in commits at once unless told.
+        "relay_unsure_settle_s": 0.2,
         "quivo_max_rps": 1000.0,
         **overrides,
     }

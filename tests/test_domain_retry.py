@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.domain.retry import Verdict, backoff_delay, parse_retry_after, retry_delay, verdict_for_status
+from relay.domain.retry import (
+    Verdict,
+    backoff_delay,
+    leaves_send_unsure,
+    parse_retry_after,
+    retry_delay,
+    verdict_for_status,
+)
 
 NOW = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
 
@@ -145,3 +152,11 @@ def test_retry_delay_caps_retry_after() -> None:
 def test_retry_delay_falls_back_to_backoff(header: str | None) -> None:
     delay = retry_delay(3, retry_after=header, now=NOW, base=2.0, cap=600.0, rng=Ceiling())
     assert delay == 8.0
+
+
+@pytest.mark.parametrize(
+    ("status", "unsure"), [(504, True), (200, False), (429, False), (500, False), (503, False)]
+)
+def test_only_a_gateway_timeout_leaves_a_send_unsure(status: int, unsure: bool):
+    # A gateway that stopped waiting says nothing of whether Quivo, still at work, committed the rating.
+    assert leaves_send_unsure(status) is unsure

@@ -295,6 +295,25 @@ async def test_drop_after_commit_records_the_rating_then_disconnects(client: Cli
     assert stats["requests"]["post_rating"] == {"dropped": 1}
 
 
+async def test_late_commit_drops_the_first_post_to_an_inquiry_and_commits_it_later(client: Client) -> None:
+    await put_faults(client, late_commit_s=0.3)
+
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await post_rating(client, 42)
+    at_once = (await sim_ratings(client))["count"]
+    pending = (await (await client.get("/_sim/stats")).json())["late_commits_pending"]
+    second = await post_rating(client, 42)  # only the first POST to an inquiry commits late
+    async with asyncio.timeout(10):
+        while (await sim_ratings(client))["count"] < 2:  # noqa: ASYNC110 - the stand-in's state, over HTTP
+            await asyncio.sleep(0.02)
+
+    assert (at_once, pending, second.status) == (0, 1, 200)
+    assert (await sim_ratings(client))["count"] == 2
+    stats = await (await client.get("/_sim/stats")).json()
+    assert stats["requests"]["post_rating"] == {"dropped": 1, "200": 1}
+    assert stats["late_commits_pending"] == 0
+
+
 async def test_rejected_credentials_make_a_correct_login_fail(client: Client) -> None:
     await put_faults(client, reject_credentials=True)
 
@@ -353,6 +372,7 @@ async def test_stats_count_requests_by_route_and_status(client: Client, state: S
         "ratings": 1,
         "most_rating_posts_at_once_per_inquiry": 1,
         "most_rating_posts_at_once": 1,
+        "late_commits_pending": 0,
     }
 
 

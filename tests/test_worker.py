@@ -3,7 +3,8 @@
 import asyncio
 import itertools
 import random
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from relay.sim.state import SimState
 from relay.store.links import upsert_links
 from tests.conftest import AUTH, fixture_bytes
 from tests.forwarding import Quivo, forwarding_settings, query, rating_webhook, wait_for_state
+from tests.processes import run_relay
 
 
 @pytest.fixture
@@ -120,6 +122,38 @@ async def test_unconfirmed_send_that_did_not_land_is_sent_after_checking(start_r
     assert len(quivo.state.ratings) == 1
     actions = [a["action"] for a in query(db(relay), "SELECT action FROM attempts ORDER BY id")]
     assert actions == ["send", "reconcile", "send"]
+
+
+async def test_a_send_quivo_commits_late_is_read_back_after_the_settle_time_not_sent_again(
+    start_relay, quivo
+):
+    # As behind a gateway that gives up at once while Quivo commits the rating a moment later.
+    quivo.state.late_commit_s = 0.5
+    relay = await start_relay(relay_unsure_settle_s=1.5)
+
+    accepted = await post(relay, rating_webhook(16, "INQ-160"))
+    row = await wait_for_state(db(relay), accepted["delivery_id"])
+
+    assert (row["state"], row["unconfirmed"]) == ("delivered", 0)
+    assert len(quivo.state.ratings) == 1
+    calls = query(db(relay), "SELECT action, started_at, duration_ms FROM attempts ORDER BY id")
+    assert [call["action"] for call in calls] == ["send", "reconcile"]
+    send_ended = datetime.fromisoformat(calls[0]["started_at"]) + timedelta(
+        milliseconds=calls[0]["duration_ms"]
+    )
+    assert (datetime.fromisoformat(calls[1]["started_at"]) - send_ended).total_seconds() >= 1.5
+
+
+def test_the_worker_refuses_a_quivo_timeout_longer_than_the_settle_time(tmp_path: Path):
+    quivo = {"QUIVO_API_KEY": "k", "QUIVO_USERNAME": "u", "QUIVO_PASSWORD": "p"}
+
+    refused = run_relay("worker", env={**quivo, "QUIVO_TIMEOUT_S": "61"}, cwd=tmp_path)
+
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "relay: configuration error: QUIVO_TIMEOUT_S: must not exceed RELAY_UNSURE_SETTLE_S "
+        "(how late Quivo may commit a send)"
+    ]
 
 
 def _expired_lease(delivery_id: int):

@@ -34,6 +34,12 @@ def verdict_for_status(status: int) -> Verdict:
     return Verdict.RETRY
 
 
+def leaves_send_unsure(status: int) -> bool:
+    """True when an answer to a send does not say whether Quivo committed it: read the inquiry first."""
+    # 504 is a gateway that stopped waiting (at 29-30 s for the common ones) while Quivo may go on and commit.
+    return status == 504
+
+
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
     """Seconds to wait after failed attempt `attempt` (from 1): uniform in 0..min(cap, base * 2**(attempt-1)).
 

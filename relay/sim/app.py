@@ -38,6 +38,7 @@ class FaultsUpdate(BaseModel):
     retry_after_s: int | None = Field(default=None, ge=0)
     outage: bool | None = None
     drop_after_commit_rate: float | None = Field(default=None, ge=0, le=1)
+    late_commit_s: float | None = Field(default=None, ge=0)
     reject_credentials: bool | None = None
 
 
@@ -136,6 +137,8 @@ async def post_rating(request: web.Request) -> web.Response:
     error_status = state.draw_error_status()
     if error_status is not None:
         return _message(error_status, _ERROR_REASONS[error_status])
+    if state.commit_late(inquiry, rating_request.rating, rating_request.rating_message):
+        return _drop_connection(request)
     state.record_rating(inquiry, rating_request.rating, rating_request.rating_message)
     if state.draw_drop_after_commit():
         return _drop_connection(request)
@@ -205,6 +208,7 @@ async def sim_stats(request: web.Request) -> web.Response:
             "ratings": len(state.ratings),
             "most_rating_posts_at_once_per_inquiry": state.most_rating_posts_at_once_per_inquiry,
             "most_rating_posts_at_once": state.most_rating_posts_at_once,
+            "late_commits_pending": state.late_commits_pending,
         }
     )
 

@@ -1,5 +1,6 @@
 """The simulated Quivo's state: credentials, tokens, inquiries, recorded ratings and fault knobs."""
 
+import asyncio
 import random
 import secrets
 import time
@@ -21,6 +22,7 @@ FAULT_KNOBS: Final = (
     "retry_after_s",
     "outage",
     "drop_after_commit_rate",
+    "late_commit_s",
     "reject_credentials",
 )
 _ERROR_STATUSES: Final = (500, 502, 503)
@@ -118,6 +120,9 @@ class SimState:
     retry_after_s: int = 1
     outage: bool = False
     drop_after_commit_rate: float = 0.0
+    # Above 0: the first rating POST to each inquiry gets no answer at once and is committed this much later,
+    # as behind an API gateway that gives up on a request while the backend goes on with it.
+    late_commit_s: float = 0.0
     reject_credentials: bool = False
 
     ratings: list[RatingRecord] = field(default_factory=list, init=False)
@@ -127,9 +132,13 @@ class SimState:
     most_rating_posts_at_once_per_inquiry: int = field(default=0, init=False)
     # How many rating POSTs were ever open at once in all: a relay keeps this within its concurrency.
     most_rating_posts_at_once: int = field(default=0, init=False)
+    # Rating POSTs taken to commit late whose commit has not happened yet.
+    late_commits_pending: int = field(default=0, init=False)
     _rating_posts_open: Counter[str] = field(default_factory=Counter, init=False, repr=False)
     _inquiries: dict[int, Inquiry] = field(default_factory=dict, init=False, repr=False)
     _token_expiry: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _late_inquiries: set[int] = field(default_factory=set, init=False, repr=False)
+    _late_commits: list[asyncio.TimerHandle] = field(default_factory=list, init=False, repr=False)
 
     def fault_knobs(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FAULT_KNOBS}
@@ -149,6 +158,11 @@ class SimState:
         self.most_rating_posts_at_once_per_inquiry = 0
         self.most_rating_posts_at_once = 0
         self._inquiries.clear()
+        self._late_inquiries.clear()
+        for pending in self._late_commits:
+            pending.cancel()
+        self._late_commits.clear()
+        self.late_commits_pending = 0
         self.set_faults({f.name: f.default for f in fields(self) if f.name in FAULT_KNOBS})
 
     def credentials_match(self, username: object, password: object) -> bool:
@@ -185,6 +199,22 @@ class SimState:
         inquiry.ratings.append(record)
         self.ratings.append(record)
         return record
+
+    def commit_late(self, inquiry: Inquiry, rating: float, message: str | None) -> bool:
+        """With `late_commit_s` set, take the inquiry's first rating POST to commit later; False otherwise."""
+        if self.late_commit_s <= 0 or inquiry.id in self._late_inquiries:
+            return False
+        self._late_inquiries.add(inquiry.id)
+        pending = asyncio.get_running_loop().call_later(
+            self.late_commit_s, self._commit_now, inquiry, rating, message
+        )
+        self._late_commits.append(pending)
+        self.late_commits_pending += 1
+        return True
+
+    def _commit_now(self, inquiry: Inquiry, rating: float, message: str | None) -> None:
+        self.late_commits_pending -= 1
+        self.record_rating(inquiry, rating, message)
 
     def rating_post_opened(self, inquiry_key: str) -> None:
         self._rating_posts_open[inquiry_key] += 1

@@ -120,6 +120,7 @@ class Sim:
             rate_limit_rate=0,
             outage=False,
             drop_after_commit_rate=0,
+            late_commit_s=0,
             reject_credentials=False,
         )
 
@@ -177,6 +178,8 @@ def relay_env(workdir: Path, sim_url: str, port: int, **extra: str) -> dict[str,
         "RELAY_SWEEP_INTERVAL_S": "0.2",
         # A short timeout keeps the lease of a killed worker (3 x timeout + 5 s) short enough for a test.
         "QUIVO_TIMEOUT_S": "1",
+        # Unsure sends are read back this long after (at least QUIVO_TIMEOUT_S): short, for a test.
+        "RELAY_UNSURE_SETTLE_S": "2",
         "QUIVO_MAX_RPS": "200",
         "RELAY_SHUTDOWN_GRACE_S": "3",
         **extra,

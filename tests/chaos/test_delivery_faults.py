@@ -94,6 +94,7 @@ def test_graceful_stops_under_load_exit_0_within_the_grace_time(tmp_path: Path):
         str(latency_ms),
         RELAY_SHUTDOWN_GRACE_S=str(grace),
         QUIVO_TIMEOUT_S="3",
+        RELAY_UNSURE_SETTLE_S="3",
         QUIVO_MAX_CONCURRENCY="16",
     ) as s:
         took: list[float] = []
@@ -220,6 +221,34 @@ def test_flaky_quivo_delivers_exactly_once(tmp_path: Path):
     assert timed_out > 0, "some calls outlasted QUIVO_TIMEOUT_S"
     assert stats["most_rating_posts_at_once_per_inquiry"] <= 1
     assert figures.dead == 0
+
+
+def test_quivo_committing_late_still_means_exactly_once(tmp_path: Path):
+    started = time.monotonic()
+    seed, _ = seeded_rng("late_commit")
+    # The first send to each inquiry loses its answer at once and Quivo commits it 3 s later (as behind a
+    # gateway that gave up): 9 of 20 arrived twice when the relay read the inquiry back at once.
+    count, late_s, settle_s = 20, 3.0, 4.0
+    with stage(tmp_path, RELAY_UNSURE_SETTLE_S=str(settle_s)) as s:
+        s.sim.faults(late_commit_s=late_s)
+        with Sender(s.relay.url, count, merchant_id=109, rate_per_s=20) as sender:
+            assert sender.wait(timeout=PROFILE.drain_s)
+        # Every late commit made, so a second copy sent before one of them would be counted.
+        wait_for(lambda: s.sim.stats()["late_commits_pending"] == 0, PROFILE.drain_s, "the late commits")
+        figures = verify(
+            "9. Quivo commits late (answer dropped at once, rating committed 3 s later)",
+            sender,
+            s.sim,
+            s.db_path,
+            started_at=started,
+            seed=seed,
+            extra={"late_commit_s": late_s, "settle_s": settle_s},
+        )
+        posts = sim_statuses(s.sim.stats())
+        reconciled = read_db(s.db_path, "SELECT count(*) FROM attempts WHERE action = 'reconcile'")[0][0]
+    assert posts.get("dropped", 0) == count, "every first send lost its answer"
+    assert reconciled >= count, "each was read back before anything else"
+    assert figures.delivered == count and figures.dead == 0
 
 
 def test_revoked_credentials_pause_deliveries_without_spending_attempts(tmp_path: Path):
