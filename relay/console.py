@@ -117,9 +117,10 @@ def status_text(status: Status, now: datetime) -> str:
     """The relay at a glance: counts side by side, then the backlog, recent outcomes and the worker."""
     stats = status.stats
     counts = zip_longest(stats.deliveries.items(), stats.webhooks.items(), fillvalue=("", ""))
-    oldest = stats.oldest_due_age_s
+    age, lag = stats.backlog_age_s, stats.worker_lag_s
     summary = [
-        ("oldest due", "none due" if oldest is None else f"waiting {duration(oldest)}"),
+        ("backlog", "none waiting" if age is None else f"oldest waiting {duration(age)} since accepted"),
+        ("worker lag", "none due" if lag is None else f"{duration(lag)} behind the earliest due"),
         ("delivered", _recent(stats.delivered)),
         ("dead", _recent(stats.dead)),
         ("worker", _heartbeat(status.worker_heartbeat, now)),

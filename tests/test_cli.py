@@ -6,6 +6,7 @@ import sqlite3
 import urllib.request
 from pathlib import Path
 
+from relay.store.migrations import LATEST_VERSION
 from tests.conftest import WEBHOOK_TOKEN, fixture_bytes
 from tests.processes import free_port, relay_process, run_relay, wait_until_ready
 
@@ -53,7 +54,9 @@ def test_migrate_creates_the_default_database_and_is_idempotent(tmp_path: Path):
 
     assert (first.returncode, second.returncode) == (0, 0)
     conn = sqlite3.connect(tmp_path / "var" / "relay.db")
-    assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [1, 2]
+    assert [row[0] for row in conn.execute("SELECT version FROM schema_migrations")] == [
+        *range(1, LATEST_VERSION + 1)
+    ]
     conn.close()
     assert json.loads(second.stdout.splitlines()[-1])["event"] == "relay.migrated"
 

@@ -102,7 +102,8 @@ def test_status_shows_counts_backlog_recent_outcomes_and_the_worker(store):
     assert lines[4][:2] == ["delivered", "1"] and lines[5][:2] == ["dead", "1"]
     assert ["quarantined", "1"] in [line[2:] for line in lines]
     summary = {line[0]: line[1] for line in lines if len(line) == 2}
-    assert summary["oldest due"].startswith("waiting 10m")
+    assert summary["backlog"].startswith("oldest waiting 1m")
+    assert summary["worker lag"].startswith("10m")
     assert summary["delivered"] == "1 in the last hour, 1 in the last day"
     assert summary["dead"] == "0 in the last hour, 1 in the last day"
     assert summary["worker"].startswith("last heartbeat 2m")
@@ -111,7 +112,8 @@ def test_status_shows_counts_backlog_recent_outcomes_and_the_worker(store):
     seeded = ("pending", "delivered", "dead", "unmatched")
     assert document["deliveries"] == {state: int(state in seeded) for state in DELIVERY_STATES}
     assert document["webhooks"] == {"accepted": 3, "duplicate": 0, "ignored": 0, "quarantined": 1}
-    assert 600 <= document["oldest_due_age_s"] < 660
+    assert 60 <= document["backlog_age_s"] < 120
+    assert 600 <= document["worker_lag_s"] < 660
     assert (document["delivered"], document["dead"]) == (
         {"last_hour": 1, "last_day": 1},
         {"last_hour": 0, "last_day": 1},

@@ -415,6 +415,6 @@ def test_every_metric_and_label_value_in_the_doc_is_exposed():
                     if each not in allowed and not PLACEHOLDER.fullmatch(each)
                 ]
 
-    assert "relay_oldest_due_delivery_age_seconds" in named
+    assert "relay_backlog_age_seconds" in named
     assert sorted(named - _metric_names()) == []
     assert wrong_labels == []

@@ -1,7 +1,8 @@
-"""The worker's hot queries walk their indexes: a backlog of a million rows costs no more per claim."""
+"""The hot queries walk their indexes: a backlog of a million rows costs no more per claim or per scrape."""
 
 from datetime import UTC, datetime, timedelta
 
+from relay.store.gauges import read_backlog
 from relay.store.outbox import claim_due, wake_linked_and_expire_unmatched
 from tests.plans import full_scans_and_sorts, plan, traced
 
@@ -25,3 +26,15 @@ async def test_unmatched_sweep_reads_only_unmatched_rows(database):
     for sql in (sql for sql in statements if sql.lstrip().startswith("UPDATE")):
         steps = await plan(database, sql)
         assert full_scans_and_sorts(steps) == [], steps
+
+
+async def test_backlog_reads_one_entry_of_each_partial_index(database):
+    statements: list[str] = []
+    await database.reader.set_trace_callback(statements.append)
+    await read_backlog(database.reader, datetime.now(UTC))
+    await database.reader.set_trace_callback(None)
+
+    [oldest, due] = [await plan(database, sql) for sql in statements]
+    # SEARCH without a column: SQLite's MIN() optimization, one seek to the start of the index.
+    assert oldest == ["SEARCH deliveries USING INDEX deliveries_waiting"], oldest
+    assert due == ["SEARCH deliveries USING INDEX deliveries_due (next_attempt_at<?)"], due

@@ -135,7 +135,7 @@ async def test_readiness_names_a_silent_worker_and_an_old_backlog(aiohttp_client
     accepted = await (await client.post("/webhooks/bringg", data=BODY, headers=AUTH)).json()
     conn = sqlite3.connect(client.app[DATABASE].path)
     conn.execute(
-        "UPDATE deliveries SET next_attempt_at = '2020-01-01T00:00:00.000000Z' WHERE id = ?",
+        "UPDATE deliveries SET created_at = '2020-01-01T00:00:00.000000Z' WHERE id = ?",
         (accepted["delivery_id"],),
     )
     conn.commit()

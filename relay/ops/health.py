@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from relay.keys import DATABASE, READINESS_CHECKS, SETTINGS
-from relay.store.gauges import oldest_due_age_s, worker_heartbeat, worker_paused
+from relay.store.gauges import read_backlog, worker_heartbeat, worker_paused
 
 # The worker beats every few seconds; a minute of silence means it is stuck or not running.
 WORKER_SILENT_AFTER_S = 60.0
@@ -43,10 +43,11 @@ async def _delivery_problems(request: web.Request) -> list[str]:
     paused = await worker_paused(conn)
     if paused is not None:
         problems.append(f"deliveries paused: Quivo refused our credentials ({paused})")
-    backlog = await oldest_due_age_s(conn, now)
+    age = (await read_backlog(conn, now)).age_s
     limit = request.app[SETTINGS].relay_ready_max_backlog_age_s
-    if backlog is not None and backlog > limit:
+    if age is not None and age > limit:
         problems.append(
-            f"oldest due delivery waited {backlog:.0f} s (over RELAY_READY_MAX_BACKLOG_AGE_S={limit:g})"
+            f"oldest undelivered rating waited {age:.0f} s since accepted "
+            f"(over RELAY_READY_MAX_BACKLOG_AGE_S={limit:g})"
         )
     return problems

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Count
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from relay.store.db import Database
-from relay.store.gauges import deliveries_by_state, oldest_due_age_s, worker_heartbeat
+from relay.store.gauges import Backlog, deliveries_by_state, read_backlog, worker_heartbeat
 
 WEBHOOK_OUTCOMES = (
     "accepted",
@@ -45,7 +45,7 @@ class _StoreReading:
     """What the database said at the last refresh."""
 
     deliveries_by_state: dict[str, int]
-    oldest_due_age_s: float
+    backlog: Backlog
     worker_heartbeat_age_s: float | None
 
 
@@ -65,9 +65,14 @@ class _StoreGauges:
         by_state = GaugeMetricFamily(
             "relay_deliveries", "Deliveries in the database, by state.", labels=["state"]
         )
-        oldest_due = GaugeMetricFamily(
-            "relay_oldest_due_delivery_age_seconds",
-            "Seconds since the earliest due delivery fell due (how far the worker lags); 0 when none is due.",
+        backlog_age = GaugeMetricFamily(
+            "relay_backlog_age_seconds",
+            "Seconds the oldest undelivered rating has waited since it was accepted (or replayed); "
+            "0 when none waits. Unmatched ones are not counted.",
+        )
+        worker_lag = GaugeMetricFamily(
+            "relay_worker_lag_seconds",
+            "Seconds since the earliest due delivery fell due without the worker taking it; 0 when none is.",
         )
         heartbeat = GaugeMetricFamily(
             "relay_worker_heartbeat_age_seconds",
@@ -76,10 +81,11 @@ class _StoreGauges:
         if reading is not None:
             for state, count in reading.deliveries_by_state.items():
                 by_state.add_metric([state], count)
-            oldest_due.add_metric([], reading.oldest_due_age_s)
+            backlog_age.add_metric([], reading.backlog.age_s or 0.0)
+            worker_lag.add_metric([], reading.backlog.worker_lag_s or 0.0)
             if reading.worker_heartbeat_age_s is not None:
                 heartbeat.add_metric([], reading.worker_heartbeat_age_s)
-        yield from (by_state, oldest_due, heartbeat)
+        yield from (by_state, backlog_age, worker_lag, heartbeat)
 
 
 class RelayMetrics:
@@ -137,13 +143,13 @@ class RelayMetrics:
         self._latency.observe(seconds)
 
     async def refresh_from(self, database: Database) -> None:
-        """Read the gauges' values from the database: deliveries by state, backlog age, worker heartbeat."""
+        """Read the gauges' values from the database: deliveries by state, backlog, worker heartbeat."""
         conn = database.reader
         now = datetime.now(UTC)
         heartbeat = await worker_heartbeat(conn)
         self._store.reading = _StoreReading(
             deliveries_by_state=await deliveries_by_state(conn),
-            oldest_due_age_s=await oldest_due_age_s(conn, now) or 0.0,
+            backlog=await read_backlog(conn, now),
             worker_heartbeat_age_s=None if heartbeat is None else (now - heartbeat).total_seconds(),
         )
 

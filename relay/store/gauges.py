@@ -1,6 +1,7 @@
 """Store reads behind the operator gauges, and the worker heartbeat they report."""
 
 import sqlite3
+from dataclasses import dataclass
 from datetime import datetime
 
 import aiosqlite
@@ -22,11 +23,30 @@ async def deliveries_by_state(conn: aiosqlite.Connection) -> dict[str, int]:
     return counts
 
 
-async def oldest_due_age_s(conn: aiosqlite.Connection, now: datetime) -> float | None:
-    """Seconds since the earliest due delivery fell due (what claim_due would take), None when none is."""
-    # The state list matches deliveries_due's own WHERE, so this reads one entry of that partial index;
-    # INDEXED BY: without ANALYZE statistics the planner would walk deliveries_state instead.
-    # A 'sending' row is due only once its lease ran out (a relay died mid-send), just as claim_due sees it.
+@dataclass(frozen=True)
+class Backlog:
+    """How long undelivered ratings have waited; None where no delivery is waiting or due."""
+
+    # The oldest rating not yet delivered (pending, sending, retrying), since it was accepted or replayed.
+    # Unmatched ones are left out: they wait for a link, not for Quivo, and die at RELAY_UNMATCHED_TTL.
+    age_s: float | None
+    # The earliest due delivery, since it fell due: how far the worker is behind its own schedule.
+    worker_lag_s: float | None
+
+
+async def read_backlog(conn: aiosqlite.Connection, now: datetime) -> Backlog:
+    """The backlog's age and the worker's lag at `now`: the one definition every report uses."""
+    # INDEXED BY: without ANALYZE statistics the planner would walk deliveries_state for either.
+    # The age counts from when the worker's age limits do (a replay starts the clock again).
+    async with conn.execute(
+        """
+        SELECT MIN(COALESCE(replayed_at, created_at)) FROM deliveries INDEXED BY deliveries_waiting
+        WHERE state IN ('pending', 'retrying', 'sending')
+        """
+    ) as cursor:
+        waiting = await cursor.fetchone()
+    # The state list matches deliveries_due's own WHERE, so this reads one entry of that partial index.
+    # A 'sending' row is due once its lease ran out (a relay died mid-send), just as claim_due sees it.
     async with conn.execute(
         """
         SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due
@@ -35,8 +55,15 @@ async def oldest_due_age_s(conn: aiosqlite.Connection, now: datetime) -> float |
         """,
         (format_instant(now),),
     ) as cursor:
-        row = await cursor.fetchone()
-    return None if row is None else (now - datetime.fromisoformat(row[0])).total_seconds()
+        due = await cursor.fetchone()
+    return Backlog(
+        age_s=_seconds_since(waiting[0] if waiting else None, now),
+        worker_lag_s=_seconds_since(due[0] if due else None, now),
+    )
+
+
+def _seconds_since(stamp: str | None, now: datetime) -> float | None:
+    return None if stamp is None else (now - datetime.fromisoformat(stamp)).total_seconds()
 
 
 async def worker_heartbeat(conn: aiosqlite.Connection) -> datetime | None:

@@ -22,6 +22,7 @@ from pydantic import (
 from relay.domain.rating import format_instant
 from relay.linkfile import MAX_ID, Link
 from relay.store.db import Database, WriteJob
+from relay.store.gauges import read_backlog
 from relay.store.inbox import WebhookStatus
 from relay.store.links import LinkUpsert, upsert_links
 
@@ -267,7 +268,8 @@ class Stats:
 
     deliveries: dict[str, int]
     webhooks: dict[str, int]
-    oldest_due_age_s: float | None
+    backlog_age_s: float | None
+    worker_lag_s: float | None
     delivered: Recent
     dead: Recent
 
@@ -517,23 +519,14 @@ async def save_links(
 
 
 async def get_stats(conn: aiosqlite.Connection, *, now: datetime) -> Stats:
-    """Deliveries by state, webhooks by status, the oldest due delivery's age, recent outcomes."""
+    """Deliveries by state, webhooks by status, the backlog's age and the worker's lag, recent outcomes."""
     states: dict[str, int] = dict.fromkeys(DELIVERY_STATES, 0)
     for row in await conn.execute_fetchall("SELECT state, COUNT(*) FROM deliveries GROUP BY state"):
         states[row[0]] = row[1]
     statuses: dict[str, int] = dict.fromkeys(WEBHOOK_STATUSES, 0)
     for row in await conn.execute_fetchall("SELECT status, COUNT(*) FROM webhooks GROUP BY status"):
         statuses[row[0]] = row[1]
-    stamp = format_instant(now)
-    # INDEXED BY: the partial due index answers this with one seek; SQLite would rather scan by state.
-    due = await _one(
-        conn,
-        "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due "
-        "WHERE state IN ('pending', 'retrying', 'sending') AND state <> 'sending' AND next_attempt_at <= ? "
-        "ORDER BY next_attempt_at LIMIT 1",
-        (stamp,),
-    )
-    oldest = None if due is None else (now - datetime.fromisoformat(due[0])).total_seconds()
+    backlog = await read_backlog(conn, now)
     window = {
         "hour": format_instant(now - timedelta(hours=1)),
         "day": format_instant(now - timedelta(days=1)),
@@ -556,7 +549,8 @@ async def get_stats(conn: aiosqlite.Connection, *, now: datetime) -> Stats:
     return Stats(
         deliveries=states,
         webhooks=statuses,
-        oldest_due_age_s=oldest,
+        backlog_age_s=backlog.age_s,
+        worker_lag_s=backlog.worker_lag_s,
         delivered=Recent(last_hour=delivered[1], last_day=delivered[0]),
         dead=Recent(last_hour=dead[1], last_day=dead[0]),
     )
