@@ -15,6 +15,7 @@ from pytest_aiohttp import AiohttpServer
 from relay.quivo import client as quivo_client
 from relay.quivo.client import LoginFailed, QuivoAnswer, QuivoClient, QuivoNoAnswer, QuivoUnreachable
 from relay.quivo.models import CustomerInquiry
+from relay.quivo.redact import Redactor
 from tests.conftest import FIXTURES, FakeClock
 
 FIXTURE = FIXTURES / "quivo"
@@ -269,8 +270,8 @@ async def test_refused_login_raises_login_failed_without_secrets(
 
     assert raised.value.status == 401
     assert raised.value.sent is False
-    assert "Unauthorized" in str(raised.value)
-    assert_no_secret(str(raised.value))
+    # The error says what is wrong and repeats nothing of Quivo's answer; the log line keeps it, masked.
+    assert str(raised.value) == "Quivo refused the credentials, 401"
     assert client.credentials_ok is False
     assert client.last_login_error is not None
     assert_no_secret(client.last_login_error)
@@ -278,6 +279,8 @@ async def test_refused_login_raises_login_failed_without_secrets(
     [line] = logs
     assert (line["event"], line["log_level"], line["status"]) == ("quivo.login_failed", "warning", 401)
     assert line["credentials_refused"] is True
+    assert line["reason"] == "Quivo refused the credentials, 401"
+    assert line["body"] == '{"message": "Unauthorized", "apiKey": "***", "password": "***"}'
     assert_no_secret(repr(line))
 
 
@@ -393,8 +396,8 @@ def test_documented_inquiry_parses_and_finds_rating_messages() -> None:
 def test_current_rating_of_a_2xx_answer_is_read_without_the_messages() -> None:
     body = (FIXTURE / "customer_inquiry.doc-example.json").read_bytes()
 
-    rated = QuivoAnswer(status=200, body_excerpt="", retry_after=None, body=body)
-    refused = QuivoAnswer(status=400, body_excerpt="", retry_after=None, body=body)
+    rated = QuivoAnswer(status=200, retry_after=None, body=body, redactor=Redactor(()))
+    refused = QuivoAnswer(status=400, retry_after=None, body=body, redactor=Redactor(()))
 
     assert (rated.current_rating, refused.current_rating) == (123.0, None)
     assert refused.inquiry is None

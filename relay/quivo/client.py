@@ -15,11 +15,12 @@ from pydantic import ValidationError
 
 from relay.quivo.models import CustomerInquiry
 from relay.quivo.models import RatedInquiry as _RatedInquiry
+from relay.quivo.redact import Redactor
 
 log = structlog.get_logger(__name__)
 
 BODY_EXCERPT_CHARS = 500
-_REASON_BODY_CHARS = 200
+_LOGIN_BODY_CHARS = 200
 _RENEW_MARGIN_MAX_S = 300.0
 _RENEW_MARGIN_SHARE = 0.1
 
@@ -64,7 +65,7 @@ class LoginFailed(QuivoError):
         self.reason = reason
 
     def __str__(self) -> str:
-        return f"Quivo login failed: {self.reason}"
+        return self.reason
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,14 @@ class QuivoAnswer:
     """What Quivo answered to one call, kept small enough to store with the delivery attempt."""
 
     status: int
-    body_excerpt: str
     retry_after: str | None
-    body: bytes = field(default=b"", repr=False)
+    body: bytes = field(repr=False)
+    redactor: Redactor = field(repr=False, compare=False)
+
+    @cached_property
+    def body_excerpt(self) -> str:
+        """The start of the body with our secrets masked, made when first asked for (a 2xx rarely is)."""
+        return self.redactor.excerpt(self.body, BODY_EXCERPT_CHARS)
 
     @cached_property
     def inquiry(self) -> CustomerInquiry | None:
@@ -122,6 +128,8 @@ class QuivoClient:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._token: str | None = None
+        # Masks our secrets in every excerpt of Quivo's text; the session tokens join it as they come.
+        self._redactor = Redactor((api_key, password))
         self._token_issued_at = 0.0
         # Counts finished login attempts, so a caller that waited for the lock knows someone else tried.
         self._login_attempts = 0
@@ -179,36 +187,33 @@ class QuivoClient:
             )
         except _TRANSPORT_ERRORS as exc:
             # Whatever the phase, the call this login serves was not sent; credentials are not judged.
-            unreachable = QuivoUnreachable(self._redact(f"login: {_describe(exc)}"))
+            unreachable = QuivoUnreachable(self._redactor.text(f"login: {_describe(exc)}"))
             self._end_login(None, unreachable)
             raise unreachable from exc
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         token = _token_from(body) if 200 <= status < 300 else None
-        if token is None and _is_unavailable(status):
-            # Quivo is down or throttling: the credentials were not judged, so they are not called bad.
-            busy = QuivoUnreachable(self._login_refusal(status, body))
-            log.warning(
-                "quivo.login_failed",
-                status=status,
-                credentials_refused=False,
-                reason=str(busy),
-                duration_ms=duration_ms,
-            )
-            self._end_login(None, busy)
-            raise busy
         if token is None:
-            refused = LoginFailed(status, self._login_refusal(status, body))
-            self.credentials_ok = False
-            self.last_login_error = refused.reason
+            # What Quivo said to a login is not ours to repeat: the error says what is wrong, and only the
+            # operators' log line keeps an excerpt of the answer, with every secret masked.
+            refused = not _is_unavailable(status)
+            error: QuivoError = (
+                LoginFailed(status, _login_refusal(status))
+                if refused
+                else QuivoUnreachable(f"login: Quivo answered {status}")
+            )
             log.warning(
                 "quivo.login_failed",
                 status=status,
-                credentials_refused=True,
-                reason=refused.reason,
+                credentials_refused=refused,
+                reason=str(error),
+                body=self._redactor.excerpt(body, _LOGIN_BODY_CHARS),
                 duration_ms=duration_ms,
             )
-            self._end_login(None, refused)
-            raise refused
+            if isinstance(error, LoginFailed):
+                self.credentials_ok = False
+                self.last_login_error = error.reason
+            self._end_login(None, error)
+            raise error
         self.credentials_ok = True
         self.last_login_error = None
         self._token_issued_at = issued_at
@@ -216,15 +221,12 @@ class QuivoClient:
         self._end_login(token, None)
 
     def _end_login(self, token: str | None, error: QuivoError | None) -> None:
+        if token is not None:
+            # The token before this one may still come back in an answer to a call made with it.
+            self._redactor = Redactor((self._api_key, self._password, self._token or "", token))
         self._token = token
         self._login_error = error
         self._login_attempts += 1
-
-    def _login_refusal(self, status: int, body: bytes) -> str:
-        if 200 <= status < 300:
-            return f"answered {status} without a token"
-        excerpt = " ".join(_decode(body, _REASON_BODY_CHARS).split())
-        return self._redact(f"answered {status}: {excerpt}" if excerpt else f"answered {status}")
 
     async def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> QuivoAnswer:
         # ensure_login, or a login this call waited for, left a token (a failed login raises instead).
@@ -233,16 +235,11 @@ class QuivoClient:
         try:
             status, body, retry_after = await self._exchange(method, path, headers, payload)
         except _TRANSPORT_ERRORS as exc:
-            what = self._redact(f"{method} {path}: {_describe(exc)}")
+            what = self._redactor.text(f"{method} {path}: {_describe(exc)}")
             if isinstance(exc, _NOT_SENT):
                 raise QuivoUnreachable(what) from exc
             raise QuivoNoAnswer(what) from exc
-        return QuivoAnswer(
-            status=status,
-            body_excerpt=self._redact(_decode(body, BODY_EXCERPT_CHARS)),
-            retry_after=retry_after,
-            body=body,
-        )
+        return QuivoAnswer(status=status, retry_after=retry_after, body=body, redactor=self._redactor)
 
     async def _exchange(
         self, method: str, path: str, headers: dict[str, str], payload: dict[str, Any] | None
@@ -266,21 +263,16 @@ class QuivoClient:
         self._observe(action, response.status)
         return response.status, body, response.headers.get("Retry-After")
 
-    def _redact(self, text: str) -> str:
-        for secret in (self._api_key, self._password, self._token):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
-
 
 def _describe(exc: BaseException) -> str:
     detail = str(exc)
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
-def _decode(body: bytes, chars: int) -> str:
-    # UTF-8 needs at most 4 bytes a character, so this slice always holds the first `chars` characters.
-    return body[: chars * 4].decode("utf-8", errors="replace")[:chars]
+def _login_refusal(status: int) -> str:
+    if 200 <= status < 300:
+        return f"Quivo answered the login {status} without a token"
+    return f"Quivo refused the credentials, {status}"
 
 
 def _token_from(body: bytes) -> str | None:
