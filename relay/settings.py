@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay.domain.matching import pattern_cost_problem
 from relay.domain.message import template_problems
 
 DEFAULT_MESSAGE_TEMPLATE = (
@@ -97,11 +98,17 @@ class Settings(BaseSettings):
 
     @field_validator("relay_inquiry_id_pattern", mode="after")
     @classmethod
-    def _one_group(cls, pattern: re.Pattern[str] | None) -> re.Pattern[str] | None:
-        if pattern is not None and pattern.groups == 0 and "inquiry_id" not in pattern.groupindex:
+    def _one_group_and_cheap(cls, pattern: re.Pattern[str] | None) -> re.Pattern[str] | None:
+        if pattern is None:
+            return None
+        if pattern.groups == 0 and "inquiry_id" not in pattern.groupindex:
             raise ValueError(
                 "needs a capturing group (the first, or one named inquiry_id) for the inquiry id"
             )
+        # Order ids come from senders: a pattern that backtracks wildly would stall the event loop.
+        too_slow = pattern_cost_problem(pattern)
+        if too_slow:
+            raise ValueError(too_slow)
         return pattern
 
     @field_validator("relay_message_template", mode="after")

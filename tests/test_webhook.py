@@ -154,6 +154,10 @@ async def test_other_webhook_type_is_ignored_and_its_body_kept(relay):
         (rating_body(stars=6), "stars must be 1..5, got 6"),
         (rating_body(stars=4.5), "rating.rating"),
         (rating_body(stars=True), "rating.rating: a boolean is not a number"),
+        (
+            rating_body(external_id="1" * 201),
+            "rating.task.external_id: 201 characters, an order id has at most 200",
+        ),
         (rating_body(stars=None), "stars missing"),
         (rating_body(rating_id=None), "rating.id: missing"),  # type: ignore[arg-type]
         (rating_body(rating_id=2**70), "rating.id"),

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from relay.domain.judgement import Judgement, reported
-from relay.domain.rating import Rating
+from relay.domain.rating import MAX_EXTERNAL_ID_CHARS, Rating
 
 RATING_SUBMITTED = "rating_submitted"
 
@@ -117,6 +117,12 @@ def _normalize(wire: WireWebhook) -> Judgement:
         for name, moment in (("created_at", rating.created_at), ("updated_at", rating.updated_at)):
             if moment is not None and not _fits_utc(moment):
                 errors.append(f"rating.{name}: out of range once converted to UTC")
+        external_id = rating.task.external_id if rating.task else None
+        if external_id is not None and len(external_id) > MAX_EXTERNAL_ID_CHARS:
+            errors.append(
+                f"rating.task.external_id: {len(external_id)} characters, an order id has at most "
+                f"{MAX_EXTERNAL_ID_CHARS}"
+            )
     if errors or rating is None or wire.merchant_id is None or rating.id is None or rating.rating is None:
         return Judgement("quarantined", RATING_SUBMITTED, wire.merchant_id, rating_id, reported(errors))
     task = rating.task or WireTask()

@@ -1,9 +1,23 @@
 """Which Quivo customer inquiry a rating belongs to, when the order's external id names it."""
 
 import re
+import time
+from collections.abc import Iterator
+
+from relay.domain.rating import MAX_EXTERNAL_ID_CHARS
 
 # Quivo's `customerInquiryId` is an int64.
 MAX_INQUIRY_ID = 2**63 - 1
+# The search runs on the event loop, once per delivery pass: no order id may cost it more than this.
+PATTERN_BUDGET_S = 0.01
+# Probes are runs of one character that order ids are made of, or that the pattern names ...
+_PROBE_CHARACTERS = "0aA -_./:#"
+# ... ended by one that fails most patterns at the last moment, after all the backtracking.
+_PROBE_ENDINGS = ("!", "\x00")
+# Past this length a probe grows by a tenth at a time: a pattern exponential in the length shows itself
+# long before, and a polynomial one grows only by a small factor in a step.
+_PROBE_STEP_UNTIL = 32
+_METACHARACTERS = frozenset("\\.^$*+?{}[]|()")
 
 
 def inquiry_id_from_external_id(external_id: str | None, pattern: re.Pattern[str] | None) -> int | None:
@@ -12,9 +26,10 @@ def inquiry_id_from_external_id(external_id: str | None, pattern: re.Pattern[str
     The pattern is applied with `search`, not `fullmatch`, so an operator can write just the part that
     matters (`INQ-(\\d+)`) and anchor it with `^...$` when the whole id must match. The id is the group
     named `inquiry_id` when the pattern has one, else group 1 (settings insist on one or the other); it
-    must be ASCII digits for a positive integer that fits an int64.
+    must be ASCII digits for a positive integer that fits an int64. An external id longer than
+    MAX_EXTERNAL_ID_CHARS (refused at intake, but rows stored before may hold one) matches nothing.
     """
-    if external_id is None or pattern is None:
+    if external_id is None or pattern is None or len(external_id) > MAX_EXTERNAL_ID_CHARS:
         return None
     found = pattern.search(external_id)
     if found is None:
@@ -29,3 +44,59 @@ def inquiry_id_from_external_id(external_id: str | None, pattern: re.Pattern[str
         return None
     inquiry_id = int(significant)
     return inquiry_id if inquiry_id <= MAX_INQUIRY_ID else None
+
+
+def pattern_cost_problem(pattern: re.Pattern[str]) -> str | None:
+    """Why `pattern` is too slow to search order ids with, or None when every probe costs under the budget.
+
+    A backtracking pattern is slowest on a long run of what it repeats, ended by what it refuses:
+    `(\\d+)+$` on `000...0!`. Such probes grow one length at a time up to MAX_EXTERNAL_ID_CHARS, so a
+    runaway pattern is caught on a short probe, before one would take minutes.
+    """
+    for probe in _probes(pattern):
+        # Measured again before refusing: one slow search can be noise, three are the pattern.
+        if all(_search_cost(pattern, probe) > PATTERN_BUDGET_S for _ in range(3)):
+            return (
+                f"too slow: one search of a {len(probe)}-character order id ({probe[:12]!r}...) took over "
+                f"{PATTERN_BUDGET_S * 1000:g} ms; avoid nested or adjacent repeats, "
+                "such as (\\d+)+ or \\d+\\d+"
+            )
+    return None
+
+
+def _search_cost(pattern: re.Pattern[str], text: str) -> float:
+    # The thread's CPU time, not the wall clock: a busy machine does not make a fine pattern look slow.
+    started = time.thread_time()
+    pattern.search(text)
+    return time.thread_time() - started
+
+
+def _probes(pattern: re.Pattern[str]) -> Iterator[str]:
+    source = pattern.pattern
+    named = (char for char in source if char.isascii() and char.isprintable() and char not in _METACHARACTERS)
+    characters = dict.fromkeys(_PROBE_CHARACTERS + "".join(named))
+    starts = dict.fromkeys(("", _leading_literal(source)))
+    for length in _probe_lengths():
+        for start in starts:
+            for character in characters:
+                for ending in _PROBE_ENDINGS:
+                    if len(start) + 1 < length:
+                        yield start + character * (length - len(start) - 1) + ending
+
+
+def _probe_lengths() -> Iterator[int]:
+    length = 2
+    while length < MAX_EXTERNAL_ID_CHARS:
+        yield length
+        length = length + 1 if length < _PROBE_STEP_UNTIL else length + length // 10
+    yield MAX_EXTERNAL_ID_CHARS
+
+
+def _leading_literal(source: str) -> str:
+    # `^INQ-(\d+)+$` only backtracks once past `INQ-`: probes start with it too.
+    literal = ""
+    for char in source.removeprefix("^"):
+        if char in _METACHARACTERS:
+            break
+        literal += char
+    return literal

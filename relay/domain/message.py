@@ -4,7 +4,7 @@ import functools
 from collections.abc import Callable
 from string import Formatter
 
-from relay.domain.rating import Rating
+from relay.domain.rating import MAX_EXTERNAL_ID_CHARS, Rating
 
 TEMPLATE_FIELDS: tuple[str, ...] = (
     "stars",
@@ -20,7 +20,7 @@ MAX_MESSAGE_CHARS = 4000
 # Reasons are short picks from the merchant's list; the bound only stops a runaway list.
 MAX_REASONS_CHARS = 500
 # External id and title come from the merchant's order system, so they get a bound of their own.
-MAX_ORDER_FIELD_CHARS = 200
+MAX_ORDER_FIELD_CHARS = MAX_EXTERNAL_ID_CHARS
 ELLIPSIS = "…"
 
 # One sample per field, of the type it renders with, to learn whether a format spec would work.

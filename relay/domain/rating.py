@@ -4,6 +4,10 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# An order's external id is short in real life (Bringg's examples: 8 digits). A longer one is refused at
+# intake, and never given to the inquiry id pattern, whose cost grows with the text it searches.
+MAX_EXTERNAL_ID_CHARS = 200
+
 
 def format_instant(moment: datetime) -> str:
     """Fixed-width ISO-8601 UTC text, so stored instants sort as text in time order."""
