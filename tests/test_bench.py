@@ -1,10 +1,15 @@
-"""The benchmark harness's own pieces: reading wrk's report, and seeding a backlog the relay can claim."""
+"""The benchmark harness's own pieces: reading wrk's report, seeding a backlog the relay can claim, judging
+targets and writing the results."""
 
 import asyncio
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from bench.run import wrk_result
+import pytest
+
+from bench import run
+from bench.run import Bench, Row, exit_status, fixed, missed, relative, wrk_result
 from bench.seed import seed
 from relay.store.db import Database
 from relay.store.outbox import claim_due
@@ -55,3 +60,47 @@ def test_seeded_backlog_is_claimed_by_the_relay(tmp_path):
     conn = sqlite3.connect(database_path)
     assert conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0] == 150
     conn.close()
+
+
+def rows(*met: bool | None) -> list[Row]:
+    return [
+        Row(f"measure {i}", str(i), None if m is None else fixed(f"<= {i}"), m) for i, m in enumerate(met)
+    ]
+
+
+def test_a_missed_target_fails_the_bench_and_each_miss_is_named():
+    judged = [
+        Row("relay throughput (req/s)", "2,877", relative(">= 0.75 x the bare app's"), False),
+        Row("relay p99 at 1,000 req/s (ms)", "6.84", fixed("<= 10 ms"), True),
+        Row("drain (deliveries/s)", "1,409", fixed(">= 2,000/s"), False),
+        Row("bare app throughput (req/s)", "12,899", None, None),
+    ]
+
+    assert missed(judged) == [
+        "MISSED relay throughput (req/s): 2,877, target relative: >= 0.75 x the bare app's",
+        "MISSED drain (deliveries/s): 1,409, target fixed: >= 2,000/s",
+    ]
+    assert exit_status(judged, quick=False) == 1
+
+
+def test_every_target_met_passes_and_a_quick_run_checks_only_the_harness():
+    assert exit_status(rows(True, None, True), quick=False) == 0
+    assert exit_status(rows(True, False), quick=True) == 0
+
+
+def test_the_results_name_the_commit_each_targets_kind_and_the_misses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(run, "machine", lambda: "2 cores")
+    bench = Bench(run.QUICK, tmp_path)
+    bench.add("relay throughput (req/s)", "2,877", relative(">= 0.75 x the bare app's"), False)
+    bench.add("peak RSS, ingest (MB)", "59", fixed("<= 150 MB"), True)
+    out = tmp_path / "RESULTS.md"
+
+    run.write_results(bench, out, quick=False, took_s=1, commit="abc1234 with uncommitted changes")
+
+    page = out.read_text()
+    assert "on commit abc1234 with uncommitted changes, on: 2 cores." in page
+    assert "| relay throughput (req/s) | 2,877 | relative: >= 0.75 x the bare app's | **no** |" in page
+    assert "| peak RSS, ingest (MB) | 59 | fixed: <= 150 MB | yes |" in page
+    assert "- MISSED relay throughput (req/s): 2,877, target relative: >= 0.75 x the bare app's" in page
