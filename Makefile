@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench bench-quick wrk chaos clean
+.PHONY: install demo test lint typecheck unit bench bench-quick wrk jq chaos clean
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) jq
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
@@ -39,6 +39,11 @@ chaos: $(STAMP)
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
+# The runbooks' recipes, which tests/test_runbooks.py runs as shown, use jq and curl from Debian's packages.
+jq:
+	@command -v jq >/dev/null && command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq jq curl; }
+
+# Exits 1, naming each one, when a target is missed; bench/RESULTS.md gets the figures either way.
 bench: $(STAMP) wrk
 	$(BIN)/python -m bench.run
 
