@@ -337,7 +337,7 @@ async def test_webhook_answers_fit_the_document(relay, monkeypatch):
 
 
 OAUTH_ANSWERS: Answers = {
-    ("post", "/oauth/token"): {200, 400, 401, 404, 413},
+    ("post", "/oauth/token"): {200, 400, 401, 404, 408, 413},
     ("post", "/webhooks/bringg"): {202},
 }
 
@@ -365,6 +365,10 @@ async def test_oauth_token_answers_fit_the_document_and_the_token_opens_the_webh
         await relay.post("/oauth/token", data={**form, "client_secret": "not-the-secret"})
     )
     await contract.check(await relay.post("/oauth/token", data={**form, "padding": TOO_LARGE.decode()}))
+    in_url = await contract.check(await relay.post("/oauth/token", params=credentials, data=form))
+    form_bytes = "&".join(f"{name}={value}" for name, value in form.items()).encode()
+    form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+    await contract.check(await relay.post("/oauth/token", data=trickle(form_bytes), headers=form_type))
     token = {"Authorization": f"Bearer {by_form['access_token']}"}
     webhook = await contract.check(await relay.post("/webhooks/bringg", data=FIXTURE, headers=token))
     without_oauth = await aiohttp_client(
@@ -373,6 +377,7 @@ async def test_oauth_token_answers_fit_the_document_and_the_token_opens_the_webh
     await contract.check(await without_oauth.post("/oauth/token", data=form))
 
     assert (wrong_grant, wrong_client) == ({"error": "unsupported_grant_type"}, {"error": "invalid_client"})
+    assert in_url["error"] == "invalid_request"
     assert webhook["status"] == "accepted"
     assert contract.seen == OAUTH_ANSWERS
 

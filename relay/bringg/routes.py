@@ -18,6 +18,8 @@ log = structlog.get_logger("relay.webhook")
 
 # Long enough for a locked or full disk to be noticed by someone, short enough for Bringg's few resends.
 STORE_RETRY_AFTER_S = 30
+# The parameters RFC 6749 §2.3.1 keeps out of the URL.
+CLIENT_CREDENTIALS = frozenset({"client_id", "client_secret"})
 
 routes = web.RouteTableDef()
 
@@ -117,11 +119,22 @@ async def receive_webhook(request: web.Request) -> web.Response:
 
 @routes.post("/oauth/token")
 async def issue_token(request: web.Request) -> web.Response:
-    """OAuth 2.0 client credentials (RFC 6749 §4.4); credentials by Basic auth, form, JSON or query."""
+    """OAuth 2.0 client credentials (RFC 6749 §4.4); credentials by Basic auth, or in a form or JSON body."""
     authenticator = request.app[AUTHENTICATOR]
     if not authenticator.oauth_enabled:
         raise web.HTTPNotFound()
-    params = await _token_params(request)
+    if not CLIENT_CREDENTIALS.isdisjoint(request.query):
+        # RFC 6749 §2.3.1: never in the URL, which proxies and access logs keep.
+        log.warning("oauth.token_refused", reason="client credentials in the URL")
+        return _oauth_error(400, "invalid_request", "send client credentials by HTTP Basic or in the body")
+    deadline = request.app[SETTINGS].relay_body_timeout_s
+    try:
+        # As at the webhook: aiohttp sets no deadline, and a trickling stranger would hold the connection.
+        async with asyncio.timeout(deadline):
+            params = await _token_params(request)
+    except TimeoutError:
+        log.warning("oauth.too_slow", limit_s=deadline, duration_ms=elapsed_ms(request))
+        return problem(408, "Request Timeout", f"the body took over {deadline:g} s to arrive; send it again")
     if params.get("grant_type") != "client_credentials":
         log.warning("oauth.token_refused", reason="unsupported grant_type")
         return _oauth_error(400, "unsupported_grant_type")
@@ -170,6 +183,7 @@ def _client_credentials(request: web.Request, params: dict[str, str]) -> tuple[s
     return params.get("client_id", ""), params.get("client_secret", "")
 
 
-def _oauth_error(status: int, error: str) -> web.Response:
+def _oauth_error(status: int, error: str, description: str | None = None) -> web.Response:
     # RFC 6749 §5.2 answers errors as plain JSON with an `error` code.
-    return web.json_response({"error": error}, status=status, headers={"Cache-Control": "no-store"})
+    answer = {"error": error} if description is None else {"error": error, "error_description": description}
+    return web.json_response(answer, status=status, headers={"Cache-Control": "no-store"})
