@@ -7,7 +7,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import structlog
 from aiohttp import web
@@ -20,7 +20,7 @@ from relay.logs import configure_logging
 from relay.ops.admin import DEFAULT_PAGE, MAX_PAGE, DeliveryListing, page_cursor
 from relay.settings import Settings, SettingsError, load_settings
 from relay.sim import cli as sim_cli
-from relay.store.db import Database, StoreUnavailable
+from relay.store.db import Database, DatabaseUnusable, StoreUnavailable
 from relay.store.gauges import worker_heartbeat, worker_paused
 from relay.store.links import import_links_file, list_links
 from relay.store.queries import (
@@ -55,7 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     command: Callable[[argparse.Namespace], int] = args.command
-    return command(args)
+    try:
+        return command(args)
+    except DatabaseUnusable as error:
+        _refuse([f"DATABASE_URL: cannot use {error}"])
+    except StoreUnavailable as error:
+        print(f"relay: database unavailable: {error}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,9 +179,14 @@ def _settings(*, serves_webhooks: bool, runs_worker: bool) -> Settings:
     try:
         return load_settings(serves_webhooks=serves_webhooks, runs_worker=runs_worker)
     except SettingsError as error:
-        for problem in error.problems:
-            print(f"relay: configuration error: {problem}", file=sys.stderr)
-        raise SystemExit(EXIT_MISCONFIGURED) from None
+        _refuse(error.problems)
+
+
+def _refuse(problems: Sequence[str]) -> NoReturn:
+    """Stop before doing anything: one line per problem on stderr (stdout keeps only log lines)."""
+    for problem in problems:
+        print(f"relay: configuration error: {problem}", file=sys.stderr)
+    raise SystemExit(EXIT_MISCONFIGURED)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -392,11 +403,7 @@ def _on_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -
         finally:
             await database.close()
 
-    try:
-        return asyncio.run(run())
-    except StoreUnavailable as error:
-        print(f"relay: database unavailable: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    return asyncio.run(run())
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -1,11 +1,15 @@
 """Real relay processes for tests: started on free loopback ports, stopped by the test or at its end."""
 
+import ctypes
+import fcntl
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -13,11 +17,41 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# Ports handed out by free_port, each reserved by a lock file for as long as this test run lives.
+PORT_LOCKS = Path(tempfile.gettempdir()) / "relay-test-ports"
+_reserved: list[int] = []
+
 
 def free_port() -> int:
+    """A loopback port for a process the test starts later, reserved for this test run alone.
+
+    It lies below the kernel's ephemeral range, so no outgoing connection and no bind to port 0 takes it
+    before the process binds it; a lock file per port keeps every other test, and every other run of the
+    suite on this machine, from being handed the same one. The process may bind it again after a restart.
+    """
+    low, _ = (int(word) for word in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    PORT_LOCKS.mkdir(exist_ok=True)
+    for port in random.sample(range(20000, low), k=min(500, low - 20000)):
+        lock = os.open(PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            continue
+        if _bindable(port):
+            _reserved.append(lock)  # held (and the port ours) until this process exits
+            return port
+        os.close(lock)
+    raise RuntimeError("no free port to reserve below the ephemeral range")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def relay_command(*args: str) -> list[str]:
@@ -25,11 +59,25 @@ def relay_command(*args: str) -> list[str]:
 
 
 def run_relay(
-    *args: str, env: Mapping[str, str], cwd: Path, timeout: float = 30
+    *args: str, env: Mapping[str, str], cwd: Path, timeout: float = 30, honour_file_modes: bool = False
 ) -> subprocess.CompletedProcess[str]:
+    """`relay ARGS` to its end; `honour_file_modes`: read-only files stay read-only to it, even as root."""
     return subprocess.run(
-        relay_command(*args), env=_clean_env(env), cwd=cwd, capture_output=True, text=True, timeout=timeout
+        relay_command(*args),
+        env=_clean_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=_without_file_override if honour_file_modes and os.geteuid() == 0 else None,
     )
+
+
+def _without_file_override() -> None:
+    """In the child, before exec: root loses CAP_DAC_OVERRIDE, so file modes apply to it as to anyone."""
+    pr_capbset_drop, cap_dac_override = 24, 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_capbset_drop, cap_dac_override, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE) failed")
 
 
 def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:

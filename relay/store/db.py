@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ MAX_BATCH = 256
 
 class StoreUnavailable(Exception):
     """The database could not commit: full, unwritable, locked past the timeout, or closed."""
+
+
+class DatabaseUnusable(Exception):
+    """The database cannot be opened, written or migrated at start: the relay cannot run on it."""
 
 
 @dataclass
@@ -53,24 +58,61 @@ class Database:
         self.commits = 0
 
     async def open(self) -> None:
-        """Connect, set durability pragmas, apply migrations, start the writer loop."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._on_writer(self._connect_writer)
-        await self._on_writer(migrate)
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        self._reader.row_factory = sqlite3.Row
-        await self._reader.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+        """Connect, set durability pragmas, apply migrations, start the writer loop.
+
+        Raises DatabaseUnusable when the file cannot be a database for the relay (unwritable, not a
+        database, in a folder that cannot be made), StoreUnavailable when it stays locked past the timeout.
+        """
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DatabaseUnusable(f"{self.path}: cannot make its folder: {error.strerror}") from None
+        try:
+            self._writer = await self._on_writer(self._connect_writer)
+            await self._on_writer(migrate)
+            await self._on_writer(_check_writable)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.timeout_s)
+            self._reader.row_factory = sqlite3.Row
+        except (sqlite3.Error, DatabaseUnusable) as error:
+            await self.close()
+            if isinstance(error, DatabaseUnusable):
+                raise
+            if _is_busy(error):
+                raise StoreUnavailable(f"{self.path}: locked for more than {self.timeout_s:g}s") from None
+            raise DatabaseUnusable(f"{self.path}: {error}") from None
         self._loop_task = asyncio.create_task(self._commit_loop(), name="relay-db-writer")
 
     def _connect_writer(self, _: object = None) -> sqlite3.Connection:
-        # isolation_level=None: transactions are begun and ended here, explicitly.
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: a commit is on disk (WAL fsynced) before any caller hears it succeeded.
-        conn.execute("PRAGMA synchronous = FULL")
+        # isolation_level=None: transactions are begun and ended here, explicitly. timeout: SQLite's busy
+        # timeout, in force from the first statement on, so processes starting together wait for each other.
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.timeout_s
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            self._switch_to_wal(conn)
+            # FULL: a commit is on disk (WAL fsynced) before any caller hears it succeeded.
+            conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> None:
+        # SQLite does not call the busy handler for a change of journal mode: while another process starting
+        # beside this one holds the file, the switch fails at once with "database is locked". Wait here.
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                break
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        if str(row[0]).lower() != "wal":
+            # A read-only file keeps its old journal mode without an error; say why it cannot be used.
+            raise DatabaseUnusable(f"{self.path}: cannot switch to WAL (journal mode stays {row[0]})")
 
     async def _on_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` on the writer thread with the writer connection (outside the commit loop)."""
@@ -112,6 +154,11 @@ class Database:
                 return await asyncio.shield(pending.done)
         except TimeoutError:
             raise StoreUnavailable(f"no commit within {self.timeout_s:g}s") from None
+        finally:
+            if not pending.done.done():
+                # The job still runs with its batch, but nobody awaits its outcome now: read it when it
+                # comes, or a failure would surface as asyncio's "Future exception was never retrieved".
+                pending.done.add_done_callback(_outcome_read)
 
     async def _commit_loop(self) -> None:
         while True:
@@ -187,6 +234,27 @@ class Database:
         except (StoreUnavailable, sqlite3.Error) as error:
             problems.append(f"database not writable: {error}")
         return problems
+
+
+def _outcome_read(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
+def _check_writable(conn: sqlite3.Connection) -> None:
+    """Fail now if the file cannot be written: a read-only one, already migrated, opens and reads fine."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE relay_write_probe (x)")
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _is_busy(error: BaseException) -> bool:
+    """SQLite's "database is locked" (another connection holds the lock), as opposed to a lasting fault."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _touch_probe(conn: sqlite3.Connection) -> None:
