@@ -95,6 +95,7 @@ class Worker:
         self._last_beat = 0.0
         self._paused_changed = False
         self.paused_reason: str | None = None
+        self._paused_since = 0.0
         self._probe_delay_s = 1.0
         self.last_heartbeat: float | None = None
 
@@ -195,9 +196,19 @@ class Worker:
         )
         if woken or expired:
             log.info("worker.unmatched_swept", woken=len(woken), expired=len(expired))
-        for delivery_id in expired:
+        # One `delivery.dead` per dead delivery, however it died: what an alert on deaths counts.
+        for dead in expired:
             self.metrics.delivery_finished("dead")
-            log.error("delivery.dead", delivery_id=delivery_id, state="dead", error=UNMATCHED_TOO_LONG)
+            log.error(
+                "delivery.dead",
+                delivery_id=dead.id,
+                merchant_id=dead.merchant_id,
+                rating_id=dead.rating_id,
+                inquiry_id=None,
+                attempt=dead.attempts,
+                state="dead",
+                error=UNMATCHED_TOO_LONG,
+            )
 
     async def _retention(self) -> None:
         """Prune finished records past RELAY_RETENTION_DAYS, hourly, in small batches beside ingest."""
@@ -231,7 +242,8 @@ class Worker:
             self._probe_delay_s = min(LOGIN_PROBE_MAX_S, self._probe_delay_s * 2)
             log.warning("worker.paused", reason=self.paused_reason, probe_error=str(error))
             return
-        log.info("worker.resumed", was_paused_for=self.paused_reason)
+        paused_s = round(time.monotonic() - self._paused_since, 1)
+        log.info("worker.resumed", was_paused_for=paused_s, reason=self.paused_reason)
         self.paused_reason = None
         self._paused_changed = True
         self._probe_delay_s = 1.0
@@ -473,6 +485,7 @@ class Worker:
         if self.paused_reason is None:
             log.error("worker.paused", reason=reason)
             self._paused_changed = True
+            self._paused_since = time.monotonic()
         self.paused_reason = reason
         self._wake.set()
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
+from relay import worker as worker_module
 from relay.app import create_app
 from relay.keys import DATABASE
 from relay.linkfile import Link
@@ -374,3 +376,112 @@ async def test_metrics_move_as_work_happens(start_relay, quivo):
     assert metric(after, 'relay_deliveries{state="delivered"}') == 1
     assert metric(after, 'relay_deliveries{state="pending"}') == 0
     assert metric(after, "relay_delivery_latency_seconds_count") == 1
+
+
+async def test_a_reconcile_read_that_times_out_leaves_the_send_unsure_and_never_resends_blindly(
+    start_relay, quivo
+):
+    quivo.state.drop_after_commit_rate = 1.0  # the send lands, its answer is lost
+    relay = await start_relay(quivo_timeout_s=0.5, relay_unsure_settle_s=1.0)
+    accepted = await post(relay, rating_webhook(19, "INQ-190"))
+    await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"retrying"}))
+    # Before the read-back is due: Quivo now answers only after the relay stopped waiting.
+    quivo.state.drop_after_commit_rate, quivo.state.latency_ms = 0.0, 1500
+
+    async with asyncio.timeout(15):
+        while not query(db(relay), "SELECT 1 FROM attempts WHERE action = 'reconcile'"):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    # The reconcile and the outcome it led to are one commit: this is what the timed-out read decided.
+    after_read = query(
+        db(relay), "SELECT state, unconfirmed FROM deliveries WHERE id = ?", accepted["delivery_id"]
+    )
+    sends_then = query(db(relay), "SELECT count(*) AS n FROM attempts WHERE action = 'send'")[0]["n"]
+    quivo.state.latency_ms = 0
+    row = await wait_for_state(db(relay), accepted["delivery_id"])
+
+    assert [tuple(r) for r in after_read] == [("retrying", 1)]
+    assert sends_then == 1
+    assert row["state"] == "delivered"
+    assert len(quivo.state.ratings) == 1
+    actions = [a["action"] for a in query(db(relay), "SELECT action FROM attempts ORDER BY id")]
+    assert actions[0] == "send" and set(actions[1:]) == {"reconcile"}
+
+
+async def test_no_delivery_waits_longer_than_relay_retry_max_s(start_relay, quivo):
+    quivo.state.error_rate = 1.0
+    relay = await start_relay(relay_retry_base_s=0.2, relay_retry_max_s=0.2, relay_max_attempts=7)
+
+    with structlog.testing.capture_logs() as logs:
+        accepted = await post(relay, rating_webhook(20, "INQ-200"))
+        await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"dead"}))
+
+    calls = {
+        call["number"]: datetime.fromisoformat(call["started_at"])
+        + timedelta(milliseconds=call["duration_ms"])
+        for call in query(db(relay), "SELECT number, started_at, duration_ms FROM attempts")
+    }
+    waits = [
+        (datetime.fromisoformat(event["next_attempt_at"]) - calls[event["attempt"]]).total_seconds()
+        for event in logs
+        if event["event"] == "delivery.retry_scheduled"
+    ]
+    # Uncapped, the waits would grow to 0.2 x 2^5 = 6.4 s: six waits all within 0.2 s would be a fluke.
+    assert len(waits) >= 6
+    assert max(waits) <= 0.2 + 0.05, waits
+
+
+async def test_a_retry_after_beyond_relay_retry_max_s_is_cut_to_it(start_relay, quivo):
+    quivo.state.rate_limit_rate, quivo.state.retry_after_s = 1.0, 3600
+    relay = await start_relay(relay_retry_max_s=0.5)
+
+    accepted = await post(relay, rating_webhook(21, "INQ-210"))
+    row = await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"retrying"}))
+    waits = datetime.fromisoformat(row["next_attempt_at"]) - datetime.fromisoformat(row["updated_at"])
+    assert waits.total_seconds() <= 0.5
+    quivo.state.rate_limit_rate = 0.0
+    delivered = await wait_for_state(db(relay), accepted["delivery_id"], within_s=10)
+
+    assert delivered["state"] == "delivered"
+
+
+async def test_each_unmatched_delivery_the_sweep_expires_gets_its_own_dead_line(
+    start_relay, quivo, monkeypatch
+):
+    monkeypatch.setattr(worker_module, "MAINTENANCE_INTERVAL_S", 0.05)
+    relay = await start_relay(relay_unmatched_ttl=3600)
+    with structlog.testing.capture_logs() as logs:
+        accepted = [await post(relay, rating_webhook(n, f"ORDER-{n}")) for n in (22, 23)]
+        for answer in accepted:
+            await wait_for_state(db(relay), answer["delivery_id"], states=frozenset({"unmatched"}))
+        await relay.app[DATABASE].write(_created_long_ago)
+        for answer in accepted:
+            await wait_for_state(db(relay), answer["delivery_id"], states=frozenset({"dead"}))
+
+    swept = [event for event in logs if event["event"] == "worker.unmatched_swept"]
+    dead = [event for event in logs if event["event"] == "delivery.dead"]
+    assert [event["expired"] for event in swept] == [2]
+    assert sorted((e["delivery_id"], e["merchant_id"], e["rating_id"], e["log_level"]) for e in dead) == [
+        (accepted[0]["delivery_id"], 1, 22, "error"),
+        (accepted[1]["delivery_id"], 1, 23, "error"),
+    ]
+    assert all("RELAY_UNMATCHED_TTL" in event["error"] for event in dead)
+
+
+def _created_long_ago(conn):
+    conn.execute("UPDATE deliveries SET created_at = '2000-01-01T00:00:00.000000Z'")
+
+
+async def test_resuming_after_refused_credentials_says_how_long_and_why_it_paused(start_relay, quivo):
+    quivo.state.reject_credentials = True
+    relay = await start_relay()
+    with structlog.testing.capture_logs() as logs:
+        accepted = await post(relay, rating_webhook(24, "INQ-240"))
+        async with asyncio.timeout(10):
+            while not any(event["event"] == "worker.paused" for event in logs):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        quivo.state.reject_credentials = False
+        await wait_for_state(db(relay), accepted["delivery_id"])
+
+    [resumed] = [event for event in logs if event["event"] == "worker.resumed"]
+    assert isinstance(resumed["was_paused_for"], float) and resumed["was_paused_for"] >= 0
+    assert "401" in resumed["reason"]

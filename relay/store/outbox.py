@@ -180,12 +180,22 @@ def record_outcome(outcome: Outcome, *, now: datetime) -> WriteJob[str]:
     return job
 
 
+@dataclass(frozen=True)
+class ExpiredDelivery:
+    """An unmatched delivery that died of waiting for its inquiry, as its `delivery.dead` line names it."""
+
+    id: int
+    merchant_id: int
+    rating_id: int
+    attempts: int
+
+
 def wake_linked_and_expire_unmatched(
     *, now: datetime, expire_before: datetime
-) -> WriteJob[tuple[list[int], list[int]]]:
-    """Unmatched ones whose link now exists go back to pending; those waiting too long die (ids of each)."""
+) -> WriteJob[tuple[list[int], list[ExpiredDelivery]]]:
+    """Unmatched ones whose link now exists go back to pending (their ids); those waiting too long die."""
 
-    def job(conn: sqlite3.Connection) -> tuple[list[int], list[int]]:
+    def job(conn: sqlite3.Connection) -> tuple[list[int], list[ExpiredDelivery]]:
         stamp = format_instant(now)
         woken = conn.execute(
             """
@@ -202,11 +212,14 @@ def wake_linked_and_expire_unmatched(
             UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = :now,
                 last_error = 'no Quivo inquiry found for this order within RELAY_UNMATCHED_TTL'
             WHERE state = 'unmatched' AND COALESCE(replayed_at, created_at) < :expire_before
-            RETURNING id
+            RETURNING id, merchant_id, rating_id, attempts
             """,
             {"now": stamp, "expire_before": format_instant(expire_before)},
         ).fetchall()
-        return [int(row["id"]) for row in woken], [int(row["id"]) for row in expired]
+        return [int(row["id"]) for row in woken], [
+            ExpiredDelivery(row["id"], row["merchant_id"], row["rating_id"], row["attempts"])
+            for row in expired
+        ]
 
     return job
 
