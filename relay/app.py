@@ -11,6 +11,7 @@ from relay.bringg.routes import routes as bringg_routes
 from relay.http import request_context
 from relay.keys import AUTHENTICATOR, DATABASE, METRICS, NEW_DELIVERY, READINESS_CHECKS, SETTINGS, WORKER
 from relay.ops.admin import create_admin_app
+from relay.ops.health import READINESS, Readiness
 from relay.ops.health import routes as health_routes
 from relay.ops.metrics import RelayMetrics
 from relay.ops.metrics import routes as metrics_routes
@@ -29,6 +30,7 @@ def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
     app[NEW_DELIVERY] = asyncio.Event()
     app[READINESS_CHECKS] = []
     app[METRICS] = RelayMetrics()
+    app[READINESS] = Readiness()
     app.cleanup_ctx.append(_database)
     if run_worker:
         app.cleanup_ctx.append(_worker)

@@ -3,15 +3,23 @@
 import asyncio
 import json
 import re
+import sqlite3
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.app import create_app
-from relay.keys import DATABASE
-from relay.store.gauges import beat
+from relay.keys import DATABASE, READINESS_CHECKS
+from relay.ops import metrics
+from relay.ops.fresh import FRESH_FOR_S
+from relay.ops.health import READINESS, Readiness
+from relay.ops.metrics import METRICS, RelayMetrics
+from relay.store.gauges import beat, deliveries_by_state
+from tests.conftest import FakeClock
 from tests.processes import run_relay
 from tests.test_admin import ADMIN, TOKEN, ago, seed
 
@@ -104,3 +112,66 @@ async def test_status_stats_readiness_and_metrics_agree_on_a_send_whose_lease_ra
     lags = [status["worker_lag_s"], stats["worker_lag_s"], shown["relay_worker_lag_seconds"]]
     assert all(1800 <= age < 1860 for age in ages), ages
     assert all(600 <= lag < 660 for lag in lags), lags
+
+
+class Calls:
+    """Stands in for an async function and counts the calls it passes on."""
+
+    def __init__(self, function: Callable[..., Awaitable[Any]]) -> None:
+        self.function = function
+        self.count = 0
+
+    async def __call__(self, *args: Any) -> Any:
+        self.count += 1
+        return await self.function(*args)
+
+
+@pytest.fixture
+async def clocked(aiohttp_client, make_settings):
+    """A web-only relay whose shared readings follow a clock the test moves by hand."""
+    clock = FakeClock()
+    app = create_app(make_settings(relay_store_timeout_s=0.3), run_worker=False)
+    app[READINESS] = Readiness(clock=clock)
+    app[METRICS] = RelayMetrics(clock=clock)
+    client = await aiohttp_client(app)
+    await app[DATABASE].write(beat(datetime.now(UTC)))
+    return client, clock
+
+
+async def test_a_crowd_of_callers_costs_one_store_check_and_one_gauge_read_a_second(clocked, monkeypatch):
+    relay, clock = clocked
+    checks = relay.app[READINESS_CHECKS]
+    at = checks.index(relay.app[DATABASE].readiness_problems)
+    store_checks = checks[at] = Calls(checks[at])  # the one that commits a write
+    gauge_reads = Calls(deliveries_by_state)  # the GROUP BY over every delivery
+    monkeypatch.setattr(metrics, "deliveries_by_state", gauge_reads)
+
+    async def crowd() -> set[int]:
+        paths = ("/readyz", "/readyz?scope=intake", "/metrics") * 20
+        return {answer.status for answer in await asyncio.gather(*(relay.get(path) for path in paths))}
+
+    first = await crowd()
+    clock.now += FRESH_FOR_S
+    second = await crowd()
+
+    assert first == second == {200}
+    assert (store_checks.count, gauge_reads.count) == (2, 2)
+
+
+async def test_a_store_that_stops_taking_writes_shows_within_a_second(clocked):
+    relay, clock = clocked
+    before = await relay.get("/readyz?scope=intake")
+    blocker = sqlite3.connect(relay.app[DATABASE].path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    try:
+        clock.now += FRESH_FOR_S / 2
+        shared = await relay.get("/readyz?scope=intake")
+        clock.now += FRESH_FOR_S / 2
+        after = await relay.get("/readyz?scope=intake")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    assert before.status == shared.status == 200
+    assert after.status == 503
+    assert "database not writable" in " ".join((await after.json())["problems"])

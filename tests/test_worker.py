@@ -3,6 +3,7 @@
 import asyncio
 import itertools
 import random
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,8 @@ async def test_refused_credentials_pause_deliveries_without_spending_attempts(st
     for answer in accepted:
         row = await wait_for_state(db(relay), answer["delivery_id"])
         assert (row["state"], row["attempts"]) == ("delivered", 1)
-    assert (await relay.get("/readyz")).status == 200
+    ready, _ = await poll(relay, "/readyz", lambda status, _: status == 200)
+    assert ready == 200
 
 
 async def test_unmatched_rating_is_delivered_once_its_link_is_saved(start_relay, quivo):
@@ -350,6 +352,20 @@ async def test_unmatched_rating_past_its_ttl_is_dead(start_relay, quivo):
     assert quivo.state.requests == {}
 
 
+DELIVERED = 'relay_deliveries{state="delivered"}'
+
+
+async def poll(relay, path: str, done: Callable[[int, str], bool], within_s: float = 15) -> tuple[int, str]:
+    """GET `path` until `done(status, body)` or the deadline: /readyz and store gauges are up to 1 s old."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        response = await relay.get(path)
+        answer = response.status, await response.text()
+        if done(*answer) or asyncio.get_running_loop().time() > deadline:
+            return answer
+        await asyncio.sleep(0.05)
+
+
 def metric(text: str, name: str) -> float:
     """The value of one sample line of Prometheus text, e.g. 'relay_deliveries{state="delivered"}'."""
     for line in text.splitlines():
@@ -365,7 +381,7 @@ async def test_metrics_move_as_work_happens(start_relay, quivo):
     accepted = await post(relay, rating_webhook(90, "INQ-900"))
     await post(relay, rating_webhook(90, "INQ-900"))  # duplicate
     await wait_for_state(db(relay), accepted["delivery_id"])
-    after = await (await relay.get("/metrics")).text()
+    _, after = await poll(relay, "/metrics", lambda _, text: metric(text, DELIVERED) == 1)
 
     assert metric(before, 'relay_webhooks_received_total{outcome="accepted"}') == 0
     assert metric(after, 'relay_webhooks_received_total{outcome="accepted"}') == 1
@@ -373,7 +389,7 @@ async def test_metrics_move_as_work_happens(start_relay, quivo):
     assert metric(after, 'relay_delivery_outcomes_total{outcome="delivered"}') == 1
     assert metric(after, 'relay_quivo_requests_total{action="post_rating",status="200"}') == 1
     assert metric(after, 'relay_quivo_requests_total{action="login",status="200"}') == 1
-    assert metric(after, 'relay_deliveries{state="delivered"}') == 1
+    assert metric(after, DELIVERED) == 1
     assert metric(after, 'relay_deliveries{state="pending"}') == 0
     assert metric(after, "relay_delivery_latency_seconds_count") == 1
 

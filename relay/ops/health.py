@@ -1,14 +1,32 @@
 """`/healthz`: the process serves. `/readyz`: whether the relay can do its job now, and if not, why."""
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from relay.keys import DATABASE, READINESS_CHECKS, SETTINGS
+from relay.ops.fresh import Fresh
 from relay.store.gauges import read_backlog, worker_heartbeat, worker_paused
 
 # The worker beats every few seconds; a minute of silence means it is stuck or not running.
 WORKER_SILENT_AFTER_S = 60.0
+
+
+class Readiness:
+    """The two halves of /readyz's answer, each shared by every caller while fresh (see relay.ops.fresh).
+
+    Anyone can ask /readyz, and the database's check commits a write: asked a thousand times a second, it
+    still runs once a second, and a store that stops taking writes shows within that second.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.intake: Fresh[list[str]] = Fresh(clock=clock)
+        self.delivery: Fresh[list[str]] = Fresh(clock=clock)
+
+
+READINESS = web.AppKey("readiness", Readiness)
 
 routes = web.RouteTableDef()
 
@@ -21,18 +39,24 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     """Every reason the relay cannot work now; `?scope=intake` asks only whether webhooks can be taken."""
-    problems: list[str] = []
-    for check in request.app[READINESS_CHECKS]:
-        problems += await check()
+    app = request.app
+    problems = await app[READINESS].intake.get(lambda: _intake_problems(app))
     if request.query.get("scope") != "intake" and not problems:
-        problems += await _delivery_problems(request)
+        problems = await app[READINESS].delivery.get(lambda: _delivery_problems(app))
     if problems:
         return web.json_response({"status": "unavailable", "problems": problems}, status=503)
     return web.json_response({"status": "ready"})
 
 
-async def _delivery_problems(request: web.Request) -> list[str]:
-    conn = request.app[DATABASE].reader
+async def _intake_problems(app: web.Application) -> list[str]:
+    problems: list[str] = []
+    for check in app[READINESS_CHECKS]:
+        problems += await check()
+    return problems
+
+
+async def _delivery_problems(app: web.Application) -> list[str]:
+    conn = app[DATABASE].reader
     now = datetime.now(UTC)
     problems = []
     heartbeat = await worker_heartbeat(conn)
@@ -44,7 +68,7 @@ async def _delivery_problems(request: web.Request) -> list[str]:
     if paused is not None:
         problems.append(f"deliveries paused: Quivo refused our credentials ({paused})")
     age = (await read_backlog(conn, now)).age_s
-    limit = request.app[SETTINGS].relay_ready_max_backlog_age_s
+    limit = app[SETTINGS].relay_ready_max_backlog_age_s
     if age is not None and age > limit:
         problems.append(
             f"oldest undelivered rating waited {age:.0f} s since accepted "

@@ -1,6 +1,7 @@
-"""Prometheus metrics: counters moved as the relay works, and gauges read from the database per scrape."""
+"""Prometheus metrics: counters moved as the relay works, and gauges read from the database when scraped."""
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -8,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from relay.ops.fresh import Fresh
 from relay.store.db import Database
 from relay.store.gauges import Backlog, deliveries_by_state, read_backlog, worker_heartbeat
 
@@ -91,7 +93,7 @@ class _StoreGauges:
 class RelayMetrics:
     """The relay's metrics, in a registry of their own so that two applications never share counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry()
         self._webhooks = Counter(
             "relay_webhooks_received",
@@ -119,6 +121,8 @@ class RelayMetrics:
             registry=self.registry,
         )
         self._store = _StoreGauges()
+        # Anyone can scrape: a flood of scrapes still reads the database once a second (see relay.ops.fresh).
+        self._store_reads: Fresh[_StoreReading] = Fresh(clock=clock)
         self.registry.register(self._store)
         # Series alerted on exist at 0 from the first scrape, so rate() and increase() see their first rise.
         for outcome in WEBHOOK_OUTCOMES:
@@ -143,20 +147,25 @@ class RelayMetrics:
         self._latency.observe(seconds)
 
     async def refresh_from(self, database: Database) -> None:
-        """Read the gauges' values from the database: deliveries by state, backlog, worker heartbeat."""
-        conn = database.reader
-        now = datetime.now(UTC)
-        heartbeat = await worker_heartbeat(conn)
-        self._store.reading = _StoreReading(
-            deliveries_by_state=await deliveries_by_state(conn),
-            backlog=await read_backlog(conn, now),
-            worker_heartbeat_age_s=None if heartbeat is None else (now - heartbeat).total_seconds(),
-        )
+        """The gauges' values from the database, read at most once a second whoever asks."""
+        self._store.reading = await self._store_reads.get(lambda: _read_store(database))
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
         # generate_latest writes the 0.0.4 text format; CONTENT_TYPE_LATEST now names 1.0.0 in this library.
         return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+async def _read_store(database: Database) -> _StoreReading:
+    """Deliveries by state, the backlog, the worker's heartbeat: what the store gauges show."""
+    conn = database.reader
+    now = datetime.now(UTC)
+    heartbeat = await worker_heartbeat(conn)
+    return _StoreReading(
+        deliveries_by_state=await deliveries_by_state(conn),
+        backlog=await read_backlog(conn, now),
+        worker_heartbeat_age_s=None if heartbeat is None else (now - heartbeat).total_seconds(),
+    )
 
 
 METRICS = web.AppKey("metrics", RelayMetrics)
@@ -166,7 +175,7 @@ routes = web.RouteTableDef()
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus scrape: the counters as they stand and the store gauges read now."""
+    """Prometheus scrape: the counters as they stand and the store gauges read within the last second."""
     # Imported here: relay.keys imports the worker, which reports to this module.
     from relay.keys import DATABASE
 
