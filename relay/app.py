@@ -8,7 +8,7 @@ from aiohttp import web
 
 from relay.bringg.auth import Authenticator
 from relay.bringg.routes import routes as bringg_routes
-from relay.http import request_context
+from relay.http import guard_malformed_requests, request_context
 from relay.keys import AUTHENTICATOR, DATABASE, METRICS, NEW_DELIVERY, READINESS_CHECKS, SETTINGS, WORKER
 from relay.ops.admin import create_admin_app
 from relay.ops.health import READINESS, Readiness
@@ -24,6 +24,7 @@ from relay.worker import Worker
 
 def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
     """The relay: webhook intake, OAuth token endpoint and health, plus the delivery worker when asked."""
+    guard_malformed_requests()
     app = web.Application(client_max_size=settings.relay_max_body_bytes, middlewares=[request_context])
     app[SETTINGS] = settings
     app[AUTHENTICATOR] = Authenticator(settings)

@@ -8,11 +8,16 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_request import BaseRequest
 
 log = structlog.get_logger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+# llhttp's account of a malformation opens the parser's message, before the bytes it quotes.
+_PARSER_REASON = re.compile(r"([A-Za-z][A-Za-z -]{0,79}):\n\n")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 STARTED = web.RequestKey("started", float)
@@ -82,3 +87,37 @@ def header_text(value: str | None) -> str | None:
 def elapsed_ms(request: web.Request) -> float:
     """Milliseconds since the request reached the relay."""
     return round((time.perf_counter() - request[STARTED]) * 1000, 2)
+
+
+def guard_malformed_requests() -> None:
+    """Answer a request aiohttp cannot parse with a 400 that repeats none of it, logged as a warning."""
+    # aiohttp offers no hook for this answer (aio-libs/aiohttp#3287): middlewares and signals never see
+    # the request, and run_app cannot be given another protocol class, so its error method is replaced.
+    web.RequestHandler.handle_error = _handle_error  # type: ignore[method-assign]
+
+
+_AIOHTTP_HANDLE_ERROR = web.RequestHandler.handle_error
+
+
+def _handle_error(
+    self: web.RequestHandler,
+    request: BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
+    if status != 400 or not isinstance(exc, HttpProcessingError):
+        return _AIOHTTP_HANDLE_ERROR(self, request, status, exc, message)
+    # aiohttp would log the raw bytes at error level with a traceback and send them back, credentials
+    # included; a malformed request is the sender's mistake and pages nobody.
+    kind = malformation(exc)
+    log.warning("http.malformed_request", kind=kind, error=type(exc).__name__, remote=request.remote)
+    response = problem(400, "Bad Request", f"the request is not valid HTTP ({kind})")
+    response.force_close()
+    return response
+
+
+def malformation(error: HttpProcessingError) -> str:
+    """What was wrong with a request, never its bytes: the parser's reason, or else the error's class."""
+    reason = _PARSER_REASON.match(error.message)
+    return reason[1] if reason else type(error).__name__

@@ -1,0 +1,109 @@
+"""Requests aiohttp cannot parse, carrying a credential: a warning naming the kind, no bytes, no echo."""
+
+import json
+import signal
+import socket
+from typing import Any
+
+import pytest
+from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine, InvalidHeader, InvalidURLError
+
+from relay.http import malformation
+from tests.conftest import WEBHOOK_TOKEN
+from tests.processes import free_port, relay_process, wait_until_ready
+
+SECRET = "Zk9SecretQw7Xv"
+MALFORMED = {
+    "nul_at_end_of_authorization": (
+        b"POST /webhooks/bringg HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer "
+        + SECRET.encode()
+        + b"\x00\r\n\r\n",
+        "Invalid header value char",
+    ),
+    "folded_authorization": (
+        b"POST /webhooks/bringg HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer\r\n "
+        + SECRET.encode()
+        + b"\r\n\r\n",
+        "Unexpected whitespace after header value",
+    ),
+    "space_before_colon": (
+        b"POST /webhooks/bringg HTTP/1.1\r\nHost: relay\r\nAuthorization : Bearer "
+        + SECRET.encode()
+        + b"\r\n\r\n",
+        "Invalid header token",
+    ),
+    "bad_byte_in_request_line": (
+        b"POST /oauth/token?grant_type=client_credentials&client_secret="
+        + SECRET.encode()
+        + b"\x01 HTTP/1.1\r\nHost: relay\r\nContent-Length: 0\r\n\r\n",
+        "Invalid char in url query",
+    ),
+}
+
+
+def exchange(port: int, raw: bytes) -> bytes:
+    """Send raw bytes, read until the relay closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(raw)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Each malformation sent once to a real `relay serve`: its answers, and its log once it stopped."""
+    workdir = tmp_path_factory.mktemp("malformed")
+    port = free_port()
+    env = {
+        "PORT": str(port),
+        "RELAY_HOST": "127.0.0.1",
+        "DATABASE_URL": f"sqlite:///{workdir / 'relay.db'}",
+        "BRINGG_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+    }
+    log_path = workdir / "relay.log"
+    with relay_process("serve", "--no-worker", env=env, cwd=workdir, log_path=log_path) as relay:
+        wait_until_ready(f"http://127.0.0.1:{port}/readyz?scope=intake", relay)
+        answers = {name: exchange(port, raw) for name, (raw, _) in MALFORMED.items()}
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=20) == 0
+    output = log_path.read_text()
+    lines = [json.loads(line) for line in output.splitlines()]
+    return {"answers": answers, "output": output, "lines": lines}
+
+
+def test_no_secret_reaches_an_answer_or_any_output_line(refusals: dict[str, Any]) -> None:
+    assert SECRET not in refusals["output"]
+    for name, answer in refusals["answers"].items():
+        assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request"), name
+        assert SECRET.encode() not in answer, name
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_each_malformation_is_one_warning_naming_its_kind(refusals: dict[str, Any], name: str) -> None:
+    kind = MALFORMED[name][1]
+    [line] = [line for line in refusals["lines"] if line.get("kind") == kind]
+    assert (line["event"], line["level"]) == ("http.malformed_request", "warning")
+    assert line["remote"] == "127.0.0.1"
+    assert "exception" not in line
+    [answer] = [answer for other, answer in refusals["answers"].items() if other == name]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/problem+json" in head
+    assert json.loads(body)["detail"] == f"the request is not valid HTTP ({kind})"
+
+
+def test_nothing_is_logged_at_error_level(refusals: dict[str, Any]) -> None:
+    assert [line for line in refusals["lines"] if line["level"] in ("error", "critical")] == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidURLError("letmein"),  # the pure-Python parser puts the raw target in the message
+        BadStatusLine("GET hunter two"),
+        InvalidHeader(b"Authorization : letmein"),
+    ],
+)
+def test_a_message_without_the_parsers_reason_is_named_by_its_class_only(error: BadHttpMessage) -> None:
+    assert malformation(error) == type(error).__name__
