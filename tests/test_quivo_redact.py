@@ -18,6 +18,7 @@ SECRET = 'pa  ss"wo\\rd-é/+'
         json.dumps(SECRET)[1:-1],
         json.dumps(SECRET, ensure_ascii=False)[1:-1],
         json.dumps(json.dumps(SECRET))[3:-3],
+        json.dumps(json.dumps(SECRET, ensure_ascii=False), ensure_ascii=False)[3:-3],
         quote(SECRET, safe=""),
         quote(SECRET, safe="").lower(),
         quote_plus(SECRET),

@@ -195,6 +195,7 @@ class QuivoClient:
         if token is None:
             # What Quivo said to a login is not ours to repeat: the error says what is wrong, and only the
             # operators' log line keeps an excerpt of the answer, with every secret masked.
+            # Quivo down or throttling did not judge the credentials: they are not called bad then.
             refused = not _is_unavailable(status)
             error: QuivoError = (
                 LoginFailed(status, _login_refusal(status))

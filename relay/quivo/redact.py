@@ -77,7 +77,7 @@ def _spellings(secret: str) -> set[str]:
     return {
         secret,
         *json_once,
-        *(_json_escaped(form, True) for form in json_once),
+        *(_json_escaped(form, ascii_only) for form in json_once for ascii_only in (True, False)),
         *url,
         html.escape(secret),
         html.escape(secret, quote=False),
