@@ -33,7 +33,7 @@ from relay.app import create_app
 from relay.logs import configure_logging
 from relay.ops.metrics import DELIVERY_OUTCOMES, WEBHOOK_OUTCOMES, RelayMetrics
 from relay.settings import Settings
-from relay.store.inbox import WebhookStatus
+from relay.store.inbox import StoredStatus
 from relay.store.queries import DELIVERY_STATES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ LOG_METHODS = frozenset(
 )
 LOGGER_FACTORIES = frozenset({"get_logger", "getLogger"})
 # Every value a placeholder of an f-string event name can take, by the placeholder's source text.
-DYNAMIC_PARTS: dict[str, tuple[str, ...]] = {"stored.status": get_args(WebhookStatus)}
+DYNAMIC_PARTS: dict[str, tuple[str, ...]] = {"stored.status": get_args(StoredStatus)}
 
 # Label values the doc's PromQL may name, by metric and label.
 METRIC_LABELS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -263,7 +263,7 @@ def record(stored, event, dead):
     emit(event)
     return "example.passed_on", "not an event"
 """
-    statuses = {f"webhook.{status}" for status in get_args(WebhookStatus)}
+    statuses = {f"webhook.{status}" for status in get_args(StoredStatus)}
 
     assert logged_events(source) == {"example.literal", "example.passed_on", *statuses}
     with pytest.raises(AssertionError, match="DYNAMIC_PARTS"):

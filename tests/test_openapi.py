@@ -314,6 +314,9 @@ async def test_webhook_answers_fit_the_document(relay, monkeypatch):
     other = b'{"webhook_type": "order_done", "merchant_id": 4}'
     ignored = await contract.check(await relay.post("/webhooks/bringg", data=other, headers=AUTH))
     unusable = await contract.check(await relay.post("/webhooks/bringg", data=b"not json", headers=AUTH))
+    newer, older = (rating_webhook(10, "ORD-10", updated_at=f"2026-11-0{day}T08:00:00Z") for day in (3, 2))
+    await contract.check(await relay.post("/webhooks/bringg", data=newer, headers=AUTH))
+    outranked = await contract.check(await relay.post("/webhooks/bringg", data=older, headers=AUTH))
     await contract.check(await relay.post("/webhooks/bringg", data=FIXTURE))
     await contract.check(await relay.post("/webhooks/bringg", data=TOO_LARGE, headers=AUTH))
     await contract.check(await relay.post("/webhooks/bringg", data=trickle(FIXTURE), headers=AUTH))
@@ -325,12 +328,13 @@ async def test_webhook_answers_fit_the_document(relay, monkeypatch):
     unstored = await relay.post("/webhooks/bringg", data=rating_webhook(9, "ORD-9"), headers=AUTH)
     await contract.check(unstored)
 
-    assert [answer["status"] for answer in (accepted, duplicate, by_jwt, ignored, unusable)] == [
+    assert [answer["status"] for answer in (accepted, duplicate, by_jwt, ignored, unusable, outranked)] == [
         "accepted",
         "duplicate",
         "accepted",
         "ignored",
         "quarantined",
+        "superseded",
     ]
     assert unstored.status == 503
     assert contract.seen == WEBHOOK_ANSWERS

@@ -5,7 +5,7 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -117,13 +117,32 @@ async def test_same_rating_id_from_two_merchants_is_two_ratings_each_delivered(r
     }
 
 
-async def test_older_version_arriving_late_is_kept_but_never_delivered(relay):
+async def test_older_version_arriving_late_is_kept_but_never_delivered_and_answered_so(relay):
     _, update = await post(relay, rating_body(stars=5, updated_at="2026-11-02T08:00:00Z"))
     response, late = await post(relay, rating_body(stars=2))
 
-    assert (response.status, late["status"]) == (202, "accepted")
+    assert (response.status, late["status"]) == (202, "superseded")
+    webhook = rows(relay.app, "SELECT status FROM webhooks WHERE id = ?", late["id"])[0]
+    assert webhook["status"] == "accepted"
     states = {row["id"]: row["state"] for row in rows(relay.app, "SELECT id, state FROM deliveries")}
     assert states == {update["delivery_id"]: "pending", late["delivery_id"]: "superseded"}
+
+
+async def test_a_far_future_version_is_quarantined_and_blocks_no_later_genuine_one(relay):
+    far, near = datetime.now(UTC) + timedelta(hours=25), datetime.now(UTC) + timedelta(hours=23)
+    _, year_9999 = await post(relay, rating_body(stars=1, updated_at="9999-12-31T23:59:59Z"))
+    _, tomorrow = await post(relay, rating_body(stars=1, updated_at=far.isoformat()))
+    response, genuine = await post(relay, rating_body(stars=4, updated_at="2026-11-02T08:00:00Z"))
+    _, skewed = await post(relay, rating_body(stars=5, updated_at=near.isoformat()))
+
+    assert (year_9999["status"], tomorrow["status"]) == ("quarantined", "quarantined")
+    assert year_9999["errors"] == [
+        "rating.updated_at: 9999-12-31T23:59:59.000000Z is more than 1 day ahead of the relay's clock, "
+        "not a plausible version"
+    ]
+    assert (response.status, genuine["status"], skewed["status"]) == (202, "accepted", "accepted")
+    states = {row["id"]: row["state"] for row in rows(relay.app, "SELECT id, state FROM deliveries")}
+    assert states == {genuine["delivery_id"]: "superseded", skewed["delivery_id"]: "pending"}
 
 
 async def test_other_webhook_type_is_ignored_and_its_body_kept(relay):

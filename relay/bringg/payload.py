@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from relay.domain.judgement import Judgement, reported
-from relay.domain.rating import MAX_EXTERNAL_ID_CHARS, Rating
+from relay.domain.rating import MAX_EXTERNAL_ID_CHARS, MAX_VERSION_AHEAD, Rating, format_instant
 
 RATING_SUBMITTED = "rating_submitted"
 
@@ -67,7 +67,8 @@ class WireEnvelope(BaseModel):
 def judge(body: bytes) -> Judgement:
     """Parse the raw body once (pydantic on the bytes) and decide what the relay does with it.
 
-    Reasons are reported as `reported` caps them: a body can hold thousands of the same mistake.
+    Reasons are reported as `reported` caps them: a body can hold thousands of the same mistake. An
+    `updated_at` more than MAX_VERSION_AHEAD beyond the relay's clock now is no plausible version.
     """
     try:
         wire = WireWebhook.model_validate_json(body)
@@ -117,6 +118,13 @@ def _normalize(wire: WireWebhook) -> Judgement:
         for name, moment in (("created_at", rating.created_at), ("updated_at", rating.updated_at)):
             if moment is not None and not _fits_utc(moment):
                 errors.append(f"rating.{name}: out of range once converted to UTC")
+        updated_at = _utc(rating.updated_at) if rating.updated_at and _fits_utc(rating.updated_at) else None
+        latest = datetime.now(UTC) + MAX_VERSION_AHEAD
+        if updated_at is not None and updated_at > latest:
+            errors.append(
+                f"rating.updated_at: {format_instant(updated_at)} is more than {MAX_VERSION_AHEAD.days} day "
+                "ahead of the relay's clock, not a plausible version"
+            )
         external_id = rating.task.external_id if rating.task else None
         if external_id is not None and len(external_id) > MAX_EXTERNAL_ID_CHARS:
             errors.append(

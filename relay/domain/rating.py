@@ -1,12 +1,15 @@
 """The normalized rating: what the relay keeps of a Bringg rating, independent of the wire format."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
 # An order's external id is short in real life (Bringg's examples: 8 digits). A longer one is refused at
 # intake, and never given to the inquiry id pattern, whose cost grows with the text it searches.
 MAX_EXTERNAL_ID_CHARS = 200
+# The latest version wins, so an `updated_at` far ahead would outrank every genuine later one. A day covers
+# any clock skew and a local time sent without its offset (at most 14 h ahead of UTC); beyond, not a version.
+MAX_VERSION_AHEAD = timedelta(days=1)
 
 
 def format_instant(moment: datetime) -> str:

@@ -15,6 +15,7 @@ from relay.store.gauges import Backlog, deliveries_by_state, read_backlog, worke
 
 WEBHOOK_OUTCOMES = (
     "accepted",
+    "superseded",
     "duplicate",
     "ignored",
     "quarantined",

@@ -11,6 +11,9 @@ from relay.domain.rating import Rating, format_instant
 from relay.store.db import WriteJob
 
 WebhookStatus = Literal["accepted", "duplicate", "ignored", "quarantined"]
+# What the sender is told: an accepted version that an already known later one outranks is `superseded`,
+# so an answer never says `accepted` for a delivery that will not be sent.
+StoredStatus = Literal["accepted", "superseded", "duplicate", "ignored", "quarantined"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class StoredWebhook:
     """What storing a webhook did: its id, final status, and the delivery it created or matched."""
 
     webhook_id: int
-    status: WebhookStatus
+    status: StoredStatus
     delivery_id: int | None = None
     superseded: list[int] = field(default_factory=list)
 
@@ -55,12 +58,15 @@ def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> Writ
                 webhook_id = _insert_webhook(conn, inbound, "duplicate")
                 return StoredWebhook(webhook_id, "duplicate", delivery_id=row["id"])
         webhook_id = _insert_webhook(conn, inbound, "accepted")
-        # A version older than one already known is kept for the record but never delivered.
+        # A version older than one already known is kept for the record (the webhook row says accepted,
+        # its delivery superseded) but never delivered.
         outdated = any(row["version"] > rating.version for row in versions)
         recheck = rating.created_at is not None and rating.created_at < recheck_before
         delivery_id = _insert_delivery(conn, webhook_id, rating, inbound.received_at, outdated, recheck)
         # With no other version stored there is nothing to supersede: skip the statement.
-        superseded = supersede_older(conn, rating, inbound.received_at) if versions and not outdated else []
+        if outdated:
+            return StoredWebhook(webhook_id, "superseded", delivery_id=delivery_id)
+        superseded = supersede_older(conn, rating, inbound.received_at) if versions else []
         return StoredWebhook(webhook_id, "accepted", delivery_id=delivery_id, superseded=superseded)
 
     return job
