@@ -68,13 +68,18 @@ def shown_commands(path: Path) -> list[Shown]:
         if raw.rstrip().endswith("\\"):
             pending += raw.rstrip()[:-1].strip() + " "
             continue
-        text, pending = _without_comment(pending + raw.strip()).strip(), ""
-        if text and (language or text.split()[0] == "relay"):
-            found.append(Shown(path.relative_to(ROOT).as_posix(), start, text))
+        code, comment = _split_comment(pending + raw.strip())
+        pending = ""
+        # A comment may show another way: `relay replay ID   # or: relay replay --state dead --since 1d`.
+        alternative = re.match(r"\s*or:\s*(relay\s.+)", comment)
+        for text in (code.strip(), alternative[1].strip() if alternative else ""):
+            if text and (language or text.split()[0] == "relay"):
+                found.append(Shown(path.relative_to(ROOT).as_posix(), start, text))
     return found
 
 
-def _without_comment(text: str) -> str:
+def _split_comment(text: str) -> tuple[str, str]:
+    """The command, and the comment after its first unquoted `#`."""
     quote = ""
     for index, char in enumerate(text):
         if quote:
@@ -82,8 +87,8 @@ def _without_comment(text: str) -> str:
         elif char in "'\"":
             quote = char
         elif char == "#" and (index == 0 or text[index - 1].isspace()):
-            return text[:index]
-    return text
+            return text[:index], text[index + 1 :]
+    return text, ""
 
 
 ALL_SHOWN = [shown for guide in GUIDES for shown in shown_commands(guide)]
