@@ -31,7 +31,7 @@ from relay.store.outbox import claim_due
 from scripts.revision import revision
 
 HERE = Path(__file__).resolve().parent
-TOKEN = "bench-token"
+TOKEN = "bench-webhook-token-0123456789"
 SIM_LOGIN = {"QUIVO_API_KEY": "sim-key", "QUIVO_USERNAME": "sim-user", "QUIVO_PASSWORD": "sim-pass"}
 
 

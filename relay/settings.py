@@ -19,6 +19,12 @@ DEFAULT_MESSAGE_TEMPLATE = (
     "Task: {title}"
 )
 
+# Credentials a stranger can try over the network, and how long each must be for guessing to be hopeless.
+WEBHOOK_SECRETS = ("bringg_webhook_token", "bringg_jwt_secret", "bringg_oauth_client_secret")
+GUESSABLE_SECRETS = (*WEBHOOK_SECRETS, "relay_admin_token")
+WORKER_SECRETS = ("quivo_api_key", "quivo_password")
+MIN_SECRET_LENGTH = 16
+
 
 class SettingsError(Exception):
     """The environment does not describe a runnable relay; each line names one problem."""
@@ -157,6 +163,33 @@ class Settings(BaseSettings):
                     "QUIVO_TIMEOUT_S: must not exceed RELAY_UNSURE_SETTLE_S "
                     "(how late Quivo may commit a send)"
                 )
+        found += self._secret_problems(serves_webhooks=serves_webhooks, runs_worker=runs_worker)
+        return found
+
+    def _secret_problems(self, *, serves_webhooks: bool, runs_worker: bool) -> list[str]:
+        names = (GUESSABLE_SECRETS if serves_webhooks else ()) + (WORKER_SECRETS if runs_worker else ())
+        found: list[str] = []
+        for name in names:
+            value = _text(getattr(self, name))
+            if value is None:
+                continue
+            if value != value.strip():
+                # Every credential would then fail: webhooks get 401 until Bringg blocks the URL.
+                found.append(
+                    f"{name.upper()}: starts or ends with whitespace (a secret file's newline?); remove it"
+                )
+            if name in GUESSABLE_SECRETS and len(value.strip()) < MIN_SECRET_LENGTH:
+                found.append(
+                    f"{name.upper()}: shorter than {MIN_SECRET_LENGTH} characters; "
+                    "use a long random value (openssl rand -hex 32)"
+                )
+        admin = _text(self.relay_admin_token)
+        for name in WEBHOOK_SECRETS if serves_webhooks and admin is not None else ():
+            if admin == _text(getattr(self, name)):
+                found.append(
+                    f"RELAY_ADMIN_TOKEN: must differ from {name.upper()} "
+                    "(whoever can send webhooks must not also hold the admin API)"
+                )
         return found
 
     def _auth_problems(self) -> list[str]:
@@ -196,6 +229,10 @@ def load_settings(*, serves_webhooks: bool, runs_worker: bool) -> Settings:
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+def _text(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
 
 
 def _describe(item: object) -> str:

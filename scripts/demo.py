@@ -27,7 +27,7 @@ import aiohttp
 # The vendors' payloads beside the project, or the unedited copies in tests/fixtures for a clone elsewhere.
 _SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 FIXTURES = _SHARED if _SHARED.is_dir() else Path(__file__).resolve().parents[1] / "tests" / "fixtures"
-WEBHOOK_TOKEN = "demo-token"
+WEBHOOK_TOKEN = "demo-webhook-token-0123456789"
 MERCHANT_ID = 1
 # The order in rating_submitted.json, linked to an inquiry through `relay links import`.
 FIXTURE_ORDER = "12443523"

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from relay.settings import Settings, SettingsError, load_settings
+from tests.processes import run_relay
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "relay.example.env"
 
@@ -79,3 +80,86 @@ def test_durations_take_seconds_or_iso_8601(monkeypatch):
     settings = Settings(_env_file=None)
 
     assert (settings.relay_unmatched_ttl.days, settings.relay_max_age.total_seconds()) == (2, 3600)
+
+
+LONG = "0123456789abcdef-long-enough"
+GUESSABLE = ["BRINGG_WEBHOOK_TOKEN", "BRINGG_JWT_SECRET", "BRINGG_OAUTH_CLIENT_SECRET", "RELAY_ADMIN_TOKEN"]
+
+
+@pytest.mark.parametrize("name", GUESSABLE)
+def test_a_credential_strangers_can_guess_needs_16_characters(monkeypatch, name):
+    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_ID", "bringg")
+    for setting in GUESSABLE:
+        monkeypatch.setenv(setting, f"{setting.lower()}-{LONG}")
+    monkeypatch.setenv(name, "fifteen-chars-x")
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(serves_webhooks=True, runs_worker=False)
+
+    assert raised.value.problems == [
+        f"{name}: shorter than 16 characters; use a long random value (openssl rand -hex 32)"
+    ]
+    monkeypatch.setenv(name, "sixteen-chars-xy")
+    assert load_settings(serves_webhooks=True, runs_worker=False).auth_methods == ["token", "jwt", "oauth"]
+
+
+@pytest.mark.parametrize(
+    ("name", "serves_webhooks"),
+    [
+        ("BRINGG_WEBHOOK_TOKEN", True),
+        ("BRINGG_JWT_SECRET", True),
+        ("BRINGG_OAUTH_CLIENT_SECRET", True),
+        ("RELAY_ADMIN_TOKEN", True),
+        ("QUIVO_API_KEY", False),
+        ("QUIVO_PASSWORD", False),
+    ],
+)
+@pytest.mark.parametrize("spaced", [LONG + "\n", " " + LONG, LONG + "\r\n", "\t" + LONG + " "])
+def test_a_secret_with_whitespace_around_it_is_refused_saying_so(monkeypatch, name, serves_webhooks, spaced):
+    for setting in ("BRINGG_WEBHOOK_TOKEN", "QUIVO_API_KEY", "QUIVO_USERNAME", "QUIVO_PASSWORD"):
+        monkeypatch.setenv(setting, f"{setting.lower()}-{LONG}")
+    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_ID", "bringg")
+    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_SECRET", f"oauth-{LONG}")
+    monkeypatch.setenv(name, spaced)
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(serves_webhooks=serves_webhooks, runs_worker=not serves_webhooks)
+
+    assert raised.value.problems == [
+        f"{name}: starts or ends with whitespace (a secret file's newline?); remove it"
+    ]
+
+
+@pytest.mark.parametrize("name", GUESSABLE[:3])
+def test_the_admin_token_must_not_be_a_webhook_credential(monkeypatch, name):
+    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_ID", "bringg")
+    for setting in GUESSABLE[:3]:
+        monkeypatch.setenv(setting, f"{setting.lower()}-{LONG}")
+    monkeypatch.setenv("RELAY_ADMIN_TOKEN", f"{name.lower()}-{LONG}")
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(serves_webhooks=True, runs_worker=False)
+
+    assert raised.value.problems == [
+        f"RELAY_ADMIN_TOKEN: must differ from {name} "
+        "(whoever can send webhooks must not also hold the admin API)"
+    ]
+
+
+def test_relay_serve_refuses_weak_secrets_with_one_line_each_and_no_value(tmp_path: Path):
+    shared = "shared-by-webhook-and-admin"
+    env = {"BRINGG_WEBHOOK_TOKEN": shared, "RELAY_ADMIN_TOKEN": shared, "BRINGG_JWT_SECRET": "short-jwt\n"}
+
+    result = run_relay("serve", "--no-worker", env=env, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "relay: configuration error: BRINGG_JWT_SECRET: starts or ends with whitespace (a secret file's "
+        "newline?); remove it",
+        "relay: configuration error: BRINGG_JWT_SECRET: shorter than 16 characters; use a long random value "
+        "(openssl rand -hex 32)",
+        "relay: configuration error: RELAY_ADMIN_TOKEN: must differ from BRINGG_WEBHOOK_TOKEN (whoever can "
+        "send webhooks must not also hold the admin API)",
+    ]
+    assert shared not in result.stdout + result.stderr
+    assert "short-jwt" not in result.stdout + result.stderr
