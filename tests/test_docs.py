@@ -19,7 +19,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, get_args
@@ -27,12 +27,15 @@ from typing import Any, get_args
 import pytest
 import structlog
 from aiohttp.test_utils import make_mocked_request
+from prometheus_client.parser import text_string_to_metric_families
 
 from relay import cli
 from relay.app import create_app
+from relay.keys import DATABASE
 from relay.logs import configure_logging
-from relay.ops.metrics import DELIVERY_OUTCOMES, WEBHOOK_OUTCOMES, RelayMetrics
+from relay.ops.metrics import DELIVERY_OUTCOMES, METRICS, WEBHOOK_OUTCOMES, RelayMetrics
 from relay.settings import Settings
+from relay.store.gauges import beat
 from relay.store.inbox import StoredStatus
 from relay.store.queries import DELIVERY_STATES
 
@@ -418,3 +421,106 @@ def test_every_metric_and_label_value_in_the_doc_is_exposed():
     assert "relay_backlog_age_seconds" in named
     assert sorted(named - _metric_names()) == []
     assert wrong_labels == []
+
+
+# Alert rules ---------------------------------------------------------------------------------------
+
+# What may not open a plain YAML scalar, and what may not appear inside one (a comment, a mapping).
+YAML_INDICATORS = tuple("-?:,[]{}#&*!|>'\"%@`")
+MARKDOWN_ESCAPE = re.compile(r"\\[\\`*_{}\[\]()#+\-.!|<>]")
+
+
+def yaml_subset(text: str) -> Any:
+    """Block mappings, block sequences and plain scalars: the YAML of a rule file, and nothing else.
+
+    PyYAML is no dependency of the relay; a document outside this subset fails the test instead of being
+    read differently from how Prometheus reads it.
+    """
+    lines = [(len(line) - len(line.lstrip(" ")), line.strip()) for line in text.splitlines() if line.strip()]
+    value, end = _yaml_node(lines, 0)
+    assert end == len(lines), f"unparsed from {lines[end]}"
+    return value
+
+
+def _yaml_node(lines: list[tuple[int, str]], at: int) -> tuple[Any, int]:
+    indent, text = lines[at]
+    if text.startswith("- "):
+        items = []
+        while at < len(lines) and lines[at][0] == indent and lines[at][1].startswith("- "):
+            # An item's first line is read as if its text began two columns in, where the rest of it is.
+            item, at = _yaml_node([*lines[:at], (indent + 2, lines[at][1][2:]), *lines[at + 1 :]], at)
+            items.append(item)
+        return items, at
+    mapping: dict[str, Any] = {}
+    while at < len(lines) and lines[at][0] == indent and not lines[at][1].startswith("- "):
+        key, colon, value = lines[at][1].partition(":")
+        assert colon and re.fullmatch(r"[a-z_]+", key), lines[at]
+        assert key not in mapping, f"{key} twice"
+        at += 1
+        if value.strip():
+            assert value.startswith(" "), lines[at - 1]
+            mapping[key] = _yaml_scalar(value.strip())
+        else:
+            assert at < len(lines) and lines[at][0] > indent, f"{key} has no value"
+            mapping[key], at = _yaml_node(lines, at)
+    return mapping, at
+
+
+def _yaml_scalar(text: str) -> str:
+    assert not text.startswith(YAML_INDICATORS), f"not a plain scalar: {text}"
+    assert ": " not in text and " #" not in text, f"YAML would read more than a string: {text}"
+    return text
+
+
+@cache
+def alert_rules() -> list[dict[str, Any]]:
+    """The rules of the doc's Prometheus rule file (its one fenced yaml block)."""
+    [block] = re.findall(r"```yaml\n(.*?)```", doc(), re.DOTALL)
+    [group] = yaml_subset(block)["groups"]
+    assert group["name"] == "relay"
+    return list(group["rules"])
+
+
+async def test_alert_rules_are_a_rule_file_prometheus_reads_as_shown(aiohttp_client, make_settings):
+    relay = await aiohttp_client(create_app(make_settings(), run_worker=False))
+    # Series that appear once there is something to count: a worker's beat, a call to Quivo.
+    await relay.app[DATABASE].write(beat(datetime.now(UTC)))
+    relay.app[METRICS].quivo_request("login", 200)
+    exposed = {
+        sample.name
+        for family in text_string_to_metric_families(await (await relay.get("/metrics")).text())
+        for sample in family.samples
+    }
+    rules = alert_rules()
+    expressions = [rule["expr"] for rule in rules]
+    named = {metric for expr in expressions for metric in re.findall(r"\brelay_[a-z_]+\b", expr)}
+    in_table = set(re.findall(r"\| `(Relay[A-Za-z]+)` \|", doc()))
+
+    assert {"relay_backlog_age_seconds", "relay_worker_heartbeat_age_seconds"} <= named
+    assert sorted(named - exposed) == []
+    assert [expr for expr in expressions if MARKDOWN_ESCAPE.search(expr)] == []
+    assert [expr for expr in expressions if not _balanced(expr)] == []
+    assert {rule["labels"]["severity"] for rule in rules} <= {"page", "ticket"}
+    assert all(re.fullmatch(r"\d+[smhd]", rule.get("for", "0s")) for rule in rules)
+    assert sorted(rule["alert"] for rule in rules) == sorted(in_table)
+
+
+def _balanced(expr: str) -> bool:
+    closing = {")": "(", "]": "[", "}": "{"}
+    opened: list[str] = []
+    for char in re.sub(r'"[^"]*"', '""', expr):
+        if char in "([{":
+            opened.append(char)
+        elif char in closing and (not opened or opened.pop() != closing[char]):
+            return False
+    return not opened
+
+
+def test_yaml_subset_refuses_what_prometheus_would_read_otherwise():
+    with pytest.raises(AssertionError):
+        yaml_subset("expr: up == 1 # a comment YAML drops")
+    with pytest.raises(AssertionError):
+        yaml_subset('expr: "quoted"')
+    assert yaml_subset("groups:\n  - name: relay\n    rules:\n      - alert: A\n        expr: up > 0\n") == {
+        "groups": [{"name": "relay", "rules": [{"alert": "A", "expr": "up > 0"}]}]
+    }
