@@ -150,8 +150,13 @@ def test_an_echoed_login_leaks_nothing_to_logs_readyz_status_or_the_admin_api(
         "delivery": delivery,
         "listing": listing,
     }
-    found = {where: leaks(secret, text) for where, text in outputs.items() for secret in (password, API_KEY)}
-    assert {where: pieces for where, pieces in found.items() if pieces} == {}
+    secrets = {"password": password, "api key": API_KEY}
+    found = {
+        f"{name} in {where}": leaks(secret, text)
+        for where, text in outputs.items()
+        for name, secret in secrets.items()
+    }
+    assert {place: pieces for place, pieces in found.items() if pieces} == {}
     # Each says what is wrong.
     assert "Quivo refused the credentials, 401" in readyz
     assert json.loads(delivery)["delivery"]["last_error"] == "Quivo refused the credentials, 401"
