@@ -100,6 +100,28 @@ def test_a_scenario_whose_test_failed_is_a_failure_though_nothing_was_lost(tmp_p
     assert "failed: `t.py::graceful`" in page
 
 
+def test_a_failed_test_of_a_barrage_that_the_last_test_sums_up_fails_its_scenario(tmp_path: Path):
+    results = write_lines(
+        tmp_path / "r.jsonl",
+        outcome("h.py::test_junk_headers[x]", "failed", run="a"),
+        outcome("h.py::test_slow_clients", run="a"),
+        row("7. hostile input", test="h.py::test_after_the_barrage", run="a"),
+        outcome("h.py::test_after_the_barrage", run="a"),
+        row("1. kill storm", test="d.py::test_kill", run="a"),
+        outcome("d.py::test_kill", run="a"),
+        row("2. graceful stops", test="d.py::test_graceful", run="a"),
+        outcome("d.py::test_graceful", "failed", run="a"),
+    )
+    out = tmp_path / "reliability.md"
+    assert main([str(results), "--out", str(out)]) == 1
+    page = out.read_text()
+    assert (
+        "| 7. hostile input | 10 | 10 | – | 10 | 0 | 0 | – | FAIL (1 other tests of its file failed) |"
+        in page
+    )
+    assert "| 1. kill storm | 10 | 10 | – | 10 | 0 | 0 | – | pass |" in page
+
+
 def test_figures_without_a_recorded_outcome_are_not_called_a_pass(tmp_path: Path):
     results = write_lines(
         tmp_path / "r.jsonl", row("3. outage"), row("4. flaky", test="t.py::flaky", run="a")
