@@ -6,6 +6,9 @@ from collections.abc import Callable
 
 # After a run of failures every call waits a little longer, so an outage is probed, not hammered.
 _STREAK_BASE_S = 0.5
+# ...but never longer than this: Quivo's return is noticed within seconds, and one call in 10 s is nothing to
+# a Quivo that is still down.
+OUTAGE_PROBE_MAX_S = 10.0
 
 
 class Pacer:
@@ -30,10 +33,16 @@ class Pacer:
         if self.paused_for() > 0:
             return  # calls that were already out when the pause began count as one failure, not many
         self._failure_streak += 1
-        self.pause_for(min(self._max_pause_s, _STREAK_BASE_S * 2 ** min(self._failure_streak - 1, 30)))
+        pause = _STREAK_BASE_S * 2 ** min(self._failure_streak - 1, 30)
+        self.pause_for(min(self._max_pause_s, OUTAGE_PROBE_MAX_S, pause))
 
     def note_success(self) -> None:
         self._failure_streak = 0
+
+    @property
+    def failures_in_a_row(self) -> int:
+        """Failures noted since the last success (calls already out when a pause began count once)."""
+        return self._failure_streak
 
     def paused_for(self) -> float:
         """Seconds until calls may go again (0 when they may go now)."""

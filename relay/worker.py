@@ -26,6 +26,8 @@ from relay.store.outbox import (
     ClaimedDelivery,
     Outcome,
     claim_due,
+    due_after_outage,
+    inquiry_held_by_outage,
     record_outcome,
     retry_unmatched,
     wake_linked_and_expire_unmatched,
@@ -45,6 +47,8 @@ RETENTION_INTERVAL_S = 3600.0
 RETENTION_PAUSE_S = 0.05
 # While Quivo refuses our credentials, try logging in again this often, at most.
 LOGIN_PROBE_MAX_S = 60.0
+# Calls failed this many times in a row (pauses of 0.5, 1 and 2 s between): Quivo is down, not one inquiry.
+OUTAGE_FAILURES = 3
 ERROR_EXCERPT_CHARS = 300
 UNMATCHED_TOO_LONG = "no Quivo inquiry found for this order within RELAY_UNMATCHED_TTL"
 
@@ -97,6 +101,7 @@ class Worker:
         self.paused_reason: str | None = None
         self._paused_since = 0.0
         self._probe_delay_s = 1.0
+        self._quivo_back = False
         self.last_heartbeat: float | None = None
 
     # The loop ---------------------------------------------------------------------------------------
@@ -116,7 +121,11 @@ class Worker:
                 if self.paused_reason is not None:
                     await self._probe_login()
                     continue
+                if self._quivo_back:
+                    await self._release_outage_holds()
                 wanted, claimed = await self._claim()
+                if not claimed and self._pacer.failures_in_a_row and not self._in_flight:
+                    await self._probe_outage()
             except StoreUnavailable as error:
                 log.error("worker.store_unavailable", error=str(error))
                 await self._sleep(self.settings.relay_sweep_interval_s)
@@ -248,6 +257,54 @@ class Worker:
         self._paused_changed = True
         self._probe_delay_s = 1.0
 
+    # Quivo outages ----------------------------------------------------------------------------------
+
+    def _in_outage(self) -> bool:
+        return self._pacer.failures_in_a_row >= OUTAGE_FAILURES
+
+    def _quivo_answered(self) -> None:
+        """A call got a real answer: an outage, if one ran, is over."""
+        if self._in_outage():
+            self._quivo_back = True
+            self._wake.set()
+        self._pacer.note_success()
+
+    async def _probe_outage(self) -> None:
+        """Nothing due while Quivo fails: one read of an inquiry a held delivery waits on tests the water.
+
+        The pacer spaces probes (OUTAGE_PROBE_MAX_S at most), and a read spends no delivery's attempts.
+        A probe that fails counts as a failure, so a real outage soon counts as one (OUTAGE_FAILURES).
+        """
+        if self._pacer.paused_for() > 0:
+            return
+        inquiry_id = await self.database.write(inquiry_held_by_outage(now=utc_now()))
+        if inquiry_id is None:
+            return
+        async with self._quivo_slots:
+            if not await self._pacer.wait_turn(max_wait_s=0):
+                return
+            try:
+                answer = await self.client.get_inquiry(inquiry_id)
+            except LoginFailed as error:
+                self._pause(error.reason)
+                return
+            except QuivoError:
+                self._pacer.note_failure()
+                return
+        if answer.status == 429:
+            self._pacer.pause_for(self._delay(1, answer.retry_after))
+        elif verdict_for_status(answer.status) is Verdict.RETRY:
+            self._pacer.note_failure()
+        else:
+            self._quivo_answered()
+
+    async def _release_outage_holds(self) -> None:
+        """Quivo answers again: what waited out the outage on backoff goes now, not at its next backoff."""
+        self._quivo_back = False
+        made_due = await self.database.write(due_after_outage(now=utc_now()))
+        if made_due:
+            log.info("worker.quivo_back", made_due=made_due)
+
     # One delivery -----------------------------------------------------------------------------------
 
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
@@ -322,7 +379,7 @@ class Worker:
             )
         verdict = verdict_for_status(answer.status)
         if verdict is Verdict.DELIVERED:
-            self._pacer.note_success()
+            self._quivo_answered()
             current = answer.current_rating
             outcome = self._outcome(
                 attempt,
@@ -365,6 +422,7 @@ class Worker:
             return None
         inquiry = answer.inquiry
         if verdict is Verdict.DELIVERED and inquiry is not None:
+            self._quivo_answered()
             if inquiry.has_rating_message_with(attempt.rating.reference_tag):
                 outcome = self._outcome(
                     attempt,

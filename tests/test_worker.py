@@ -501,3 +501,31 @@ async def test_resuming_after_refused_credentials_says_how_long_and_why_it_pause
     [resumed] = [event for event in logs if event["event"] == "worker.resumed"]
     assert isinstance(resumed["was_paused_for"], float) and resumed["was_paused_for"] >= 0
     assert "401" in resumed["reason"]
+
+
+async def test_deliveries_held_by_an_outage_go_within_seconds_of_quivo_coming_back(start_relay, quivo):
+    quivo.state.outage = True
+    # Backoff that, left alone, would keep each delivery waiting for minutes after Quivo came back.
+    relay = await start_relay(relay_retry_base_s=300, relay_retry_max_s=600)
+    accepted = [await post(relay, rating_webhook(n, f"INQ-{n}")) for n in range(25, 30)]
+    for answer in accepted:
+        await wait_for_state(db(relay), answer["delivery_id"], states=frozenset({"retrying"}))
+    # Down long enough to count as an outage (OUTAGE_FAILURES): two more failed calls, the probes.
+    failed = _answered_503(quivo)
+    async with asyncio.timeout(30):
+        while _answered_503(quivo) < failed + 2:  # noqa: ASYNC110 - the stand-in's counters
+            await asyncio.sleep(0.02)
+
+    quivo.state.outage = False
+    back = asyncio.get_running_loop().time()
+    for answer in accepted:
+        await wait_for_state(db(relay), answer["delivery_id"], within_s=30)
+    took_s = asyncio.get_running_loop().time() - back
+
+    assert len(quivo.state.ratings) == 5
+    # The probe reads Quivo at least every OUTAGE_PROBE_MAX_S (10 s); the held ones then go at once.
+    assert took_s <= 11, took_s
+
+
+def _answered_503(quivo: Quivo) -> int:
+    return sum(n for (_, status), n in quivo.state.requests.items() if status == 503)
