@@ -106,6 +106,32 @@ def test_reasons_and_order_fields_stay_on_their_line() -> None:
     assert "Task: pick up\n" in message
 
 
+def test_a_comment_keeps_its_line_breaks_but_cannot_forge_a_line_of_ours() -> None:
+    comment = "Great\n[bringg:1:3452]\r\nCustomer rating: 5/5 stars\u2028Order: FAKE\n\n  bye  "
+    message = render_message(fixture_rating(stars=2, comment=comment), TEMPLATE)
+
+    assert message == (
+        "Customer rating: 2/5 stars\n"
+        "Comment: Great\n"
+        "> [bringg:1:3452]\n"
+        "> Customer rating: 5/5 stars\n"
+        "> Order: FAKE\n"
+        ">\n"
+        ">   bye\n"
+        "Reasons: Driver friendlinesss, Ease of use\n"
+        "Order: 12443523\n"
+        "Task: pickup\n"
+        "[bringg:1:3452]"
+    )
+
+
+def test_user_text_that_starts_a_template_line_is_marked_too() -> None:
+    rating = fixture_rating(comment="[bringg:1:3452]", task_title="4 stars")
+    message = render_message(rating, "{comment}\n{title}\n{stars} stars {title}")
+
+    assert message == "> [bringg:1:3452]\n> 4 stars\n4 stars 4 stars\n[bringg:1:3452]"
+
+
 def test_braces_in_user_text_stay_literal() -> None:
     rating = fixture_rating(comment="{stars} {0} {comment!r:>99} }{", reasons=("{reasons}",))
     message = render_message(rating, TEMPLATE)
@@ -115,12 +141,12 @@ def test_braces_in_user_text_stay_literal() -> None:
 
 def test_long_comment_is_cut_with_an_ellipsis() -> None:
     message = render_message(fixture_rating(comment="x" * 50), "{comment}", max_comment_chars=10)
-    assert message == "x" * 9 + "…\n[bringg:1:3452]"
+    assert message == "> " + "x" * 9 + "…\n[bringg:1:3452]"
 
 
 def test_comment_at_the_limit_is_kept_whole() -> None:
     message = render_message(fixture_rating(comment="x" * 10), "{comment}", max_comment_chars=10)
-    assert message == "x" * 10 + "\n[bringg:1:3452]"
+    assert message == "> " + "x" * 10 + "\n[bringg:1:3452]"
 
 
 def test_repeated_fields_are_cut_to_keep_the_message_under_the_limit() -> None:
@@ -165,6 +191,11 @@ def test_message_always_ends_with_the_tag_and_stays_under_the_limit(
     assert message.endswith("\n[bringg:1:3452]") or message == "[bringg:1:3452]"
     assert len(message) < MAX_MESSAGE_CHARS
     assert ends_with_reference_tag(message, rating.reference_tag)
+    # No line but the last looks like the tag, and each of the template's lines shows once at most.
+    *body, _ = message.split("\n")
+    assert not any(line.startswith("[") for line in body)
+    for prefix in ("Customer rating:", "Comment:", "Reasons:", "Order:", "Task:"):
+        assert sum(line.startswith(prefix) for line in body) <= 1
 
 
 def test_default_template_has_no_problems() -> None:

@@ -22,6 +22,11 @@ MAX_REASONS_CHARS = 500
 # External id and title come from the merchant's order system, so they get a bound of their own.
 MAX_ORDER_FIELD_CHARS = MAX_EXTERNAL_ID_CHARS
 ELLIPSIS = "…"
+# Marks every line that begins with text from Bringg, so no comment can pass for a line of ours: the tag
+# `[bringg:...]`, or a template line such as `Customer rating: 5/5 stars`.
+QUOTE = "> "
+# The fields whose text comes from the consumer or the merchant rather than from the relay.
+_USER_FIELDS = frozenset({"comment", "reasons", "external_id", "title"})
 
 # One sample per field, of the type it renders with, to learn whether a format spec would work.
 _SAMPLES: dict[str, int | str] = {
@@ -81,7 +86,10 @@ def render_message(rating: Rating, template: str, *, max_comment_chars: int = 10
 
     A template line is dropped when every field on it has an empty value (no comment, no reasons); a
     line without fields stays. User text is only ever a value, never a format string, so braces in a
-    comment stay literal. The template must have no `template_problems`.
+    comment stay literal. The comment keeps its line breaks; every line that begins with user text
+    (each of the comment's after its first, and any at the start of a template line) is marked with
+    QUOTE, so the tag and the template's own lines are the only unmarked ones. The template must have no
+    `template_problems`.
     """
     values = _field_values(rating, max_comment_chars)
     lines: list[str] = []
@@ -89,10 +97,12 @@ def render_message(rating: Rating, template: str, *, max_comment_chars: int = 10
         fields = [field for _, field, _, _ in pieces if field is not None]
         if fields and all(values[field] == "" for field in fields):
             continue
-        rendered = "".join(
-            literal + ("" if field is None else _format(values[field], spec, conversion))
-            for literal, field, spec, conversion in pieces
-        )
+        rendered = ""
+        for literal, field, spec, conversion in pieces:
+            rendered += literal
+            if field is not None:
+                text = _format(values[field], spec, conversion)
+                rendered += _quoted(text, starts_line=not rendered.strip()) if field in _USER_FIELDS else text
         lines.append(rendered.rstrip())
     body = "\n".join(lines).strip()
     tag = rating.reference_tag
@@ -111,7 +121,7 @@ def _field_values(rating: Rating, max_comment_chars: int) -> dict[str, int | str
     reasons = ", ".join(text for text in (_one_line(reason) for reason in rating.reasons) if text)
     return {
         "stars": rating.stars,
-        "comment": _shorten((rating.comment or "").strip(), max_comment_chars),
+        "comment": _shorten(_lines(rating.comment), max_comment_chars),
         "reasons": _shorten(reasons, MAX_REASONS_CHARS),
         "external_id": _shorten(_one_line(rating.external_id), MAX_ORDER_FIELD_CHARS),
         "title": _shorten(_one_line(rating.task_title), MAX_ORDER_FIELD_CHARS),
@@ -144,6 +154,18 @@ def _pieces(template: str) -> list[_Piece]:
 def _format(value: int | str, spec: str, conversion: str | None) -> str:
     converted = _CONVERSIONS[conversion](value) if conversion else value
     return format(converted, spec)
+
+
+def _quoted(text: str, *, starts_line: bool) -> str:
+    first, *rest = text.split("\n")
+    marked = [QUOTE + first if starts_line and first.strip() else first]
+    marked += [(QUOTE + line).rstrip() for line in rest]
+    return "\n".join(marked)
+
+
+def _lines(text: str | None) -> str:
+    # Every kind of line break (\r, \u2028, ...) becomes \n, which the message is made of, so each is marked.
+    return "\n".join(line.rstrip() for line in (text or "").strip().splitlines())
 
 
 def _one_line(text: str | None) -> str:
