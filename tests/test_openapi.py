@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import jwt
 import pytest
-from aiohttp import ClientResponse, encode_basic_auth, web
+from aiohttp import ClientResponse, ClientSession, TCPConnector, encode_basic_auth, web
 from aiohttp.test_utils import TestClient
 
 # jsonschema ships no type information; Draft202012Validator is all this module takes from it.
@@ -25,6 +25,7 @@ from relay.ops.openapi import routes as openapi_routes
 from relay.settings import Settings
 from relay.store import queries
 from relay.store.db import StoreUnavailable
+from relay.throttle import FAILURES_ALLOWED
 from tests.conftest import AUTH, fixture_bytes
 from tests.forwarding import rating_webhook
 
@@ -341,7 +342,7 @@ async def test_webhook_answers_fit_the_document(relay, monkeypatch):
 
 
 OAUTH_ANSWERS: Answers = {
-    ("post", "/oauth/token"): {200, 400, 401, 404, 408, 413},
+    ("post", "/oauth/token"): {200, 400, 401, 404, 408, 413, 429},
     ("post", "/webhooks/bringg"): {202},
 }
 
@@ -370,6 +371,10 @@ async def test_oauth_token_answers_fit_the_document_and_the_token_opens_the_webh
     )
     await contract.check(await relay.post("/oauth/token", data={**form, "padding": TOO_LARGE.decode()}))
     in_url = await contract.check(await relay.post("/oauth/token", params=credentials, data=form))
+    wrong = {**form, "client_secret": "still-not-the-secret"}
+    guesses = [
+        await contract.check(await relay.post("/oauth/token", data=wrong)) for _ in range(FAILURES_ALLOWED)
+    ]
     form_bytes = "&".join(f"{name}={value}" for name, value in form.items()).encode()
     form_type = {"Content-Type": "application/x-www-form-urlencoded"}
     await contract.check(await relay.post("/oauth/token", data=trickle(form_bytes), headers=form_type))
@@ -382,6 +387,7 @@ async def test_oauth_token_answers_fit_the_document_and_the_token_opens_the_webh
 
     assert (wrong_grant, wrong_client) == ({"error": "unsupported_grant_type"}, {"error": "invalid_client"})
     assert in_url["error"] == "invalid_request"
+    assert guesses[-1]["status"] == 429  # the wrong secret above and these: one past the limit
     assert webhook["status"] == "accepted"
     assert contract.seen == OAUTH_ANSWERS
 
@@ -535,8 +541,8 @@ async def test_admin_link_answers_fit_the_document(relay):
 
 ADMIN_OPERATIONS = [(method, path) for method, path, _ in operations() if path.startswith("/admin/")]
 REFUSAL_ANSWERS: Answers = {
-    **{operation: {401} for operation in ADMIN_OPERATIONS},
-    ("get", "/admin/stats"): {200, 401, 500},
+    **{operation: {401, 429} for operation in ADMIN_OPERATIONS},
+    ("get", "/admin/stats"): {200, 401, 429, 500},
 }
 
 
@@ -544,12 +550,21 @@ async def test_admin_stats_refusals_and_the_error_guard_fit_the_document(relay, 
     contract = Contract()
     examples = {"{delivery_id}": "1", "{webhook_id}": "1", "{merchant_id}": "1", "{external_id}": "ORD-1"}
 
+    wrong = {"Authorization": "Bearer wrong"}
+    urls = [
+        (method.upper(), re.sub(r"{\w+}", lambda name: examples[name[0]], path))
+        for method, path in ADMIN_OPERATIONS
+    ]
+
     stats = await contract.check(await relay.get("/admin/stats", headers=ADMIN))
-    for method, path in ADMIN_OPERATIONS:
-        url = re.sub(r"{\w+}", lambda name: examples[name[0]], path)
-        await contract.check(
-            await relay.request(method.upper(), url, headers={"Authorization": "Bearer wrong"})
-        )
+    for index, (method, url) in enumerate(urls):
+        # Each from its own loopback address, so that none is past the limit of failures yet: 401.
+        async with ClientSession(connector=TCPConnector(local_addr=(f"127.0.1.{index + 1}", 0))) as session:
+            await contract.check(await session.request(method, relay.make_url(url), headers=wrong))
+    for _ in range(FAILURES_ALLOWED):
+        await relay.get("/admin/stats", headers=wrong)
+    for method, url in urls:
+        await contract.check(await relay.request(method, url, headers=wrong))  # past the limit: 429
 
     async def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import jwt
 
 from relay.settings import Settings
+from relay.throttle import FailureThrottle
 
 # Tokens the relay issues at /oauth/token carry this audience, so no other JWT passes for one.
 OAUTH_AUDIENCE = "relay-webhook"
@@ -45,6 +46,8 @@ class Authenticator:
         secret = settings.bringg_oauth_client_secret
         self._oauth_secret = secret.get_secret_value() if secret else None
         self.oauth_token_ttl_s = settings.bringg_oauth_token_ttl_s
+        # Wrong client credentials at /oauth/token, per caller's address.
+        self.client_failures = FailureThrottle()
         # Derived from the client secret: every relay process and restart accepts the same tokens.
         self._oauth_key = (
             hmac.new(self._oauth_secret.encode(), b"relay oauth access token", hashlib.sha256).digest()

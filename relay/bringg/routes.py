@@ -140,6 +140,11 @@ async def issue_token(request: web.Request) -> web.Response:
         return _oauth_error(400, "unsupported_grant_type")
     client_id, client_secret = _client_credentials(request, params)
     if not authenticator.client_matches(client_id, client_secret):
+        throttled = authenticator.client_failures.record_failure(request.remote)
+        if throttled is not None:
+            if throttled.first_of_burst:
+                log.warning("oauth.throttled", client=throttled.client, retry_after_s=throttled.retry_after_s)
+            return throttled.answer()
         log.warning("oauth.token_refused", reason="invalid client credentials")
         refused = _oauth_error(401, "invalid_client")
         # RFC 6749 §5.2: a client that tried HTTP Basic is told which scheme to use.

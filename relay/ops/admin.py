@@ -31,6 +31,7 @@ from relay.store import queries
 from relay.store.db import Database
 from relay.store.inbox import reprocess_webhook
 from relay.store.links import delete_link, list_links
+from relay.throttle import FailureThrottle
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -60,6 +61,7 @@ def create_admin_app(token: str) -> web.Application:
 
 def _bearer_token(token: str) -> Middleware:
     expected = token.encode()
+    failures = FailureThrottle()
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -67,6 +69,13 @@ def _bearer_token(token: str) -> Middleware:
         given = offered.strip().encode("utf-8", "surrogateescape")
         # compare_digest: how long a refusal takes must not tell how much of a guess was right.
         if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+            throttled = failures.record_failure(request.remote)
+            if throttled is not None:
+                if throttled.first_of_burst:
+                    log.warning(
+                        "admin.throttled", client=throttled.client, retry_after_s=throttled.retry_after_s
+                    )
+                return throttled.answer()
             log.warning(
                 "admin.unauthorized", method=request.method, path=request.path, token_given=bool(given)
             )
