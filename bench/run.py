@@ -1,9 +1,9 @@
-"""`make bench`: the relay's speed against targets, each relative to a reference measured in the same run or a
-fixed limit, and labelled as such.
+"""`make bench`: the relay's speed against targets, each labelled relative (to this run) or fixed.
 
-Prints one table and writes it, with the commit and machine it ran on, to bench/RESULTS.md; exits 1, naming
-each one, when a target is missed. `--quick` runs every phase on small sizes (a smoke test of the harness:
-its figures are not the ones to report, and a missed target is named but does not fail it).
+A relative target is set by a reference measured in the same run; a fixed one is a limit. Prints one table
+and writes it, with the commit and machine it ran on, to bench/RESULTS.md; exits 1, naming each one, when a
+target is missed. `--quick` runs every phase on small sizes (a smoke test of the harness: its figures are
+not the ones to report, and a missed target is named but does not fail it).
 """
 
 import argparse

@@ -1,5 +1,4 @@
-"""Each chaos test's outcome and commit, beside its figures in RELAY_CHAOS_RESULTS: a scenario passes only if
-its test did."""
+"""Each chaos test's outcome and commit, beside its figures in RELAY_CHAOS_RESULTS, for the report."""
 
 import os
 from collections.abc import Generator
