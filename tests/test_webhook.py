@@ -196,25 +196,38 @@ async def test_unusable_rating_is_quarantined_with_its_reason_and_raw_bytes(rela
     assert rows(relay.app, "SELECT id FROM deliveries") == []
 
 
-async def test_thousands_of_errors_are_reported_as_the_first_few_and_a_count(aiohttp_client, make_settings):
+def bad_reasons_body(count: int) -> bytes:
+    reasons: list[dict[str, list[str]]] = [{"text": []}] * count
+    rating = {"id": 1, "rating": 3, "rating_reasons": reasons}
+    return json.dumps({"webhook_type": "rating_submitted", "merchant_id": 9, "rating": rating}).encode()
+
+
+async def test_a_megabyte_of_bad_reasons_is_one_small_reason_everywhere(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(relay_max_body_bytes=2**21), run_worker=False))
-    reasons: list[dict[str, list[str]]] = [{"text": []}] * 86_000
-    body = json.dumps(
-        {
-            "webhook_type": "rating_submitted",
-            "merchant_id": 9,
-            "rating": {"id": 1, "rating": 3, "rating_reasons": reasons},
-        }
-    ).encode()
+    body = bad_reasons_body(86_000)
 
     with structlog.testing.capture_logs() as logged:
         response, answer = await post(client, body)
 
     assert len(body) > 1_000_000
     assert (response.status, answer["status"]) == (202, "quarantined")
-    expected = [f"rating.rating_reasons.{n}.text: Input should be a valid string" for n in range(5)]
-    assert answer["errors"] == [*expected, "... and 85995 more (86000 in all)"]
+    assert answer["errors"] == [
+        "rating.rating_reasons: List should have at most 100 items after validation, not 86000"
+    ]
     stored = rows(client.app, "SELECT errors FROM webhooks WHERE id = ?", answer["id"])[0]["errors"]
+    assert json.loads(stored) == answer["errors"]
+    [line] = [line for line in logged if line["event"] == "webhook.quarantined"]
+    assert line["errors"] == answer["errors"]
+
+
+async def test_many_errors_are_reported_as_the_first_few_and_a_count(relay):
+    with structlog.testing.capture_logs() as logged:
+        response, answer = await post(relay, bad_reasons_body(100))
+
+    assert (response.status, answer["status"]) == (202, "quarantined")
+    expected = [f"rating.rating_reasons.{n}.text: Input should be a valid string" for n in range(5)]
+    assert answer["errors"] == [*expected, "... and 95 more (100 in all)"]
+    stored = rows(relay.app, "SELECT errors FROM webhooks WHERE id = ?", answer["id"])[0]["errors"]
     assert json.loads(stored) == answer["errors"]
     [line] = [line for line in logged if line["event"] == "webhook.quarantined"]
     assert line["errors"] == answer["errors"]

@@ -22,6 +22,9 @@ def _not_bool(value: object) -> object:
 MAX_ID = 2**63 - 1
 Id = Annotated[int, Field(ge=0, le=MAX_ID), BeforeValidator(_not_bool)]
 Stars = Annotated[int, BeforeValidator(_not_bool)]
+# Reasons are a few picks from the merchant's list. The bound keeps a hostile list from costing a reason
+# per item: pydantic then reports one error for the whole list, not one per bad item.
+MAX_REASONS = 100
 
 
 class _Wire(BaseModel):
@@ -47,7 +50,7 @@ class WireRating(_Wire):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     task: WireTask | None = None
-    rating_reasons: list[WireReason | None] | None = None
+    rating_reasons: Annotated[list[WireReason | None], Field(max_length=MAX_REASONS)] | None = None
 
 
 class WireWebhook(_Wire):
