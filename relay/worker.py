@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ from relay.store.outbox import (
     ClaimedDelivery,
     Outcome,
     claim_due,
+    commits_seen,
     due_after_outage,
     inquiry_held_by_outage,
     record_outcome,
@@ -40,6 +42,9 @@ log = structlog.get_logger("relay.delivery")
 MAINTENANCE_INTERVAL_S = 10.0
 # Deliveries claimed per Quivo call slot: the spare ones wait on a slot, their leases far from running out.
 CLAIM_AHEAD = 2
+# How often the worker asks SQLite whether another connection committed (a webhook stored by a separate web
+# process, a replay from the CLI): a read of one counter, so new work waits at most this long, not a sweep.
+COMMIT_WATCH_INTERVAL_S = 0.15
 # How often the worker records that it is alive (in the database, for /readyz and /metrics).
 HEARTBEAT_INTERVAL_S = 5.0
 # Retention runs at start and then hourly; a short pause between batches leaves the writer to ingest.
@@ -95,6 +100,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._last_maintenance = 0.0
         self._last_beat = 0.0
         self._paused_changed = False
@@ -109,6 +115,9 @@ class Worker:
     async def run(self) -> None:
         """Deliver until stop() is called."""
         await self.database.write(retry_unmatched(now=utc_now()))
+        # Read before the first look for due deliveries: any commit after it wakes the loop.
+        commits = await commits_seen(self.database)
+        self._watch_task = asyncio.create_task(self._watch_commits(commits), name="relay-commit-watch")
         log.info(
             "worker.started", concurrency=self.settings.quivo_max_concurrency, rps=self.settings.quivo_max_rps
         )
@@ -153,12 +162,14 @@ class Worker:
         """Stop claiming; let sends in flight finish within the grace time; release the rest."""
         self._stopping.set()
         self._wake.set()
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention_task
         if self._loop_task is not None:
             await self._loop_task
+        # After the loop: the loop starts the commit watch, so only now is it surely there if ever.
+        for task in (self._retention_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         late: set[asyncio.Task[None]] = set()
         if self._in_flight:
             _, late = await asyncio.wait(set(self._in_flight), timeout=self.settings.relay_shutdown_grace_s)
@@ -218,6 +229,22 @@ class Worker:
                 state="dead",
                 error=UNMATCHED_TOO_LONG,
             )
+
+    async def _watch_commits(self, seen: int) -> None:
+        """Wake the loop when another connection committed: new work from a web process or the CLI.
+
+        The worker's own writes count too, which costs one more look for due deliveries, and a look that
+        finds none writes nothing, so it does not wake the loop again.
+        """
+        while True:
+            await asyncio.sleep(COMMIT_WATCH_INTERVAL_S)
+            try:
+                version = await commits_seen(self.database)
+            except (StoreUnavailable, sqlite3.Error):
+                continue  # the loop reports an unusable database; the next look may find it back
+            if version != seen:
+                self._wake.set()
+            seen = version
 
     async def _retention(self) -> None:
         """Prune finished records past RELAY_RETENTION_DAYS, hourly, in small batches beside ingest."""

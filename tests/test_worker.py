@@ -3,6 +3,7 @@
 import asyncio
 import itertools
 import random
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from relay.linkfile import Link
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
 from relay.store.links import upsert_links
+from tests.chaos.harness import Stage, delivered_tags, http_call, stage, wait_for
 from tests.conftest import AUTH, fixture_bytes
 from tests.forwarding import Quivo, forwarding_settings, query, rating_webhook, wait_for_state
 from tests.processes import run_relay
@@ -529,3 +531,26 @@ async def test_deliveries_held_by_an_outage_go_within_seconds_of_quivo_coming_ba
 
 def _answered_503(quivo: Quivo) -> int:
     return sum(n for (_, status), n in quivo.state.requests.items() if status == 503)
+
+
+def test_a_separate_worker_sends_new_ratings_long_before_its_next_sweep(tmp_path: Path):
+    # A sweep a minute apart: only learning of the web process's commits gets these out in time.
+    with stage(tmp_path, split=True, RELAY_SWEEP_INTERVAL_S="60") as s:
+        for rating_id in (26, 27):  # the second arrives while the worker idles after delivering the first
+            took_s = _post_and_time_delivery(s, rating_id)
+            assert took_s < 15, took_s
+
+
+def _post_and_time_delivery(s: Stage, rating_id: int) -> float:
+    """Seconds from the webhook's 202 to its rating at Quivo; returns once the worker recorded it."""
+    body = rating_webhook(rating_id, f"INQ-{rating_id}")
+    status, _, _ = http_call(
+        "POST", f"{s.relay.url}/webhooks/bringg", body, {**AUTH, "Content-Type": "application/json"}
+    )
+    assert status == 202
+    posted = time.monotonic()
+    wait_for(lambda: (1, rating_id) in delivered_tags(s.sim), 20, f"rating {rating_id} at Quivo")
+    took_s = time.monotonic() - posted
+    delivered = "SELECT 1 FROM deliveries WHERE rating_id = ? AND state = 'delivered'"
+    wait_for(lambda: bool(query(s.db_path, delivered, rating_id)), 20, f"rating {rating_id} recorded")
+    return took_s

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from relay.domain.rating import format_instant
-from relay.store.db import WriteJob
+from relay.store.db import Database, WriteJob
 
 DUE_STATES = ("pending", "retrying", "sending")
 FINAL_STATES = ("delivered", "dead", "superseded")
@@ -51,6 +51,13 @@ class Outcome:
     last_error: str | None = None
     current_rating: float | None = None
     calls: list[AttemptRecord] = field(default_factory=list)
+
+
+async def commits_seen(database: Database) -> int:
+    """SQLite's data_version on the reader: it changes whenever another connection commits (a cheap read)."""
+    async with database.reader.execute("PRAGMA data_version") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[list[ClaimedDelivery]]:
