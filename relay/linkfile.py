@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -9,6 +10,11 @@ COLUMNS = ("merchant_id", "external_id", "inquiry_id")
 
 # SQLite's INTEGER and Quivo's ids are both int64.
 MAX_ID = 2**63 - 1
+
+# OWASP's CSV injection advice: a spreadsheet runs a cell starting with one of these as a formula, so the
+# export writes such an order id behind a `'`. Quotes already in front are counted in, so the import takes
+# exactly one `'` back off and every order id survives the round trip, `'=x` included.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,9 @@ def parse_links_csv(text: str) -> tuple[list[Link], list[LinkFileProblem]]:
     are ignored. Whitespace around names and values is trimmed, a UTF-8 byte order mark is tolerated, and
     blank lines (or rows of empty fields) are skipped. A missing column is one problem on the header's line
     and yields no links. A bad row yields one problem per bad field and never stops the good rows. When a
-    (merchant_id, external_id) appears on more than one row, the later row wins.
+    (merchant_id, external_id) appears on more than one row, the later row wins. An external_id whose
+    `'`s are followed by `=`, `+`, `-`, `@`, a tab or a carriage return loses one `'`: the one
+    `links_to_csv` put there so that a spreadsheet shows the cell instead of running it.
     """
     reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
     problems: list[LinkFileProblem] = []
@@ -72,12 +80,16 @@ def parse_links_csv(text: str) -> tuple[list[Link], list[LinkFileProblem]]:
 
 
 def links_to_csv(links: Iterable[Link]) -> str:
-    """A links file that `parse_links_csv` reads back as `links`."""
+    """A links file that `parse_links_csv` reads back as `links`, safe to open in a spreadsheet."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
-    writer.writerows((link.merchant_id, link.external_id, link.inquiry_id) for link in links)
+    writer.writerows((link.merchant_id, _inert(link.external_id), link.inquiry_id) for link in links)
     return out.getvalue()
+
+
+def _inert(external_id: str) -> str:
+    return f"'{external_id}" if _FORMULA.match(external_id) else external_id
 
 
 def _read_header(row: list[str]) -> tuple[dict[str, int], str | None]:
@@ -117,6 +129,8 @@ def _read_id(field: str, name: str) -> tuple[int | None, str | None]:
 
 def _read_external_id(field: str) -> tuple[str | None, str | None]:
     value = field.strip()
+    if value.startswith("'") and _FORMULA.match(value, 1):
+        value = value[1:]  # written so by `links_to_csv`, or by hand to keep a spreadsheet from running it
     if not value:
         return None, "external_id is empty"
     # A file read with surrogateescape keeps undecodable bytes as lone surrogates, which SQLite refuses.

@@ -1,5 +1,7 @@
 """Links: the CSV file operators edit, and the store that saves links and wakes unmatched deliveries."""
 
+import csv
+import io
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +21,7 @@ from relay.store.links import (
     list_links,
     upsert_links,
 )
+from tests.processes import run_relay
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 EARLIER = format_instant(datetime(2024, 4, 1, tzinfo=UTC))
@@ -141,7 +144,11 @@ def test_largest_int64_ids_are_kept() -> None:
 
 
 IDS = st.integers(min_value=1, max_value=MAX_ID)
-EXTERNAL_IDS = st.text(min_size=1).filter(lambda text: text == text.strip())
+EXTERNAL_IDS = st.one_of(
+    st.text(min_size=1),
+    # Order ids a spreadsheet would run as formulas, with and without quotes already in front.
+    st.tuples(st.sampled_from(["", "'", "''"]), st.sampled_from("=+-@\t\r"), st.text()).map("".join),
+).filter(lambda text: text == text.strip())
 
 
 @given(
@@ -151,6 +158,34 @@ EXTERNAL_IDS = st.text(min_size=1).filter(lambda text: text == text.strip())
 )
 def test_exported_links_read_back_the_same(links: list[Link]) -> None:
     assert parse_links_csv(links_to_csv(links)) == (links, [])
+
+
+# As an operator might type them, the third quoted by hand so that a spreadsheet would not run it.
+BY_HAND = ['=HYPERLINK("http://x")', "+1", "'=quoted by hand", "-2+3", "@SUM(A1)", "'plain", "ORD-1"]
+STORED = ['=HYPERLINK("http://x")', "+1", "=quoted by hand", "-2+3", "@SUM(A1)", "'plain", "ORD-1"]
+
+
+def test_exported_cells_never_start_a_formula_and_import_reads_them_back(tmp_path: Path) -> None:
+    typed = io.StringIO()
+    csv.writer(typed).writerows([["merchant_id", "external_id", "inquiry_id"], *[[1, x, 7] for x in BY_HAND]])
+    (tmp_path / "typed.csv").write_text(typed.getvalue())
+    first = {"DATABASE_URL": "sqlite:///first.db"}
+    second = {"DATABASE_URL": "sqlite:///second.db"}
+
+    imported = run_relay("links", "import", "typed.csv", env=first, cwd=tmp_path)
+    exported = run_relay("links", "export", env=first, cwd=tmp_path)
+    (tmp_path / "exported.csv").write_text(exported.stdout)
+    reimported = run_relay("links", "import", "exported.csv", env=second, cwd=tmp_path)
+    exported_again = run_relay("links", "export", env=second, cwd=tmp_path)
+
+    assert [imported.returncode, exported.returncode, reimported.returncode] == [0, 0, 0], imported.stderr
+    cells = sorted(row[1] for row in csv.reader(io.StringIO(exported.stdout)) if row[0] != "merchant_id")
+    assert cells == sorted(
+        ['\'=HYPERLINK("http://x")', "'+1", "'=quoted by hand", "'-2+3", "'@SUM(A1)", "'plain", "ORD-1"]
+    )
+    with sqlite3.connect(tmp_path / "second.db") as conn:
+        assert sorted(row[0] for row in conn.execute("SELECT external_id FROM links")) == sorted(STORED)
+    assert exported_again.stdout == exported.stdout
 
 
 # The store
