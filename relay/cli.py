@@ -147,7 +147,9 @@ def _filter_options(parser: argparse.ArgumentParser, states: Sequence[str]) -> N
         help=f"one or more of {', '.join(states)}: repeat the option or separate with commas",
     )
     parser.add_argument("--merchant-id", metavar="N", help="the Bringg merchant")
-    parser.add_argument("--external-id", metavar="X", help="the merchant's order (with --merchant-id)")
+    parser.add_argument(
+        "--external-id", metavar="X", help="the order id (at every merchant, without --merchant-id)"
+    )
     parser.add_argument("--inquiry-id", metavar="N", help="the Quivo customer inquiry")
     parser.add_argument(
         "--since", metavar="WHEN", help="created at or after: an ISO-8601 time, or a duration back (2h, 7d)"

@@ -34,6 +34,11 @@ class LinkFileProblem:
     reason: str
 
 
+@dataclass(frozen=True)
+class HeaderProblem(LinkFileProblem):
+    """The file has no usable header, so none of its rows were read."""
+
+
 def parse_links_csv(text: str) -> tuple[list[Link], list[LinkFileProblem]]:
     """The links in `text` and the problems with the rows that are not links.
 
@@ -64,7 +69,7 @@ def parse_links_csv(text: str) -> tuple[list[Link], list[LinkFileProblem]]:
         if columns is None:
             columns, header_problem = _read_header(row)
             if header_problem is not None:
-                return [], [LinkFileProblem(line, header_problem)]
+                return [], [HeaderProblem(line, header_problem)]
             width = len(row)
             continue
         if len(row) != width:
@@ -75,7 +80,7 @@ def parse_links_csv(text: str) -> tuple[list[Link], list[LinkFileProblem]]:
         if link is not None:
             links[link.merchant_id, link.external_id] = link
     if columns is None:
-        return [], [LinkFileProblem(1, f"no header: expected columns {','.join(COLUMNS)}")]
+        return [], [HeaderProblem(1, f"no header: expected columns {','.join(COLUMNS)}")]
     return list(links.values()), problems
 
 

@@ -192,8 +192,12 @@ async def test_deliveries_filter_by_state_merchant_order_inquiry_and_time(relay)
     assert await listed_ids(relay, "/admin/deliveries", inquiry_id=77) == [delivered]
     assert await listed_ids(relay, "/admin/deliveries", since="2h") == [recent_dead, delivered, unmatched]
     assert await listed_ids(relay, "/admin/deliveries", since="2h", until="45m") == [unmatched]
+    assert await listed_ids(relay, "/admin/deliveries", since="2h", until="3h") == []
     assert await listed_ids(relay, "/admin/deliveries", until=ago(hours=2)[:19]) == [old_dead]
     assert await listed_ids(relay, "/admin/deliveries", state="dead", since="2h") == [recent_dead]
+    # An order id alone: at every merchant (the document allows it; each item names its merchant).
+    elsewhere = seed(relay, state="dead", merchant_id=5, external_id="ORD-9")
+    assert await listed_ids(relay, "/admin/deliveries", external_id="ORD-9") == [elsewhere, unmatched]
 
 
 @pytest.mark.parametrize("state", [None, "pending,dead"])
@@ -228,9 +232,7 @@ async def test_pages_walk_every_delivery_once_newest_first(relay, state):
         ({"state": "lost"}, "state"),
         ({"state": "dead,lost"}, "state"),
         ({"since": "yesterday"}, "since"),
-        ({"since": "2h", "until": "3h"}, "until"),
         ({"merchant_id": "-1"}, "merchant_id"),
-        ({"external_id": "ORD-1"}, "external_id"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"colour": "blue"}, "colour"),
     ],
@@ -455,6 +457,21 @@ async def test_bulk_replay_takes_dead_and_unmatched_matching_the_filters(relay):
     assert relay.app[NEW_DELIVERY].is_set()
     status, answer = await post(relay, "/admin/deliveries/replay", json={"state": ["dead"], "merchant_id": 2})
     assert (status, answer) == (200, {"replayed": 1})
+
+
+async def test_bulk_replay_given_a_query_and_a_body_takes_what_matches_both(relay):
+    first = seed(relay, state="dead", merchant_id=1)
+    second = seed(relay, state="unmatched", merchant_id=2)
+    seed(relay, state="dead", merchant_id=2)
+
+    conflicting = await post(relay, "/admin/deliveries/replay?merchant_id=1", json={"merchant_id": 2})
+    both = await post(relay, "/admin/deliveries/replay?merchant_id=2", json={"state": "unmatched"})
+    bad_query = await post(relay, "/admin/deliveries/replay?merchant_id=-1", json={"merchant_id": 1})
+
+    assert conflicting == (200, {"replayed": 0})
+    assert both == (200, {"replayed": 1})
+    assert (bad_query[0], bad_query[1]["field"]) == (400, "merchant_id")
+    assert [delivery_row(relay, d)["state"] for d in (first, second)] == ["dead", "pending"]
 
 
 @pytest.mark.parametrize(

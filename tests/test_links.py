@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.domain.rating import format_instant
-from relay.linkfile import MAX_ID, Link, LinkFileProblem, links_to_csv, parse_links_csv
+from relay.linkfile import MAX_ID, HeaderProblem, Link, LinkFileProblem, links_to_csv, parse_links_csv
 from relay.store.db import Database
 from relay.store.links import (
     LinkUpsert,
@@ -100,7 +100,7 @@ def test_missing_column_is_one_problem_on_line_one_and_no_links(header: str) -> 
 
     assert links == []
     assert len(problems) == 1
-    assert problems[0].line == 1
+    assert isinstance(problems[0], HeaderProblem) and problems[0].line == 1
     assert "column" in problems[0].reason
 
 
@@ -108,7 +108,7 @@ def test_column_named_twice_is_one_problem_and_no_links() -> None:
     links, problems = parse_links_csv("merchant_id,external_id,inquiry_id,inquiry_id\n7,ORD-1,101,102\n")
 
     assert links == []
-    assert problems == [LinkFileProblem(1, "column inquiry_id appears more than once")]
+    assert problems == [HeaderProblem(1, "column inquiry_id appears more than once")]
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "\ufeff", " , ,\n"])
@@ -117,7 +117,7 @@ def test_file_without_a_header_is_one_problem_on_line_one(text: str) -> None:
 
     assert links == []
     assert [problem.line for problem in problems] == [1]
-    assert "no header" in problems[0].reason
+    assert isinstance(problems[0], HeaderProblem) and "no header" in problems[0].reason
 
 
 def test_columns_in_any_order_with_extras_and_whitespace() -> None:

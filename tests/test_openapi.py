@@ -392,9 +392,23 @@ async def test_oauth_token_answers_fit_the_document_and_the_token_opens_the_webh
     assert contract.seen == OAUTH_ANSWERS
 
 
+async def test_a_form_part_with_a_malformed_header_carries_no_credentials_and_is_no_server_error(relay):
+    # Found by the contract fuzzer: a control character in a part's name made aiohttp raise, and a 500.
+    boundary = "b0undary"
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="\x01"\r\n\r\nx\r\n--{boundary}--\r\n'
+
+    response = await relay.post(
+        "/oauth/token",
+        data=body.encode(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+
+    assert (response.status, await response.json()) == (400, {"error": "unsupported_grant_type"})
+
+
 OPS_ANSWERS: Answers = {
     ("get", "/healthz"): {200},
-    ("get", "/readyz"): {200, 503},
+    ("get", "/readyz"): {200, 400, 503},
     ("get", "/metrics"): {200},
     ("get", "/openapi.json"): {200},
 }
@@ -407,11 +421,14 @@ async def test_health_readiness_metrics_and_the_document_itself_fit_the_document
     intake = await contract.check(await relay.get("/readyz", params={"scope": "intake"}))
     # No worker runs in this test, so the full check finds none that ever beat.
     unready = await contract.check(await relay.get("/readyz"))
+    # A mistyped scope is neither the intake check nor the full one.
+    mistyped = await contract.check(await relay.get("/readyz", params={"scope": "AAA"}))
     metrics = await contract.check(await relay.get("/metrics"))
     served = await contract.check(await relay.get("/openapi.json"))
 
     assert intake == {"status": "ready"}
     assert any("worker" in problem for problem in unready["problems"])
+    assert mistyped["field"] == "scope"
     assert 'relay_webhooks_received_total{outcome="accepted"}' in metrics
     assert served == SPEC
     assert contract.seen == OPS_ANSWERS
@@ -528,6 +545,7 @@ async def test_admin_link_answers_fit_the_document(relay):
         "POST", "/admin/links", json=[{"merchant_id": "3", "external_id": "ORD-5", "inquiry_id": 905}]
     )
     await admin("POST", "/admin/links", headers=csv, data=TOO_LARGE)
+    headerless = await admin("POST", "/admin/links", headers=csv, data=b"3,ORD-6,906\n")
     page = await admin("GET", "/admin/links", params={"limit": 1})
     await admin("GET", "/admin/links", params={"cursor": "not-a-cursor"})
     await admin("DELETE", "/admin/links/3/ORD-2")
@@ -536,6 +554,11 @@ async def test_admin_link_answers_fit_the_document(relay):
     assert (saved["external_id"], saved["woken"]) == ("ORD 7/A", [])
     assert (imported["saved"], from_csv["saved"], [p["line"] for p in from_csv["problems"]]) == (1, 1, [3])
     assert page["items"] == [{"merchant_id": 3, "external_id": "ORD 7/A", "inquiry_id": 901}]
+    assert (headerless["field"], headerless["detail"]) == (
+        "body",
+        "body: line 1: missing column merchant_id, external_id, inquiry_id: "
+        "expected columns merchant_id,external_id,inquiry_id",
+    )
     assert contract.seen == LINK_ANSWERS
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 from aiohttp import BasicAuth, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from relay.bringg.payload import judge
 from relay.http import REQUEST_ID, elapsed_ms, header_text, problem
@@ -170,7 +171,7 @@ async def _token_params(request: web.Request) -> dict[str, str]:
     elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         try:
             form = await request.post()
-        except ValueError:
+        except (ValueError, HttpProcessingError):  # HttpProcessingError: a part's header is malformed
             # A form that does not parse (no boundary, bytes outside its charset) carries no credentials.
             return params
         params.update({key: value for key, value in form.items() if isinstance(value, str)})

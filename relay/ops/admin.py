@@ -26,7 +26,7 @@ from pydantic import (
 from relay.bringg.payload import judge
 from relay.http import Handler, problem
 from relay.keys import DATABASE, NEW_DELIVERY, SETTINGS
-from relay.linkfile import MAX_ID, Link, parse_links_csv
+from relay.linkfile import MAX_ID, HeaderProblem, Link, parse_links_csv
 from relay.store import queries
 from relay.store.db import Database
 from relay.store.inbox import reprocess_webhook
@@ -137,7 +137,8 @@ def page_cursor(key: Sequence[int | str]) -> str:
 
 PageSize = Annotated[int, AfterValidator(_page_size)]
 IdCursor = Annotated[int | None, _cursor_of(int)]
-LinkId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# Strict, so neither `"7"` nor `true` passes for an id; but JSON's `7.0` does.
+LinkId = Annotated[int, BeforeValidator(queries.whole_number), Field(ge=1, le=MAX_ID)]
 
 
 class DeliveryListing(queries.DeliveryFilter):
@@ -210,18 +211,16 @@ async def replay_delivery(request: web.Request) -> web.Response:
 @routes.post("/deliveries/replay")
 async def replay_deliveries(request: web.Request) -> web.Response:
     body = await request.read()
-    where = (
-        _validated_json(queries.ReplayFilter, body)
-        if body.strip()
-        else _validated(queries.ReplayFilter, _query(request))
-    )
-    replayed = await queries.replay_matching(_database(request), where, now=_now())
+    queried = _validated(queries.ReplayFilter, _query(request))
+    # Both given: a delivery must match both, so neither is silently ignored.
+    where = queried.both(_validated_json(queries.ReplayFilter, body)) if body.strip() else queried
+    replayed = 0 if where is None else await queries.replay_matching(_database(request), where, now=_now())
     if replayed:
         request.config_dict[NEW_DELIVERY].set()
     log.info(
         "admin.deliveries_replayed",
         replayed=replayed,
-        filter=where.model_dump(mode="json", exclude_none=True),
+        filter=None if where is None else where.model_dump(mode="json", exclude_none=True),
     )
     return web.json_response({"replayed": replayed})
 
@@ -363,6 +362,10 @@ async def import_links(request: web.Request) -> web.Response:
     if request.content_type == "text/csv":
         # surrogateescape: bytes that are not UTF-8 become their row's problem, not the whole file's.
         links, problems = parse_links_csv(body.decode("utf-8", errors="surrogateescape"))
+        if problems and isinstance(problems[0], HeaderProblem):
+            # Without the columns no row can be read: the file as a whole is wrong, not some of its rows.
+            reason = f"line {problems[0].line}: {problems[0].reason}"
+            raise _refusal(400, f"body: {reason}", field="body", errors=[{"field": "body", "detail": reason}])
     else:
         links, problems = [item.link() for item in _checked(lambda: _LINK_LIST.validate_json(body))], []
     saved = await queries.save_links(_database(request), links, now=_now())
@@ -421,7 +424,8 @@ def _validated(kind: type[B], data: object) -> B:
 
 
 def _validated_json(kind: type[B], body: bytes) -> B:
-    return _checked(lambda: kind.model_validate_json(body))
+    # Strict: in JSON an id is a number, not `"7"` nor `true` (query strings are read leniently).
+    return _checked(lambda: kind.model_validate_json(body, strict=True))
 
 
 def _checked(parse: Callable[[], M]) -> M:

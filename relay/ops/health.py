@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from relay.http import problem
 from relay.keys import DATABASE, READINESS_CHECKS, SETTINGS
 from relay.ops.fresh import Fresh
 from relay.store.gauges import read_backlog, worker_heartbeat, worker_paused
@@ -39,6 +40,16 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     """Every reason the relay cannot work now; `?scope=intake` asks only whether webhooks can be taken."""
+    if request.query.get("scope", "intake") != "intake":
+        # A mistyped scope must not pass for the full check, nor the full check for a mistyped scope.
+        reason = "must be intake, or absent for the full check"
+        return problem(
+            400,
+            "Bad Request",
+            f"scope: {reason}",
+            field="scope",
+            errors=[{"field": "scope", "detail": reason}],
+        )
     app = request.app
     problems = await app[READINESS].intake.get(lambda: _intake_problems(app))
     if request.query.get("scope") != "intake" and not problems:

@@ -16,7 +16,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
-    field_validator,
 )
 
 from relay.domain.rating import format_instant
@@ -71,8 +70,11 @@ def _as_utc(moment: datetime) -> datetime:
 
 
 def _read_instant(value: object, info: ValidationInfo) -> object:
-    if not isinstance(value, str):
+    if isinstance(value, datetime):
         return value
+    if not isinstance(value, str):
+        # Not a number either, which pydantic would read as seconds since 1970.
+        raise ValueError("expected an ISO-8601 time or a duration such as 30m, 2h or 7d")
     now = (info.context or {}).get("now") or datetime.now(UTC)
     return parse_instant(value, now)
 
@@ -93,16 +95,22 @@ def _one_or_more_of(allowed: tuple[str, ...]) -> BeforeValidator:
     return BeforeValidator(read)
 
 
+def whole_number(value: object) -> object:
+    """JSON's `7.0` as the integer 7 (JSON Schema calls it an integer), for ids validated strictly."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 Instant = Annotated[datetime, BeforeValidator(_read_instant), AfterValidator(_as_utc)]
-Id = Annotated[int, Field(ge=0, le=MAX_ID)]
+Id = Annotated[int, BeforeValidator(whole_number), Field(ge=0, le=MAX_ID)]
 
 
 class DeliveryFilter(BaseModel):
     """Which deliveries to list or replay, from a query string, a JSON body or command-line options.
 
     `state` takes one or more states (`dead,unmatched` or repeated); `since` and `until` take an ISO-8601
-    time or a duration back from now (`2h`), and bound `created_at` as since <= created_at < until.
-    Pass `context={"now": ...}` to `model_validate` to fix what "now" means.
+    time or a duration back from now (`2h`), and bound `created_at` as since <= created_at < until (an
+    `until` not after `since` matches nothing). An `external_id` without `merchant_id` matches that order
+    id at every merchant. Pass `context={"now": ...}` to `model_validate` to fix what "now" means.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -114,23 +122,6 @@ class DeliveryFilter(BaseModel):
     since: Instant | None = None
     until: Instant | None = None
 
-    @field_validator("external_id", mode="after")
-    @classmethod
-    def _within_a_merchant(cls, external_id: str | None, info: ValidationInfo) -> str | None:
-        if external_id is not None and info.data.get("merchant_id") is None:
-            raise ValueError(
-                "needs merchant_id too: an order's external id is unique only within its merchant"
-            )
-        return external_id
-
-    @field_validator("until", mode="after")
-    @classmethod
-    def _after_since(cls, until: datetime | None, info: ValidationInfo) -> datetime | None:
-        since = info.data.get("since")
-        if until is not None and since is not None and until <= since:
-            raise ValueError("must be later than since")
-        return until
-
 
 class ReplayFilter(DeliveryFilter):
     """Which deliveries a bulk replay takes: dead or unmatched ones only, both when no state is named."""
@@ -140,6 +131,18 @@ class ReplayFilter(DeliveryFilter):
         _one_or_more_of(REPLAYABLE_STATES),
         AfterValidator(lambda states: states or REPLAYABLE_STATES),
     ] = REPLAYABLE_STATES
+
+    def both(self, other: "ReplayFilter") -> "ReplayFilter | None":
+        """What both filters match (states in both, the later since, the earlier until); None: nothing."""
+        fields: dict[str, Any] = {"state": tuple(state for state in self.state if state in other.state)}
+        for name in ("merchant_id", "external_id", "inquiry_id"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and theirs is not None and mine != theirs:
+                return None
+            fields[name] = theirs if mine is None else mine
+        fields["since"] = max((t for t in (self.since, other.since) if t is not None), default=None)
+        fields["until"] = min((t for t in (self.until, other.until) if t is not None), default=None)
+        return self.model_copy(update=fields) if fields["state"] else None
 
 
 class WebhookFilter(BaseModel):
@@ -291,7 +294,8 @@ async def list_deliveries(
         conditions.append("merchant_id = ?" if where.external_id is not None else "+merchant_id = ?")
         parameters.append(where.merchant_id)
     if where.external_id is not None:
-        conditions.append("external_id = ?")
+        # Without its merchant no index leads with the order id: walk the ids, as for a merchant alone.
+        conditions.append("external_id = ?" if where.merchant_id is not None else "+external_id = ?")
         parameters.append(where.external_id)
     if where.inquiry_id is not None:
         conditions.append("inquiry_id = ?")
