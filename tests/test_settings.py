@@ -1,6 +1,8 @@
 """Settings: the example file documents every setting with its true default, and bad values are named."""
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,33 @@ from tests.processes import run_relay
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "relay.example.env"
 
 
+# Characters that a POSIX shell, systemd's EnvironmentFile= and Docker's --env-file all take verbatim in
+# an unquoted value (no quote, backslash, $, backquote, whitespace, shell operator, or leading ~).
+PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.,:/@%+=-]*")
+
+
 def documented() -> dict[str, str]:
-    lines = EXAMPLE.read_text().splitlines()
-    pairs = (line.split("=", 1) for line in lines if re.match(r"^[A-Z_]+=", line))
-    return {name: value for name, value in pairs}
+    """The example file as Docker's --env-file reads it: NAME=VALUE lines, the value verbatim."""
+    pairs = {}
+    for line in EXAMPLE.read_text().splitlines():
+        line = line.lstrip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            pairs[name] = value
+    return pairs
+
+
+def sourced_by_a_shell() -> dict[str, str]:
+    """The variables `set -a; . ./file` exports in a POSIX shell (and systemd reads plain values alike)."""
+    done = subprocess.run(
+        ["sh", "-c", 'set -a; . "$0"; env -0', str(EXAMPLE)],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stderr == ""
+    return dict(item.split("=", 1) for item in done.stdout.split("\0") if item)
 
 
 def test_example_env_documents_every_setting_and_nothing_else():
@@ -24,12 +49,23 @@ def test_example_env_documents_every_setting_and_nothing_else():
 
 
 def test_example_env_values_are_the_defaults(monkeypatch):
-    for name in list(documented()):
-        monkeypatch.delenv(name, raising=False)
-    from_file = Settings(_env_file=EXAMPLE)
+    for name, value in documented().items():
+        monkeypatch.setenv(name, value)
+    from_file = Settings(_env_file=None)
+    for name in documented():
+        monkeypatch.delenv(name)
     defaults = Settings(_env_file=None)
 
     assert from_file.model_dump() == defaults.model_dump()
+
+
+def test_example_env_reads_the_same_in_a_shell_systemd_and_docker():
+    by_docker = documented()
+    by_shell = sourced_by_a_shell()
+
+    assert {name: by_shell.get(name) for name in by_docker} == by_docker
+    # Plain values are also what systemd reads: it removes only quotes, backslashes and outer whitespace.
+    assert [name for name, value in by_docker.items() if not PLAIN_VALUE.fullmatch(value)] == []
 
 
 def test_every_problem_is_reported_on_its_own_line(monkeypatch):
