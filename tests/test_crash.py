@@ -23,6 +23,10 @@ def states(db: Path) -> dict[int, str]:
     return {row["id"]: row["state"] for row in query(db, "SELECT id, state FROM deliveries")}
 
 
+def sim_stats(sim: str) -> dict[str, Any]:
+    return http_json("GET", f"{sim}/_sim/stats")
+
+
 def post_webhook(port: int, body: bytes) -> dict[str, Any]:
     return http_json("POST", f"http://127.0.0.1:{port}/webhooks/bringg", body, AUTH)
 
@@ -39,7 +43,10 @@ def test_relay_killed_mid_send_reconciles_after_restart_without_a_second_rating(
             wait_for(lambda: states(db).get(warm_up["delivery_id"]) == "delivered", what="first delivery")
             accepted = post_webhook(port, rating_webhook(5, "INQ-55"))
             wait_for(lambda: states(db).get(accepted["delivery_id"]) == "sending", what="send under way")
-            time.sleep(0.2)  # the POST is at the stand-in, inside its latency
+            wait_for(
+                lambda: sim_stats(sim)["rating_posts_open"] == 1,
+                what="the POST inside the stand-in's latency",
+            )
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
         wait_for(lambda: http_json("GET", f"{sim}/_sim/ratings")["count"] == 2, what="stand-in commit")

@@ -373,6 +373,7 @@ async def test_stats_count_requests_by_route_and_status(client: Client, state: S
         "most_rating_posts_at_once_per_inquiry": 1,
         "most_rating_posts_at_once": 1,
         "late_commits_pending": 0,
+        "rating_posts_open": 0,
     }
 
 

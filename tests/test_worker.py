@@ -4,7 +4,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,11 @@ import structlog
 
 from relay import worker as worker_module
 from relay.app import create_app
-from relay.keys import DATABASE
+from relay.keys import DATABASE, WORKER
 from relay.linkfile import Link
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
+from relay.store.gauges import worker_heartbeat
 from relay.store.links import upsert_links
 from tests.chaos.harness import Stage, delivered_tags, http_call, stage, wait_for
 from tests.conftest import AUTH, fixture_bytes
@@ -49,6 +50,23 @@ async def post(relay, body: bytes) -> dict[str, Any]:
 
 def db(relay):
     return relay.app[DATABASE].path
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, within_s: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{what}: not within {within_s}s")
+        await asyncio.sleep(0.02)
+
+
+async def paused_with_nothing_out(relay) -> bool:
+    sending = query(db(relay), "SELECT id FROM deliveries WHERE state = 'sending'")
+    return relay.app[WORKER].paused_reason is not None and not sending
+
+
+async def has_heartbeat(relay) -> bool:
+    return await worker_heartbeat(relay.app[DATABASE].reader) is not None
 
 
 async def test_rating_is_posted_once_with_its_value_message_and_tag(start_relay, quivo):
@@ -233,7 +251,7 @@ async def test_refused_credentials_pause_deliveries_without_spending_attempts(st
     relay = await start_relay()
 
     accepted = [await post(relay, rating_webhook(n, f"INQ-{n}")) for n in (21, 22)]
-    await asyncio.sleep(0.5)
+    await until(lambda: paused_with_nothing_out(relay), "the worker paused, its claims put back")
     ready = await relay.get("/readyz")
     rows = query(db(relay), "SELECT state, attempts FROM deliveries")
 
@@ -324,7 +342,8 @@ async def test_sends_are_spaced_to_the_rate_limit(start_relay, quivo):
 
 async def test_a_new_rating_wakes_the_worker_without_waiting_for_the_sweep(start_relay, quivo):
     relay = await start_relay(relay_sweep_interval_s=120)
-    await asyncio.sleep(0.2)  # the worker is idle, waiting
+    # The worker went round its loop once and sleeps: the next sweep is 120 s away.
+    await until(lambda: has_heartbeat(relay), "the worker's first round")
 
     accepted = await post(relay, rating_webhook(80, "INQ-800"))
     row = await wait_for_state(db(relay), accepted["delivery_id"], within_s=10)

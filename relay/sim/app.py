@@ -209,6 +209,7 @@ async def sim_stats(request: web.Request) -> web.Response:
             "most_rating_posts_at_once_per_inquiry": state.most_rating_posts_at_once_per_inquiry,
             "most_rating_posts_at_once": state.most_rating_posts_at_once,
             "late_commits_pending": state.late_commits_pending,
+            "rating_posts_open": state.rating_posts_open,
         }
     )
 

@@ -223,6 +223,11 @@ class SimState:
             self.most_rating_posts_at_once_per_inquiry, self._rating_posts_open[inquiry_key]
         )
 
+    @property
+    def rating_posts_open(self) -> int:
+        """Rating POSTs here now: arrived, not yet answered."""
+        return self._rating_posts_open.total()
+
     def rating_post_closed(self, inquiry_key: str) -> None:
         self._rating_posts_open[inquiry_key] -= 1
         if not self._rating_posts_open[inquiry_key]:

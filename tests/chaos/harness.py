@@ -343,6 +343,8 @@ class Sender:
         self._queue: queue.PriorityQueue[tuple[float, int]] = queue.PriorityQueue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._posts_begun = 0
+        self._in_flight: set[int] = set()
         self._workers: list[threading.Thread] = []
         self.started_at = 0.0
         self.finished_at: float | None = None
@@ -413,9 +415,18 @@ class Sender:
             if not self._post(self.ratings[index]):
                 self._queue.put((time.monotonic() + self.retry_pause_s, index))
 
+    def posts_in_flight(self) -> set[int]:
+        """The posts sent and not yet answered (by number): wait on them to let answers under way land."""
+        with self._lock:
+            return set(self._in_flight)
+
     def _post(self, rating: SentRating) -> bool:
         body = rating_webhook(rating.rating_id, f"INQ-{rating.inquiry_id}", merchant_id=rating.merchant_id)
         request = urllib.request.Request(self.url, data=body, method="POST", headers={**AUTH, **_JSON})
+        with self._lock:
+            self._posts_begun += 1
+            number = self._posts_begun
+            self._in_flight.add(number)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
                 answer.read()
@@ -429,6 +440,7 @@ class Sender:
             rating.attempts += 1
             rating.answers[outcome] += 1
             rating.acknowledged = rating.acknowledged or ok
+            self._in_flight.discard(number)
         return ok
 
 

@@ -147,7 +147,8 @@ def test_quivo_outage_backs_off_and_everything_is_delivered_after(tmp_path: Path
         RELAY_RETRY_MAX_S=str(retry_max),
     ) as s:
         with Sender(s.relay.url, count, merchant_id=103, rate_per_s=count / (outage_s + 2)) as sender:
-            time.sleep(1.0)  # some delivered before the outage, the rest arrive during it
+            # Some delivered before the outage, the rest arrive during it.
+            wait_for(lambda: s.sim.rating_posts() >= 3, 30, "deliveries before the outage")
             before = s.sim.rating_posts()
             s.sim.faults(outage=True)
             outage_began = time.monotonic()

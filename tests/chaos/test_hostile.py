@@ -30,6 +30,7 @@ from tests.chaos.harness import (
     record_result,
     relay_env,
     verify,
+    wait_for,
 )
 from tests.conftest import AUTH
 from tests.processes import free_port, relay_process, wait_until_ready
@@ -158,6 +159,11 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def open_descriptors(pid: int) -> int:
+    """How many file descriptors the process holds: one per client connection, among others."""
+    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
 
 
 def rss_kib(pid: int) -> int:
@@ -941,10 +947,11 @@ def test_a_client_hanging_up_mid_body_is_dropped_quietly_and_nothing_is_stored(h
     last_id = last_webhook_id(hostile)
     errors = hostile.errors_logged()
     request = webhook_request(b"x" * 100, [GOOD_AUTH])
+    descriptors = open_descriptors(hostile.pid)
     with socket.create_connection(("127.0.0.1", hostile.port), timeout=10) as sock:
         sock.sendall(request[: request.index(b"\r\n\r\n") + 4] + sent)
         time.sleep(0.3)  # the handler is waiting for the rest of the body
-    time.sleep(0.5)  # the relay notices the hang-up
+    wait_for(lambda: open_descriptors(hostile.pid) <= descriptors, 20, "the relay closing the connection")
 
     assert last_webhook_id(hostile) == last_id
     assert hostile.errors_logged() == errors, "a client hanging up was logged as an error"
@@ -1059,6 +1066,7 @@ def test_many_idle_connections_leave_the_relay_prompt_and_its_memory_bounded(hos
     for n in range(20):  # warm: code paths, caches and the allocator
         timed_post(hostile, 3000 + n)
     baseline = rss_kib(hostile.pid)
+    descriptors = open_descriptors(hostile.pid)
     first = open_idle(hostile.port, count)
     try:
         with_idle = rss_kib(hostile.pid)
@@ -1068,7 +1076,7 @@ def test_many_idle_connections_leave_the_relay_prompt_and_its_memory_bounded(hos
     finally:
         for sock in first:
             sock.close()
-    time.sleep(0.5)  # the relay notices the closes
+    wait_for(lambda: open_descriptors(hostile.pid) <= descriptors, 30, "the relay closing the connections")
     second = open_idle(hostile.port, count)
     try:
         again = rss_kib(hostile.pid)
