@@ -158,6 +158,12 @@ def storage_failure(
                         )
                         for n in range(1, 4)
                     ]
+                    # Readiness is read at most once a second: wait for a reading taken since the break.
+                    wait_for(
+                        lambda: call("GET", f"{relay.url}/readyz?scope=intake")[0] == 503,
+                        10,
+                        "intake not ready while broken",
+                    )
                     intake_broken = call("GET", f"{relay.url}/readyz?scope=intake")
                     time.sleep(max(0.0, broken_s - (time.monotonic() - broke_at)))
                     acknowledged_while_broken = sender.acknowledged_count - acknowledged_before
