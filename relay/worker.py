@@ -108,6 +108,7 @@ class Worker:
         self._paused_since = 0.0
         self._probe_delay_s = 1.0
         self._quivo_back = False
+        self._freed_on_a_read = False
         self.last_heartbeat: float | None = None
 
     # The loop ---------------------------------------------------------------------------------------
@@ -289,10 +290,17 @@ class Worker:
     def _in_outage(self) -> bool:
         return self._pacer.failures_in_a_row >= OUTAGE_FAILURES
 
-    def _quivo_answered(self) -> None:
-        """A call got a real answer: an outage, if one ran, is over."""
-        if self._in_outage():
+    def _quivo_answered(self, *, rating_taken: bool) -> None:
+        """A call got a real answer: an outage, if one ran, is over.
+
+        A read alone frees what the outage held once, then not again until a rating goes through: Quivo may
+        answer reads while it still fails ratings, and each freeing costs every held delivery an attempt.
+        """
+        if rating_taken:
+            self._freed_on_a_read = False
+        if self._in_outage() and not self._freed_on_a_read:
             self._quivo_back = True
+            self._freed_on_a_read = not rating_taken
             self._wake.set()
         self._pacer.note_success()
 
@@ -323,7 +331,7 @@ class Worker:
         elif verdict_for_status(answer.status) is Verdict.RETRY:
             self._pacer.note_failure()
         else:
-            self._quivo_answered()
+            self._quivo_answered(rating_taken=False)
 
     async def _release_outage_holds(self) -> None:
         """Quivo answers again: what waited out the outage on backoff goes now, not at its next backoff."""
@@ -406,7 +414,7 @@ class Worker:
             )
         verdict = verdict_for_status(answer.status)
         if verdict is Verdict.DELIVERED:
-            self._quivo_answered()
+            self._quivo_answered(rating_taken=True)
             current = answer.current_rating
             outcome = self._outcome(
                 attempt,
@@ -449,7 +457,7 @@ class Worker:
             return None
         inquiry = answer.inquiry
         if verdict is Verdict.DELIVERED and inquiry is not None:
-            self._quivo_answered()
+            self._quivo_answered(rating_taken=False)
             if inquiry.has_rating_message_with(attempt.rating.reference_tag):
                 outcome = self._outcome(
                     attempt,

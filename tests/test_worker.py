@@ -573,3 +573,36 @@ def _post_and_time_delivery(s: Stage, rating_id: int) -> float:
     delivered = "SELECT 1 FROM deliveries WHERE rating_id = ? AND state = 'delivered'"
     wait_for(lambda: bool(query(s.db_path, delivered, rating_id)), 20, f"rating {rating_id} recorded")
     return took_s
+
+
+async def test_quivo_answering_reads_while_failing_ratings_frees_held_deliveries_only_once(
+    start_relay, quivo
+):
+    # One call at a time, so each failed call counts towards the outage; backoff long enough to hold them.
+    relay = await start_relay(quivo_max_concurrency=1, relay_retry_base_s=300, relay_retry_max_s=600)
+    quivo.state.outage = True
+    accepted = [await post(relay, rating_webhook(n, f"INQ-{n}")) for n in range(31, 34)]
+    for answer in accepted:
+        await wait_for_state(db(relay), answer["delivery_id"], states=frozenset({"retrying"}))
+    # Now Quivo answers reads but fails every rating: its first answered read frees the held deliveries,
+    # they fail again (an outage once more), and the next answered read must not free them a second time.
+    quivo.state.outage, quivo.state.error_rate = False, 1.0
+    async with asyncio.timeout(30):
+        while quivo.state.requests[("get_inquiry", 200)] < 2:  # noqa: ASYNC110 - the stand-in's counters
+            await asyncio.sleep(0.02)
+    await _worker_loop_goes_round(relay, times=2)
+
+    rows = query(db(relay), "SELECT state, attempts FROM deliveries ORDER BY id")
+    assert [tuple(row) for row in rows] == [("retrying", 2)] * 3
+    failed_posts = sum(n for (route, status), n in quivo.state.requests.items() if route == "post_rating")
+    assert failed_posts == 3
+
+
+async def _worker_loop_goes_round(relay, *, times: int) -> None:
+    """Until the worker's loop has started `times` more passes (each frees and claims what it should)."""
+    worker = relay.app[WORKER]
+    for _ in range(times):
+        began = time.time()
+        async with asyncio.timeout(10):
+            while (worker.last_heartbeat or 0) <= began:  # noqa: ASYNC110 - the loop's own mark
+                await asyncio.sleep(0.01)
