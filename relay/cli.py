@@ -17,7 +17,7 @@ from relay import console
 from relay.app import create_app
 from relay.linkfile import links_to_csv
 from relay.logs import configure_logging
-from relay.ops.admin import DEFAULT_PAGE, MAX_PAGE, DeliveryListing, page_cursor
+from relay.ops.admin import DEFAULT_PAGE, MAX_PAGE, MAX_REPORTED, DeliveryListing, page_cursor, replay_answer
 from relay.settings import Settings, SettingsError, load_settings
 from relay.sim import cli as sim_cli
 from relay.store.db import Database, DatabaseUnusable, StoreUnavailable
@@ -381,16 +381,20 @@ def _replay_matching(args: argparse.Namespace) -> int:
     where = _filter(ReplayFilter, args)
     settings = _settings(serves_webhooks=False, runs_worker=False)
     with console.progress_line() as show:
-        replayed = _on_database(
+        done = _on_database(
             settings,
             lambda database: replay_matching(
                 database, where, now=datetime.now(UTC), progress=lambda count: show(f"replayed {count}...")
             ),
         )
     if args.json:
-        print(console.as_json({"replayed": replayed}))
-    else:
-        print(f"replayed {replayed} deliveries; {WORKER_PICKS_UP}")
+        print(console.as_json(replay_answer(done)))
+        return 0
+    print(f"replayed {done.replayed} deliveries, skipped {len(done.skipped)}; {WORKER_PICKS_UP}")
+    for skip in done.skipped[:MAX_REPORTED]:
+        print(f"skipped delivery {skip.delivery_id}: {skip.reason}")
+    if len(done.skipped) > MAX_REPORTED:
+        print(f"... and {len(done.skipped) - MAX_REPORTED} more skipped for the same reasons")
     return 0
 
 

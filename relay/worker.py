@@ -458,7 +458,10 @@ class Worker:
         inquiry = answer.inquiry
         if verdict is Verdict.DELIVERED and inquiry is not None:
             self._quivo_answered(rating_taken=False)
-            if inquiry.has_rating_message_with(attempt.rating.reference_tag):
+            found = inquiry.has_rating_message_with(attempt.rating.reference_tag)
+            # The read's record says what it found: a 2xx alone reads as "delivered" to an operator.
+            attempt.calls[-1] = replace(attempt.calls[-1], outcome="tag found" if found else "tag not found")
+            if found:
                 outcome = self._outcome(
                     attempt,
                     "delivered",

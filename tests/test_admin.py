@@ -435,7 +435,21 @@ async def test_replay_refuses_an_old_version_when_a_newer_one_exists(relay):
 
     assert status == 409
     assert str(newer) in answer["detail"]
-    assert (bulk_status, bulk) == (200, {"replayed": 0})
+    # The bulk replay says which it left, and why: an operator would otherwise think it was replayed.
+    assert (bulk_status, bulk) == (
+        200,
+        {
+            "replayed": 0,
+            "skipped": 1,
+            "skipped_deliveries": [
+                {
+                    "delivery_id": old,
+                    "reason": f"delivery {newer} holds a newer version of this rating; "
+                    "replaying would undo it",
+                }
+            ],
+        },
+    )
     assert delivery_row(relay, old)["state"] == "dead"
 
 
@@ -451,12 +465,12 @@ async def test_bulk_replay_takes_dead_and_unmatched_matching_the_filters(relay):
 
     status, answer = await post(relay, "/admin/deliveries/replay?merchant_id=1")
 
-    assert (status, answer) == (200, {"replayed": 4})
+    assert (status, answer) == (200, {"replayed": 4, "skipped": 0, "skipped_deliveries": []})
     assert {delivery_row(relay, d)["state"] for d in [*dead, unmatched]} == {"pending"}
     assert [delivery_row(relay, d)["state"] for d in others] == ["delivered", "pending", "dead"]
     assert relay.app[NEW_DELIVERY].is_set()
     status, answer = await post(relay, "/admin/deliveries/replay", json={"state": ["dead"], "merchant_id": 2})
-    assert (status, answer) == (200, {"replayed": 1})
+    assert (status, answer["replayed"]) == (200, 1)
 
 
 async def test_bulk_replay_given_a_query_and_a_body_takes_what_matches_both(relay):
@@ -468,8 +482,8 @@ async def test_bulk_replay_given_a_query_and_a_body_takes_what_matches_both(rela
     both = await post(relay, "/admin/deliveries/replay?merchant_id=2", json={"state": "unmatched"})
     bad_query = await post(relay, "/admin/deliveries/replay?merchant_id=-1", json={"merchant_id": 1})
 
-    assert conflicting == (200, {"replayed": 0})
-    assert both == (200, {"replayed": 1})
+    assert (conflicting[0], conflicting[1]["replayed"]) == (200, 0)
+    assert (both[0], both[1]["replayed"]) == (200, 1)
     assert (bad_query[0], bad_query[1]["field"]) == (400, "merchant_id")
     assert [delivery_row(relay, d)["state"] for d in (first, second)] == ["dead", "pending"]
 
@@ -501,7 +515,7 @@ async def test_bulk_replay_commits_in_batches(relay):
         relay.app[DATABASE], ReplayFilter(), now=datetime.now(UTC), batch_size=2, progress=heard.append
     )
 
-    assert (replayed, heard) == (5, [2, 4, 5])
+    assert (replayed.replayed, replayed.skipped, heard) == (5, [], [2, 4, 5])
     assert {delivery_row(relay, d)["state"] for d in dead} == {"pending"}
 
 
@@ -806,3 +820,4 @@ async def test_stats_of_an_empty_relay_have_no_backlog(relay):
     assert stats["backlog_age_s"] is None
     assert stats["worker_lag_s"] is None
     assert set(stats["deliveries"].values()) == {0}
+

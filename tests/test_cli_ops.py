@@ -1,6 +1,7 @@
 """The operator's commands run as in a shell: status, deliveries list and show, replay, beside readers."""
 
 import json
+import random
 import re
 import sqlite3
 import subprocess
@@ -11,13 +12,17 @@ from typing import Any
 
 import pytest
 
+from relay.app import create_app
 from relay.cli import main
 from relay.console import duration, table
 from relay.keys import DATABASE
+from relay.sim.app import create_sim_app
+from relay.sim.state import SimState
 from relay.store.db import Database
 from relay.store.queries import DELIVERY_STATES, DeliverySummary
+from tests.forwarding import Quivo, forwarding_settings, wait_for_state
 from tests.processes import run_relay
-from tests.test_admin import ago, crafted_cursor, delivery_row, seed, sql
+from tests.test_admin import ADMIN, TOKEN, ago, crafted_cursor, delivery_row, seed, sql
 
 
 @pytest.fixture
@@ -214,10 +219,26 @@ def test_bulk_replay_takes_the_dead_matching_the_filters_and_shows_progress(stor
     result = relay(store, "replay", "--state", "dead", "--since", "2h", "--json")
 
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"replayed": 3}
+    assert json.loads(result.stdout) == {"replayed": 3, "skipped": 0, "skipped_deliveries": []}
     assert "replayed 3..." in result.stderr
     states = {row["id"]: row["state"] for row in sql(store, "SELECT id, state FROM deliveries")}
     assert states == {**dict.fromkeys(recent, "pending"), old: "dead", unmatched: "unmatched"}
+
+
+def test_bulk_replay_names_each_delivery_it_leaves_because_a_newer_version_exists(store):
+    old = seed(store, state="dead", rating_id=50)
+    newer = seed(store, state="dead", rating_id=50, version="2026-11-02T08:00:00.000000Z")
+
+    shown = relay(store, "replay", "--state", "dead")
+
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("replayed 1 deliveries, skipped 1;")
+    assert lines[1:] == [
+        f"skipped delivery {old}: delivery {newer} holds a newer version of this rating; "
+        "replaying would undo it"
+    ]
+    assert [delivery_row(store, d)["state"] for d in (old, newer)] == ["dead", "pending"]
 
 
 # Bad command lines
@@ -306,3 +327,25 @@ def test_control_characters_from_webhooks_and_quivo_are_shown_escaped(store):
     # JSON escapes them itself, and reads back as they were.
     assert json.loads(as_json[0].stdout)["items"][0]["external_id"] == f"ORD-{ESCAPES}"
     assert json.loads(as_json[2].stdout)["worker"]["paused"] == f"Quivo answered 401: {ESCAPES}"
+
+
+async def test_show_says_what_a_reconcile_read_found(aiohttp_client, aiohttp_server, make_settings):
+    state = SimState(rng=random.Random(3))
+    quivo = Quivo(state, str((await aiohttp_server(create_sim_app(state))).make_url("")).rstrip("/"))
+    settings = make_settings(relay_admin_token=TOKEN, **forwarding_settings(quivo))
+    running = await aiohttp_client(create_app(settings, run_worker=True))
+    # A dead delivery, replayed: unconfirmed, so the worker reads the inquiry before it sends.
+    delivery_id = seed(running, state="dead", external_id="INQ-77", last_error="Quivo answered 503")
+    replayed = await running.post(f"/admin/deliveries/{delivery_id}/replay", headers=ADMIN)
+    assert replayed.status == 200
+    await wait_for_state(settings.database_path, delivery_id)
+
+    shown = relay(SimpleNamespace(app=running.app), "deliveries", "show", str(delivery_id))
+
+    assert shown.returncode == 0, shown.stderr
+    lines = [columns(line) for line in shown.stdout.splitlines()]
+    calls = lines.index(["NUMBER", "ACTION", "STARTED_AT", "DURATION_MS", "STATUS_CODE", "OUTCOME", "ERROR"])
+    read, send = lines[calls + 1], lines[calls + 2]
+    assert (read[1], read[4], read[5]) == ("reconcile", "200", "tag not found")
+    assert (send[1], send[4], send[5]) == ("send", "200", "delivered")
+    assert len(state.ratings) == 1

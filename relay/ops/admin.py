@@ -214,15 +214,20 @@ async def replay_deliveries(request: web.Request) -> web.Response:
     queried = _validated(queries.ReplayFilter, _query(request))
     # Both given: a delivery must match both, so neither is silently ignored.
     where = queried.both(_validated_json(queries.ReplayFilter, body)) if body.strip() else queried
-    replayed = 0 if where is None else await queries.replay_matching(_database(request), where, now=_now())
-    if replayed:
+    done = (
+        queries.BulkReplay(0, [])
+        if where is None
+        else await queries.replay_matching(_database(request), where, now=_now())
+    )
+    if done.replayed:
         request.config_dict[NEW_DELIVERY].set()
     log.info(
         "admin.deliveries_replayed",
-        replayed=replayed,
+        replayed=done.replayed,
+        skipped=len(done.skipped),
         filter=None if where is None else where.model_dump(mode="json", exclude_none=True),
     )
-    return web.json_response({"replayed": replayed})
+    return web.json_response(replay_answer(done))
 
 
 @routes.post(r"/deliveries/{delivery_id:\d+}/cancel")
@@ -385,6 +390,15 @@ async def stats(request: web.Request) -> web.Response:
 
 
 # Plumbing -----------------------------------------------------------------------------------------
+
+
+def replay_answer(done: queries.BulkReplay) -> dict[str, Any]:
+    """A bulk replay as the API answers it: how many replayed and skipped, and the first skipped, with why."""
+    return {
+        "replayed": done.replayed,
+        "skipped": len(done.skipped),
+        "skipped_deliveries": [asdict(skip) for skip in done.skipped[:MAX_REPORTED]],
+    }
 
 
 def _database(request: web.Request) -> Database:

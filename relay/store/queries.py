@@ -258,6 +258,22 @@ class StateChange:
 
 
 @dataclass(frozen=True)
+class SkippedReplay:
+    """A delivery a bulk replay matched but left as it was, and why."""
+
+    delivery_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class BulkReplay:
+    """What a bulk replay did: how many deliveries went back to pending, and each one it left, with why."""
+
+    replayed: int
+    skipped: list[SkippedReplay]
+
+
+@dataclass(frozen=True)
 class Recent:
     """How many deliveries reached a state in the last hour and in the last day."""
 
@@ -367,10 +383,7 @@ def replay_delivery(delivery_id: int, *, now: datetime) -> WriteJob[StateChange]
                 state, f"delivery {delivery_id} is {state}: only dead or unmatched ones replay"
             )
         if row["newer"] is not None:
-            return StateChange(
-                state,
-                f"delivery {row['newer']} holds a newer version of this rating; replaying would undo it",
-            )
+            return StateChange(state, _newer_version(row["newer"]))
         _replay(conn, [delivery_id], now)
         return StateChange(state)
 
@@ -384,28 +397,61 @@ async def replay_matching(
     now: datetime,
     batch_size: int = 500,
     progress: Callable[[int], None] | None = None,
-) -> int:
-    """Replay (as `replay_delivery` does) every delivery `where` matches; the number replayed.
+) -> BulkReplay:
+    """Replay (as `replay_delivery` does) every delivery `where` matches; how many, and those it left.
 
+    A delivery whose rating has a newer version is left (replaying it would undo the newer one), as is
+    one the worker moved on between the listing and its batch's commit; each is reported with why.
     One commit per `batch_size` matches, so webhooks never wait long behind a large replay. `progress`
     hears the number replayed so far after each commit.
     """
     replayed = 0
+    skipped: list[SkippedReplay] = []
     after: int | None = None
     while page := await list_deliveries(database.reader, where, after=after, limit=batch_size):
         ids = [delivery.id for delivery in page]
-        replayed += len(await database.write(_replay_job(ids, now)))
+        done, left = await database.write(_replay_job(ids, now))
+        replayed += len(done)
+        skipped += left
         after = ids[-1]
         if progress is not None:
             progress(replayed)
-    return replayed
+    return BulkReplay(replayed, skipped)
 
 
-def _replay_job(ids: list[int], now: datetime) -> WriteJob[list[int]]:
-    def job(conn: sqlite3.Connection) -> list[int]:
-        return _replay(conn, ids, now)
+def _replay_job(ids: list[int], now: datetime) -> WriteJob[tuple[list[int], list[SkippedReplay]]]:
+    def job(conn: sqlite3.Connection) -> tuple[list[int], list[SkippedReplay]]:
+        done = _replay(conn, ids, now)
+        return done, _why_left(conn, sorted(set(ids) - set(done), reverse=True))
 
     return job
+
+
+def _why_left(conn: sqlite3.Connection, ids: list[int]) -> list[SkippedReplay]:
+    """Why each of these matched deliveries was not replayed, newest first."""
+    rows = conn.execute(
+        """
+        SELECT d.id, d.state, (
+            SELECT n.id FROM deliveries n
+            WHERE n.merchant_id = d.merchant_id AND n.rating_id = d.rating_id AND n.version > d.version
+            ORDER BY n.version DESC LIMIT 1) AS newer
+        FROM deliveries d WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.id DESC
+        """,
+        (json.dumps(ids),),
+    ).fetchall()
+    return [
+        SkippedReplay(
+            row["id"],
+            _newer_version(row["newer"])
+            if row["newer"] is not None
+            else f"it became {row['state']} since it was listed: only dead or unmatched ones replay",
+        )
+        for row in rows
+    ]
+
+
+def _newer_version(newer_id: int) -> str:
+    return f"delivery {newer_id} holds a newer version of this rating; replaying would undo it"
 
 
 def _replay(conn: sqlite3.Connection, ids: list[int], now: datetime) -> list[int]:
