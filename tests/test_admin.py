@@ -2,18 +2,25 @@
 
 import base64
 import json
+import random
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from relay.app import create_app
+from relay.bringg import routes as webhook_routes
+from relay.bringg.payload import judge
+from relay.domain.judgement import Judgement
 from relay.domain.rating import Rating, format_instant
 from relay.keys import DATABASE, NEW_DELIVERY
+from relay.sim.app import create_sim_app
+from relay.sim.state import SimState
 from relay.store.queries import ReplayFilter, replay_matching
 from tests.conftest import AUTH, fixture_bytes
-from tests.forwarding import rating_webhook
+from tests.forwarding import Quivo, forwarding_settings, rating_webhook, wait_for_state
 from tests.plans import full_scans_and_sorts, plan
 
 TOKEN = "admin-token-0123456789abcdef"
@@ -821,3 +828,34 @@ async def test_stats_of_an_empty_relay_have_no_backlog(relay):
     assert stats["worker_lag_s"] is None
     assert set(stats["deliveries"].values()) == {0}
 
+
+# Runbook 5.3: a body quarantined by one release is accepted after a release that judges it otherwise
+
+
+async def test_a_body_quarantined_by_an_older_rule_is_accepted_on_reprocess_and_delivered_once(
+    aiohttp_client, aiohttp_server, make_settings, monkeypatch
+):
+    state = SimState(rng=random.Random(5))
+    quivo = Quivo(state, str((await aiohttp_server(create_sim_app(state))).make_url("")).rstrip("/"))
+    settings = make_settings(relay_admin_token=TOKEN, **forwarding_settings(quivo))
+    relay = await aiohttp_client(create_app(settings, run_worker=True))
+
+    def older_release(body: bytes) -> Judgement:
+        # As if the relay of last month had refused ratings with a comment: the rule 5.3 waits out.
+        return replace(judge(body), status="quarantined", errors=("rating.comment: not allowed",))
+
+    monkeypatch.setattr(webhook_routes, "judge", older_release)
+    refused = await relay.post("/webhooks/bringg", data=rating_webhook(61, "INQ-610"), headers=AUTH)
+    quarantined = await refused.json()
+    monkeypatch.undo()  # the new release judges the same bytes otherwise
+    status, reprocessed = await post(relay, f"/admin/webhooks/{quarantined['id']}/reprocess")
+    delivered = await wait_for_state(relay.app[DATABASE].path, reprocessed["delivery_id"])
+    again = await relay.post(f"/admin/webhooks/{quarantined['id']}/reprocess", headers=ADMIN)
+
+    assert (refused.status, quarantined["status"]) == (202, "quarantined")
+    assert (status, reprocessed["status"]) == (200, "accepted")
+    assert (delivered["state"], delivered["inquiry_id"]) == ("delivered", 610)
+    assert again.status == 409
+    [rating] = quivo.state.ratings
+    assert (rating.inquiry_id, rating.rating) == (610, 4.0)
+    assert rating.message is not None and rating.message.endswith("[bringg:1:61]")
