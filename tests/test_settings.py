@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.settings import Settings, SettingsError, load_settings
+from relay.settings import DEFAULT_MESSAGE_TEMPLATE, Settings, SettingsError, load_settings
 from tests.processes import run_relay
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "relay.example.env"
@@ -57,6 +57,11 @@ def test_example_env_values_are_the_defaults(monkeypatch):
     defaults = Settings(_env_file=None)
 
     assert from_file.model_dump() == defaults.model_dump()
+
+
+def test_example_env_shows_the_default_message_template_it_leaves_empty():
+    assert documented()["RELAY_MESSAGE_TEMPLATE"] == ""
+    assert f"# {DEFAULT_MESSAGE_TEMPLATE}\n" in EXAMPLE.read_text()
 
 
 def test_example_env_reads_the_same_in_a_shell_systemd_and_docker():

@@ -171,6 +171,22 @@ def test_an_unusable_database_refuses_every_start_with_one_line_and_exit_2(tmp_p
 # A locked database --------------------------------------------------------------------------------
 
 
+def test_a_command_reads_beside_another_process_holding_the_write_lock(tmp_path: Path):
+    db = migrated_database(tmp_path)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # e.g. an open sqlite3 shell, as in runbook 5.5
+    try:
+        # Far longer than the run may take: a start that waited for the lock would time out.
+        env = relay_env(tmp_path, RELAY_STORE_TIMEOUT_S="60")
+        done = run_relay("status", "--json", env=env, cwd=tmp_path, timeout=30)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    assert done.returncode == 0, done.stderr
+    assert "deliveries" in json.loads(done.stdout)
+
+
 def post(port: str) -> int:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/webhooks/bringg",

@@ -243,12 +243,19 @@ def _outcome_read(done: asyncio.Future[Any]) -> None:
 
 def _check_writable(conn: sqlite3.Connection) -> None:
     """Fail now if the file cannot be written: a read-only one, already migrated, opens and reads fine."""
-    conn.execute("BEGIN IMMEDIATE")
+    (timeout_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
+    # Without waiting: a lock held by another writer proves the file writable, and must not delay a start.
+    conn.execute("PRAGMA busy_timeout = 0")
     try:
+        conn.execute("BEGIN IMMEDIATE")
         conn.execute("CREATE TABLE relay_write_probe (x)")
+    except sqlite3.OperationalError as error:
+        if not _is_busy(error):
+            raise
     finally:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
 
 
 def _is_busy(error: BaseException) -> bool:
