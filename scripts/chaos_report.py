@@ -52,7 +52,8 @@ Replay a scenario with the seed shown: `RELAY_CHAOS_SEED=<seed>`.
 
 1. **Kill storm**: sustained webhooks while `relay serve` is SIGKILLed and restarted at random moments
    (seeded), Quivo dropping a tenth of its answers after committing the rating. A killed worker's leases
-   run out (3 x `QUIVO_TIMEOUT_S` + 5 s) and the next one reads the inquiry back before sending again.
+   run out (3 x `QUIVO_TIMEOUT_S` + 5 s + `RELAY_UNSURE_SETTLE_S`) and the next one reads the inquiry back
+   before sending again.
 2. **Graceful stops**: SIGTERM under load, with Quivo slower than `RELAY_SHUTDOWN_GRACE_S`: each stop exits 0
    within the grace time (+ 2 s), finishes or releases every send it held (no row left `sending`), and the
    released sends that Quivo committed anyway are reconciled, not sent twice.
@@ -69,6 +70,9 @@ Replay a scenario with the seed shown: `RELAY_CHAOS_SEED=<seed>`.
    `tests/chaos/test_hostile.py`.
 8. **Split deployment**: `relay serve --no-worker` and `relay worker` on one database, started together on a
    fresh database, then either or both SIGKILLed at random and restarted.
+9. **Quivo commits late**: the first send to each inquiry loses its answer at once and Quivo commits it 3 s
+   later (as behind an API gateway that gave up), within `RELAY_UNSURE_SETTLE_S` (4 s here): each unsure send
+   is read back only after the settle time, finds its rating, and nothing is sent twice.
 
 ## History: bugs these scenarios found (not a result of the run below)
 
