@@ -164,7 +164,8 @@ async def test_a_send_quivo_commits_late_is_read_back_after_the_settle_time_not_
     send_ended = datetime.fromisoformat(calls[0]["started_at"]) + timedelta(
         milliseconds=calls[0]["duration_ms"]
     )
-    assert (datetime.fromisoformat(calls[1]["started_at"]) - send_ended).total_seconds() >= 1.5
+    # Rounding of duration_ms aside, the read-back waited the whole settle time after the send ended.
+    assert (datetime.fromisoformat(calls[1]["started_at"]) - send_ended).total_seconds() >= 1.49
 
 
 def test_the_worker_refuses_a_quivo_timeout_longer_than_the_settle_time(tmp_path: Path):
@@ -491,8 +492,10 @@ async def test_each_unmatched_delivery_the_sweep_expires_gets_its_own_dead_line(
         for answer in accepted:
             await wait_for_state(db(relay), answer["delivery_id"], states=frozenset({"unmatched"}))
         await relay.app[DATABASE].write(_created_long_ago)
-        for answer in accepted:
-            await wait_for_state(db(relay), answer["delivery_id"], states=frozenset({"dead"}))
+        # The lines themselves, not the rows: the worker logs only after its commit is visible.
+        async with asyncio.timeout(15):
+            while sum(event["event"] == "delivery.dead" for event in logs) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
 
     swept = [event for event in logs if event["event"] == "worker.unmatched_swept"]
     dead = [event for event in logs if event["event"] == "delivery.dead"]
@@ -544,8 +547,9 @@ async def test_deliveries_held_by_an_outage_go_within_seconds_of_quivo_coming_ba
     took_s = asyncio.get_running_loop().time() - back
 
     assert len(quivo.state.ratings) == 5
-    # The probe reads Quivo at least every OUTAGE_PROBE_MAX_S (10 s); the held ones then go at once.
-    assert took_s <= 11, took_s
+    # The probe reads Quivo at least every OUTAGE_PROBE_MAX_S (10 s); the held ones then go at once (5 s of
+    # margin for a busy machine: without the probe they wait their backoff, minutes).
+    assert took_s <= 15, took_s
 
 
 def _answered_503(quivo: Quivo) -> int:
