@@ -343,6 +343,14 @@ class Worker:
     # One delivery -----------------------------------------------------------------------------------
 
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
+        try:
+            await self._deliver_once(delivery)
+        except StoreUnavailable as error:
+            # The outcome could not be written (a full or locked disk): the lease runs out and the delivery
+            # is claimed again, read back first if a send went out. A store fault, not a bug in the relay.
+            log.error("worker.store_unavailable", delivery_id=delivery.id, error=str(error))
+
+    async def _deliver_once(self, delivery: ClaimedDelivery) -> None:
         started = time.perf_counter()
         rating = Rating.model_validate_json(delivery.rating_json)
         inquiry_id = delivery.inquiry_id or inquiry_id_from_external_id(
@@ -454,6 +462,7 @@ class Worker:
         verdict = verdict_for_status(answer.status)
         if verdict is Verdict.DEAD:
             # 404 and other refusals to read: the send will say what Quivo thinks of this inquiry.
+            attempt.calls[-1] = replace(attempt.calls[-1], outcome="read refused")
             return None
         inquiry = answer.inquiry
         if verdict is Verdict.DELIVERED and inquiry is not None:

@@ -1,0 +1,49 @@
+"""A delivery whose outcome cannot be written (a full disk) is a store fault, logged as one, and retried."""
+
+import asyncio
+import random
+import sqlite3
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from relay import worker as worker_module
+from relay.app import create_app
+from relay.keys import DATABASE
+from relay.sim.app import create_sim_app
+from relay.sim.state import SimState
+from relay.store.db import WriteJob
+from tests.conftest import AUTH
+from tests.forwarding import Quivo, forwarding_settings, query, rating_webhook
+
+
+async def test_an_outcome_the_full_disk_refused_is_logged_as_a_store_fault_not_a_bug(
+    aiohttp_client, aiohttp_server, make_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = SimState(rng=random.Random(5))
+    quivo = Quivo(state, str((await aiohttp_server(create_sim_app(state))).make_url("")).rstrip("/"))
+
+    def disk_full(outcome: Any, *, now: Any) -> WriteJob[Any]:
+        def job(conn: sqlite3.Connection) -> Any:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        return job
+
+    monkeypatch.setattr(worker_module, "record_outcome", disk_full)
+    relay = await aiohttp_client(create_app(make_settings(**forwarding_settings(quivo)), run_worker=True))
+    with capture_logs() as logs:
+        answer = await relay.post("/webhooks/bringg", data=rating_webhook(71, "INQ-710"), headers=AUTH)
+        assert answer.status == 202
+        deadline = asyncio.get_running_loop().time() + 15
+        while not any(line["event"] == "worker.store_unavailable" for line in logs):
+            assert asyncio.get_running_loop().time() < deadline, "no worker.store_unavailable within 15 s"
+            await asyncio.sleep(0.02)
+
+    fault = next(line for line in logs if line["event"] == "worker.store_unavailable")
+    assert fault["delivery_id"] == (await answer.json())["delivery_id"]
+    assert "disk is full" in fault["error"]
+    assert not [line for line in logs if line["event"] == "worker.delivery_crashed"]
+    # The delivery keeps its lease (the send went out, unconfirmed): it is not lost, only not yet recorded.
+    rows = query(relay.app[DATABASE].path, "SELECT state FROM deliveries")
+    assert [row["state"] for row in rows] == ["sending"]
