@@ -329,13 +329,19 @@ def test_control_characters_from_webhooks_and_quivo_are_shown_escaped(store):
     assert json.loads(as_json[2].stdout)["worker"]["paused"] == f"Quivo answered 401: {ESCAPES}"
 
 
-async def test_show_says_what_a_reconcile_read_found(aiohttp_client, aiohttp_server, make_settings):
+async def replayed_calls(
+    aiohttp_client: Any, aiohttp_server: Any, make_settings: Any, *, inquiry_id: int, missing: bool
+) -> tuple[list[list[str]], SimState]:
+    """A dead delivery replayed (so read before it is sent again): its calls as `show` lists them."""
     state = SimState(rng=random.Random(3))
+    if missing:
+        state.missing.add(inquiry_id)
     quivo = Quivo(state, str((await aiohttp_server(create_sim_app(state))).make_url("")).rstrip("/"))
     settings = make_settings(relay_admin_token=TOKEN, **forwarding_settings(quivo))
     running = await aiohttp_client(create_app(settings, run_worker=True))
-    # A dead delivery, replayed: unconfirmed, so the worker reads the inquiry before it sends.
-    delivery_id = seed(running, state="dead", external_id="INQ-77", last_error="Quivo answered 503")
+    delivery_id = seed(
+        running, state="dead", external_id=f"INQ-{inquiry_id}", last_error="Quivo answered 503"
+    )
     replayed = await running.post(f"/admin/deliveries/{delivery_id}/replay", headers=ADMIN)
     assert replayed.status == 200
     await wait_for_state(settings.database_path, delivery_id)
@@ -345,29 +351,24 @@ async def test_show_says_what_a_reconcile_read_found(aiohttp_client, aiohttp_ser
     assert shown.returncode == 0, shown.stderr
     lines = [columns(line) for line in shown.stdout.splitlines()]
     calls = lines.index(["NUMBER", "ACTION", "STARTED_AT", "DURATION_MS", "STATUS_CODE", "OUTCOME", "ERROR"])
-    read, send = lines[calls + 1], lines[calls + 2]
+    return lines[calls + 1 :], state
+
+
+async def test_show_says_what_a_reconcile_read_found(aiohttp_client, aiohttp_server, make_settings):
+    (read, send, *_), state = await replayed_calls(
+        aiohttp_client, aiohttp_server, make_settings, inquiry_id=77, missing=False
+    )
+
     assert (read[1], read[4], read[5]) == ("reconcile", "200", "tag not found")
     assert (send[1], send[4], send[5]) == ("send", "200", "delivered")
     assert len(state.ratings) == 1
 
 
 async def test_show_says_a_reconcile_read_was_refused_not_dead(aiohttp_client, aiohttp_server, make_settings):
-    state = SimState(rng=random.Random(3))
-    quivo = Quivo(state, str((await aiohttp_server(create_sim_app(state))).make_url("")).rstrip("/"))
-    settings = make_settings(relay_admin_token=TOKEN, **forwarding_settings(quivo))
-    running = await aiohttp_client(create_app(settings, run_worker=True))
-    # Quivo has no inquiry 4040: the read before the resend is refused (404), then the send is too.
-    state.missing.add(4040)
-    delivery_id = seed(running, state="dead", external_id="INQ-4040", last_error="Quivo answered 503")
-    replayed = await running.post(f"/admin/deliveries/{delivery_id}/replay", headers=ADMIN)
-    assert replayed.status == 200
-    await wait_for_state(settings.database_path, delivery_id)
+    # Quivo has no such inquiry: the read before the resend is refused (404), then the send is too.
+    (read, send, *_), _ = await replayed_calls(
+        aiohttp_client, aiohttp_server, make_settings, inquiry_id=4040, missing=True
+    )
 
-    shown = relay(SimpleNamespace(app=running.app), "deliveries", "show", str(delivery_id))
-
-    assert shown.returncode == 0, shown.stderr
-    lines = [columns(line) for line in shown.stdout.splitlines()]
-    calls = lines.index(["NUMBER", "ACTION", "STARTED_AT", "DURATION_MS", "STATUS_CODE", "OUTCOME", "ERROR"])
-    read, send = lines[calls + 1], lines[calls + 2]
     assert (read[1], read[4], read[5]) == ("reconcile", "404", "read refused")
     assert (send[1], send[4], send[5]) == ("send", "404", "dead")
