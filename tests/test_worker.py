@@ -257,7 +257,7 @@ async def test_refused_credentials_pause_deliveries_without_spending_attempts(st
     rows = query(db(relay), "SELECT state, attempts FROM deliveries")
 
     assert ready.status == 503
-    assert "Quivo refused our credentials" in " ".join((await ready.json())["problems"])
+    assert (await ready.json())["problems"] == ["deliveries paused: Quivo refused the credentials, 401"]
     assert {(row["state"], row["attempts"]) for row in rows} == {("pending", 0)}
     quivo.state.reject_credentials = False
     for answer in accepted:

@@ -77,7 +77,8 @@ async def _delivery_problems(app: web.Application) -> list[str]:
         problems.append(f"worker silent for {silent:.0f} s (last heartbeat {heartbeat.isoformat()})")
     paused = await worker_paused(conn)
     if paused is not None:
-        problems.append(f"deliveries paused: Quivo refused our credentials ({paused})")
+        # The pause reason is a whole sentence already ("Quivo refused the credentials, 401").
+        problems.append(f"deliveries paused: {paused}")
     age = (await read_backlog(conn, now)).age_s
     limit = app[SETTINGS].relay_ready_max_backlog_age_s
     if age is not None and age > limit:

@@ -306,7 +306,7 @@ def test_revoked_credentials_pause_deliveries_without_spending_attempts(tmp_path
             },
         )
         ready_status, _, ready_after = http_call("GET", readyz)
-    assert any("Quivo refused our credentials" in problem for problem in problems), problems
+    assert "deliveries paused: Quivo refused the credentials, 401" in problems, problems
     assert {row["state"] for row in waiting} <= {"pending", "retrying"}
     assert [row["attempts"] for row in waiting] == [0] * during
     # Only sends already claimed when the tokens expired reach Quivo (refused: 401), one per call slot.
