@@ -23,6 +23,9 @@ DEFAULT_MESSAGE_TEMPLATE = (
 WEBHOOK_SECRETS = ("bringg_webhook_token", "bringg_jwt_secret", "bringg_oauth_client_secret")
 GUESSABLE_SECRETS = (*WEBHOOK_SECRETS, "relay_admin_token")
 WORKER_SECRETS = ("quivo_api_key", "quivo_password")
+# Not secret, but sent on every request: a stray character in them fails each one just the same.
+WEBHOOK_NAMES = ("bringg_oauth_client_id", "bringg_token_header")
+WORKER_NAMES = ("quivo_username",)
 MIN_SECRET_LENGTH = 16
 
 
@@ -167,16 +170,25 @@ class Settings(BaseSettings):
         return found
 
     def _secret_problems(self, *, serves_webhooks: bool, runs_worker: bool) -> list[str]:
-        names = (GUESSABLE_SECRETS if serves_webhooks else ()) + (WORKER_SECRETS if runs_worker else ())
+        names = (GUESSABLE_SECRETS + WEBHOOK_NAMES if serves_webhooks else ()) + (
+            WORKER_SECRETS + WORKER_NAMES if runs_worker else ()
+        )
         found: list[str] = []
         for name in names:
-            value = _text(getattr(self, name))
+            value = getattr(self, name)
+            value = _text(value) if isinstance(value, SecretStr) else value
             if value is None:
                 continue
             if value != value.strip():
                 # Every credential would then fail: webhooks get 401 until Bringg blocks the URL.
                 found.append(
                     f"{name.upper()}: starts or ends with whitespace (a secret file's newline?); remove it"
+                )
+            if not value.strip().isprintable():
+                # A byte-order mark or zero-width space is invisible in every editor, and fails every request.
+                found.append(
+                    f"{name.upper()}: holds characters that are not printable (a byte-order mark, "
+                    "zero-width space or control character?); remove them"
                 )
             if name in GUESSABLE_SECRETS and len(value.strip()) < MIN_SECRET_LENGTH:
                 found.append(
@@ -185,7 +197,9 @@ class Settings(BaseSettings):
                 )
         admin = _text(self.relay_admin_token)
         for name in WEBHOOK_SECRETS if serves_webhooks and admin is not None else ():
-            if admin == _text(getattr(self, name)):
+            webhook = _text(getattr(self, name))
+            # The webhook authenticator also reads its header without a `Bearer ` scheme, as the admin API.
+            if webhook is not None and admin in (webhook, _without_bearer(webhook)):
                 found.append(
                     f"RELAY_ADMIN_TOKEN: must differ from {name.upper()} "
                     "(whoever can send webhooks must not also hold the admin API)"
@@ -233,6 +247,11 @@ def load_settings(*, serves_webhooks: bool, runs_worker: bool) -> Settings:
 
 def _text(secret: SecretStr | None) -> str | None:
     return None if secret is None else secret.get_secret_value()
+
+
+def _without_bearer(credential: str) -> str:
+    scheme, _, rest = credential.strip().partition(" ")
+    return rest.strip() if scheme.lower() == "bearer" and rest else credential.strip()
 
 
 def _describe(item: object) -> str:

@@ -204,3 +204,84 @@ def test_relay_serve_refuses_weak_secrets_with_one_line_each_and_no_value(tmp_pa
     ]
     assert shared not in result.stdout + result.stderr
     assert "short-jwt" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("scheme", ["Bearer ", "bearer ", "BEARER  "])
+def test_the_admin_token_must_not_open_the_webhook_as_its_bearer_credential(monkeypatch, scheme):
+    # The header `Bearer X` passes the webhook token `Bearer X` and the admin token `X` alike.
+    monkeypatch.setenv("BRINGG_WEBHOOK_TOKEN", f"{scheme}admin-{LONG}")
+    monkeypatch.setenv("RELAY_ADMIN_TOKEN", f"admin-{LONG}")
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(serves_webhooks=True, runs_worker=False)
+
+    assert raised.value.problems == [
+        "RELAY_ADMIN_TOKEN: must differ from BRINGG_WEBHOOK_TOKEN "
+        "(whoever can send webhooks must not also hold the admin API)"
+    ]
+
+
+NOT_PRINTABLE = (
+    "BRINGG_WEBHOOK_TOKEN: holds characters that are not printable "
+    "(a byte-order mark, zero-width space or control character?); remove them"
+)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["\ufeff" + LONG, LONG + "\u200b", LONG[:8] + "\x7f" + LONG[8:], LONG + "\u2060", "\x1b[0m" + LONG],
+)
+def test_a_secret_holding_invisible_characters_is_refused_saying_so(monkeypatch, secret):
+    monkeypatch.setenv("BRINGG_WEBHOOK_TOKEN", secret)
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(serves_webhooks=True, runs_worker=False)
+
+    assert raised.value.problems == [NOT_PRINTABLE]
+
+
+@pytest.mark.parametrize(
+    ("name", "serves_webhooks"),
+    [("BRINGG_OAUTH_CLIENT_ID", True), ("BRINGG_TOKEN_HEADER", True), ("QUIVO_USERNAME", False)],
+)
+@pytest.mark.parametrize("spaced", ["bringg\n", " bringg", "bringg\t"])
+def test_a_name_sent_on_every_request_with_whitespace_around_it_is_refused(
+    monkeypatch, name, serves_webhooks, spaced
+):
+    for setting in ("BRINGG_WEBHOOK_TOKEN", "QUIVO_API_KEY", "QUIVO_USERNAME", "QUIVO_PASSWORD"):
+        monkeypatch.setenv(setting, f"{setting.lower()}-{LONG}")
+    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_ID", "bringg")
+    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_SECRET", f"oauth-{LONG}")
+    monkeypatch.setenv(name, spaced)
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(serves_webhooks=serves_webhooks, runs_worker=not serves_webhooks)
+
+    assert raised.value.problems == [
+        f"{name}: starts or ends with whitespace (a secret file's newline?); remove it"
+    ]
+
+
+def test_relay_serve_refuses_invisible_characters_and_a_bearer_shared_admin_token(tmp_path: Path):
+    admin = f"admin-{LONG}"
+    env = {
+        "BRINGG_WEBHOOK_TOKEN": f"Bearer {admin}",
+        "RELAY_ADMIN_TOKEN": admin,
+        "BRINGG_JWT_SECRET": "\ufeff" + f"jwt-{LONG}",
+        "BRINGG_OAUTH_CLIENT_ID": "bringg\n",
+        "BRINGG_OAUTH_CLIENT_SECRET": f"oauth-{LONG}\u200b",
+    }
+
+    result = run_relay("serve", "--no-worker", env=env, cwd=tmp_path)
+
+    assert result.returncode == 2
+    invisible = NOT_PRINTABLE.removeprefix("BRINGG_WEBHOOK_TOKEN: ")
+    assert result.stderr.splitlines() == [
+        f"relay: configuration error: BRINGG_JWT_SECRET: {invisible}",
+        f"relay: configuration error: BRINGG_OAUTH_CLIENT_SECRET: {invisible}",
+        "relay: configuration error: BRINGG_OAUTH_CLIENT_ID: starts or ends with whitespace (a secret file's "
+        "newline?); remove it",
+        "relay: configuration error: RELAY_ADMIN_TOKEN: must differ from BRINGG_WEBHOOK_TOKEN (whoever can "
+        "send webhooks must not also hold the admin API)",
+    ]
+    assert LONG not in result.stdout + result.stderr
