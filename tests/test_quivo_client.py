@@ -270,7 +270,7 @@ async def test_refused_login_raises_login_failed_without_secrets(
 
     assert raised.value.status == 401
     assert raised.value.sent is False
-    # The error says what is wrong and repeats nothing of Quivo's answer; the log line keeps it, masked.
+    # The error says what is wrong; nothing anywhere repeats Quivo's answer, the log line only its shape.
     assert str(raised.value) == "Quivo refused the credentials, 401"
     assert client.credentials_ok is False
     assert client.last_login_error is not None
@@ -280,8 +280,25 @@ async def test_refused_login_raises_login_failed_without_secrets(
     assert (line["event"], line["log_level"], line["status"]) == ("quivo.login_failed", "warning", 401)
     assert line["credentials_refused"] is True
     assert line["reason"] == "Quivo refused the credentials, 401"
-    assert line["body"] == '{"message": "Unauthorized", "apiKey": "***", "password": "***"}'
+    assert "body" not in line
+    assert (line["content_type"], line["body_bytes"]) == ("text/plain", len(quivo.login_body))
     assert_no_secret(repr(line))
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_an_answer_to_a_call_echoing_its_headers_is_excerpted_with_key_and_token_masked(
+    session: aiohttp.ClientSession, base_url: str, quivo: FakeQuivo, method: str
+) -> None:
+    # Rating POSTs and inquiry GETs carry the API key and the session token, never the password.
+    echo = {"message": "Bad Request", "headers": {"X-Api-Key": API_KEY, "Authorization": "token-1"}}
+    quivo.answer = lambda: web.json_response(echo, status=400)
+    client = make_client(session, base_url)
+
+    answer = await (client.post_rating(31, 5.0, TAG) if method == "POST" else client.get_inquiry(31))
+
+    assert answer.status == 400
+    assert answer.body_excerpt.startswith('{"message": "Bad Request", "headers": {"X-Api-Key": "***", ')
+    assert_no_secret(answer.body_excerpt)
 
 
 async def test_login_answer_without_token_is_a_failed_login(

@@ -1,6 +1,8 @@
 """A Quivo that echoes our login in its refusal: nothing of the password or key leaves a real relay."""
 
+import html
 import json
+import re
 import signal
 import threading
 import time
@@ -35,15 +37,33 @@ PASSWORDS = {
 LEAK_CHARS = 5
 
 
+# How a vendor may spell the password back: no redactor can chase them all, so no login answer is kept.
+EXOTIC_SPELLINGS: dict[str, Callable[[str], str]] = {
+    "dotnet_json": lambda text: "".join(c if c.isalnum() else f"\\u{ord(c):04x}" for c in text),
+    "html_numeric": lambda text: "".join(c if c.isalnum() else f"&#{ord(c)};" for c in text),
+    "wrapped": lambda text: "\n".join(text[start : start + 6] for start in range(0, len(text), 6)),
+    "upper": str.upper,
+    "spaced": " ".join,
+    "reversed": lambda text: text[::-1],
+}
+# Short alphanumeric runs between special characters: an escaped spelling shows no run of 4 of the raw one.
+EXOTIC_PASSWORD = "Kx9&Wq7<Zr4>Tj2\"Pm5'Yb8"
+
+
 class EchoingQuivo(BaseHTTPRequestHandler):
     """Refuses every login with 401, repeating the request back in every spelling a careless gateway uses."""
+
+    # Set per test: the spelling the answer opens with, within reach of any excerpt.
+    spelling: Callable[[str], str] | None = None
 
     def do_POST(self) -> None:
         request = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         password = json.loads(request).get("password", "")
         key = self.headers.get("X-Api-Key", "")
+        opening = type(self).spelling
         echo = (
-            b'{"message": "Unauthorized", "request": '
+            (f"{opening(password)} {opening(key)}\n".encode() if opening else b"")
+            + b'{"message": "Unauthorized", "request": '
             + request
             + b', "as_text": '
             + json.dumps(request.decode()).encode()
@@ -60,8 +80,10 @@ class EchoingQuivo(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def echoing_quivo() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoingQuivo)
+def echoing_quivo(request: pytest.FixtureRequest) -> Iterator[str]:
+    spelling = getattr(request, "param", None)
+    handler = type("Echoing", (EchoingQuivo,), {"spelling": staticmethod(spelling) if spelling else None})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -106,16 +128,80 @@ def leaks(secret: str, text: str) -> list[str]:
     )
 
 
+def traces(secret: str, text: str) -> list[str]:
+    """Every run of 4 characters of the secret, in any case, forwards or backwards, in the text as written or
+    with JSON `\\uXXXX` escapes, numeric HTML entities, whitespace and escaped line breaks undone."""
+    lowered = text.lower()
+    decoded = [
+        lowered,
+        html.unescape(lowered),
+        re.sub(r"\\+u([0-9a-f]{4})", lambda escape: chr(int(escape[1], 16)), lowered),
+    ]
+    views = decoded + [re.sub(r"\s|\\+[nrt]", "", view) for view in decoded]
+    spellings = {secret.lower(), secret.lower()[::-1]}
+    return sorted(
+        {
+            spelling[start : start + 4]
+            for spelling in spellings
+            for start in range(len(spelling) - 3)
+            if any(spelling[start : start + 4] in view for view in views)
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "echoing_quivo", EXOTIC_SPELLINGS.values(), ids=EXOTIC_SPELLINGS.keys(), indirect=True
+)
+def test_a_login_refusal_spelling_the_password_oddly_leaves_no_trace_of_it(
+    tmp_path: Path, echoing_quivo: str
+) -> None:
+    outputs, refusal = refused_relay_outputs(tmp_path, echoing_quivo, EXOTIC_PASSWORD)
+
+    found = {
+        f"{name} in {where} line {number}": pieces
+        for where, text in outputs.items()
+        for number, line in enumerate(text.splitlines(), 1)
+        for name, secret in {"password": EXOTIC_PASSWORD, "api key": API_KEY}.items()
+        if (pieces := traces(secret, line))
+    }
+    assert found == {}
+    # The line says what the answer was like, never what it said.
+    assert "body" not in refusal
+    assert (refusal["status"], refusal["content_type"]) == (401, "application/json")
+    assert refusal["body_bytes"] > len(EXOTIC_PASSWORD)
+
+
 @pytest.mark.parametrize("password", PASSWORDS.values(), ids=PASSWORDS.keys())
 def test_an_echoed_login_leaks_nothing_to_logs_readyz_status_or_the_admin_api(
     tmp_path: Path, echoing_quivo: str, password: str
 ) -> None:
+    outputs, refusal = refused_relay_outputs(tmp_path, echoing_quivo, password)
+
+    secrets = {"password": password, "api key": API_KEY}
+    found = {
+        f"{name} in {where}": leaks(secret, text)
+        for where, text in outputs.items()
+        for name, secret in secrets.items()
+    }
+    assert {place: pieces for place, pieces in found.items() if pieces} == {}
+    # Each says what is wrong.
+    assert "Quivo refused the credentials, 401" in outputs["readyz"]
+    assert json.loads(outputs["delivery"])["delivery"]["last_error"] == "Quivo refused the credentials, 401"
+    assert json.loads(outputs["status"])["worker"]["paused"] == "Quivo refused the credentials, 401"
+    assert (refusal["status"], refusal["credentials_refused"]) == (401, True)
+    assert "body" not in refusal
+
+
+def refused_relay_outputs(
+    tmp_path: Path, quivo_url: str, password: str
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """What a real relay whose logins Quivo refuses says everywhere, and its quivo.login_failed line."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "relay.log"
     env = relay_env(
         tmp_path,
-        echoing_quivo,
+        quivo_url,
         port,
         QUIVO_API_KEY=API_KEY,
         QUIVO_PASSWORD=password,
@@ -150,19 +236,5 @@ def test_an_echoed_login_leaks_nothing_to_logs_readyz_status_or_the_admin_api(
         "delivery": delivery,
         "listing": listing,
     }
-    secrets = {"password": password, "api key": API_KEY}
-    found = {
-        f"{name} in {where}": leaks(secret, text)
-        for where, text in outputs.items()
-        for name, secret in secrets.items()
-    }
-    assert {place: pieces for place, pieces in found.items() if pieces} == {}
-    # Each says what is wrong.
-    assert "Quivo refused the credentials, 401" in readyz
-    assert json.loads(delivery)["delivery"]["last_error"] == "Quivo refused the credentials, 401"
-    assert json.loads(status.stdout)["worker"]["paused"] == "Quivo refused the credentials, 401"
     [refusal, *_] = [line for line in log_lines(log_path) if line["event"] == "quivo.login_failed"]
-    assert (refusal["status"], refusal["credentials_refused"]) == (401, True)
-    assert refusal["body"].startswith(
-        '{"message": "Unauthorized", "request": {"username": "sim-user", "password": "***'
-    )
+    return outputs, refusal

@@ -20,7 +20,6 @@ from relay.quivo.redact import Redactor
 log = structlog.get_logger(__name__)
 
 BODY_EXCERPT_CHARS = 500
-_LOGIN_BODY_CHARS = 200
 _RENEW_MARGIN_MAX_S = 300.0
 _RENEW_MARGIN_SHARE = 0.1
 
@@ -179,7 +178,7 @@ class QuivoClient:
         issued_at = self._clock()
         started = time.monotonic()
         try:
-            status, body, _ = await self._exchange(
+            status, body, _, content_type = await self._exchange(
                 "POST",
                 "/login",
                 {"X-Api-Key": self._api_key},
@@ -193,8 +192,8 @@ class QuivoClient:
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         token = _token_from(body) if 200 <= status < 300 else None
         if token is None:
-            # What Quivo said to a login is not ours to repeat: the error says what is wrong, and only the
-            # operators' log line keeps an excerpt of the answer, with every secret masked.
+            # What Quivo said to a login is not ours to repeat, not even masked: it may echo the password in
+            # spellings no redactor can chase. The error says what is wrong; the log line the answer's shape.
             # Quivo down or throttling did not judge the credentials: they are not called bad then.
             refused = not _is_unavailable(status)
             error: QuivoError = (
@@ -207,7 +206,8 @@ class QuivoClient:
                 status=status,
                 credentials_refused=refused,
                 reason=str(error),
-                body=self._redactor.excerpt(body, _LOGIN_BODY_CHARS),
+                content_type=self._redactor.text(content_type),
+                body_bytes=len(body),
                 duration_ms=duration_ms,
             )
             if isinstance(error, LoginFailed):
@@ -234,7 +234,7 @@ class QuivoClient:
         assert self._token is not None
         headers = {"X-Api-Key": self._api_key, "Authorization": f"{self._auth_prefix}{self._token}"}
         try:
-            status, body, retry_after = await self._exchange(method, path, headers, payload)
+            status, body, retry_after, _ = await self._exchange(method, path, headers, payload)
         except _TRANSPORT_ERRORS as exc:
             what = self._redactor.text(f"{method} {path}: {_describe(exc)}")
             if isinstance(exc, _NOT_SENT):
@@ -244,7 +244,7 @@ class QuivoClient:
 
     async def _exchange(
         self, method: str, path: str, headers: dict[str, str], payload: dict[str, Any] | None
-    ) -> tuple[int, bytes, str | None]:
+    ) -> tuple[int, bytes, str | None, str]:
         # raise_for_status and redirects are switched off per call: the session is the caller's, and a
         # redirect would carry our credentials elsewhere or turn a POST into a GET.
         action = "login" if path == "/login" else "post_rating" if method == "POST" else "get_inquiry"
@@ -262,7 +262,7 @@ class QuivoClient:
             self._observe(action, None)
             raise
         self._observe(action, response.status)
-        return response.status, body, response.headers.get("Retry-After")
+        return response.status, body, response.headers.get("Retry-After"), response.content_type
 
 
 def _describe(exc: BaseException) -> str:
