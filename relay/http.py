@@ -94,9 +94,13 @@ def guard_malformed_requests() -> None:
     # aiohttp offers no hook for this answer (aio-libs/aiohttp#3287): middlewares and signals never see
     # the request, and run_app cannot be given another protocol class, so its error method is replaced.
     web.RequestHandler.handle_error = _handle_error  # type: ignore[method-assign]
+    # After answering, aiohttp reads and drops an unread body to keep the connection; a body it cannot
+    # decode (bad gzip, broken chunks) fails there and would be logged as an error with a traceback.
+    web.RequestHandler.log_exception = _log_exception  # type: ignore[method-assign]
 
 
 _AIOHTTP_HANDLE_ERROR = web.RequestHandler.handle_error
+_AIOHTTP_LOG_EXCEPTION = web.RequestHandler.log_exception
 
 
 def _handle_error(
@@ -115,6 +119,20 @@ def _handle_error(
     response = problem(400, "Bad Request", f"the request is not valid HTTP ({kind})")
     response.force_close()
     return response
+
+
+def _log_exception(self: web.RequestHandler, *args: Any, **kw: Any) -> None:
+    error = kw.get("exc_info")
+    if not isinstance(error, web.RequestPayloadError | HttpProcessingError):
+        _AIOHTTP_LOG_EXCEPTION(self, *args, **kw)
+        return
+    # The connection is closed after this; the body's bytes, the sender's mistake, page nobody.
+    cause = error if isinstance(error, HttpProcessingError) else error.__cause__
+    kind = malformation(cause) if isinstance(cause, HttpProcessingError) else type(error).__name__
+    peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+    log.warning(
+        "http.malformed_request", kind=kind, error=type(error).__name__, remote=peer[0] if peer else None
+    )
 
 
 def malformation(error: HttpProcessingError) -> str:

@@ -107,3 +107,53 @@ def test_nothing_is_logged_at_error_level(refusals: dict[str, Any]) -> None:
 )
 def test_a_message_without_the_parsers_reason_is_named_by_its_class_only(error: BadHttpMessage) -> None:
     assert malformation(error) == type(error).__name__
+
+
+# A body announced as compressed that is not: aiohttp fails on it while dropping it after the answer.
+UNDECODABLE = {
+    (path, encoding): (
+        f"POST {path} HTTP/1.1\r\nHost: relay\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Encoding: {encoding}\r\nContent-Length: 5\r\n\r\nhello"
+    ).encode()
+    for path in ("/oauth/token", "/webhooks/bringg", "/admin/links")
+    for encoding in ("gzip", "deflate")
+}
+
+
+@pytest.fixture(scope="module")
+def undecodable(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Each undecodable body sent once, without credentials, to a real `relay serve --no-worker`."""
+    workdir = tmp_path_factory.mktemp("undecodable")
+    port = free_port()
+    env = {
+        "PORT": str(port),
+        "RELAY_HOST": "127.0.0.1",
+        "DATABASE_URL": f"sqlite:///{workdir / 'relay.db'}",
+        "BRINGG_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+        "BRINGG_OAUTH_CLIENT_ID": "bringg",
+        "BRINGG_OAUTH_CLIENT_SECRET": "oauth-client-secret-0123456789",
+        "RELAY_ADMIN_TOKEN": "admin-token-0123456789abcdef",
+    }
+    log_path = workdir / "relay.log"
+    with relay_process("serve", "--no-worker", env=env, cwd=workdir, log_path=log_path) as relay:
+        wait_until_ready(f"http://127.0.0.1:{port}/readyz?scope=intake", relay)
+        answers = {sent: exchange(port, raw) for sent, raw in UNDECODABLE.items()}
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=20) == 0
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    return {"answers": answers, "lines": lines}
+
+
+def test_an_undecodable_body_is_answered_and_logs_no_error_or_traceback(undecodable: dict[str, Any]) -> None:
+    statuses = {sent: answer.split(b"\r\n")[0] for sent, answer in undecodable["answers"].items()}
+    assert statuses == {
+        sent: b"HTTP/1.1 400 Bad Request" if sent[0] == "/oauth/token" else b"HTTP/1.1 401 Unauthorized"
+        for sent in UNDECODABLE
+    }
+    lines = undecodable["lines"]
+    assert [line for line in lines if line["level"] in ("error", "critical") or "exception" in line] == []
+    # One warning for each, naming the kind of malformation, after the answer.
+    malformed = [line for line in lines if line["event"] == "http.malformed_request"]
+    assert [(line["level"], line["kind"], line["remote"]) for line in malformed] == [
+        ("warning", "ContentEncodingError", "127.0.0.1")
+    ] * len(UNDECODABLE)
