@@ -3,8 +3,11 @@
 import csv
 import io
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from relay.domain.rating import MAX_EXTERNAL_ID_CHARS
 
 COLUMNS = ("merchant_id", "external_id", "inquiry_id")
 
@@ -97,6 +100,26 @@ def _inert(external_id: str) -> str:
     return f"'{external_id}" if _FORMULA.match(external_id) else external_id
 
 
+def external_id_problem(external_id: str) -> str | None:
+    """Why `external_id` (trimmed) cannot be a link's order id, without repeating it, or None.
+
+    The same bound as intake's (a longer id never reaches a delivery), no control characters (no real
+    order id holds one; they forge terminal output), and encodable as UTF-8 (SQLite refuses lone surrogates).
+    """
+    if not external_id:
+        return "external_id is empty"
+    if len(external_id) > MAX_EXTERNAL_ID_CHARS:
+        return (
+            f"external_id has {len(external_id)} characters, an order id has at most {MAX_EXTERNAL_ID_CHARS}"
+        )
+    if any(unicodedata.category(char) == "Cc" for char in external_id):
+        return "external_id holds control characters"
+    # A file read with surrogateescape keeps undecodable bytes as lone surrogates.
+    if any(unicodedata.category(char) == "Cs" for char in external_id):
+        return "external_id is not valid UTF-8"
+    return None
+
+
 def _read_header(row: list[str]) -> tuple[dict[str, int], str | None]:
     names = [name.strip() for name in row]
     missing = [column for column in COLUMNS if column not in names]
@@ -136,11 +159,5 @@ def _read_external_id(field: str) -> tuple[str | None, str | None]:
     value = field.strip()
     if value.startswith("'") and _FORMULA.match(value, 1):
         value = value[1:]  # written so by `links_to_csv`, or by hand to keep a spreadsheet from running it
-    if not value:
-        return None, "external_id is empty"
-    # A file read with surrogateescape keeps undecodable bytes as lone surrogates, which SQLite refuses.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None, f"external_id {value!r} is not valid UTF-8"
-    return value, None
+    problem = external_id_problem(value)
+    return (None, problem) if problem else (value, None)

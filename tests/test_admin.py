@@ -859,3 +859,44 @@ async def test_a_body_quarantined_by_an_older_rule_is_accepted_on_reprocess_and_
     [rating] = quivo.state.ratings
     assert (rating.inquiry_id, rating.rating) == (610, 4.0)
     assert rating.message is not None and rating.message.endswith("[bringg:1:61]")
+
+
+@pytest.mark.parametrize(
+    ("external_id", "detail"),
+    [
+        ("x" * 7000, "external_id: has 7000 characters, an order id has at most 200"),
+        ("ORD%001", "external_id: holds control characters"),
+        ("ORD%1B%5B2J", "external_id: holds control characters"),
+        ("%20%20", "external_id: is empty"),
+    ],
+)
+async def test_an_order_id_too_long_or_with_control_characters_is_400_naming_it(relay, external_id, detail):
+    saved = await relay.put(f"/admin/links/3/{external_id}", json={"inquiry_id": 5}, headers=ADMIN)
+    deleted = await relay.delete(f"/admin/links/3/{external_id}", headers=ADMIN)
+    listed = await relay.post(
+        "/admin/links", json=[{"merchant_id": 3, "external_id": "x" * 7000, "inquiry_id": 5}], headers=ADMIN
+    )
+
+    for response in (saved, deleted):
+        assert (response.status, response.content_type) == (400, PROBLEM)
+        answer = await response.json()
+        assert (answer["field"], answer["detail"]) == ("external_id", detail), answer
+    assert listed.status == 400
+    assert (await listed.json())["field"] == "[0].external_id"
+    assert sql(relay, "SELECT * FROM links") == []
+
+
+async def test_a_404_does_not_repeat_an_unbounded_id(relay):
+    for path in [
+        f"/admin/deliveries/{'9' * 5000}",
+        f"/admin/links/{'9' * 5000}/ORD-1",
+        f"/admin/links/3/{'x' * 200}",
+    ]:
+        response = (
+            await relay.delete(path, headers=ADMIN)
+            if "links" in path
+            else await relay.get(path, headers=ADMIN)
+        )
+
+        assert response.status == 404, path
+        assert len(await response.text()) < 600, path

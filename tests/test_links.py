@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.domain.rating import format_instant
+from relay.domain.rating import MAX_EXTERNAL_ID_CHARS, format_instant
 from relay.linkfile import MAX_ID, HeaderProblem, Link, LinkFileProblem, links_to_csv, parse_links_csv
 from relay.store.db import Database
 from relay.store.links import (
@@ -74,12 +74,15 @@ def test_each_bad_field_of_a_row_is_its_own_problem() -> None:
 
 
 def test_line_numbers_count_blank_lines_and_lines_inside_quoted_fields() -> None:
-    text = HEADER + '\n7,"ORD\n1",101\n\n   \n,,\nx,ORD-2,102\n'
+    text = HEADER + '\n7,"ORD\n1",101\n\n   \n,,\nx,ORD-2,102\n7,ORD-3,103\n'
 
     links, problems = parse_links_csv(text)
 
-    assert links == [Link(7, "ORD\n1", 101)]
-    assert problems == [LinkFileProblem(8, "merchant_id must be a positive whole number, found 'x'")]
+    assert links == [Link(7, "ORD-3", 103)]
+    assert problems == [
+        LinkFileProblem(3, "external_id holds control characters"),
+        LinkFileProblem(8, "merchant_id must be a positive whole number, found 'x'"),
+    ]
 
 
 def test_undecodable_bytes_in_an_external_id_are_that_rows_problem() -> None:
@@ -144,11 +147,15 @@ def test_largest_int64_ids_are_kept() -> None:
 
 
 IDS = st.integers(min_value=1, max_value=MAX_ID)
+# Import refuses control characters (and lone surrogates) in an order id, so no link holds one.
+ORDER_ID_CHARACTERS = st.characters(exclude_categories=("Cc", "Cs"))
 EXTERNAL_IDS = st.one_of(
-    st.text(min_size=1),
+    st.text(ORDER_ID_CHARACTERS, min_size=1, max_size=MAX_EXTERNAL_ID_CHARS),
     # Order ids a spreadsheet would run as formulas, with and without quotes already in front.
-    st.tuples(st.sampled_from(["", "'", "''"]), st.sampled_from("=+-@\t\r"), st.text()).map("".join),
-).filter(lambda text: text == text.strip())
+    st.tuples(st.sampled_from(["", "'", "''"]), st.sampled_from("=+-@"), st.text(ORDER_ID_CHARACTERS)).map(
+        "".join
+    ),
+).filter(lambda text: text == text.strip() and len(text) <= MAX_EXTERNAL_ID_CHARS)
 
 
 @given(
@@ -351,3 +358,18 @@ async def test_list_links_of_one_merchant_pages_by_key(database: Database) -> No
 async def test_list_links_refuses_a_limit_below_one(database: Database) -> None:
     with pytest.raises(ValueError, match="limit"):
         await list_links(database.reader, limit=0)
+
+
+def test_links_import_refuses_an_order_id_too_long_or_with_control_characters(tmp_path: Path) -> None:
+    rows = [[1, "x" * 7000, 7], [1, "ORD\x001", 7], [1, "ORD\x1b[2J", 7], [1, "x" * 200, 8], [1, "ORD-1", 9]]
+    typed = io.StringIO()
+    csv.writer(typed).writerows([["merchant_id", "external_id", "inquiry_id"], *rows])
+    (tmp_path / "typed.csv").write_text(typed.getvalue())
+
+    imported = run_relay("links", "import", "typed.csv", env={"DATABASE_URL": "sqlite:///l.db"}, cwd=tmp_path)
+
+    assert "x" * 201 not in imported.stdout + imported.stderr
+    assert "external_id has 7000 characters, an order id has at most 200" in imported.stdout + imported.stderr
+    assert (imported.stdout + imported.stderr).count("external_id holds control characters") == 2
+    with sqlite3.connect(tmp_path / "l.db") as conn:
+        assert sorted(row[0] for row in conn.execute("SELECT inquiry_id FROM links")) == [8, 9]

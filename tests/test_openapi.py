@@ -517,7 +517,7 @@ LINK_ANSWERS: Answers = {
     ("get", "/admin/links"): {200, 400},
     ("post", "/admin/links"): {200, 400, 413},
     ("put", "/admin/links/{merchant_id}/{external_id}"): {200, 400, 404, 413},
-    ("delete", "/admin/links/{merchant_id}/{external_id}"): {204, 404},
+    ("delete", "/admin/links/{merchant_id}/{external_id}"): {204, 400, 404},
 }
 
 
@@ -550,6 +550,7 @@ async def test_admin_link_answers_fit_the_document(relay):
     await admin("GET", "/admin/links", params={"cursor": "not-a-cursor"})
     await admin("DELETE", "/admin/links/3/ORD-2")
     await admin("DELETE", "/admin/links/3/ORD-2")
+    await admin("DELETE", "/admin/links/3/ORD%001")
 
     assert (saved["external_id"], saved["woken"]) == ("ORD 7/A", [])
     assert (imported["saved"], from_csv["saved"], [p["line"] for p in from_csv["problems"]]) == (1, 1, [3])

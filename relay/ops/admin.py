@@ -26,7 +26,7 @@ from pydantic import (
 from relay.bringg.payload import judge
 from relay.http import Handler, problem
 from relay.keys import DATABASE, NEW_DELIVERY, SETTINGS
-from relay.linkfile import MAX_ID, HeaderProblem, Link, parse_links_csv
+from relay.linkfile import MAX_ID, HeaderProblem, Link, external_id_problem, parse_links_csv
 from relay.store import queries
 from relay.store.db import Database
 from relay.store.inbox import reprocess_webhook
@@ -159,13 +159,20 @@ class LinkListing(BaseModel):
     cursor: Annotated[tuple[int, str] | None, _cursor_of(int, str)] = None
 
 
+def _usable_external_id(external_id: str) -> str:
+    problem = external_id_problem(external_id)
+    if problem:
+        raise ValueError(problem.removeprefix("external_id "))
+    return external_id
+
+
 class LinkInput(BaseModel):
     """One link as an operator sends it; strict, so neither `"7"` nor `true` passes for an id."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     merchant_id: LinkId
-    external_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+    external_id: Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_usable_external_id)]
     inquiry_id: LinkId
 
     def link(self) -> Link:
@@ -355,6 +362,11 @@ async def remove_link(request: web.Request) -> web.Response:
     merchant_id = _path_id(request, "merchant_id")
     # Trimmed as PUT and the CSV import trim it, so a link saved through either can be deleted by its URL.
     external_id = request.match_info["external_id"].strip()
+    problem = external_id_problem(external_id)
+    if problem:
+        detail = problem.removeprefix("external_id ")
+        errors = [{"field": "external_id", "detail": detail}]
+        raise _refusal(400, f"external_id: {detail}", field="external_id", errors=errors)
     if not await _database(request).write(delete_link(merchant_id, external_id)):
         raise _refusal(404, f"no link for merchant {merchant_id}'s order {external_id!r}")
     log.info("admin.link_deleted", merchant_id=merchant_id, external_id=external_id)
@@ -422,7 +434,8 @@ def _path_id(request: web.Request, name: str) -> int:
     digits = request.match_info[name]  # the route admits digits only
     # By length first: int() refuses very long digit strings; and ids are SQLite int64s.
     if len(digits) > len(str(MAX_ID)) or int(digits) > MAX_ID:
-        raise _refusal(404, f"{name} {digits} is beyond the int64 range")
+        # Not repeated: the path can hold any number of digits.
+        raise _refusal(404, f"{name} of {len(digits)} digits is beyond the int64 range")
     return int(digits)
 
 
