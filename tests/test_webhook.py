@@ -220,6 +220,31 @@ async def test_a_megabyte_of_bad_reasons_is_one_small_reason_everywhere(aiohttp_
     assert line["errors"] == answer["errors"]
 
 
+@pytest.mark.parametrize("rating", [{}, {"id": "not a number"}])
+async def test_a_megabyte_webhook_type_is_kept_cut_everywhere(aiohttp_client, make_settings, rating):
+    admin = {"Authorization": "Bearer admin-token-0123456789abcdef"}
+    settings = make_settings(relay_max_body_bytes=2**21, relay_admin_token=admin["Authorization"][7:])
+    client = await aiohttp_client(create_app(settings, run_worker=False))
+    # A rating that does not parse takes the other path to the same judgement.
+    body = json.dumps({"webhook_type": "t" + "x" * 1_040_000, "merchant_id": 1, "rating": rating}).encode()
+
+    for _ in range(5):
+        with structlog.testing.capture_logs() as logged:
+            response, answer = await post(client, body)
+    listing = await client.get("/admin/webhooks", params={"limit": 5}, headers=admin)
+
+    cut = "t" + "x" * 62 + "…"
+    assert (response.status, answer["status"]) == (202, "ignored")
+    assert len(json.dumps(answer)) < 200
+    [line] = [line for line in logged if line["event"] == "webhook.ignored"]
+    assert line["webhook_type"] == cut
+    stored = rows(client.app, "SELECT webhook_type FROM webhooks WHERE id = ?", answer["id"])[0]
+    assert stored["webhook_type"] == cut
+    assert listing.status == 200
+    assert len(await listing.read()) < 5 * 600
+    assert [item["webhook_type"] for item in (await listing.json())["items"]] == [cut] * 5
+
+
 async def test_many_errors_are_reported_as_the_first_few_and_a_count(relay):
     with structlog.testing.capture_logs() as logged:
         response, answer = await post(relay, bad_reasons_body(100))

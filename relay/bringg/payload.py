@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from relay.domain.judgement import Judgement, reported
+from relay.domain.judgement import ELLIPSIS, Judgement, reported
 from relay.domain.rating import MAX_EXTERNAL_ID_CHARS, MAX_VERSION_AHEAD, Rating, format_instant
 
 RATING_SUBMITTED = "rating_submitted"
@@ -22,6 +22,9 @@ def _not_bool(value: object) -> object:
 MAX_ID = 2**63 - 1
 Id = Annotated[int, Field(ge=0, le=MAX_ID), BeforeValidator(_not_bool)]
 Stars = Annotated[int, BeforeValidator(_not_bool)]
+# Bringg's types are short names (`rating_submitted`); a longer one is kept cut, so that neither the log
+# line nor a listing of webhooks repeats whatever a sender put there.
+MAX_WEBHOOK_TYPE_CHARS = 64
 # Reasons are a few picks from the merchant's list. The bound keeps a hostile list from costing a reason
 # per item: pydantic then reports one error for the whole list, not one per bad item.
 MAX_REASONS = 100
@@ -100,6 +103,8 @@ def _judge_unparsable(body: bytes, error: ValidationError) -> Judgement:
 def _other_type(webhook_type: str | None, merchant_id: int | None) -> Judgement:
     if webhook_type is None:
         return Judgement("quarantined", None, merchant_id, errors=("webhook_type: missing",))
+    if len(webhook_type) > MAX_WEBHOOK_TYPE_CHARS:
+        webhook_type = webhook_type[: MAX_WEBHOOK_TYPE_CHARS - 1] + ELLIPSIS
     return Judgement("ignored", webhook_type, merchant_id)
 
 
