@@ -15,6 +15,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from relay import console
 from relay.app import create_app
+from relay.domain.delivery import DELIVERY_STATES
 from relay.linkfile import links_to_csv
 from relay.logs import configure_logging
 from relay.ops.admin import DEFAULT_PAGE, MAX_PAGE, MAX_REPORTED, DeliveryListing, page_cursor, replay_answer
@@ -24,7 +25,6 @@ from relay.store.db import Database, DatabaseUnusable, StoreUnavailable
 from relay.store.gauges import worker_heartbeat, worker_paused
 from relay.store.links import import_links_file, list_links
 from relay.store.queries import (
-    DELIVERY_STATES,
     REPLAYABLE_STATES,
     DeliveryDetail,
     DeliveryFilter,

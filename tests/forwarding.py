@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relay.domain.delivery import DELIVERY_STATES, WAITING_STATES
 from relay.sim.state import SimState
 
-SETTLED = frozenset({"delivered", "dead", "unmatched", "superseded"})
+SETTLED = frozenset(DELIVERY_STATES) - frozenset(WAITING_STATES)
 
 
 @dataclass

@@ -15,11 +15,12 @@ import pytest
 from relay.app import create_app
 from relay.cli import main
 from relay.console import duration, table
+from relay.domain.delivery import DELIVERY_STATES
 from relay.keys import DATABASE
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
 from relay.store.db import Database
-from relay.store.queries import DELIVERY_STATES, DeliverySummary
+from relay.store.queries import DeliverySummary
 from tests.forwarding import Quivo, forwarding_settings, wait_for_state
 from tests.processes import run_relay
 from tests.test_admin import ADMIN, TOKEN, ago, crafted_cursor, delivery_row, seed, sql

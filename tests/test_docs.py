@@ -31,13 +31,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay import cli
 from relay.app import create_app
+from relay.domain.delivery import DELIVERY_STATES
 from relay.keys import DATABASE
 from relay.logs import configure_logging
 from relay.ops.metrics import DELIVERY_OUTCOMES, METRICS, WEBHOOK_OUTCOMES, RelayMetrics
 from relay.settings import Settings
 from relay.store.gauges import beat
 from relay.store.inbox import StoredStatus
-from relay.store.queries import DELIVERY_STATES
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "operations.md"

@@ -6,18 +6,17 @@ from datetime import datetime
 
 import aiosqlite
 
+from relay.domain.delivery import DELIVERY_STATES
 from relay.domain.rating import format_instant
 from relay.store.db import WriteJob
 
-# Every state the deliveries table allows (its CHECK constraint), so each gauge exists even at zero.
-DELIVERY_STATES = ("pending", "sending", "retrying", "delivered", "dead", "unmatched", "superseded")
 HEARTBEAT_KEY = "worker_heartbeat"
 PAUSED_KEY = "worker_paused"
 
 
 async def deliveries_by_state(conn: aiosqlite.Connection) -> dict[str, int]:
     """How many deliveries are in each state, every state present (0 when none)."""
-    counts = dict.fromkeys(DELIVERY_STATES, 0)
+    counts: dict[str, int] = dict.fromkeys(DELIVERY_STATES, 0)
     rows = await conn.execute_fetchall("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
     counts.update({row[0]: row[1] for row in rows})
     return counts

@@ -7,9 +7,6 @@ from datetime import datetime
 from relay.domain.rating import format_instant
 from relay.store.db import Database, WriteJob
 
-DUE_STATES = ("pending", "retrying", "sending")
-FINAL_STATES = ("delivered", "dead", "superseded")
-
 
 @dataclass(frozen=True)
 class ClaimedDelivery:

@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args
 
 import aiosqlite
 from pydantic import (
@@ -18,6 +18,7 @@ from pydantic import (
     ValidationInfo,
 )
 
+from relay.domain.delivery import DELIVERY_STATES, DeliveryState
 from relay.domain.rating import format_instant
 from relay.linkfile import MAX_ID, Link
 from relay.store.db import Database, WriteJob
@@ -25,8 +26,6 @@ from relay.store.gauges import read_backlog
 from relay.store.inbox import WebhookStatus
 from relay.store.links import LinkUpsert, upsert_links
 
-DeliveryState = Literal["pending", "sending", "retrying", "delivered", "dead", "unmatched", "superseded"]
-DELIVERY_STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
 WEBHOOK_STATUSES: tuple[WebhookStatus, ...] = get_args(WebhookStatus)
 REPLAYABLE_STATES: tuple[DeliveryState, ...] = ("dead", "unmatched")
 # Neither delivered nor in flight: stopping these cannot cut a call to Quivo short.

@@ -1,0 +1,22 @@
+"""The delivery states defined in the domain are exactly those the migrated deliveries table allows."""
+
+import re
+import sqlite3
+
+from relay.domain.delivery import DELIVERY_STATES, WAITING_STATES
+from relay.store.migrations import migrate
+
+
+def test_deliveries_check_constraint_allows_exactly_the_domain_states():
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn)
+    (table,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
+    ).fetchone()
+    conn.close()
+
+    check = re.search(r"CHECK \(state IN\s*\(([^)]*)\)\)", table)
+
+    assert check is not None
+    assert re.findall(r"'([a-z_]+)'", check.group(1)) == list(DELIVERY_STATES)
+    assert set(WAITING_STATES) < set(DELIVERY_STATES)
