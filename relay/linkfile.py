@@ -7,12 +7,10 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from relay.domain.ids import MAX_ID
 from relay.domain.rating import MAX_EXTERNAL_ID_CHARS
 
 COLUMNS = ("merchant_id", "external_id", "inquiry_id")
-
-# SQLite's INTEGER and Quivo's ids are both int64.
-MAX_ID = 2**63 - 1
 
 # OWASP's CSV injection advice: a spreadsheet runs a cell starting with one of these as a formula, so the
 # export writes such an order id behind a `'`. Quotes already in front are counted in, so the import takes

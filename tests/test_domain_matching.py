@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.domain.ids import MAX_ID
 from relay.domain.matching import (
-    MAX_INQUIRY_ID,
     has_nested_repeat,
     inquiry_id_from_external_id,
     pattern_cost_problem,
@@ -44,7 +44,7 @@ def test_no_match_finds_nothing() -> None:
 
 
 @pytest.mark.parametrize(
-    "captured", ["0", "000", "-5", "+5", "1_000", " 5", "٣", "²", "12a", str(MAX_INQUIRY_ID + 1), "9" * 5000]
+    "captured", ["0", "000", "-5", "+5", "1_000", " 5", "٣", "²", "12a", str(MAX_ID + 1), "9" * 5000]
 )
 def test_capture_that_is_not_a_positive_int64_finds_nothing(captured: str) -> None:
     assert inquiry_id_from_external_id(captured, re.compile(r"(.*)", re.DOTALL)) is None
@@ -56,11 +56,11 @@ def test_group_that_did_not_take_part_finds_nothing() -> None:
 
 def test_largest_int64_and_leading_zeros_are_accepted() -> None:
     whole = re.compile(r"(.*)")
-    assert inquiry_id_from_external_id(str(MAX_INQUIRY_ID), whole) == MAX_INQUIRY_ID
+    assert inquiry_id_from_external_id(str(MAX_ID), whole) == MAX_ID
     assert inquiry_id_from_external_id("000042", whole) == 42
 
 
-@given(inquiry_id=st.integers(min_value=1, max_value=MAX_INQUIRY_ID), noise=st.text(alphabet="ABC- /"))
+@given(inquiry_id=st.integers(min_value=1, max_value=MAX_ID), noise=st.text(alphabet="ABC- /"))
 def test_any_positive_int64_is_found_back(inquiry_id: int, noise: str) -> None:
     assert inquiry_id_from_external_id(f"{noise}{inquiry_id}{noise}", DIGITS) == inquiry_id
 
@@ -68,7 +68,7 @@ def test_any_positive_int64_is_found_back(inquiry_id: int, noise: str) -> None:
 @given(external_id=st.text())
 def test_result_is_always_a_positive_int64_or_none(external_id: str) -> None:
     found = inquiry_id_from_external_id(external_id, re.compile(r"(\S+)"))
-    assert found is None or 1 <= found <= MAX_INQUIRY_ID
+    assert found is None or 1 <= found <= MAX_ID
 
 
 def test_an_external_id_past_the_bound_is_never_searched() -> None:

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.domain.ids import MAX_ID
 from relay.domain.rating import MAX_EXTERNAL_ID_CHARS, format_instant
-from relay.linkfile import MAX_ID, HeaderProblem, Link, LinkFileProblem, links_to_csv, parse_links_csv
+from relay.linkfile import HeaderProblem, Link, LinkFileProblem, links_to_csv, parse_links_csv
 from relay.store.db import Database
 from relay.store.links import (
     LinkUpsert,

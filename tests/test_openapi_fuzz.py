@@ -20,7 +20,8 @@ from schemathesis.config import SchemathesisConfig
 
 from relay import throttle
 from relay.app import create_app
-from relay.linkfile import MAX_ID, links_to_csv
+from relay.domain.ids import MAX_ID
+from relay.linkfile import links_to_csv
 from relay.ops.admin import page_cursor
 from relay.ops.openapi import DOCUMENT
 from relay.settings import Settings

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from relay.domain.ids import MAX_ID
 from relay.domain.judgement import ELLIPSIS, Judgement, reported
 from relay.domain.rating import MAX_EXTERNAL_ID_CHARS, MAX_VERSION_AHEAD, Rating, format_instant
 
@@ -19,7 +20,6 @@ def _not_bool(value: object) -> object:
 
 
 # Bringg documents Int32 ids; anything that fits SQLite's int64 is kept, anything larger is unusable.
-MAX_ID = 2**63 - 1
 Id = Annotated[int, Field(ge=0, le=MAX_ID), BeforeValidator(_not_bool)]
 Stars = Annotated[int, BeforeValidator(_not_bool)]
 # Bringg's types are short names (`rating_submitted`); a longer one is kept cut, so that neither the log

@@ -10,10 +10,9 @@ from itertools import permutations
 # has_nested_repeat alone, and tests/test_domain_matching.py pins what that sees, so a change shows there.
 from re import _parser as regex_parser  # type: ignore[attr-defined,unused-ignore]
 
+from relay.domain.ids import MAX_ID
 from relay.domain.rating import MAX_EXTERNAL_ID_CHARS
 
-# Quivo's `customerInquiryId` is an int64.
-MAX_INQUIRY_ID = 2**63 - 1
 # The search runs on the event loop, once per delivery pass: no order id may cost it more than this.
 PATTERN_BUDGET_S = 0.01
 # Probes are runs of one character that order ids are made of, or that the pattern names, and runs of
@@ -49,10 +48,10 @@ def inquiry_id_from_external_id(external_id: str | None, pattern: re.Pattern[str
         return None
     # Leading zeros are harmless, but a run of digits that long could not be an int64 anyway.
     significant = digits.lstrip("0")
-    if not significant or len(significant) > len(str(MAX_INQUIRY_ID)):
+    if not significant or len(significant) > len(str(MAX_ID)):
         return None
     inquiry_id = int(significant)
-    return inquiry_id if inquiry_id <= MAX_INQUIRY_ID else None
+    return inquiry_id if inquiry_id <= MAX_ID else None
 
 
 def pattern_cost_problem(pattern: re.Pattern[str]) -> str | None:

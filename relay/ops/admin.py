@@ -24,9 +24,10 @@ from pydantic import (
 )
 
 from relay.bringg.payload import judge
+from relay.domain.ids import MAX_ID
 from relay.http import Handler, problem
 from relay.keys import DATABASE, NEW_DELIVERY, SETTINGS
-from relay.linkfile import MAX_ID, HeaderProblem, Link, external_id_problem, parse_links_csv
+from relay.linkfile import HeaderProblem, Link, external_id_problem, parse_links_csv
 from relay.store import queries
 from relay.store.db import Database
 from relay.store.inbox import reprocess_webhook

@@ -19,8 +19,9 @@ from pydantic import (
 )
 
 from relay.domain.delivery import DELIVERY_STATES, DeliveryState
+from relay.domain.ids import MAX_ID
 from relay.domain.rating import format_instant
-from relay.linkfile import MAX_ID, Link
+from relay.linkfile import Link
 from relay.store.db import Database, WriteJob
 from relay.store.gauges import read_backlog
 from relay.store.inbox import WebhookStatus
