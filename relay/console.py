@@ -40,11 +40,6 @@ def printable(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
-def printable_lines(text: str) -> str:
-    """`text` as `printable` shows it, keeping its own line breaks (the command's, not a value's)."""
-    return "\n".join(printable(line) for line in text.split("\n"))
-
-
 def as_json(value: object) -> str:
     """`value` as indented JSON, dataclasses as the objects the admin API answers with."""
     return json.dumps(value, indent=2, default=_plain)

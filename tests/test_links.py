@@ -6,6 +6,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiosqlite
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,7 +19,6 @@ from relay.store.links import (
     LinkUpsert,
     delete_link,
     import_links_file,
-    inquiry_for,
     list_links,
     upsert_links,
 )
@@ -27,6 +27,15 @@ from tests.processes import run_relay
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 EARLIER = format_instant(datetime(2024, 4, 1, tzinfo=UTC))
 HEADER = "merchant_id,external_id,inquiry_id\n"
+
+
+async def inquiry_for(conn: aiosqlite.Connection, merchant_id: int, external_id: str) -> int | None:
+    """The Quivo inquiry the links table holds for a merchant's order, or None when there is no link."""
+    cursor = await conn.execute(
+        "SELECT inquiry_id FROM links WHERE merchant_id = ? AND external_id = ?", (merchant_id, external_id)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else int(row["inquiry_id"])
 
 
 # The file

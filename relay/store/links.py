@@ -75,15 +75,6 @@ def delete_link(merchant_id: int, external_id: str) -> WriteJob[bool]:
     return job
 
 
-async def inquiry_for(conn: aiosqlite.Connection, merchant_id: int, external_id: str) -> int | None:
-    """The Quivo inquiry linked to a merchant's order, or None when there is no link."""
-    cursor = await conn.execute(
-        "SELECT inquiry_id FROM links WHERE merchant_id = ? AND external_id = ?", (merchant_id, external_id)
-    )
-    row = await cursor.fetchone()
-    return None if row is None else int(row["inquiry_id"])
-
-
 async def list_links(
     conn: aiosqlite.Connection,
     *,
