@@ -9,11 +9,11 @@ from aiohttp import web
 from relay.bringg.auth import Authenticator
 from relay.bringg.routes import routes as bringg_routes
 from relay.http import guard_malformed_requests, request_context
-from relay.keys import AUTHENTICATOR, DATABASE, METRICS, NEW_DELIVERY, READINESS_CHECKS, SETTINGS, WORKER
+from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, READINESS_CHECKS, SETTINGS, WORKER
 from relay.ops.admin import create_admin_app
 from relay.ops.health import READINESS, Readiness
 from relay.ops.health import routes as health_routes
-from relay.ops.metrics import RelayMetrics
+from relay.ops.metrics import METRICS, RelayMetrics
 from relay.ops.metrics import routes as metrics_routes
 from relay.ops.openapi import routes as openapi_routes
 from relay.quivo.client import QuivoClient

@@ -2,16 +2,26 @@
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 
 from relay.bringg.auth import Authenticator
-from relay.ops.metrics import METRICS
 from relay.settings import Settings
 from relay.store.db import Database
-from relay.worker import Worker
 
 ReadinessCheck = Callable[[], Awaitable[list[str]]]
+
+
+class RunningWorker(Protocol):
+    """What the application's parts may read of its delivery worker (typed here, so keys never import it)."""
+
+    @property
+    def paused_reason(self) -> str | None: ...
+
+    @property
+    def last_heartbeat(self) -> float | None: ...
+
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
@@ -19,6 +29,4 @@ AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 # Set when a webhook stores a new delivery, so the worker starts on it at once instead of at its next sweep.
 NEW_DELIVERY = web.AppKey("new_delivery", asyncio.Event)
 READINESS_CHECKS = web.AppKey("readiness_checks", list[ReadinessCheck])
-WORKER = web.AppKey("worker", Worker)
-
-__all__ = ["AUTHENTICATOR", "DATABASE", "METRICS", "NEW_DELIVERY", "READINESS_CHECKS", "SETTINGS", "WORKER"]
+WORKER = web.AppKey("worker", RunningWorker)

@@ -11,7 +11,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from relay.bringg.payload import judge
 from relay.http import REQUEST_ID, elapsed_ms, header_text, problem
-from relay.keys import AUTHENTICATOR, DATABASE, METRICS, NEW_DELIVERY, SETTINGS
+from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, SETTINGS
+from relay.ops.metrics import METRICS
 from relay.store.db import StoreUnavailable
 from relay.store.inbox import InboundWebhook, record_webhook
 

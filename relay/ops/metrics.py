@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from relay.keys import DATABASE
 from relay.ops.fresh import Fresh
 from relay.store.db import Database
 from relay.store.gauges import Backlog, deliveries_by_state, read_backlog, worker_heartbeat
@@ -177,9 +178,6 @@ routes = web.RouteTableDef()
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus scrape: the counters as they stand and the store gauges read within the last second."""
-    # Imported here: relay.keys imports the worker, which reports to this module.
-    from relay.keys import DATABASE
-
     relay_metrics = request.config_dict[METRICS]
     await relay_metrics.refresh_from(request.config_dict[DATABASE])
     body, content_type = relay_metrics.render()
