@@ -10,11 +10,12 @@ from aiohttp import BasicAuth, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from relay.bringg.payload import judge
+from relay.domain.judgement import Judgement
 from relay.http import REQUEST_ID, elapsed_ms, header_text, problem
 from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, SETTINGS
 from relay.ops.metrics import METRICS
 from relay.store.db import StoreUnavailable
-from relay.store.inbox import InboundWebhook, record_webhook
+from relay.store.inbox import InboundWebhook, StoredWebhook, record_webhook
 
 log = structlog.get_logger("relay.webhook")
 
@@ -31,39 +32,10 @@ async def receive_webhook(request: web.Request) -> web.Response:
     """Authenticate, read within the size limit, commit the raw bytes (and delivery), then answer."""
     verdict = request.app[AUTHENTICATOR].check(request.headers)
     if not verdict.ok:
-        request.app[METRICS].webhook_received("unauthorized")
-        log.warning(
-            "webhook.unauthorized",
-            outcome="unauthorized",
-            reason=verdict.reason,
-            duration_ms=elapsed_ms(request),
-        )
-        # The reason is for the operator's log: it would tell a stranger which methods are configured.
-        refused = problem(401, "Unauthorized", "missing or invalid credentials")
-        refused.headers["WWW-Authenticate"] = 'Bearer realm="relay"'
-        return refused
-    limit = request.app[SETTINGS].relay_max_body_bytes
-    deadline = request.app[SETTINGS].relay_body_timeout_s
-    try:
-        if request.content_length is not None and request.content_length > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        # aiohttp puts no limit on how long a body may take: a trickling client would hold its slot forever.
-        async with asyncio.timeout(deadline):
-            body = await request.read()
-    except TimeoutError:
-        request.app[METRICS].webhook_received("too_slow")
-        log.warning("webhook.too_slow", outcome="too_slow", limit_s=deadline, duration_ms=elapsed_ms(request))
-        return problem(408, "Request Timeout", f"the body took over {deadline:g} s to arrive; send it again")
-    except web.HTTPRequestEntityTooLarge:
-        request.app[METRICS].webhook_received("too_large")
-        log.warning(
-            "webhook.too_large",
-            outcome="too_large",
-            limit=limit,
-            content_length=request.content_length,
-            duration_ms=elapsed_ms(request),
-        )
-        return problem(413, "Payload Too Large", f"the body is larger than {limit} bytes")
+        return _unauthorized(request, verdict.reason)
+    body = await _read_body(request)
+    if isinstance(body, web.Response):
+        return body
     judgement = judge(body)
     inbound = InboundWebhook(
         request_id=request[REQUEST_ID],
@@ -83,22 +55,69 @@ async def receive_webhook(request: web.Request) -> web.Response:
         recheck_before = inbound.received_at - timedelta(days=request.app[SETTINGS].relay_retention_days)
         stored = await request.app[DATABASE].write(record_webhook(inbound, recheck_before=recheck_before))
     except StoreUnavailable as error:
-        request.app[METRICS].webhook_received("store_failed")
-        log.error(
-            "webhook.store_failed",
-            outcome="store_failed",
-            error=str(error),
+        return _store_failed(request, error, fields)
+    _report_stored(request, judgement, stored, fields)
+    return _answer(judgement, stored)
+
+
+def _unauthorized(request: web.Request, reason: str | None) -> web.Response:
+    request.app[METRICS].webhook_received("unauthorized")
+    log.warning(
+        "webhook.unauthorized",
+        outcome="unauthorized",
+        reason=reason,
+        duration_ms=elapsed_ms(request),
+    )
+    # The reason is for the operator's log: it would tell a stranger which methods are configured.
+    refused = problem(401, "Unauthorized", "missing or invalid credentials")
+    refused.headers["WWW-Authenticate"] = 'Bearer realm="relay"'
+    return refused
+
+
+async def _read_body(request: web.Request) -> bytes | web.Response:
+    """The body, or the refusal when it is over the size limit or slower than the deadline."""
+    limit = request.app[SETTINGS].relay_max_body_bytes
+    deadline = request.app[SETTINGS].relay_body_timeout_s
+    try:
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        # aiohttp puts no limit on how long a body may take: a trickling client would hold its slot forever.
+        async with asyncio.timeout(deadline):
+            return await request.read()
+    except TimeoutError:
+        request.app[METRICS].webhook_received("too_slow")
+        log.warning("webhook.too_slow", outcome="too_slow", limit_s=deadline, duration_ms=elapsed_ms(request))
+        return problem(408, "Request Timeout", f"the body took over {deadline:g} s to arrive; send it again")
+    except web.HTTPRequestEntityTooLarge:
+        request.app[METRICS].webhook_received("too_large")
+        log.warning(
+            "webhook.too_large",
+            outcome="too_large",
+            limit=limit,
+            content_length=request.content_length,
             duration_ms=elapsed_ms(request),
-            **fields,
         )
-        response = problem(503, "Service Unavailable", "the webhook could not be stored; send it again")
-        response.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
-        return response
-    answer: dict[str, Any] = {"status": stored.status, "id": stored.webhook_id}
-    if stored.delivery_id is not None:
-        answer["delivery_id"] = stored.delivery_id
-    if judgement.errors:
-        answer["errors"] = list(judgement.errors)
+        return problem(413, "Payload Too Large", f"the body is larger than {limit} bytes")
+
+
+def _store_failed(request: web.Request, error: StoreUnavailable, fields: dict[str, Any]) -> web.Response:
+    request.app[METRICS].webhook_received("store_failed")
+    log.error(
+        "webhook.store_failed",
+        outcome="store_failed",
+        error=str(error),
+        duration_ms=elapsed_ms(request),
+        **fields,
+    )
+    response = problem(503, "Service Unavailable", "the webhook could not be stored; send it again")
+    response.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
+    return response
+
+
+def _report_stored(
+    request: web.Request, judgement: Judgement, stored: StoredWebhook, fields: dict[str, Any]
+) -> None:
+    """Count and log what storing did, and wake the worker for a new delivery."""
     request.app[METRICS].webhook_received(stored.status)
     if stored.status == "accepted":
         request.app[NEW_DELIVERY].set()
@@ -116,6 +135,14 @@ async def receive_webhook(request: web.Request) -> web.Response:
         duration_ms=elapsed_ms(request),
         **fields,
     )
+
+
+def _answer(judgement: Judgement, stored: StoredWebhook) -> web.Response:
+    answer: dict[str, Any] = {"status": stored.status, "id": stored.webhook_id}
+    if stored.delivery_id is not None:
+        answer["delivery_id"] = stored.delivery_id
+    if judgement.errors:
+        answer["errors"] = list(judgement.errors)
     return web.json_response(answer, status=200 if stored.status == "duplicate" else 202)
 
 
