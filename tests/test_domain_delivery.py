@@ -20,3 +20,20 @@ def test_deliveries_check_constraint_allows_exactly_the_domain_states():
     assert check is not None
     assert re.findall(r"'([a-z_]+)'", check.group(1)) == list(DELIVERY_STATES)
     assert set(WAITING_STATES) < set(DELIVERY_STATES)
+
+
+def test_the_backlog_and_claim_indexes_cover_exactly_the_waiting_states():
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn)
+    indexes = dict(
+        conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE name IN ('deliveries_waiting', 'deliveries_due')"
+        ).fetchall()
+    )
+    conn.close()
+
+    assert sorted(indexes) == ["deliveries_due", "deliveries_waiting"]
+    for sql in indexes.values():
+        where = re.search(r"WHERE state IN \(([^)]*)\)", sql)
+        assert where is not None
+        assert re.findall(r"'([a-z_]+)'", where.group(1)) == list(WAITING_STATES)
