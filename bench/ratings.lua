@@ -8,9 +8,11 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
+-- Arguments after `--`: the first rating id of this run, and the webhook token (one source: bench/run.py).
 function init(args)
   counter = 0
   run_base = tonumber(args[1] or "0")
+  token = args[2]
 end
 
 request = function()
@@ -24,6 +26,6 @@ request = function()
     id, 1 + id % 5, id, id)
   return wrk.format("POST", "/webhooks/bringg", {
     ["Content-Type"] = "application/json",
-    ["Authorization"] = "Bearer bench-token",
+    ["Authorization"] = "Bearer " .. token,
   }, body)
 end

@@ -339,6 +339,7 @@ def wrk(port: int, seconds: int, *, run_base: int) -> WrkResult:
             f"http://127.0.0.1:{port}/webhooks/bringg",
             "--",
             str(run_base),
+            TOKEN,
         ],
         capture_output=True,
         text=True,
