@@ -580,9 +580,11 @@ def _post_and_time_delivery(s: Stage, rating_id: int) -> float:
 
 
 async def test_quivo_answering_reads_while_failing_ratings_frees_held_deliveries_only_once(
-    start_relay, quivo
+    start_relay, quivo, monkeypatch
 ):
-    # One call at a time, so each failed call counts towards the outage; backoff long enough to hold them.
+    # Backoff is jittered from 0 s up: pinned at its cap, only a freeing can make a held delivery due here.
+    monkeypatch.setattr(worker_module, "retry_delay", lambda *args, **kwargs: 600.0)
+    # One call at a time, so each failed call counts towards the outage.
     relay = await start_relay(quivo_max_concurrency=1, relay_retry_base_s=300, relay_retry_max_s=600)
     quivo.state.outage = True
     accepted = [await post(relay, rating_webhook(n, f"INQ-{n}")) for n in range(31, 34)]
