@@ -19,6 +19,7 @@ from relay.ops.openapi import routes as openapi_routes
 from relay.quivo.client import QuivoClient
 from relay.settings import Settings
 from relay.store.db import Database
+from relay.store.worker_lock import sole_worker
 from relay.worker import Worker
 
 
@@ -32,6 +33,9 @@ def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
     app[READINESS_CHECKS] = []
     app[METRICS] = RelayMetrics()
     app[READINESS] = Readiness()
+    if run_worker:
+        # First, so a refused worker leaves nothing half open behind it.
+        app.cleanup_ctx.append(_sole_worker)
     app.cleanup_ctx.append(_database)
     if run_worker:
         app.cleanup_ctx.append(_worker)
@@ -51,6 +55,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[READINESS_CHECKS].append(database.readiness_problems)
     yield
     await database.close()
+
+
+async def _sole_worker(app: web.Application) -> AsyncIterator[None]:
+    """On SQLite one worker per database: the promise of one send per inquiry lives in that worker."""
+    with sole_worker(app[SETTINGS].database_path):
+        yield
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:

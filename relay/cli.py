@@ -225,13 +225,16 @@ def _worker(args: argparse.Namespace) -> int:
     async def run() -> None:
         # The same application and cleanup contexts as `relay serve`, without a listening site.
         runner = web.AppRunner(create_app(settings, run_worker=True), handle_signals=False)
-        await runner.setup()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        await runner.cleanup()
+        try:
+            # A start that fails part way (another worker holds the database) still closes what it opened.
+            await runner.setup()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
 
     asyncio.run(run())
     log.info("relay.stopped")
