@@ -3,7 +3,9 @@
 import json
 import signal
 import socket
-from typing import Any
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine, InvalidHeader, InvalidURLError
@@ -11,6 +13,8 @@ from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine, InvalidHeader
 from relay.http import malformation
 from tests.conftest import WEBHOOK_TOKEN
 from tests.processes import free_port, relay_process, wait_until_ready
+
+K = TypeVar("K", bound=Hashable)
 
 SECRET = "Zk9SecretQw7Xv"
 MALFORMED = {
@@ -51,24 +55,30 @@ def exchange(port: int, raw: bytes) -> bytes:
     return answer
 
 
-@pytest.fixture(scope="module")
-def refusals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Each malformation sent once to a real `relay serve`: its answers, and its log once it stopped."""
-    workdir = tmp_path_factory.mktemp("malformed")
+def sent_to_relay(workdir: Path, requests: Mapping[K, bytes], **settings: str) -> tuple[dict[K, bytes], str]:
+    """Each raw request sent once to a real `relay serve --no-worker`: its answers, and its log after."""
     port = free_port()
     env = {
         "PORT": str(port),
         "RELAY_HOST": "127.0.0.1",
         "DATABASE_URL": f"sqlite:///{workdir / 'relay.db'}",
         "BRINGG_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+        **settings,
     }
     log_path = workdir / "relay.log"
     with relay_process("serve", "--no-worker", env=env, cwd=workdir, log_path=log_path) as relay:
         wait_until_ready(f"http://127.0.0.1:{port}/readyz?scope=intake", relay)
-        answers = {name: exchange(port, raw) for name, (raw, _) in MALFORMED.items()}
+        answers = {key: exchange(port, raw) for key, raw in requests.items()}
         relay.send_signal(signal.SIGTERM)
         assert relay.wait(timeout=20) == 0
-    output = log_path.read_text()
+    return answers, log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Each malformation sent once to a real `relay serve`: its answers, and its log once it stopped."""
+    raws = {name: raw for name, (raw, _) in MALFORMED.items()}
+    answers, output = sent_to_relay(tmp_path_factory.mktemp("malformed"), raws)
     lines = [json.loads(line) for line in output.splitlines()]
     return {"answers": answers, "output": output, "lines": lines}
 
@@ -123,25 +133,14 @@ UNDECODABLE = {
 @pytest.fixture(scope="module")
 def undecodable(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Each undecodable body sent once, without credentials, to a real `relay serve --no-worker`."""
-    workdir = tmp_path_factory.mktemp("undecodable")
-    port = free_port()
-    env = {
-        "PORT": str(port),
-        "RELAY_HOST": "127.0.0.1",
-        "DATABASE_URL": f"sqlite:///{workdir / 'relay.db'}",
-        "BRINGG_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
-        "BRINGG_OAUTH_CLIENT_ID": "bringg",
-        "BRINGG_OAUTH_CLIENT_SECRET": "oauth-client-secret-0123456789",
-        "RELAY_ADMIN_TOKEN": "admin-token-0123456789abcdef",
-    }
-    log_path = workdir / "relay.log"
-    with relay_process("serve", "--no-worker", env=env, cwd=workdir, log_path=log_path) as relay:
-        wait_until_ready(f"http://127.0.0.1:{port}/readyz?scope=intake", relay)
-        answers = {sent: exchange(port, raw) for sent, raw in UNDECODABLE.items()}
-        relay.send_signal(signal.SIGTERM)
-        assert relay.wait(timeout=20) == 0
-    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
-    return {"answers": answers, "lines": lines}
+    answers, output = sent_to_relay(
+        tmp_path_factory.mktemp("undecodable"),
+        UNDECODABLE,
+        BRINGG_OAUTH_CLIENT_ID="bringg",
+        BRINGG_OAUTH_CLIENT_SECRET="oauth-client-secret-0123456789",
+        RELAY_ADMIN_TOKEN="admin-token-0123456789abcdef",
+    )
+    return {"answers": answers, "lines": [json.loads(line) for line in output.splitlines()]}
 
 
 def test_an_undecodable_body_is_answered_and_logs_no_error_or_traceback(undecodable: dict[str, Any]) -> None:
