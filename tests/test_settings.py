@@ -144,6 +144,18 @@ def test_a_credential_strangers_can_guess_needs_16_characters(monkeypatch, name)
     assert load_settings(serves_webhooks=True, runs_worker=False).auth_methods == ["token", "jwt", "oauth"]
 
 
+def problems_with(monkeypatch, name: str, value: str, *, serves_webhooks: bool) -> list[str]:
+    """What the start-up check says when `name` holds `value` and every other secret is sound."""
+    for setting in ("BRINGG_WEBHOOK_TOKEN", "QUIVO_API_KEY", "QUIVO_USERNAME", "QUIVO_PASSWORD"):
+        monkeypatch.setenv(setting, f"{setting.lower()}-{LONG}")
+    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_ID", "bringg")
+    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_SECRET", f"oauth-{LONG}")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings(serves_webhooks=serves_webhooks, runs_worker=not serves_webhooks)
+    return raised.value.problems
+
+
 @pytest.mark.parametrize(
     ("name", "serves_webhooks"),
     [
@@ -157,16 +169,7 @@ def test_a_credential_strangers_can_guess_needs_16_characters(monkeypatch, name)
 )
 @pytest.mark.parametrize("spaced", [LONG + "\n", " " + LONG, LONG + "\r\n", "\t" + LONG + " "])
 def test_a_secret_with_whitespace_around_it_is_refused_saying_so(monkeypatch, name, serves_webhooks, spaced):
-    for setting in ("BRINGG_WEBHOOK_TOKEN", "QUIVO_API_KEY", "QUIVO_USERNAME", "QUIVO_PASSWORD"):
-        monkeypatch.setenv(setting, f"{setting.lower()}-{LONG}")
-    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_ID", "bringg")
-    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_SECRET", f"oauth-{LONG}")
-    monkeypatch.setenv(name, spaced)
-
-    with pytest.raises(SettingsError) as raised:
-        load_settings(serves_webhooks=serves_webhooks, runs_worker=not serves_webhooks)
-
-    assert raised.value.problems == [
+    assert problems_with(monkeypatch, name, spaced, serves_webhooks=serves_webhooks) == [
         f"{name}: starts or ends with whitespace (a secret file's newline?); remove it"
     ]
 
@@ -248,16 +251,7 @@ def test_a_secret_holding_invisible_characters_is_refused_saying_so(monkeypatch,
 def test_a_name_sent_on_every_request_with_whitespace_around_it_is_refused(
     monkeypatch, name, serves_webhooks, spaced
 ):
-    for setting in ("BRINGG_WEBHOOK_TOKEN", "QUIVO_API_KEY", "QUIVO_USERNAME", "QUIVO_PASSWORD"):
-        monkeypatch.setenv(setting, f"{setting.lower()}-{LONG}")
-    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_ID", "bringg")
-    monkeypatch.setenv("BRINGG_OAUTH_CLIENT_SECRET", f"oauth-{LONG}")
-    monkeypatch.setenv(name, spaced)
-
-    with pytest.raises(SettingsError) as raised:
-        load_settings(serves_webhooks=serves_webhooks, runs_worker=not serves_webhooks)
-
-    assert raised.value.problems == [
+    assert problems_with(monkeypatch, name, spaced, serves_webhooks=serves_webhooks) == [
         f"{name}: starts or ends with whitespace (a secret file's newline?); remove it"
     ]
 
