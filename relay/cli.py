@@ -21,7 +21,8 @@ from relay.logs import configure_logging
 from relay.ops.admin import DEFAULT_PAGE, MAX_PAGE, MAX_REPORTED, DeliveryListing, page_cursor, replay_answer
 from relay.settings import Settings, SettingsError, load_settings
 from relay.sim import cli as sim_cli
-from relay.store.db import Database, DatabaseUnusable, StoreUnavailable
+from relay.store.api import DatabaseUnusable, StoreUnavailable
+from relay.store.db import Database
 from relay.store.gauges import worker_heartbeat, worker_paused
 from relay.store.links import import_links_file, list_links
 from relay.store.queries import (

@@ -20,7 +20,8 @@ from relay.ops.metrics import RelayMetrics
 from relay.pacing import Pacer
 from relay.quivo.client import LoginFailed, QuivoAnswer, QuivoClient, QuivoError, QuivoNoAnswer
 from relay.settings import Settings
-from relay.store.db import Database, StoreUnavailable
+from relay.store.api import StoreUnavailable
+from relay.store.db import Database
 from relay.store.gauges import beat
 from relay.store.outbox import (
     AttemptRecord,

@@ -24,7 +24,7 @@ from relay.ops.openapi import DOCUMENT
 from relay.ops.openapi import routes as openapi_routes
 from relay.settings import Settings
 from relay.store import queries
-from relay.store.db import StoreUnavailable
+from relay.store.api import StoreUnavailable
 from relay.throttle import FAILURES_ALLOWED
 from tests.conftest import AUTH, fixture_bytes
 from tests.forwarding import rating_webhook

@@ -14,7 +14,7 @@ from relay.domain.judgement import Judgement
 from relay.http import REQUEST_ID, elapsed_ms, header_text, problem
 from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, SETTINGS
 from relay.ops.metrics import METRICS
-from relay.store.db import StoreUnavailable
+from relay.store.api import StoreUnavailable
 from relay.store.inbox import InboundWebhook, StoredWebhook, record_webhook
 
 log = structlog.get_logger("relay.webhook")

@@ -1,6 +1,7 @@
 """The store interface: every read and write the relay makes, in the domain's verbs, on any backend."""
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 
@@ -63,6 +64,10 @@ class Store(Protocol):
 
     async def schema_version(self) -> int:
         """The newest migration applied to the database."""
+
+    def worker_slot(self) -> AbstractContextManager[None]:
+        """Held for a delivering process's life: on SQLite a second one refuses to start, on PostgreSQL
+        any number may hold it (raises DatabaseUnusable, naming why, when this process may not deliver)."""
 
     async def readiness_problems(self) -> list[str]:
         """Why the database cannot take webhooks now; empty when it can (a real write is tried)."""

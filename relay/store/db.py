@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
+from relay.store.api import DatabaseUnusable, StoreUnavailable
 from relay.store.migrations import LATEST_VERSION, migrate
 
 T = TypeVar("T")
@@ -23,14 +24,6 @@ log = structlog.get_logger(__name__)
 
 # Enough to share one fsync among a burst of webhooks, small enough to keep each commit short.
 MAX_BATCH = 256
-
-
-class StoreUnavailable(Exception):
-    """The database could not commit: full, unwritable, locked past the timeout, or closed."""
-
-
-class DatabaseUnusable(Exception):
-    """The database cannot be opened, written or migrated at start: the relay cannot run on it."""
 
 
 @dataclass

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from relay.store.db import DatabaseUnusable
+from relay.store.api import DatabaseUnusable
 
 
 class WorkerAlreadyRunning(DatabaseUnusable):
