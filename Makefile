@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench bench-quick wrk jq chaos clean
+.PHONY: install demo test lint typecheck unit bench bench-quick wrk jq postgresql chaos clean
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) jq
+unit: $(STAMP) jq postgresql
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
@@ -42,6 +42,10 @@ wrk:
 # The runbooks' recipes, which tests/test_runbooks.py runs as shown, use jq and curl from Debian's packages.
 jq:
 	@command -v jq >/dev/null && command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq jq curl; }
+
+# The tests start a throwaway PostgreSQL 15 server of their own from Debian's packages.
+postgresql:
+	@test -x /usr/lib/postgresql/15/bin/postgres || { apt-get update -qq && apt-get install -y -qq postgresql; }
 
 # Exits 1, naming each one, when a target is missed; bench/RESULTS.md gets the figures either way.
 bench: $(STAMP) wrk

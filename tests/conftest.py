@@ -1,13 +1,15 @@
 """Shared test fixtures: settings on a temporary database, the relay app, and the vendors' fixtures."""
 
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from relay.settings import Settings
 from relay.store.db import Database
+from tests.pg_server import PostgresServer, ServerUnavailable
 
 # The vendors' own payloads live beside the project in ../shared; tests/fixtures holds unedited copies for a
 # clone that sits elsewhere.
@@ -48,6 +50,52 @@ async def database(make_settings: Callable[..., Settings]) -> AsyncIterator[Data
         yield db
     finally:
         await db.close()
+
+
+# Why the PostgreSQL tests could not run here, for the one line the run ends with.
+_postgres_unavailable: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole run; stopped, its folders removed, at the end.
+
+    When none can be started the PostgreSQL tests fail in CI (CI=true) and are skipped elsewhere.
+    """
+    server: PostgresServer | None = None
+    try:
+        server = PostgresServer()
+        server.set_up()
+    except ServerUnavailable as error:
+        if server is not None:
+            server.tear_down()
+        _no_postgres(str(error))
+    try:
+        yield server
+    finally:
+        server.tear_down()
+
+
+def _no_postgres(reason: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"no PostgreSQL server for the tests: {reason}", pytrace=False)
+    _postgres_unavailable.append(reason)
+    pytest.skip(f"no PostgreSQL server: {reason}")
+
+
+@pytest.fixture
+def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """The name of an empty database of its own on the test server, dropped after the test."""
+    name = postgres_server.create_database()
+    try:
+        yield name
+    finally:
+        postgres_server.drop_database(name)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _postgres_unavailable:
+        terminalreporter.write_line(f"PostgreSQL tests skipped: {_postgres_unavailable[0]}", yellow=True)
 
 
 class FakeClock:
