@@ -107,6 +107,9 @@ class Bench:
             "DATABASE_URL": f"sqlite:///{database}",
             "PORT": str(port),
             "RELAY_HOST": "127.0.0.1",
+            # A `relay worker` listens too: not on its default port, which another run may hold.
+            "RELAY_WORKER_HOST": "127.0.0.1",
+            "RELAY_WORKER_PORT": str(free_port()),
             "BRINGG_WEBHOOK_TOKEN": TOKEN,
             "RELAY_INQUIRY_ID_PATTERN": r"^INQ-(\d+)$",
             **extra,

@@ -13,6 +13,7 @@ from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, READINESS_CHECKS, 
 from relay.ops.admin import create_admin_app
 from relay.ops.health import READINESS, Readiness
 from relay.ops.health import routes as health_routes
+from relay.ops.health import worker_routes as worker_health_routes
 from relay.ops.metrics import METRICS, RelayMetrics
 from relay.ops.metrics import routes as metrics_routes
 from relay.ops.openapi import routes as openapi_routes
@@ -25,10 +26,28 @@ from relay.worker import Worker
 
 def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
     """The relay: webhook intake, OAuth token endpoint and health, plus the delivery worker when asked."""
+    app = _relay_process(settings, run_worker=run_worker)
+    app[AUTHENTICATOR] = Authenticator(settings)
+    app.add_routes(bringg_routes)
+    app.add_routes(health_routes)
+    app.add_routes(openapi_routes)
+    if settings.relay_admin_token is not None:
+        app.add_subapp("/admin", create_admin_app(settings.relay_admin_token.get_secret_value()))
+    return app
+
+
+def create_worker_app(settings: Settings) -> web.Application:
+    """`relay worker`: the delivery worker, and what probes and scrapers ask of it (no webhooks, no admin)."""
+    app = _relay_process(settings, run_worker=True)
+    app.add_routes(worker_health_routes)
+    return app
+
+
+def _relay_process(settings: Settings, *, run_worker: bool) -> web.Application:
+    """What every relay process holds: settings, metrics, the database, the worker if asked, /metrics."""
     guard_malformed_requests()
     app = web.Application(client_max_size=settings.relay_max_body_bytes, middlewares=[request_context])
     app[SETTINGS] = settings
-    app[AUTHENTICATOR] = Authenticator(settings)
     app[NEW_DELIVERY] = asyncio.Event()
     app[READINESS_CHECKS] = []
     app[METRICS] = RelayMetrics()
@@ -39,12 +58,7 @@ def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
     app.cleanup_ctx.append(_database)
     if run_worker:
         app.cleanup_ctx.append(_worker)
-    app.add_routes(bringg_routes)
-    app.add_routes(health_routes)
     app.add_routes(metrics_routes)
-    app.add_routes(openapi_routes)
-    if settings.relay_admin_token is not None:
-        app.add_subapp("/admin", create_admin_app(settings.relay_admin_token.get_secret_value()))
     return app
 
 

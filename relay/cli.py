@@ -14,9 +14,10 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from relay import console
-from relay.app import create_app
+from relay.app import create_app, create_worker_app
 from relay.domain.delivery import DELIVERY_STATES
 from relay.linkfile import links_to_csv
+from relay.listen import CannotListen, listening_socket
 from relay.logs import configure_logging
 from relay.ops.admin import DEFAULT_PAGE, MAX_PAGE, MAX_REPORTED, DeliveryListing, page_cursor, replay_answer
 from relay.settings import Settings, SettingsError, load_settings
@@ -220,15 +221,32 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=True)
+    try:
+        # Bound before anything else starts: a taken port stops the worker before it opens the database.
+        sock = listening_socket(settings.relay_worker_host, settings.relay_worker_port)
+    except CannotListen as error:
+        _refuse([f"RELAY_WORKER_{error.part.upper()}: {error}"])
     configure_logging(settings.log_level, settings.log_format)
-    log.info("relay.starting", database=str(settings.database_path), worker=True, web=False)
+    log.info(
+        "relay.starting",
+        host=settings.relay_worker_host,
+        port=settings.relay_worker_port,
+        database=str(settings.database_path),
+        worker=True,
+        web=False,
+    )
 
     async def run() -> None:
-        # The same application and cleanup contexts as `relay serve`, without a listening site.
-        runner = web.AppRunner(create_app(settings, run_worker=True), handle_signals=False)
+        # The delivery worker and its cleanup contexts, as in `relay serve`; it answers probes and scrapes.
+        runner = web.AppRunner(
+            create_worker_app(settings),
+            handle_signals=False,
+            shutdown_timeout=settings.relay_shutdown_grace_s,
+        )
         try:
             # A start that fails part way (another worker holds the database) still closes what it opened.
             await runner.setup()
+            await web.SockSite(runner, sock).start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):

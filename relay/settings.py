@@ -47,6 +47,9 @@ class Settings(BaseSettings):
 
     port: int = Field(8080, ge=0, le=65535)
     relay_host: str = "0.0.0.0"
+    # `relay worker` listens here for /healthz and /metrics only (`relay serve` answers those on PORT).
+    relay_worker_port: int = Field(9101, ge=1, le=65535)
+    relay_worker_host: str = "0.0.0.0"
     database_url: str = "sqlite:///var/relay.db"
 
     bringg_auth: Literal["none"] | None = None

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,7 @@ def run_relay(
     """`relay ARGS` to its end; `honour_file_modes`: read-only files stay read-only to it, even as root."""
     return subprocess.run(
         relay_command(*args),
-        env=_clean_env(env),
+        env=_clean_env(env, args),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -80,9 +80,12 @@ def _without_file_override() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE) failed")
 
 
-def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
+def _clean_env(extra: Mapping[str, str], args: Sequence[str] = ()) -> dict[str, str]:
     # Only the test's own settings: nothing from the developer's shell leaks into the relay under test.
     base = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    # `relay worker` listens too: each on a loopback port of its own, not on a default another run holds.
+    if args[:1] == ("worker",):
+        base |= {"RELAY_WORKER_HOST": "127.0.0.1", "RELAY_WORKER_PORT": str(free_port())}
     return {**base, "LOG_FORMAT": "json", **extra}
 
 
@@ -108,7 +111,7 @@ def relay_process(
     with log_path.open("a") as log_file:
         process = subprocess.Popen(
             relay_command(*args),
-            env=_clean_env(env),
+            env=_clean_env(env, args),
             cwd=cwd,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -1,4 +1,4 @@
-"""`/healthz`: the process serves. `/readyz`: whether the relay can do its job now, and if not, why."""
+"""`/healthz`: the process serves. `/readyz`: whether the relay (or a worker) can work now, and why not."""
 
 import time
 from collections.abc import Callable
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from relay.http import problem
-from relay.keys import DATABASE, READINESS_CHECKS, SETTINGS
+from relay.keys import DATABASE, READINESS_CHECKS, SETTINGS, WORKER, RunningWorker
 from relay.ops.fresh import Fresh
 from relay.store.gauges import read_backlog, worker_heartbeat, worker_paused
 
@@ -87,3 +87,28 @@ async def _delivery_problems(app: web.Application) -> list[str]:
             f"(over RELAY_READY_MAX_BACKLOG_AGE_S={limit:g})"
         )
     return problems
+
+
+async def worker_readyz(request: web.Request) -> web.Response:
+    """`relay worker`'s /readyz: whether this worker can deliver now (its store takes writes, it is not
+    paused, its loop goes round); the relay's backlog and other workers are the web's /readyz's concern."""
+    app = request.app
+    problems = await app[READINESS].intake.get(lambda: _intake_problems(app))
+    problems = problems + _worker_problems(app[WORKER], now=time.time())
+    if problems:
+        return web.json_response({"status": "unavailable", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def _worker_problems(worker: RunningWorker, *, now: float) -> list[str]:
+    problems = []
+    if worker.last_heartbeat is None:
+        problems.append("worker not started yet")
+    elif (silent := now - worker.last_heartbeat) > WORKER_SILENT_AFTER_S:
+        problems.append(f"worker silent for {silent:.0f} s")
+    if worker.paused_reason is not None:
+        problems.append(f"deliveries paused: {worker.paused_reason}")
+    return problems
+
+
+worker_routes = [web.get("/healthz", healthz), web.get("/readyz", worker_readyz)]
