@@ -63,6 +63,7 @@ class Settings(BaseSettings):
 
     relay_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     relay_store_timeout_s: float = Field(5.0, gt=0)
+    relay_db_pool_size: int = Field(10, ge=1, le=1000)
     relay_body_timeout_s: float = Field(30.0, gt=0)
 
     quivo_base_url: str = "https://api.quivo.co"
@@ -135,9 +136,14 @@ class Settings(BaseSettings):
 
     @field_validator("database_url", mode="after")
     @classmethod
-    def _sqlite_url(cls, url: str) -> str:
+    def _database_url(cls, url: str) -> str:
+        if url.startswith(("postgresql://", "postgres://")):
+            return url
         if not url.startswith("sqlite:///") or url == "sqlite:///":
-            raise ValueError("must look like sqlite:///relative/path.db or sqlite:////absolute/path.db")
+            raise ValueError(
+                "must look like sqlite:///relative/path.db, sqlite:////absolute/path.db "
+                "or postgresql://user:password@host:5432/db"
+            )
         return url
 
     @property
