@@ -1,0 +1,1 @@
+"""PostgreSQL behind the store interface: many relay processes on one database."""

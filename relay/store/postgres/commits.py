@@ -1,0 +1,110 @@
+"""Group commit: concurrent writes of one process share a transaction, and so one WAL flush."""
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import asyncpg
+import structlog
+
+from relay.store.api import StoreUnavailable
+from relay.store.postgres.connection import Conn, is_transient, unavailable
+
+A = TypeVar("A")
+R = TypeVar("R")
+# Runs a batch inside its transaction: one result per item, in order.
+Batch = Callable[[Conn, list[A]], Awaitable[list[R]]]
+
+log = structlog.get_logger(__name__)
+
+# Enough to share one flush among a burst of webhooks, small enough to keep each transaction short.
+MAX_BATCH = 256
+# Batches in flight at once: the next one is sent while the last one's commit waits for its flush.
+COMMITTERS = 2
+
+
+@dataclass
+class _Pending(Generic[A, R]):
+    item: A
+    done: asyncio.Future[R] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class GroupCommit(Generic[A, R]):
+    """A queue and a loop: each turn takes every waiting item and runs them in one transaction."""
+
+    def __init__(self, pool: asyncpg.Pool, run: Batch[A, R], *, timeout_s: float) -> None:
+        self._pool = pool
+        self._run = run
+        self._timeout_s = timeout_s
+        self._queue: asyncio.Queue[_Pending[A, R]] = asyncio.Queue()
+        self._tasks = [
+            asyncio.create_task(self._loop(), name=f"relay-pg-commits-{n}") for n in range(COMMITTERS)
+        ]
+        self.commits = 0
+
+    async def write(self, item: A) -> R:
+        """Run `item` in a transaction shared with other concurrent ones; return once committed."""
+        if not self._tasks:
+            raise StoreUnavailable("database is closed")
+        pending: _Pending[A, R] = _Pending(item)
+        self._queue.put_nowait(pending)
+        try:
+            # Batches run in the loop's task: a caller that gives up leaves the batch others share alone.
+            async with asyncio.timeout(self._timeout_s):
+                return await pending.done
+        except TimeoutError:
+            raise StoreUnavailable(f"no commit within {self._timeout_s:g}s") from None
+
+    async def close(self) -> None:
+        """Finish the queued writes, then stop."""
+        if not self._tasks:
+            return
+        await self._queue.join()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks)
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, batch: list[_Pending[A, R]]) -> None:
+        try:
+            # Bounded: a server that stops answering fails the batch instead of holding the loop.
+            async with asyncio.timeout(self._timeout_s):
+                async with self._pool.acquire() as conn, conn.transaction():
+                    results = await self._run(conn, [pending.item for pending in batch])
+        except Exception as error:
+            # The server failing fails every item alike; an item's own fault must not fail its neighbours.
+            if len(batch) == 1 or is_transient(error):
+                failure = _as_store_error(error)
+                for pending in batch:
+                    if not pending.done.done():
+                        pending.done.set_exception(failure)
+                return
+            for pending in batch:
+                await self._commit([pending])
+            return
+        self.commits += 1
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.done.done():
+                pending.done.set_result(result)
+
+
+def _as_store_error(error: Exception) -> Exception:
+    if not isinstance(error, OSError | TimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError):
+        return error
+    failure = unavailable(error)
+    log.error("store.commit_failed", error=str(failure))
+    return failure

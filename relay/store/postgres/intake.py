@@ -1,0 +1,94 @@
+"""Inbound webhooks: the raw bytes of each, and for a usable rating its delivery row, in one transaction."""
+
+import json
+from dataclasses import replace
+from datetime import datetime
+
+import asyncpg
+
+from relay.domain.judgement import Judgement
+from relay.store.postgres.connection import Conn
+from relay.store.records import InboundWebhook, StoredWebhook
+
+# The decision (duplicate, superseded, accepted) is the database function's: see migration 0001.
+_RECORD = f"SELECT * FROM relay_record_webhook({', '.join(f'${n}' for n in range(1, 17))})"
+
+Arrival = tuple[InboundWebhook, datetime]
+
+
+def _arguments(inbound: InboundWebhook, recheck_before: datetime) -> tuple[object, ...]:
+    judgement = inbound.judgement
+    rating = judgement.rating if judgement.status == "accepted" else None
+    webhook = (
+        inbound.received_at,
+        inbound.request_id,
+        judgement.status,
+        judgement.webhook_type,
+        judgement.merchant_id,
+        judgement.rating_id,
+        json.dumps(list(judgement.errors)) if judgement.errors else None,
+        inbound.content_type,
+        inbound.body,
+    )
+    if rating is None:
+        return (*webhook, None, None, None, None, None, None, None)
+    # A rating created before `recheck_before` may have been delivered and pruned since: unconfirmed.
+    recheck = rating.created_at is not None and rating.created_at < recheck_before
+    return (
+        *webhook,
+        rating.merchant_id,
+        rating.rating_id,
+        rating.version,
+        rating.external_id,
+        rating.stars,
+        rating.model_dump_json(),
+        recheck,
+    )
+
+
+def _stored(row: asyncpg.Record) -> StoredWebhook:
+    return StoredWebhook(
+        webhook_id=row["stored_webhook_id"],
+        status=row["stored_status"],
+        delivery_id=row["stored_delivery_id"],
+        superseded=list(row["superseded_ids"]),
+    )
+
+
+async def record_webhooks(conn: Conn, arrivals: list[Arrival]) -> list[StoredWebhook]:
+    """Store each webhook in order, in one pipelined round trip (inside the caller's transaction)."""
+    rows = await conn.fetchmany(_RECORD, [_arguments(inbound, recheck) for inbound, recheck in arrivals])
+    return [_stored(row) for row in rows]
+
+
+async def reprocess_webhook(
+    conn: Conn, webhook_id: int, judgement: Judgement, *, now: datetime, recheck_before: datetime
+) -> StoredWebhook | None:
+    """Judge a quarantined webhook again as if it arrived `now`; it keeps its id, bytes and request id."""
+    row = await conn.fetchrow(
+        "SELECT status, request_id, content_type, body FROM webhooks WHERE id = $1 FOR UPDATE", webhook_id
+    )
+    if row is None or row["status"] != "quarantined":
+        return None
+    inbound = InboundWebhook(
+        request_id=row["request_id"],
+        received_at=now,
+        body=bytes(row["body"]),
+        content_type=row["content_type"],
+        judgement=judgement,
+    )
+    # Decided as for a new arrival, in a row of its own; that row is folded into the original.
+    (stored,) = await record_webhooks(conn, [(inbound, recheck_before)])
+    await conn.execute(
+        "UPDATE webhooks SET (status, webhook_type, merchant_id, rating_id, errors) = "
+        "(SELECT status, webhook_type, merchant_id, rating_id, errors FROM webhooks WHERE id = $1) "
+        "WHERE id = $2",
+        stored.webhook_id,
+        webhook_id,
+    )
+    if stored.status == "accepted" and stored.delivery_id is not None:
+        await conn.execute(
+            "UPDATE deliveries SET webhook_id = $1 WHERE id = $2", webhook_id, stored.delivery_id
+        )
+    await conn.execute("DELETE FROM webhooks WHERE id = $1", stored.webhook_id)
+    return replace(stored, webhook_id=webhook_id)

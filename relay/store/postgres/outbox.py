@@ -1,0 +1,250 @@
+"""Deliveries as workers see them: claims under a lease, one hold per inquiry, outcomes, sweeps, pruning."""
+
+from datetime import datetime
+
+from relay.store.postgres.connection import Conn
+from relay.store.records import ClaimedDelivery, ExpiredDelivery, Outcome, PruneResult
+
+# Rows locked by another worker's claim are skipped, not waited for: claims from many workers never queue.
+# A row still 'sending' here had its lease run out (a worker died mid-send): its send is unconfirmed.
+# A newer version waits while an older one of the same rating is in flight, so order is kept.
+_CLAIM = """
+WITH due AS (
+    SELECT d.id, d.next_attempt_at AS due_at FROM deliveries d
+    WHERE d.state IN ('pending', 'retrying', 'sending') AND d.next_attempt_at <= $1
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries o
+          WHERE o.merchant_id = d.merchant_id AND o.rating_id = d.rating_id
+            AND o.version < d.version AND o.state = 'sending')
+    ORDER BY d.next_attempt_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED)
+UPDATE deliveries SET
+    unconfirmed = deliveries.unconfirmed OR deliveries.state = 'sending',
+    state = 'sending',
+    next_attempt_at = $2,
+    updated_at = $1,
+    inquiry_id = COALESCE(deliveries.inquiry_id, (
+        SELECT l.inquiry_id FROM links l
+        WHERE l.merchant_id = deliveries.merchant_id AND l.external_id = deliveries.external_id))
+FROM due WHERE deliveries.id = due.id
+RETURNING deliveries.id, merchant_id, rating_id, rating, inquiry_id, attempts, unconfirmed,
+    COALESCE(replayed_at, created_at) AS age_from, due.due_at
+"""
+
+
+async def claim_due(conn: Conn, *, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
+    """Lease up to `limit` due deliveries, oldest due first; fill in the inquiry from the links."""
+    rows = await conn.fetch(_CLAIM, now, lease_until, limit)
+    return [
+        ClaimedDelivery(
+            id=row["id"],
+            merchant_id=row["merchant_id"],
+            rating_id=row["rating_id"],
+            rating_json=row["rating"],
+            inquiry_id=row["inquiry_id"],
+            attempts=row["attempts"],
+            unconfirmed=row["unconfirmed"],
+            age_from=row["age_from"],
+        )
+        for row in sorted(rows, key=lambda row: (row["due_at"], row["id"]))
+    ]
+
+
+async def hold_inquiry(
+    conn: Conn, inquiry_id: int, delivery_id: int, *, now: datetime, until: datetime
+) -> bool:
+    """The primary key admits one holder per inquiry; a hold run out, or this delivery's own, is taken."""
+    holder = await conn.fetchval(
+        "INSERT INTO inquiry_holds (inquiry_id, delivery_id, held_until) VALUES ($1, $2, $4) "
+        "ON CONFLICT (inquiry_id) DO UPDATE SET delivery_id = excluded.delivery_id, "
+        "held_until = excluded.held_until "
+        "WHERE inquiry_holds.held_until <= $3 OR inquiry_holds.delivery_id = excluded.delivery_id "
+        "RETURNING delivery_id",
+        inquiry_id,
+        delivery_id,
+        now,
+        until,
+    )
+    return holder is not None
+
+
+async def record_outcome(conn: Conn, outcome: Outcome, *, now: datetime) -> str:
+    """Store where the delivery went and its calls, release its inquiry; its state now."""
+    await conn.execute(
+        """
+        UPDATE deliveries SET state = $1, attempts = $2, unconfirmed = $3, next_attempt_at = $4,
+            inquiry_id = COALESCE($5, inquiry_id), last_status = COALESCE($6, last_status),
+            last_error = $7, current_rating = COALESCE($8, current_rating), updated_at = $9,
+            delivered_at = CASE WHEN $1 = 'delivered' THEN $9 ELSE delivered_at END
+        WHERE id = $10
+        """,
+        outcome.state,
+        outcome.attempts,
+        outcome.unconfirmed,
+        outcome.next_attempt_at,
+        outcome.inquiry_id,
+        outcome.last_status,
+        outcome.last_error,
+        outcome.current_rating,
+        now,
+        outcome.delivery_id,
+    )
+    await conn.execute("DELETE FROM inquiry_holds WHERE delivery_id = $1", outcome.delivery_id)
+    if outcome.calls:
+        await conn.executemany(
+            "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, "
+            "outcome, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            [
+                (
+                    outcome.delivery_id,
+                    outcome.attempts,
+                    call.action,
+                    call.started_at,
+                    call.duration_ms,
+                    call.status_code,
+                    call.outcome,
+                    call.error,
+                )
+                for call in outcome.calls
+            ],
+        )
+    if outcome.state == "unmatched":
+        # A link may have been saved while this delivery was in flight: then it is not unmatched.
+        linked = await conn.fetchval(
+            """
+            UPDATE deliveries SET state = 'pending', next_attempt_at = $1
+            WHERE id = $2 AND EXISTS (
+                SELECT 1 FROM links l
+                WHERE l.merchant_id = deliveries.merchant_id AND l.external_id = deliveries.external_id)
+            RETURNING id
+            """,
+            now,
+            outcome.delivery_id,
+        )
+        if linked is not None:
+            return "pending"
+    if outcome.state in ("pending", "retrying", "unmatched"):
+        # A newer version arrived while this one was in flight: it takes over, this one stops here.
+        superseded = await conn.fetchval(
+            """
+            UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL
+            WHERE id = $1 AND EXISTS (
+                SELECT 1 FROM deliveries n
+                WHERE n.merchant_id = deliveries.merchant_id AND n.rating_id = deliveries.rating_id
+                  AND n.version > deliveries.version)
+            RETURNING id
+            """,
+            outcome.delivery_id,
+        )
+        if superseded is not None:
+            return "superseded"
+    return outcome.state
+
+
+async def sweep_unmatched(
+    conn: Conn, *, now: datetime, expire_before: datetime
+) -> tuple[list[int], list[ExpiredDelivery]]:
+    """Unmatched ones whose link now exists go back to pending (their ids); those waiting too long die."""
+    woken = await conn.fetch(
+        """
+        UPDATE deliveries SET state = 'pending', next_attempt_at = $1, updated_at = $1
+        WHERE state = 'unmatched' AND EXISTS (
+            SELECT 1 FROM links l
+            WHERE l.merchant_id = deliveries.merchant_id AND l.external_id = deliveries.external_id)
+        RETURNING id
+        """,
+        now,
+    )
+    expired = await conn.fetch(
+        """
+        UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = $1,
+            last_error = 'no Quivo inquiry found for this order within RELAY_UNMATCHED_TTL'
+        WHERE state = 'unmatched' AND COALESCE(replayed_at, created_at) < $2
+        RETURNING id, merchant_id, rating_id, attempts
+        """,
+        now,
+        expire_before,
+    )
+    return sorted(int(row["id"]) for row in woken), [
+        ExpiredDelivery(row["id"], row["merchant_id"], row["rating_id"], row["attempts"])
+        for row in sorted(expired, key=lambda row: int(row["id"]))
+    ]
+
+
+# Waiting out a Quivo outage: retrying, not unsure, and its last call found Quivo unreachable (no answer to a
+# send that certainly did not go out) or failing (5xx).
+_HELD_BY_OUTAGE = """
+    state = 'retrying' AND NOT unconfirmed AND next_attempt_at > $1 AND (
+        SELECT a.status_code IS NULL OR a.status_code >= 500 FROM attempts a
+        WHERE a.delivery_id = deliveries.id ORDER BY a.id DESC LIMIT 1)
+"""
+
+
+async def inquiry_held_by_outage(conn: Conn, *, now: datetime) -> int | None:
+    """The inquiry of the delivery waiting out an outage that is due soonest: what a probe reads."""
+    inquiry = await conn.fetchval(
+        f"SELECT inquiry_id FROM deliveries WHERE {_HELD_BY_OUTAGE} AND inquiry_id IS NOT NULL "
+        "ORDER BY next_attempt_at LIMIT 1",
+        now,
+    )
+    return None if inquiry is None else int(inquiry)
+
+
+async def due_after_outage(conn: Conn, *, now: datetime) -> int:
+    """Quivo is back: every delivery held only by the outage is due now (how many)."""
+    status = await conn.execute(
+        f"UPDATE deliveries SET next_attempt_at = $1, updated_at = $1 WHERE {_HELD_BY_OUTAGE}", now
+    )
+    return affected(status)
+
+
+async def retry_unmatched(conn: Conn, *, now: datetime) -> int:
+    """Every unmatched delivery is tried again (at start: the inquiry id pattern may have changed)."""
+    status = await conn.execute(
+        "UPDATE deliveries SET state = 'pending', next_attempt_at = $1, updated_at = $1 "
+        "WHERE state = 'unmatched'",
+        now,
+    )
+    return affected(status)
+
+
+# Oldest finished first, along the partial index on updated_at; other pruners' rows are skipped.
+_FINISHED_DELIVERIES = """
+WITH finished AS (
+    DELETE FROM deliveries WHERE id IN (
+        SELECT id FROM deliveries
+        WHERE state IN ('delivered', 'superseded') AND updated_at < $1
+        ORDER BY updated_at LIMIT $2
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id),
+calls AS (DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM finished) RETURNING 1)
+SELECT (SELECT count(*) FROM finished), (SELECT count(*) FROM calls)
+"""
+
+# A delivery carries its webhook's merchant and rating ids, so the unique (merchant_id, rating_id, version)
+# index finds any delivery still pointing at the webhook. Quarantined webhooks wait for an operator.
+_SPENT_WEBHOOKS = """
+DELETE FROM webhooks WHERE id IN (
+    SELECT w.id FROM webhooks w
+    WHERE w.received_at < $1 AND w.status IN ('accepted', 'duplicate', 'ignored')
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries d
+          WHERE d.merchant_id = w.merchant_id AND d.rating_id = w.rating_id AND d.webhook_id = w.id)
+    ORDER BY w.received_at LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+"""
+
+
+async def prune_batch(conn: Conn, *, older_than: datetime, batch_size: int) -> PruneResult:
+    """Delete up to `batch_size` finished deliveries (with their attempts) and spent webhooks."""
+    row = await conn.fetchrow(_FINISHED_DELIVERIES, older_than, batch_size)
+    assert row is not None
+    # After the deliveries, so a webhook whose last delivery went in this batch goes in it too.
+    webhooks = await conn.execute(_SPENT_WEBHOOKS, older_than, batch_size)
+    return PruneResult(int(row[0]), int(row[1]), affected(webhooks))
+
+
+def affected(status: str) -> int:
+    """The row count of a command status such as 'UPDATE 3' or 'DELETE 0'."""
+    return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,410 @@
+"""PostgresStore: the store interface on one PostgreSQL database shared by any number of relay processes."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+
+from relay.domain.judgement import Judgement
+from relay.linkfile import Link
+from relay.store.api import DatabaseUnusable, StoreUnavailable
+from relay.store.filters import DeliveryFilter, WebhookFilter
+from relay.store.postgres import intake, moving, operators, outbox, relaywide
+from relay.store.postgres import links as link_table
+from relay.store.postgres.commits import GroupCommit
+from relay.store.postgres.connection import WORK_CHANNEL, Conn, failures_as_unavailable, read_url
+from relay.store.postgres.migrations import LATEST_VERSION, applied_version, migrate
+from relay.store.postgres.wakes import listen_for_work
+from relay.store.records import (
+    AccountPause,
+    Backlog,
+    ClaimedDelivery,
+    DeliveryDetail,
+    DeliverySummary,
+    InboundWebhook,
+    LinkUpsert,
+    Outcome,
+    PruneResult,
+    ReplayBatch,
+    Row,
+    StateChange,
+    Stats,
+    StoredWebhook,
+    UnmatchedSweep,
+    WebhookDetail,
+    WebhookSummary,
+    WorkerBeat,
+)
+
+T = TypeVar("T")
+Work = Callable[[Conn], Awaitable[T]]
+
+
+class PostgresStore:
+    """A pool of connections; webhooks share commits through one group-commit loop per process."""
+
+    backend = "postgresql"
+    single_worker = False
+
+    def __init__(self, url: str, *, timeout_s: float, pool_size: int) -> None:
+        target = read_url(url)
+        self.location = target.location
+        self._dsn = target.dsn
+        self._password = target.password
+        self.timeout_s = timeout_s
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._commits: GroupCommit[intake.Arrival, StoredWebhook] | None = None
+
+    # Life ---------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and apply missing migrations (under an advisory lock, beside other processes)."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self.timeout_s,
+                command_timeout=self.timeout_s,
+                server_settings={"application_name": "relay"},
+            )
+            async with self._pool.acquire(timeout=self.timeout_s) as conn:
+                await migrate(conn)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            await self._close_pool()
+            raise DatabaseUnusable(f"{self.location}: {self._without_password(error)}") from None
+        self._commits = GroupCommit(self._pool, _record_webhooks, timeout_s=self.timeout_s)
+
+    def _without_password(self, error: BaseException) -> str:
+        text = (
+            "did not answer in time"
+            if isinstance(error, TimeoutError)
+            else f"{type(error).__name__}: {error}"
+        )
+        return text.replace(self._password, "***") if self._password else text
+
+    async def close(self) -> None:
+        """Finish queued writes and disconnect."""
+        if self._commits is not None:
+            await self._commits.close()
+            self._commits = None
+        await self._close_pool()
+
+    async def _close_pool(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), self.timeout_s)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
+
+    async def migrate(self) -> list[str]:
+        """Apply missing migrations; the names of those applied now (`relay migrate`)."""
+        return await self._run(migrate)
+
+    async def schema_version(self) -> int:
+        """The newest migration applied to the database."""
+        return await self._run(applied_version)
+
+    def worker_slot(self) -> AbstractContextManager[None]:
+        """Any number of workers may run on PostgreSQL: nothing to hold."""
+        return contextlib.nullcontext()
+
+    async def readiness_problems(self) -> list[str]:
+        """Why the database cannot take webhooks now; empty when it can (a real write is tried)."""
+        try:
+            version = await self.schema_version()
+            if version < LATEST_VERSION:
+                return [f"database schema at version {version}, expected {LATEST_VERSION}"]
+            await self._transaction(_touch_probe)
+        except StoreUnavailable as error:
+            return [f"database not writable: {error}"]
+        return []
+
+    # Intake -------------------------------------------------------------------------------------------
+
+    async def record_webhook(self, inbound: InboundWebhook, *, recheck_before: datetime) -> StoredWebhook:
+        """Stored in a transaction shared with other webhooks arriving now; a new delivery wakes workers."""
+
+        return await self._group().write((inbound, recheck_before))
+
+    async def reprocess_webhook(
+        self, webhook_id: int, judgement: Judgement, *, now: datetime, recheck_before: datetime
+    ) -> StoredWebhook | None:
+        """Judge a quarantined webhook again as if it arrived `now`; None if unknown or not quarantined."""
+
+        async def job(conn: Conn) -> StoredWebhook | None:
+            stored = await intake.reprocess_webhook(
+                conn, webhook_id, judgement, now=now, recheck_before=recheck_before
+            )
+            if stored is not None and stored.status == "accepted":
+                await _notify(conn)
+            return stored
+
+        return await self._transaction(job)
+
+    # The worker ---------------------------------------------------------------------------------------
+
+    async def claim_due(self, *, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
+        """Lease up to `limit` due deliveries, skipping rows another worker is claiming (SKIP LOCKED)."""
+        return await self._transaction(
+            lambda conn: outbox.claim_due(conn, now=now, lease_until=lease_until, limit=limit)
+        )
+
+    async def hold_inquiry(
+        self, inquiry_id: int, delivery_id: int, *, now: datetime, until: datetime
+    ) -> bool:
+        """Take the inquiry for this delivery until `until`; False: another send holds it."""
+        return await self._run(
+            lambda conn: outbox.hold_inquiry(conn, inquiry_id, delivery_id, now=now, until=until)
+        )
+
+    async def record_outcome(self, outcome: Outcome, *, now: datetime) -> str:
+        """Store where a claimed delivery went, its calls, and release its inquiry, in one transaction."""
+
+        async def job(conn: Conn) -> str:
+            state = await outbox.record_outcome(conn, outcome, now=now)
+            if state == "pending":
+                await _notify(conn)
+            return state
+
+        return await self._transaction(job)
+
+    async def sweep_unmatched(self, *, now: datetime, expire_before: datetime) -> UnmatchedSweep:
+        """Unmatched deliveries whose link now exists go back to pending; those waiting too long die."""
+
+        async def job(conn: Conn) -> UnmatchedSweep:
+            woken, expired = await outbox.sweep_unmatched(conn, now=now, expire_before=expire_before)
+            if woken:
+                await _notify(conn)
+            return UnmatchedSweep(woken=woken, expired=expired)
+
+        return await self._transaction(job)
+
+    async def retry_unmatched(self, *, now: datetime) -> int:
+        """Every unmatched delivery is tried again (at start: the inquiry id pattern may have changed)."""
+
+        async def job(conn: Conn) -> int:
+            count = await outbox.retry_unmatched(conn, now=now)
+            if count:
+                await _notify(conn)
+            return count
+
+        return await self._transaction(job)
+
+    async def inquiry_held_by_outage(self, *, now: datetime) -> int | None:
+        """The inquiry of the delivery waiting out a Quivo outage that is due soonest."""
+        return await self._run(lambda conn: outbox.inquiry_held_by_outage(conn, now=now))
+
+    async def due_after_outage(self, *, now: datetime) -> int:
+        """Quivo is back: every delivery held only by the outage is due now (how many)."""
+
+        async def job(conn: Conn) -> int:
+            count = await outbox.due_after_outage(conn, now=now)
+            if count:
+                await _notify(conn)
+            return count
+
+        return await self._transaction(job)
+
+    def new_work(self) -> AsyncIterator[None]:
+        """Yields on each NOTIFY from any process, and once after the listening connection came back."""
+        return listen_for_work(self._dsn, timeout_s=self.timeout_s, retry_s=min(1.0, self.timeout_s))
+
+    async def prune_batch(self, *, older_than: datetime, batch_size: int) -> PruneResult:
+        """Delete up to `batch_size` finished deliveries (with their attempts) and spent webhooks."""
+        return await self._transaction(
+            lambda conn: outbox.prune_batch(conn, older_than=older_than, batch_size=batch_size)
+        )
+
+    # Relay-wide decisions, shared by every worker -----------------------------------------------------
+
+    async def beat(self, worker: WorkerBeat) -> None:
+        """Record that this worker is alive (and why it holds deliveries, if it does)."""
+        await self._run(lambda conn: relaywide.beat(conn, worker))
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """A worker stopped cleanly: it leaves the registry at once."""
+        await self._run(lambda conn: conn.execute("DELETE FROM workers WHERE worker_id = $1", worker_id))
+
+    async def live_workers(self, *, since: datetime) -> list[WorkerBeat]:
+        """Workers that beat at or after `since`, oldest started first."""
+        return await self._run(lambda conn: relaywide.live_workers(conn, since=since))
+
+    async def take_duty(self, duty: str, holder: str, *, now: datetime, until: datetime) -> bool:
+        """Hold a relay-wide duty until `until`; False: another holds it."""
+        return await self._run(lambda conn: relaywide.take_duty(conn, duty, holder, now=now, until=until))
+
+    async def reserve_send_slot(self, account: str, *, now: datetime, spacing_s: float) -> datetime:
+        """The instant this call to a Quivo account may go: slots `spacing_s` apart across every worker."""
+        return await self._run(
+            lambda conn: relaywide.reserve_send_slot(conn, account, now=now, spacing_s=spacing_s)
+        )
+
+    async def pause_account(self, pause: AccountPause) -> None:
+        """Every worker holds calls to the account until the pause's `until` (or until it is lifted)."""
+        await self._run(lambda conn: relaywide.pause_account(conn, pause))
+
+    async def lift_pause(self, account: str) -> None:
+        """Calls to the account may go again."""
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE account_state SET pause_reason = NULL, paused_until = NULL WHERE account = $1",
+                account,
+            )
+        )
+
+    async def account_pauses(self, *, now: datetime) -> list[AccountPause]:
+        """The pauses in force at `now`."""
+        return await self._run(lambda conn: relaywide.account_pauses(conn, now=now))
+
+    # Operators ----------------------------------------------------------------------------------------
+
+    async def deliveries_by_state(self) -> dict[str, int]:
+        """How many deliveries are in each state, every state present (0 when none)."""
+        return await self._run(operators.deliveries_by_state)
+
+    async def read_backlog(self, *, now: datetime) -> Backlog:
+        """The backlog's age and the workers' lag at `now`."""
+        return await self._run(lambda conn: operators.read_backlog(conn, now=now))
+
+    async def stats(self, *, now: datetime) -> Stats:
+        """Deliveries by state, webhooks by status, the backlog, deliveries done and dead lately."""
+        # One snapshot for every count.
+        return await self._transaction(lambda conn: operators.stats(conn, now=now), readonly=True)
+
+    async def list_deliveries(
+        self, where: DeliveryFilter, *, after: int | None = None, limit: int = 50
+    ) -> list[DeliverySummary]:
+        """Up to `limit` deliveries matching `where`, newest (highest id) first, from below the id `after`."""
+        return await self._run(lambda conn: operators.list_deliveries(conn, where, after=after, limit=limit))
+
+    async def get_delivery(self, delivery_id: int) -> DeliveryDetail | None:
+        """One delivery with its calls to Quivo and the webhook it came from; None when there is none."""
+        return await self._transaction(lambda conn: operators.get_delivery(conn, delivery_id), readonly=True)
+
+    async def replay_delivery(self, delivery_id: int, *, now: datetime) -> StateChange:
+        """Send a dead or unmatched delivery back to pending, due `now`, unconfirmed, attempts from 0."""
+
+        async def job(conn: Conn) -> StateChange:
+            change = await operators.replay_delivery(conn, delivery_id, now=now)
+            if change.moved:
+                await _notify(conn)
+            return change
+
+        return await self._transaction(job)
+
+    async def replay_batch(self, delivery_ids: Sequence[int], *, now: datetime) -> ReplayBatch:
+        """Replay these listed deliveries as `replay_delivery` does, in one commit; say why any stayed."""
+
+        async def job(conn: Conn) -> ReplayBatch:
+            batch = await operators.replay_batch(conn, delivery_ids, now=now)
+            if batch.replayed:
+                await _notify(conn)
+            return batch
+
+        return await self._transaction(job)
+
+    async def cancel_delivery(self, delivery_id: int, *, now: datetime) -> StateChange:
+        """Stop a delivery neither delivered nor in flight: it becomes dead, 'cancelled by operator'."""
+        return await self._transaction(lambda conn: operators.cancel_delivery(conn, delivery_id, now=now))
+
+    async def list_webhooks(
+        self, where: WebhookFilter, *, after: int | None = None, limit: int = 50
+    ) -> list[WebhookSummary]:
+        """Up to `limit` stored webhooks matching `where`, newest first, from below the id `after`."""
+        return await self._run(lambda conn: operators.list_webhooks(conn, where, after=after, limit=limit))
+
+    async def get_webhook(self, webhook_id: int) -> WebhookDetail | None:
+        """One stored webhook with its raw body and the ids of the deliveries it created."""
+        return await self._transaction(lambda conn: operators.get_webhook(conn, webhook_id), readonly=True)
+
+    async def save_links(self, links: Sequence[Link], *, now: datetime) -> LinkUpsert:
+        """Save links (the later of two for one order wins), waking their unmatched deliveries; one commit."""
+
+        async def job(conn: Conn) -> LinkUpsert:
+            saved = await link_table.save_links(conn, links, now=now)
+            if saved.woken:
+                await _notify(conn)
+            return saved
+
+        return await self._transaction(job)
+
+    async def delete_link(self, merchant_id: int, external_id: str) -> bool:
+        """Remove one link; True when there was one. Deliveries already matched keep their inquiry."""
+        return await self._run(lambda conn: link_table.delete_link(conn, merchant_id, external_id))
+
+    async def list_links(
+        self, *, merchant_id: int | None = None, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[Link]:
+        """Up to `limit` links in (merchant_id, external_id) order, starting past the key `after`."""
+        return await self._run(
+            lambda conn: link_table.list_links(conn, merchant_id=merchant_id, after=after, limit=limit)
+        )
+
+    # Moving house -------------------------------------------------------------------------------------
+
+    async def row_counts(self) -> dict[str, int]:
+        """How many rows each of COPIED_TABLES holds."""
+        return await self._transaction(moving.row_counts, readonly=True)
+
+    def export_rows(self, table: str, *, batch_size: int) -> AsyncIterator[list[Row]]:
+        """Every row of one of COPIED_TABLES, in batches, in primary key order."""
+
+        async def fetch(sql: str, *arguments: Any) -> list[asyncpg.Record]:
+            return await self._run(lambda conn: conn.fetch(sql, *arguments))
+
+        return moving.export_rows(fetch, table, batch_size=batch_size)
+
+    async def import_rows(self, table: str, rows: list[Row]) -> None:
+        """Insert rows exported from another store, ids kept; ids issued later continue past them."""
+        await self._transaction(lambda conn: moving.import_rows(conn, table, rows))
+
+    # Connections --------------------------------------------------------------------------------------
+
+    def _group(self) -> GroupCommit[intake.Arrival, StoredWebhook]:
+        if self._commits is None:
+            raise StoreUnavailable("database is closed")
+        return self._commits
+
+    async def _run(self, work: Work[T]) -> T:
+        """`work` on a pooled connection, outside any transaction, bounded by the timeout."""
+        if self._pool is None:
+            raise StoreUnavailable("database is closed")
+        async with failures_as_unavailable(), asyncio.timeout(self.timeout_s), self._pool.acquire() as conn:
+            return await work(conn)
+
+    async def _transaction(self, work: Work[T], *, readonly: bool = False) -> T:
+        """`work` in a transaction of its own on a pooled connection, bounded by the timeout."""
+
+        async def transaction(conn: Conn) -> T:
+            async with conn.transaction(isolation="repeatable_read" if readonly else None, readonly=readonly):
+                return await work(conn)
+
+        return await self._run(transaction)
+
+
+async def _record_webhooks(conn: Conn, arrivals: list[intake.Arrival]) -> list[StoredWebhook]:
+    """One batch of webhooks; a new delivery among them wakes the workers at the commit."""
+    stored = await intake.record_webhooks(conn, arrivals)
+    if any(one.status == "accepted" for one in stored):
+        await _notify(conn)
+    return stored
+
+
+async def _notify(conn: Conn) -> None:
+    """Wake listening workers when this transaction commits."""
+    await conn.execute(f"NOTIFY {WORK_CHANNEL}")
+
+
+async def _touch_probe(conn: Conn) -> None:
+    await conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('ready_probe', $1) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        datetime.now(UTC).isoformat(),
+    )

@@ -1,0 +1,309 @@
+"""What only PostgreSQL does: many processes on one database, shared commits, wakes, surviving restarts."""
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from relay.domain.judgement import Judgement
+from relay.domain.rating import Rating
+from relay.settings import Settings
+from relay.store.api import DatabaseUnusable, StoreUnavailable
+from relay.store.postgres.migrations import known_migrations
+from relay.store.postgres.store import PostgresStore
+from relay.store.records import InboundWebhook
+from tests.pg_server import PASSWORD, PostgresServer
+from tests.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def webhook(rating_id: int, *, request_id: str = "req", merchant_id: int = 7) -> InboundWebhook:
+    rating = Rating(merchant_id=merchant_id, rating_id=rating_id, stars=4, external_id=f"order-{rating_id}")
+    judgement = Judgement("accepted", "rating_submitted", merchant_id, rating_id, (), rating)
+    return InboundWebhook(request_id, NOW, b'{"rating": 1}', "application/json", judgement)
+
+
+@pytest.fixture
+def url(postgres_server: PostgresServer, postgres_database: str) -> str:
+    return postgres_server.url(postgres_database)
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[PostgresStore]:
+    opened = PostgresStore(url, timeout_s=2, pool_size=4)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def wait_for(condition_met: Callable[[], Awaitable[bool]], *, within_s: float = 10) -> None:
+    """Poll an async predicate until it holds, failing after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while not await condition_met():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+# Settings and where -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_settings_take_a_postgresql_url_and_a_pool_size(scheme: str) -> None:
+    settings = Settings(database_url=f"{scheme}://relay:pw@db.internal:5433/relay", relay_db_pool_size=25)
+    assert settings.database_url.startswith(scheme)
+    assert settings.relay_db_pool_size == 25
+
+
+def test_location_names_host_port_and_database_but_no_user_or_password() -> None:
+    store = PostgresStore("postgres://relay:s3cret@db.internal:5433/relay", timeout_s=1, pool_size=1)
+    assert (store.backend, store.location, store.single_worker) == (
+        "postgresql",
+        "db.internal:5433/relay",
+        False,
+    )
+
+
+# Opening ------------------------------------------------------------------------------------------
+
+
+async def test_a_wrong_password_is_unusable_in_one_line_without_the_password(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    wrong = "not-the-relay-password-9f2c"
+    url = postgres_server.url(postgres_database).replace(PASSWORD, wrong)
+    with pytest.raises(DatabaseUnusable) as refused:
+        await PostgresStore(url, timeout_s=5, pool_size=2).open()
+    message = str(refused.value)
+    assert "password authentication failed" in message
+    assert wrong not in message and PASSWORD not in message and "\n" not in message
+    assert message.startswith(f"127.0.0.1:{postgres_server.port}/{postgres_database}: ")
+
+
+async def test_an_unreachable_server_is_unusable_at_once_without_the_password() -> None:
+    url = f"postgresql://relay:{PASSWORD}@127.0.0.1:{free_port()}/relay"
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnusable) as refused:
+        await PostgresStore(url, timeout_s=3, pool_size=2).open()
+    assert time.monotonic() - started < 3
+    assert PASSWORD not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_processes_starting_together_apply_each_migration_once(url: str) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from relay.store.postgres.store import PostgresStore\n"
+        "async def main():\n"
+        "    store = PostgresStore(sys.argv[1], timeout_s=30, pool_size=2)\n"
+        "    await store.open()\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    starts = [
+        subprocess.Popen([sys.executable, "-c", script, url], cwd=ROOT, stderr=subprocess.PIPE)
+        for _ in range(5)
+    ]
+    errors = [process.communicate(timeout=60)[1].decode() for process in starts]
+    assert [process.returncode for process in starts] == [0] * 5, errors
+
+    async def applied() -> list[int]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [row[0] for row in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(applied()) == [migration.version for migration in known_migrations()]
+
+
+# Group commit -------------------------------------------------------------------------------------
+
+
+async def test_concurrent_webhooks_share_commits(store: PostgresStore) -> None:
+    stored = await asyncio.gather(*(store.record_webhook(webhook(n), recheck_before=NOW) for n in range(64)))
+    assert {one.status for one in stored} == {"accepted"}
+    assert (await store.deliveries_by_state())["pending"] == 64
+    commits = store._group().commits
+    assert 1 <= commits < 64
+
+
+async def test_a_webhook_the_database_refuses_does_not_fail_the_ones_sharing_its_commit(
+    store: PostgresStore,
+) -> None:
+    # PostgreSQL text cannot hold a NUL: this one webhook fails, alone.
+    results = await asyncio.gather(
+        *(
+            store.record_webhook(webhook(n, request_id="bad\x00" if n == 3 else "ok"), recheck_before=NOW)
+            for n in range(8)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(results[3], StoreUnavailable)
+    assert all(not isinstance(result, BaseException) for n, result in enumerate(results) if n != 3)
+    assert (await store.deliveries_by_state())["pending"] == 7
+
+
+async def test_a_caller_giving_up_does_not_cancel_the_commit_others_share(store: PostgresStore) -> None:
+    calls = [asyncio.create_task(store.record_webhook(webhook(n), recheck_before=NOW)) for n in range(10)]
+    await asyncio.sleep(0)  # every call is queued
+    calls[0].cancel()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert all(not isinstance(result, BaseException) for result in results[1:])
+    # The caller that gave up never heard, but its webhook was committed with the rest: nothing half-done.
+    assert (await store.deliveries_by_state())["pending"] == 10
+
+
+# Faults -------------------------------------------------------------------------------------------
+
+
+async def test_a_stopped_server_is_unavailable_promptly_and_the_same_store_recovers(
+    postgres_server: PostgresServer, store: PostgresStore
+) -> None:
+    await store.record_webhook(webhook(1), recheck_before=NOW)
+    postgres_server.stop()
+    try:
+        for call in (
+            lambda: store.record_webhook(webhook(2), recheck_before=NOW),
+            lambda: store.claim_due(now=NOW, lease_until=NOW, limit=5),
+            store.deliveries_by_state,
+        ):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as refused:
+                await call()
+            assert time.monotonic() - started < store.timeout_s + 1
+            assert PASSWORD not in str(refused.value)
+        assert await store.readiness_problems() != []
+    finally:
+        postgres_server.start()
+
+    async def webhook_stored() -> bool:
+        try:
+            await store.record_webhook(webhook(3), recheck_before=NOW)
+        except StoreUnavailable:
+            return False
+        return True
+
+    await wait_for(webhook_stored)
+    assert (await store.deliveries_by_state())["pending"] == 2
+    assert await store.readiness_problems() == []
+
+
+# Wakes --------------------------------------------------------------------------------------------
+
+
+async def test_a_webhook_stored_by_another_process_wakes_a_listening_worker(
+    url: str, store: PostgresStore
+) -> None:
+    other = PostgresStore(url, timeout_s=2, pool_size=2)
+    await other.open()
+    wakes = store.new_work()
+    try:
+        woken = asyncio.ensure_future(anext(wakes))
+        # LISTEN runs before the first wait: poll for the listener, then store from the other process.
+        await wait_for(lambda: _listeners(other))
+        assert not woken.done()
+        await other.record_webhook(webhook(1), recheck_before=NOW)
+        await asyncio.wait_for(woken, 10)
+    finally:
+        await wakes.aclose()  # type: ignore[attr-defined]
+        await other.close()
+
+
+async def test_a_lost_listening_connection_comes_back_and_wakes_once(store: PostgresStore) -> None:
+    wakes = store.new_work()
+    try:
+        woken = asyncio.ensure_future(anext(wakes))
+        await wait_for(lambda: _listeners(store))
+        # An operator (or a failover) cuts the listening session: a wake may be lost meanwhile.
+        await store._run(
+            lambda conn: conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+            )
+        )
+        await asyncio.wait_for(woken, 10)
+        await wait_for(lambda: _listeners(store))
+    finally:
+        await wakes.aclose()  # type: ignore[attr-defined]
+
+
+async def _listeners(store: PostgresStore) -> bool:
+    count = await store._run(
+        lambda conn: conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+    )
+    return bool(count)
+
+
+# Many workers -------------------------------------------------------------------------------------
+
+
+async def test_workers_claiming_together_never_get_the_same_delivery(url: str, store: PostgresStore) -> None:
+    await asyncio.gather(*(store.record_webhook(webhook(n), recheck_before=NOW) for n in range(200)))
+    others = [PostgresStore(url, timeout_s=5, pool_size=2) for _ in range(3)]
+    for other in others:
+        await other.open()
+    claimed: list[int] = []
+
+    async def drain(worker: PostgresStore) -> None:
+        while batch := await worker.claim_due(
+            now=NOW + timedelta(seconds=1), lease_until=NOW + timedelta(hours=1), limit=7
+        ):
+            claimed.extend(delivery.id for delivery in batch)
+
+    try:
+        await asyncio.gather(*(drain(worker) for worker in [store, *others]))
+    finally:
+        for other in others:
+            await other.close()
+    assert len(claimed) == 200
+    assert len(set(claimed)) == 200
+
+
+async def test_workers_holding_one_inquiry_together_get_one_hold(url: str, store: PostgresStore) -> None:
+    other = PostgresStore(url, timeout_s=5, pool_size=4)
+    await other.open()
+    until = NOW + timedelta(minutes=1)
+    try:
+        held = await asyncio.gather(
+            *(
+                worker.hold_inquiry(42, delivery_id, now=NOW, until=until)
+                for delivery_id in range(1, 41)
+                for worker in (store, other)
+                if delivery_id % 2 == (worker is store)
+            )
+        )
+    finally:
+        await other.close()
+    assert held.count(True) == 1
+
+
+# Moving house -------------------------------------------------------------------------------------
+
+
+async def test_imported_ids_are_kept_and_new_ids_continue_past_them(store: PostgresStore) -> None:
+    row = {
+        "id": 500,
+        "received_at": NOW,
+        "request_id": "moved",
+        "status": "ignored",
+        "webhook_type": "task_done",
+        "merchant_id": None,
+        "rating_id": None,
+        "errors": None,
+        "content_type": None,
+        "body": b"{}",
+    }
+    await store.import_rows("webhooks", [row])
+    stored = await store.record_webhook(webhook(1), recheck_before=NOW)
+    assert stored.webhook_id == 501
+    exported = [batch async for batch in store.export_rows("webhooks", batch_size=1)]
+    assert exported[0] == [row]
