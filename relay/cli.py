@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from relay import console
 from relay.app import create_app, create_worker_app
 from relay.domain.delivery import DELIVERY_STATES
 from relay.linkfile import links_to_csv
-from relay.listen import CannotListen, listening_socket
+from relay.listen import CannotListen, listening_sockets
 from relay.logs import configure_logging
 from relay.ops.admin import DEFAULT_PAGE, MAX_PAGE, MAX_REPORTED, DeliveryListing, page_cursor, replay_answer
 from relay.settings import Settings, SettingsError, load_settings
@@ -195,6 +196,7 @@ def _refuse(problems: Sequence[str]) -> NoReturn:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=True, runs_worker=not args.no_worker)
+    sockets = _listening_sockets(settings.relay_host, settings.port, names=("RELAY_HOST", "PORT"))
     configure_logging(settings.log_level, settings.log_format)
     if settings.bringg_auth == "none":
         log.warning(
@@ -210,8 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     web.run_app(
         create_app(settings, run_worker=not args.no_worker),
-        host=settings.relay_host,
-        port=settings.port,
+        sock=sockets,
         print=None,
         shutdown_timeout=settings.relay_shutdown_grace_s,
     )
@@ -221,11 +222,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=True)
-    try:
-        # Bound before anything else starts: a taken port stops the worker before it opens the database.
-        sock = listening_socket(settings.relay_worker_host, settings.relay_worker_port)
-    except CannotListen as error:
-        _refuse([f"RELAY_WORKER_{error.part.upper()}: {error}"])
+    names = ("RELAY_WORKER_HOST", "RELAY_WORKER_PORT")
+    sockets = _listening_sockets(settings.relay_worker_host, settings.relay_worker_port, names=names)
     configure_logging(settings.log_level, settings.log_format)
     log.info(
         "relay.starting",
@@ -246,7 +244,8 @@ def _worker(args: argparse.Namespace) -> int:
         try:
             # A start that fails part way (another worker holds the database) still closes what it opened.
             await runner.setup()
-            await web.SockSite(runner, sock).start()
+            for sock in sockets:
+                await web.SockSite(runner, sock).start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -258,6 +257,14 @@ def _worker(args: argparse.Namespace) -> int:
     asyncio.run(run())
     log.info("relay.stopped")
     return 0
+
+
+def _listening_sockets(host: str, port: int, *, names: tuple[str, str]) -> list[socket.socket]:
+    """Bound before anything starts: a taken port stops the process before it opens the database."""
+    try:
+        return listening_sockets(host, port)
+    except CannotListen as error:
+        _refuse([f"{names[0] if error.part == 'host' else names[1]}: {error}"])
 
 
 def _links_import(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""A listening socket bound before a process starts its work: a taken or unknown address refuses the start."""
+"""Listening sockets bound before a process starts its work: a taken or unknown address refuses the start."""
 
 import errno
 import socket
@@ -13,22 +13,29 @@ class CannotListen(Exception):
         self.part = part
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to host:port and listening, as aiohttp's own site would bind it."""
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets bound to every address of host:port and listening, as asyncio's create_server binds."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
         raise CannotListen("host", f"cannot resolve it: {error.strerror}") from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        # As asyncio's create_server does: a restart binds again while the old connections time out.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as error:
-        sock.close()
-        part: Literal["host", "port"] = "port" if error.errno in (errno.EADDRINUSE, errno.EACCES) else "host"
-        raise CannotListen(part, f"cannot listen: {error.strerror}") from None
-    return sock
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in dict.fromkeys(addresses):
+        sock = socket.socket(family, kind, proto)
+        sockets.append(sock)
+        try:
+            # As create_server does: a restart binds again while the old connections time out, and an IPv6
+            # socket leaves the IPv4 address to its own socket.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(128)
+        except OSError as error:
+            for opened in sockets:
+                opened.close()
+            at_fault: Literal["host", "port"] = (
+                "port" if error.errno in (errno.EADDRINUSE, errno.EACCES) else "host"
+            )
+            raise CannotListen(at_fault, f"cannot listen: {error.strerror}") from None
+    return sockets

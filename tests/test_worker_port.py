@@ -1,4 +1,4 @@
-"""`relay worker` on a port of its own: probed (/healthz, /readyz), scraped (/metrics), refused when taken."""
+"""Relay processes listening: the worker probed and scraped on its own port; a taken port refused."""
 
 import json
 import re
@@ -9,6 +9,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.chaos.harness import relay_env
 from tests.conftest import AUTH
@@ -96,26 +98,34 @@ def test_worker_answers_probes_and_its_metrics_move_with_the_ratings_it_delivers
         assert http_json("GET", f"{sim}/_sim/ratings")["count"] == 1
 
 
-def test_worker_on_a_taken_port_refuses_to_start_with_one_line(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("command", "host", "port"),
+    [(("worker",), "RELAY_WORKER_HOST", "RELAY_WORKER_PORT"), (("serve",), "RELAY_HOST", "PORT")],
+)
+def test_a_taken_port_refuses_the_start_with_one_line(
+    tmp_path: Path, command: tuple[str, ...], host: str, port: str
+):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        port = holder.getsockname()[1]
-        env = relay_env(
-            tmp_path,
-            "http://127.0.0.1:9",
-            free_port(),
-            RELAY_WORKER_HOST="127.0.0.1",
-            RELAY_WORKER_PORT=str(port),
-        )
-        result = run_relay("worker", env=env, cwd=tmp_path)
+        taken = str(holder.getsockname()[1])
+        env = relay_env(tmp_path, "http://127.0.0.1:9", free_port(), **{host: "127.0.0.1", port: taken})
+        result = run_relay(*command, env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
-        "relay: configuration error: RELAY_WORKER_PORT: cannot listen: Address already in use"
+        f"relay: configuration error: {port}: cannot listen: Address already in use"
     ]
-    # Refused before it did anything: no log line, no database.
+    # Refused before it did anything: no log line, no database, no delivery.
     assert result.stdout == ""
     assert not (tmp_path / "relay.db").exists()
+
+
+def test_an_unknown_host_refuses_the_start_with_one_line(tmp_path: Path):
+    env = relay_env(tmp_path, "http://127.0.0.1:9", free_port(), RELAY_WORKER_HOST="no-such-host.invalid")
+    result = run_relay("worker", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("relay: configuration error: RELAY_WORKER_HOST: cannot resolve it: ")
 
 
 def test_worker_readyz_says_whether_this_worker_can_deliver(tmp_path: Path):
