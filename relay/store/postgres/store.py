@@ -152,7 +152,8 @@ class PostgresStore:
 
     async def claim_due(self, *, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
         """Lease up to `limit` due deliveries, skipping rows another worker is claiming (SKIP LOCKED)."""
-        return await self._transaction(
+        # One statement: atomic without a transaction around it, and two round trips shorter.
+        return await self._run(
             lambda conn: outbox.claim_due(conn, now=now, lease_until=lease_until, limit=limit)
         )
 

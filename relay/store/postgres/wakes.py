@@ -19,7 +19,9 @@ async def listen_for_work(dsn: str, *, timeout_s: float, retry_s: float) -> Asyn
     first = True
     while True:
         try:
-            conn = await asyncpg.connect(dsn, timeout=timeout_s)
+            conn = await asyncpg.connect(
+                dsn, timeout=timeout_s, server_settings={"application_name": "relay-listen"}
+            )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             log.warning("store.listen_failed", error=f"{type(error).__name__}: {error}")
             await asyncio.sleep(retry_s)
