@@ -1,12 +1,24 @@
 """Query-plan checks: run a write job with SQL tracing on, then EXPLAIN what it ran."""
 
 import sqlite3
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
-from relay.store.db import Database, WriteJob
+import aiosqlite
+
+T = TypeVar("T")
 
 
-async def traced(database: Database, job: WriteJob[Any]) -> list[str]:
+class Database(Protocol):
+    """What the checks need of a SQLite database: its reader, and its writer taking a write job."""
+
+    @property
+    def reader(self) -> aiosqlite.Connection: ...
+
+    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T: ...
+
+
+async def traced(database: Database, job: Callable[[sqlite3.Connection], Any]) -> list[str]:
     """The SQL statements (with their values) that `job` ran."""
     statements: list[str] = []
 

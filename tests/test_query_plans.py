@@ -1,10 +1,30 @@
 """The hot queries walk their indexes: a backlog of a million rows costs no more per claim or per scrape."""
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from relay.store.gauges import read_backlog
-from relay.store.outbox import claim_due, wake_linked_and_expire_unmatched
+import pytest
+
+from relay.store.records import AttemptRecord, Outcome
+from relay.store.sqlite.claims import claim_due, record_outcome
+from relay.store.sqlite.gauges import read_backlog
+from relay.store.sqlite.holds import hold_inquiry
+from relay.store.sqlite.store import SqliteStore
+from relay.store.sqlite.unmatched import sweep_unmatched
+from relay.store.sqlite.writer import Database
 from tests.plans import full_scans_and_sorts, plan, traced
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    """The SQLite backend's database on a fresh file."""
+    store = SqliteStore(tmp_path / "relay.db", timeout_s=5)
+    await store.open()
+    try:
+        yield store.database
+    finally:
+        await store.close()
 
 
 async def test_claim_walks_the_due_index_without_sorting(database):
@@ -21,7 +41,7 @@ async def test_claim_walks_the_due_index_without_sorting(database):
 async def test_unmatched_sweep_reads_only_unmatched_rows(database):
     now = datetime.now(UTC)
 
-    statements = await traced(database, wake_linked_and_expire_unmatched(now=now, expire_before=now))
+    statements = await traced(database, sweep_unmatched(now=now, expire_before=now))
 
     for sql in (sql for sql in statements if sql.lstrip().startswith("UPDATE")):
         steps = await plan(database, sql)
@@ -38,3 +58,21 @@ async def test_backlog_reads_one_entry_of_each_partial_index(database):
     # SEARCH without a column: SQLite's MIN() optimization, one seek to the start of the index.
     assert oldest == ["SEARCH deliveries USING INDEX deliveries_waiting"], oldest
     assert due == ["SEARCH deliveries USING INDEX deliveries_due (next_attempt_at<?)"], due
+
+
+async def test_holding_an_inquiry_and_recording_an_outcome_walk_their_keys(database):
+    now = datetime.now(UTC)
+    call = AttemptRecord("send", now, 12, 503, "retry")
+    outcome = Outcome(1, "retrying", 1, False, next_attempt_at=now, inquiry_id=5, calls=[call])
+
+    statements = await traced(database, hold_inquiry(5, 1, now=now, until=now))
+    statements += await traced(database, record_outcome(outcome, now=now))
+
+    # The outcome releases the hold by its delivery id: without an index there it would read every hold.
+    [release] = [sql for sql in statements if sql.startswith("DELETE FROM inquiry_holds")]
+    assert await plan(database, release) == [
+        "SEARCH inquiry_holds USING INDEX inquiry_holds_delivery (delivery_id=?)"
+    ]
+    for sql in statements:
+        steps = await plan(database, sql)
+        assert full_scans_and_sorts(steps) == [], (sql, steps)

@@ -1,10 +1,41 @@
 """What only the SQLite backend promises: its file format, its group commit, and its durability."""
 
+import asyncio
 import hashlib
 import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from relay.bringg.payload import judge
+from relay.linkfile import Link
+from relay.store import create_store
+from relay.store.api import DatabaseUnusable, Store, StoreUnavailable
+from relay.store.filters import DeliveryFilter
+from relay.store.records import COPIED_TABLES, AccountPause, AttemptRecord, InboundWebhook, Outcome
 from relay.store.sqlite.migrations import LATEST_VERSION, known_migrations, migrate
+from relay.store.sqlite.store import SqliteStore
+from tests.test_webhook import rating_body
+
+NOW = datetime(2026, 12, 1, 18, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "relay.db", timeout_s=5)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def inbound(rating_id: int, received_at: datetime = NOW) -> InboundWebhook:
+    body = rating_body(rating_id=rating_id)
+    return InboundWebhook(f"req-{rating_id}", received_at, body, "application/json", judge(body))
 
 
 def _release_0003_file(path: Path) -> None:
@@ -52,3 +83,129 @@ def test_migrations_already_shipped_stay_byte_for_byte_as_they_were():
     shipped = {m.version: hashlib.sha256(m.sql.encode()).hexdigest() for m in known_migrations()[:3]}
 
     assert shipped == _SHIPPED
+
+
+async def test_an_old_database_file_opens_and_reads_back_its_instants_exactly(tmp_path):
+    path = tmp_path / "relay.db"
+    _release_0003_file(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "INSERT INTO webhooks (id, received_at, request_id, status, body) "
+        "VALUES (4, ?, 'r', 'accepted', x'7b7d')",
+        ("2026-11-30T09:59:58.000001Z",),
+    )
+    conn.execute(
+        "INSERT INTO deliveries (id, webhook_id, merchant_id, rating_id, version, stars, rating, state, "
+        "created_at, updated_at) VALUES (7, 4, 9, 77, 'v', 5, '{}', 'dead', ?, ?)",
+        ("2026-11-30T09:59:59.000001Z", "2026-11-30T10:00:00.999999Z"),
+    )
+    conn.close()
+    store = SqliteStore(path, timeout_s=5)
+
+    await store.open()
+    try:
+        [listed] = await store.list_deliveries(DeliveryFilter())
+        version = await store.schema_version()
+    finally:
+        await store.close()
+
+    assert version == LATEST_VERSION
+    assert listed.id == 7
+    assert listed.created_at == datetime(2026, 11, 30, 9, 59, 59, 1, tzinfo=UTC)
+    assert listed.updated_at == datetime(2026, 11, 30, 10, 0, 0, 999999, tzinfo=UTC)
+
+
+async def test_the_constructor_picks_sqlite_from_its_url_and_refuses_unknown_schemes(tmp_path):
+    store: Store = create_store(f"sqlite:///{tmp_path / 'relay.db'}", timeout_s=1, pool_size=4)
+    typed: Store = SqliteStore(tmp_path / "other.db", timeout_s=1)
+
+    assert isinstance(store, SqliteStore)
+    assert (store.backend, store.location, store.single_worker) == (
+        "sqlite",
+        str(tmp_path / "relay.db"),
+        True,
+    )
+    assert typed.location == str(tmp_path / "other.db")
+    with pytest.raises(DatabaseUnusable, match="'mysql'"):
+        create_store("mysql://db/relay", timeout_s=1, pool_size=4)
+
+
+async def test_concurrent_writes_share_commits(sqlite_store):
+    before = sqlite_store.database.commits
+
+    stored = await asyncio.gather(
+        *(
+            sqlite_store.record_webhook(inbound(n), recheck_before=NOW - timedelta(days=30))
+            for n in range(1, 51)
+        )
+    )
+
+    assert [webhook.status for webhook in stored] == ["accepted"] * 50
+    assert 1 <= sqlite_store.database.commits - before < 50
+    assert (await sqlite_store.deliveries_by_state())["pending"] == 50
+
+
+async def test_a_failing_job_fails_alone_its_batch_is_retried_job_by_job(sqlite_store):
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('k', NULL)")  # NOT NULL: an IntegrityError
+
+    recheck = NOW - timedelta(days=30)
+    good = [sqlite_store.record_webhook(inbound(n), recheck_before=recheck) for n in (1, 2)]
+    outcomes: list[Any] = list(
+        await asyncio.gather(good[0], sqlite_store.database.write(broken), good[1], return_exceptions=True)
+    )
+    first, bad, second = outcomes
+
+    assert isinstance(bad, StoreUnavailable) and "NOT NULL" in str(bad)
+    assert [first.status, second.status] == ["accepted", "accepted"]
+    assert (await sqlite_store.deliveries_by_state())["pending"] == 2
+
+
+async def test_the_file_runs_in_wal_mode_and_commits_with_full_sync(sqlite_store):
+    [mode] = await sqlite_store.database.reader.execute_fetchall("PRAGMA journal_mode")
+    sync = await sqlite_store.database.write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    assert mode[0] == "wal"
+    assert sync == 2  # FULL: the WAL is fsynced before a commit is reported
+
+
+async def test_export_then_import_keeps_every_row_its_id_and_its_instants_exactly(sqlite_store, tmp_path):
+    recheck = NOW - timedelta(days=30)
+    for n in (3, 5, 8):
+        await sqlite_store.record_webhook(inbound(n, NOW + timedelta(microseconds=n)), recheck_before=recheck)
+    [claimed, *_] = await sqlite_store.claim_due(
+        now=NOW + timedelta(seconds=1), lease_until=NOW + timedelta(minutes=1), limit=3
+    )
+    call = AttemptRecord("send", NOW + timedelta(microseconds=7), 12, 201, "delivered")
+    await sqlite_store.record_outcome(
+        Outcome(claimed.id, "delivered", 1, False, inquiry_id=41, last_status=201, calls=[call]), now=NOW
+    )
+    await sqlite_store.save_links([Link(9, "ORD-1", 41)], now=NOW)
+    await sqlite_store.hold_inquiry(42, 2, now=NOW, until=NOW + timedelta(seconds=30))
+    await sqlite_store.reserve_send_slot("acme", now=NOW, spacing_s=0.25)
+    await sqlite_store.pause_account(AccountPause("quivo", "credentials refused", None))
+    copy = SqliteStore(tmp_path / "copy.db", timeout_s=5)
+    await copy.open()
+    try:
+        exported = {
+            table: [row async for batch in sqlite_store.export_rows(table, batch_size=2) for row in batch]
+            for table in COPIED_TABLES
+        }
+        for table, rows in exported.items():
+            await copy.import_rows(table, rows)
+        again = {
+            table: [row async for batch in copy.export_rows(table, batch_size=100) for row in batch]
+            for table in COPIED_TABLES
+        }
+        counts = await copy.row_counts()
+        later = await copy.record_webhook(inbound(13), recheck_before=recheck)
+    finally:
+        await copy.close()
+
+    assert again == exported
+    assert counts == await sqlite_store.row_counts()
+    assert counts["deliveries"] == 3 and counts["attempts"] == 1 and counts["links"] == 1
+    [delivery, *_] = exported["deliveries"]
+    assert delivery["created_at"] == NOW + timedelta(microseconds=3)
+    assert delivery["unconfirmed"] is False and isinstance(exported["webhooks"][0]["body"], bytes)
+    assert later.webhook_id > max(row["id"] for row in exported["webhooks"])

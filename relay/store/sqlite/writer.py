@@ -1,0 +1,292 @@
+"""The SQLite file: one writer thread that groups concurrent writes into one commit, and one reader."""
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import structlog
+
+from relay.store.api import DatabaseUnusable, StoreUnavailable
+from relay.store.sqlite.instants import instant_plus
+from relay.store.sqlite.migrations import LATEST_VERSION, migrate
+
+T = TypeVar("T")
+# A write job runs inside the writer's transaction, on the writer thread: plain sqlite3, no awaiting.
+WriteJob = Callable[[sqlite3.Connection], T]
+
+# The name docs/operations.md gives operators for this logger since before the package moved.
+log = structlog.get_logger("relay.store.db")
+
+# Enough to share one fsync among a burst of webhooks, small enough to keep each commit short.
+MAX_BATCH = 256
+
+
+@dataclass
+class _Pending:
+    job: WriteJob[Any]
+    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Database:
+    """Opens the file, migrates it, and serializes every write through a group-commit loop.
+
+    A whole batch of write jobs runs on the writer thread in one hop: BEGIN, the jobs, COMMIT. The event
+    loop waits once per batch instead of once per statement, and SQLite's work uses another core.
+    """
+
+    def __init__(self, path: Path, *, timeout_s: float) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        self._writer: sqlite3.Connection | None = None
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db-writer")
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.last_commit_error: str | None = None
+        self.commits = 0
+
+    async def open(self) -> None:
+        """Connect, set durability pragmas, apply migrations, start the writer loop.
+
+        Raises DatabaseUnusable when the file cannot be a database for the relay (unwritable, not a
+        database, in a folder that cannot be made), StoreUnavailable when it stays locked past the timeout.
+        """
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DatabaseUnusable(f"{self.path}: cannot make its folder: {error.strerror}") from None
+        try:
+            self._writer = await self._on_writer(self._connect_writer)
+            await self._on_writer(migrate)
+            await self._on_writer(_check_writable)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.timeout_s)
+            self._reader.row_factory = sqlite3.Row
+            await self._reader.create_function("instant_plus", 2, instant_plus, deterministic=True)
+        except (sqlite3.Error, DatabaseUnusable) as error:
+            await self.close()
+            if isinstance(error, DatabaseUnusable):
+                raise
+            raise self._refusal(error) from None
+        self._loop_task = asyncio.create_task(self._commit_loop(), name="relay-db-writer")
+
+    def _connect_writer(self, _: object = None) -> sqlite3.Connection:
+        # isolation_level=None: transactions are begun and ended here, explicitly. timeout: SQLite's busy
+        # timeout, in force from the first statement on, so processes starting together wait for each other.
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.timeout_s
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.create_function("instant_plus", 2, instant_plus, deterministic=True)
+            self._switch_to_wal(conn)
+            # FULL: a commit is on disk (WAL fsynced) before any caller hears it succeeded.
+            conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> None:
+        # SQLite does not call the busy handler for a change of journal mode: while another process starting
+        # beside this one holds the file, the switch fails at once with "database is locked". Wait here.
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                break
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        if str(row[0]).lower() != "wal":
+            # A read-only file keeps its old journal mode without an error; say why it cannot be used.
+            raise DatabaseUnusable(f"{self.path}: cannot switch to WAL (journal mode stays {row[0]})")
+
+    async def migrate(self) -> list[str]:
+        """Apply missing migrations (names of those applied now); opened or not, as `relay migrate` needs."""
+        if self._writer is not None:
+            return await self._on_writer(migrate)
+
+        def once(_: object) -> list[str]:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect_writer()
+            try:
+                return migrate(conn)
+            finally:
+                conn.close()
+
+        try:
+            return await self._on_writer(once)
+        except OSError as error:
+            raise DatabaseUnusable(f"{self.path}: cannot make its folder: {error.strerror}") from None
+        except sqlite3.Error as error:
+            raise self._refusal(error) from None
+
+    def _refusal(self, error: sqlite3.Error) -> Exception:
+        """Why the file cannot be opened or migrated: locked for now, or unusable for the relay."""
+        if _is_busy(error):
+            return StoreUnavailable(f"{self.path}: locked for more than {self.timeout_s:g}s")
+        return DatabaseUnusable(f"{self.path}: {error}")
+
+    async def _on_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the writer thread with the writer connection (outside the commit loop)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer_thread, lambda: work(self._writer))  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        """Finish queued writes, then close both connections."""
+        if self._loop_task is not None:
+            await self._queue.join()
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await asyncio.get_running_loop().run_in_executor(self._writer_thread, writer.close)
+        self._writer_thread.shutdown(wait=True)
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        """The connection for reads; WAL lets it read while the writer commits."""
+        if self._reader is None:
+            raise StoreUnavailable("database is closed")
+        return self._reader
+
+    async def write(self, job: WriteJob[T]) -> T:
+        """Run `job` inside a transaction shared with other concurrent writes; return once committed."""
+        if self._loop_task is None or self._loop_task.done():
+            raise StoreUnavailable("database is closed")
+        pending = _Pending(job)
+        self._queue.put_nowait(pending)
+        try:
+            # shield: a caller that gives up must not cancel a batch other callers share.
+            async with asyncio.timeout(self.timeout_s):
+                return await asyncio.shield(pending.done)
+        except TimeoutError:
+            raise StoreUnavailable(f"no commit within {self.timeout_s:g}s") from None
+        finally:
+            if not pending.done.done():
+                # The job still runs with its batch, but nobody awaits its outcome now: read it when it
+                # comes, or a failure would surface as asyncio's "Future exception was never retrieved".
+                pending.done.add_done_callback(_outcome_read)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        jobs = [item.job for item in batch]
+        try:
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._writer_thread, self._transaction, jobs)
+        except Exception as error:
+            # Storage failures (locked, full, read-only, I/O) fail every job alike; fail the batch at once.
+            if len(batch) == 1 or isinstance(error, sqlite3.OperationalError):
+                failure = self._as_store_error(error)
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(failure)
+                return
+            # One bad job must not fail its neighbours: run each alone to find it.
+            for item in batch:
+                await self._commit([item])
+            return
+        self.last_commit_error = None
+        self.commits += 1
+        for item, result in zip(batch, results, strict=True):
+            if not item.done.done():
+                item.done.set_result(result)
+
+    def _transaction(self, jobs: list[WriteJob[Any]]) -> list[Any]:
+        """On the writer thread: one transaction around every job of the batch."""
+        conn = self._writer
+        if conn is None:
+            raise StoreUnavailable("database is closed")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [job(conn) for job in jobs]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def _as_store_error(self, error: Exception) -> Exception:
+        if not isinstance(error, sqlite3.Error):
+            return error
+        self.last_commit_error = f"{type(error).__name__}: {error}"
+        log.error("store.commit_failed", error=self.last_commit_error)
+        return StoreUnavailable(self.last_commit_error)
+
+    async def schema_version(self) -> int:
+        """The newest migration applied to the file."""
+        async with self.reader.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def readiness_problems(self) -> list[str]:
+        """Why the database cannot take webhooks now; empty when it can."""
+        problems = []
+        try:
+            version = await self.schema_version()
+            if version < LATEST_VERSION:
+                problems.append(f"database schema at version {version}, expected {LATEST_VERSION}")
+            await self.write(_touch_probe)
+        except (StoreUnavailable, sqlite3.Error) as error:
+            problems.append(f"database not writable: {error}")
+        return problems
+
+
+def _outcome_read(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
+def _check_writable(conn: sqlite3.Connection) -> None:
+    """Fail now if the file cannot be written: a read-only one, already migrated, opens and reads fine."""
+    (timeout_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
+    # Without waiting: a lock held by another writer proves the file writable, and must not delay a start.
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("CREATE TABLE relay_write_probe (x)")
+    except sqlite3.OperationalError as error:
+        if not _is_busy(error):
+            raise
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+
+
+def _is_busy(error: BaseException) -> bool:
+    """SQLite's "database is locked" (another connection holds the lock), as opposed to a lasting fault."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _touch_probe(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('ready_probe', strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    )
