@@ -96,7 +96,7 @@ def _supersede_older(conn: sqlite3.Connection, rating: Rating, now: datetime) ->
         "AND state IN ('pending', 'retrying', 'unmatched') RETURNING id",
         (to_text(now), rating.merchant_id, rating.rating_id, rating.version),
     ).fetchall()
-    return [int(row["id"]) for row in rows]
+    return sorted(int(row["id"]) for row in rows)
 
 
 def _insert_webhook(conn: sqlite3.Connection, inbound: InboundWebhook, status: WebhookStatus) -> int:

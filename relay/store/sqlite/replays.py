@@ -46,12 +46,13 @@ def replay_delivery(delivery_id: int, *, now: datetime) -> WriteJob[StateChange]
 
 
 def replay_batch(delivery_ids: Sequence[int], *, now: datetime) -> WriteJob[ReplayBatch]:
-    """A write job replaying these listed deliveries; those it left, newest first, each with why."""
+    """A write job replaying the listed deliveries (in their order); those it left, newest first, with why."""
     ids = list(delivery_ids)
 
     def job(conn: sqlite3.Connection) -> ReplayBatch:
-        done = _replay(conn, ids, now)
-        return ReplayBatch(done, _why_left(conn, sorted(set(ids) - set(done), reverse=True)))
+        done = set(_replay(conn, ids, now))
+        replayed = [delivery_id for delivery_id in dict.fromkeys(ids) if delivery_id in done]
+        return ReplayBatch(replayed, _why_left(conn, sorted(set(ids) - done, reverse=True)))
 
     return job
 

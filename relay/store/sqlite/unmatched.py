@@ -33,10 +33,10 @@ def sweep_unmatched(*, now: datetime, expire_before: datetime) -> WriteJob[Unmat
             {"now": stamp, "expire_before": to_text(expire_before)},
         ).fetchall()
         return UnmatchedSweep(
-            woken=[int(row["id"]) for row in woken],
+            woken=sorted(int(row["id"]) for row in woken),
             expired=[
                 ExpiredDelivery(row["id"], row["merchant_id"], row["rating_id"], row["attempts"])
-                for row in expired
+                for row in sorted(expired, key=lambda row: int(row["id"]))
             ],
         )
 
