@@ -4,7 +4,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, astuple, dataclass, fields
 from datetime import datetime
 from itertools import zip_longest
@@ -16,6 +16,7 @@ from relay.store.queries import DeliveryAttempt, DeliveryDetail, DeliverySummary
 
 # A listing stays one line a delivery; `relay deliveries show` has the whole error.
 ERROR_WIDTH = 60
+PROGRESS_WIDTH = 30
 _UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
 
@@ -66,6 +67,24 @@ def progress_line() -> Iterator[Callable[[str], None]]:
     finally:
         if shown:
             print(file=sys.stderr)
+
+
+@contextmanager
+def progress_bars() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress line per part of a long job, each a bar of `done` out of `total`: a new part, a new line."""
+    with ExitStack() as lines:
+        shown: dict[str, Callable[[str], None]] = {}
+
+        def advance(label: str, done: int, total: int) -> None:
+            if label not in shown:
+                lines.close()  # ends the previous part's line
+                shown[label] = lines.enter_context(progress_line())
+            share = min(done / total, 1.0) if total else 1.0
+            filled = round(share * PROGRESS_WIDTH)
+            bar = "#" * filled + "." * (PROGRESS_WIDTH - filled)
+            shown[label](f"{label:<14} [{bar}] {share:4.0%}  {done:,}/{total:,}")
+
+        yield advance
 
 
 def duration(seconds: float) -> str:
