@@ -1,13 +1,18 @@
 """Shared test fixtures: settings on a temporary database, the relay app, and the vendors' fixtures."""
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 
 from relay.settings import Settings
+from relay.store import create_store
+from relay.store.api import Store
 from relay.store.db import Database
 from tests.pg_server import PostgresServer, ServerUnavailable
 
@@ -91,6 +96,80 @@ def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
         yield name
     finally:
         postgres_server.drop_database(name)
+
+
+BACKENDS = ("sqlite", "postgresql")
+STORE_TIMEOUT_S = 5
+STORE_POOL_SIZE = 4
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: PostgresServer) -> str:
+    """A migrated database each test's database is copied from, so no test waits for the migrations."""
+    name = postgres_server.create_database()
+
+    async def migrate() -> None:
+        store = create_store(postgres_server.url(name), timeout_s=STORE_TIMEOUT_S, pool_size=1)
+        await store.open()
+        await store.close()
+
+    # In a thread of its own: the test's event loop stays the current one in this thread.
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, migrate()).result()
+    return name
+
+
+@pytest.fixture
+def database_url_for(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """The URL of a fresh, migrated database of its own on the backend named, gone after the test."""
+
+    def fresh(backend: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path / f'relay-{uuid.uuid4().hex[:8]}.db'}"
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        name = server.create_database(template=request.getfixturevalue("postgres_template"))
+        request.addfinalizer(lambda: server.drop_database(name))
+        return server.url(name)
+
+    return fresh
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, database_url_for: Callable[[str], str]) -> str:
+    """A fresh database on each backend in turn: the test runs once on SQLite, once on PostgreSQL."""
+    return database_url_for(request.param)
+
+
+@pytest.fixture
+async def opened_store() -> AsyncIterator[Callable[[str], Awaitable[Store]]]:
+    """Opens a store on a DATABASE_URL; every store it opened is closed after the test."""
+    opened: list[Store] = []
+
+    async def open_on(url: str) -> Store:
+        store = create_store(url, timeout_s=STORE_TIMEOUT_S, pool_size=STORE_POOL_SIZE)
+        await store.open()
+        opened.append(store)
+        return store
+
+    try:
+        yield open_on
+    finally:
+        for store in reversed(opened):
+            await store.close()
+
+
+@pytest.fixture
+async def store(store_url: str, opened_store: Callable[[str], Awaitable[Store]]) -> Store:
+    """An opened store on a fresh database, on each backend in turn; closed after the test."""
+    return await opened_store(store_url)
+
+
+@pytest.fixture
+async def second_store(
+    store_url: str, opened_store: Callable[[str], Awaitable[Store]], store: Store
+) -> Store:
+    """Another store on the same database as `store`, as a second relay process opens it."""
+    return await opened_store(store_url)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
