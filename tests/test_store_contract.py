@@ -12,6 +12,7 @@ from relay.domain.delivery import DELIVERY_STATES, DeliveryState
 from relay.domain.judgement import Judgement
 from relay.domain.rating import Rating
 from relay.linkfile import Link
+from relay.store import create_store
 from relay.store.api import DatabaseUnusable, Store
 from relay.store.filters import CANCELLED, DeliveryFilter, WebhookFilter
 from relay.store.records import (
@@ -137,8 +138,20 @@ def send(at: datetime, status: int | None, outcome: str = "sent") -> AttemptReco
 # Life -------------------------------------------------------------------------------------------------
 
 
-async def test_open_store_is_migrated_and_ready(store: Store) -> None:
-    assert store.backend in ("sqlite", "postgresql")
+def test_the_url_names_the_backend_and_its_location_keeps_no_password() -> None:
+    sqlite = create_store("sqlite:///var/relay.db", timeout_s=1, pool_size=1)
+    postgresql = create_store("postgresql://relay:s3cret@db.internal:5433/relay", timeout_s=1, pool_size=1)
+    short = create_store("postgres://relay:s3cret@db.internal/relay", timeout_s=1, pool_size=1)
+
+    assert (sqlite.backend, sqlite.location, sqlite.single_worker) == ("sqlite", "var/relay.db", True)
+    assert (postgresql.backend, postgresql.single_worker) == ("postgresql", False)
+    assert short.backend == "postgresql"
+    assert "s3cret" not in postgresql.location + short.location
+    assert "db.internal" in postgresql.location
+
+
+async def test_open_store_is_migrated_and_ready(store: Store, store_url: str) -> None:
+    assert store.backend == store_url.partition(":")[0]
     assert await store.migrate() == []
     assert await store.schema_version() >= 1
     assert await store.readiness_problems() == []
@@ -570,8 +583,8 @@ async def test_prune_takes_old_duplicate_and_ignored_webhooks_and_keeps_recent_o
 
 
 async def test_prune_keeps_what_waits_for_an_operator_or_a_worker_however_old(store: Store) -> None:
-    kept = [await finished(store, n, state, OLD, calls=1) for n, state in enumerate(("dead", "unmatched"), 1)]
-    kept.append(await finished(store, 3, "retrying", OLD, calls=1))
+    waiting: list[DeliveryState] = ["dead", "unmatched", "retrying"]
+    kept = [await finished(store, n, state, OLD, calls=1) for n, state in enumerate(waiting, 1)]
     kept.append(await accept(store, rating_id=4, at=OLD))  # pending
     quarantined = await record(store, Judgement("quarantined", errors=("bad",)), at=OLD)
     before = await everything(store)

@@ -4,6 +4,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from relay.store.api import DatabaseUnusable, Store
+from relay.store.postgres.store import PostgresStore
 from relay.store.sqlite.store import SqliteStore
 
 
@@ -15,4 +16,6 @@ def create_store(url: str, *, timeout_s: float, pool_size: int) -> Store:
         if path == url or not path:
             raise DatabaseUnusable("DATABASE_URL: a SQLite one looks like sqlite:///relative/path.db")
         return SqliteStore(Path(path), timeout_s=timeout_s)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresStore(url, timeout_s=timeout_s, pool_size=pool_size)
     raise DatabaseUnusable(f"DATABASE_URL: no store for the scheme {scheme or '(none)'!r}")
