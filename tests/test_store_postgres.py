@@ -14,6 +14,7 @@ import pytest
 from relay.domain.judgement import Judgement
 from relay.domain.rating import Rating
 from relay.settings import Settings
+from relay.store import create_store
 from relay.store.api import DatabaseUnusable, StoreUnavailable
 from relay.store.postgres.migrations import known_migrations
 from relay.store.postgres.store import PostgresStore
@@ -71,6 +72,30 @@ def test_location_names_host_port_and_database_but_no_user_or_password() -> None
         "db.internal:5433/relay",
         False,
     )
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_create_store_picks_postgresql_from_its_url(scheme: str) -> None:
+    store = create_store(f"{scheme}://relay:pw@db.internal/relay", timeout_s=3, pool_size=7)
+    assert isinstance(store, PostgresStore)
+    assert (store.location, store.timeout_s, store.pool_size) == ("db.internal:5432/relay", 3, 7)
+
+
+def test_a_relay_on_sqlite_never_loads_the_postgresql_driver(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from relay.store import create_store\n"
+        "create_store(sys.argv[1], timeout_s=1, pool_size=1)\n"
+        "print('asyncpg' in sys.modules)\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script, f"sqlite:///{tmp_path / 'relay.db'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "False"
 
 
 # Opening ------------------------------------------------------------------------------------------

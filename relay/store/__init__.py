@@ -4,7 +4,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from relay.store.api import DatabaseUnusable, Store
-from relay.store.postgres.store import PostgresStore
 from relay.store.sqlite.store import SqliteStore
 
 
@@ -17,5 +16,8 @@ def create_store(url: str, *, timeout_s: float, pool_size: int) -> Store:
             raise DatabaseUnusable("DATABASE_URL: a SQLite one looks like sqlite:///relative/path.db")
         return SqliteStore(Path(path), timeout_s=timeout_s)
     if scheme in ("postgresql", "postgres"):
+        # Imported here, so a relay on SQLite never loads the PostgreSQL driver.
+        from relay.store.postgres.store import PostgresStore
+
         return PostgresStore(url, timeout_s=timeout_s, pool_size=pool_size)
     raise DatabaseUnusable(f"DATABASE_URL: no store for the scheme {scheme or '(none)'!r}")
