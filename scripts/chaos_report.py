@@ -23,6 +23,19 @@ COLUMNS = (
     ("lost", "lost"),
     ("run_time_s", "run time (s)"),
 )
+# A table per backend the scenarios ran on (a line without one ran on SQLite). PostgreSQL's adds what only
+# its scenario measures, from the figures' extra: a list counts its items.
+BACKENDS = {
+    "sqlite": ("SQLite", ()),
+    "postgresql": (
+        "PostgreSQL",
+        (
+            ("restarts", "processes killed and restarted"),
+            ("database_stops", "database stops"),
+            ("most_sends_at_once_per_inquiry", "most sends at once per inquiry"),
+        ),
+    ),
+}
 INTRO = """\
 # Reliability
 
@@ -31,7 +44,8 @@ never takes it down. `tests/chaos/` breaks things on purpose to check that promi
 `relay serve` / `relay worker` processes over HTTP against `relay sim-quivo` with its fault knobs, while a
 sender posts distinct ratings the way Bringg does (what got no 2xx is sent again). The figures come from the
 stand-in's record of what it committed (the reference tag on the last line of every rating message) and
-from the relay's database.
+from the relay's database. Scenarios 1-9 run on SQLite, scenario 10 on PostgreSQL: each backend has its
+table.
 
 `make test` runs every scenario in a small, fast profile; `make chaos` runs the full profile and writes this
 page (`scripts/chaos_report.py`) from that run's figures alone, with the commit it ran on. A scenario's result
@@ -73,6 +87,18 @@ Replay a scenario with the seed shown: `RELAY_CHAOS_SEED=<seed>`.
 9. **Quivo commits late**: the first send to each inquiry loses its answer at once and Quivo commits it 3 s
    later (as behind an API gateway that gave up), within `RELAY_UNSURE_SETTLE_S` (4 s here): each unsure send
    is read back only after the settle time, finds its rating, and nothing is sent twice.
+10. **PostgreSQL, many processes** (`tests/chaos/test_postgres.py`, its own table below): two
+    `relay serve --no-worker` and three `relay worker` processes on one PostgreSQL database, a sender posting
+    many ratings per inquiry to a few inquiries, and later versions of some, to both web processes in turn;
+    Quivo fails a tenth of the calls (5xx), drops a tenth of its answers after committing, and for a spell
+    answers only after `QUIVO_TIMEOUT_S`. Meanwhile workers and web processes are SIGKILLed one at a time
+    and restarted, and PostgreSQL itself is stopped (`fast` and `immediate` in turn) and started again.
+    Counted per version of a rating: the latest acknowledged version of each rating is at Quivo exactly
+    once, an older acknowledged one is either there once or `superseded`, every acknowledged version is
+    stored (no 2xx without a commit), and the stand-in never saw two rating POSTs at once for one inquiry.
+    While the database is down every webhook gets 503 with `Retry-After`; every process keeps the pid it
+    was started with (none exits, none crash-loops) and is ready again after the restart; each final
+    SIGTERM exits 0 with its `worker.stopped` or `relay.stopped` line.
 
 ## History: bugs these scenarios found (not a result of the run below)
 
@@ -214,6 +240,15 @@ def cell(row: Mapping[str, Any], key: str) -> str:
     return _text(row.get(key))
 
 
+def backend_of(row: Mapping[str, Any]) -> str:
+    return str(row.get("backend") or "sqlite")
+
+
+def extra_cell(row: Mapping[str, Any], key: str) -> str:
+    value = (row.get("extra") or {}).get(key)
+    return _text(len(value) if isinstance(value, list) else value)
+
+
 def _text(value: Any) -> str:
     if value is None:
         return MISSING
@@ -251,12 +286,20 @@ def render(rows: Sequence[Mapping[str, Any]], outcomes: Mapping[str, Mapping[str
         lines.append("- Seeds (replay with `RELAY_CHAOS_SEED`):")
         lines += [f"  - {row['scenario']}: {row['seed']}" for row in seeded]
     lines.append("")
-    if rows:
-        lines.append("| scenario | " + " | ".join(title for _, title in COLUMNS) + " | result |")
-        lines.append("| --- " * (len(COLUMNS) + 2) + "|")
-        for row, result in zip(rows, verdicts(rows, outcomes), strict=True):
-            cells = [str(row["scenario"]), *(cell(row, key) for key, _ in COLUMNS), result]
-            lines.append("| " + " | ".join(cells) + " |")
+    results = verdicts(rows, outcomes)
+    known = list(BACKENDS)
+    present = {backend_of(row) for row in rows}
+    for backend in sorted(
+        present, key=lambda name: (known.index(name) if name in known else len(known), name)
+    ):
+        title, own = BACKENDS.get(backend, (backend, ()))
+        lines.append(f"### {title}\n")
+        lines.append("| scenario | " + " | ".join(name for _, name in (*COLUMNS, *own)) + " | result |")
+        lines.append("| --- " * (len(COLUMNS) + len(own) + 2) + "|")
+        for row, result in zip(rows, results, strict=True):
+            if backend_of(row) == backend:
+                cells = [cell(row, key) for key, _ in COLUMNS] + [extra_cell(row, key) for key, _ in own]
+                lines.append("| " + " | ".join([str(row["scenario"]), *cells, result]) + " |")
         lines.append("")
     details = [row for row in rows if row.get("extra") or row.get("notes")]
     if details:

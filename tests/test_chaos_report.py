@@ -218,3 +218,31 @@ def test_no_results_of_the_profile_is_said_and_fails(tmp_path: Path):
     out = tmp_path / "reliability.md"
     assert main([str(results), "--out", str(out)]) == 1
     assert "No results of the `full` profile yet" in out.read_text()
+
+
+def test_each_backend_has_its_table_and_postgresql_shows_its_own_figures(tmp_path: Path):
+    results = write_lines(
+        tmp_path / "r.jsonl",
+        row("1. kill storm", test="d.py::kill", run="a"),
+        outcome("d.py::kill", run="a"),
+        row(
+            "10. PostgreSQL fleet",
+            backend="postgresql",
+            extra={
+                "restarts": 3,
+                "database_stops": [{"mode": "fast"}, {"mode": "immediate"}],
+                "most_sends_at_once_per_inquiry": 1,
+            },
+            test="p.py::fleet",
+            run="a",
+        ),
+        outcome("p.py::fleet", run="a"),
+    )
+    out = tmp_path / "reliability.md"
+    assert main([str(results), "--out", str(out)]) == 0
+    page = out.read_text()
+    sqlite, postgresql = page.split("### SQLite\n", 1)[1].split("### PostgreSQL\n", 1)
+    assert "| 1. kill storm | 10 | 10 | – | 10 | 0 | 0 | – | pass |" in sqlite
+    assert "10. PostgreSQL fleet" not in sqlite
+    assert "| most sends at once per inquiry | result |" in postgresql
+    assert "| 10. PostgreSQL fleet | 10 | 10 | – | 10 | 0 | 0 | – | 3 | 2 | 1 | pass |" in postgresql
