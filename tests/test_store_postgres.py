@@ -123,6 +123,31 @@ async def test_an_unreachable_server_is_unusable_at_once_without_the_password() 
     assert PASSWORD not in str(refused.value) and "\n" not in str(refused.value)
 
 
+async def test_a_database_without_synchronous_commit_is_refused(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    postgres_server.sql(f'ALTER DATABASE "{postgres_database}" SET synchronous_commit = off')
+    with pytest.raises(DatabaseUnusable, match="synchronous_commit is off"):
+        await PostgresStore(postgres_server.url(postgres_database), timeout_s=5, pool_size=2).open()
+
+
+async def test_sessions_read_committed_whatever_the_database_default(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    postgres_server.sql(
+        f'ALTER DATABASE "{postgres_database}" SET default_transaction_isolation = serializable'
+    )
+    store = PostgresStore(postgres_server.url(postgres_database), timeout_s=5, pool_size=2)
+    await store.open()
+    try:
+        assert (
+            await store._run(lambda conn: conn.fetchval("SHOW default_transaction_isolation"))
+            == "read committed"
+        )
+    finally:
+        await store.close()
+
+
 def test_processes_starting_together_apply_each_migration_once(url: str) -> None:
     script = (
         "import asyncio, sys\n"

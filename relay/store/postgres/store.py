@@ -71,13 +71,23 @@ class PostgresStore:
                 max_size=self.pool_size,
                 timeout=self.timeout_s,
                 command_timeout=self.timeout_s,
-                server_settings={"application_name": "relay"},
+                # Each statement sees what committed before it (a webhook reads the versions another
+                # process stored while it waited for their lock), whatever the database's default.
+                server_settings={
+                    "application_name": "relay",
+                    "default_transaction_isolation": "read committed",
+                },
             )
             async with self._pool.acquire(timeout=self.timeout_s) as conn:
                 await migrate(conn)
+                durability = await conn.fetchval("SHOW synchronous_commit")
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             await self._close_pool()
             raise DatabaseUnusable(f"{self.location}: {self._without_password(error)}") from None
+        if durability == "off":
+            await self._close_pool()
+            # A 2xx must mean committed: with it off, a crash loses webhooks already acknowledged.
+            raise DatabaseUnusable(f"{self.location}: synchronous_commit is off; the relay needs it on")
         self._commits = GroupCommit(self._pool, _record_webhooks, timeout_s=self.timeout_s)
 
     def _without_password(self, error: BaseException) -> str:
