@@ -26,8 +26,7 @@ from bench.loadgen import run_at_rate
 from bench.procs import free_port, memory_mb, relay, started
 from bench.seed import seed
 from relay.domain.rating import format_instant
-from relay.store.db import Database
-from relay.store.outbox import claim_due
+from relay.store import create_store
 from scripts.revision import revision
 
 HERE = Path(__file__).resolve().parent
@@ -402,12 +401,12 @@ def claims_per_second(database: Path, copy_from: Path | None, pending: int = 20_
     seed(database, pending, state="pending", first_rating_id=10**8)
 
     async def run() -> float:
-        store = Database(database, timeout_s=30)
+        store = create_store(f"sqlite:///{database}", timeout_s=30, pool_size=1)
         await store.open()
         try:
             now = datetime.now(UTC) + timedelta(seconds=1)
             began, claims = time.perf_counter(), 0
-            while await store.write(claim_due(now=now, lease_until=now + timedelta(minutes=5), limit=64)):
+            while await store.claim_due(now=now, lease_until=now + timedelta(minutes=5), limit=64):
                 claims += 1
             return claims / (time.perf_counter() - began)
         finally:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from relay.domain.rating import Rating, format_instant
-from relay.store.db import Database
+from relay.store import create_store
 
 CHUNK = 20_000
 
@@ -16,9 +16,9 @@ def migrate(path: Path) -> None:
     """Create the schema with the relay's own migrations."""
 
     async def run() -> None:
-        database = Database(path, timeout_s=30)
-        await database.open()
-        await database.close()
+        store = create_store(f"sqlite:///{path}", timeout_s=30, pool_size=1)
+        await store.open()
+        await store.close()
 
     asyncio.run(run())
 

@@ -1,7 +1,8 @@
 """The composition root: builds the aiohttp application from settings and wires every part once."""
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -9,7 +10,7 @@ from aiohttp import web
 from relay.bringg.auth import Authenticator
 from relay.bringg.routes import routes as bringg_routes
 from relay.http import guard_malformed_requests, request_context
-from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, READINESS_CHECKS, SETTINGS, WORKER
+from relay.keys import AUTHENTICATOR, NEW_DELIVERY, READINESS_CHECKS, SETTINGS, STORE, WORKER
 from relay.ops.admin import create_admin_app
 from relay.ops.health import READINESS, Readiness
 from relay.ops.health import routes as health_routes
@@ -19,8 +20,8 @@ from relay.ops.metrics import routes as metrics_routes
 from relay.ops.openapi import routes as openapi_routes
 from relay.quivo.client import QuivoClient
 from relay.settings import Settings
-from relay.store.db import Database
-from relay.store.worker_lock import sole_worker
+from relay.store import create_store
+from relay.store.api import Store
 from relay.worker import Worker
 
 
@@ -52,29 +53,34 @@ def _relay_process(settings: Settings, *, run_worker: bool) -> web.Application:
     app[READINESS_CHECKS] = []
     app[METRICS] = RelayMetrics()
     app[READINESS] = Readiness()
-    if run_worker:
-        # First, so a refused worker leaves nothing half open behind it.
-        app.cleanup_ctx.append(_sole_worker)
-    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_store(delivers=run_worker))
     if run_worker:
         app.cleanup_ctx.append(_worker)
     app.add_routes(metrics_routes)
     return app
 
 
-async def _database(app: web.Application) -> AsyncIterator[None]:
-    database = Database(app[SETTINGS].database_path, timeout_s=app[SETTINGS].relay_store_timeout_s)
-    await database.open()
-    app[DATABASE] = database
-    app[READINESS_CHECKS].append(database.readiness_problems)
-    yield
-    await database.close()
+def store_for(settings: Settings) -> Store:
+    """The store DATABASE_URL names, not open yet: the one place that sizes it from the settings."""
+    return create_store(
+        settings.database_url, timeout_s=settings.relay_store_timeout_s, pool_size=settings.relay_db_pool_size
+    )
 
 
-async def _sole_worker(app: web.Application) -> AsyncIterator[None]:
-    """On SQLite one worker per database: the promise of one send per inquiry lives in that worker."""
-    with sole_worker(app[SETTINGS].database_path):
-        yield
+def _store(*, delivers: bool) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The store, open for the application's life; a delivering process holds its worker slot too."""
+
+    async def opened(app: web.Application) -> AsyncIterator[None]:
+        store = store_for(app[SETTINGS])
+        # The slot before opening, so a refused worker (SQLite has one) leaves nothing half open behind it.
+        with store.worker_slot() if delivers else contextlib.nullcontext():
+            await store.open()
+            app[STORE] = store
+            app[READINESS_CHECKS].append(store.readiness_problems)
+            yield
+            await store.close()
+
+    return opened
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:
@@ -95,7 +101,7 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
             token_ttl_s=settings.quivo_token_ttl_s,
             observe=app[METRICS].quivo_request,
         )
-        worker = Worker(settings, app[DATABASE], client, app[METRICS], wake=app[NEW_DELIVERY])
+        worker = Worker(settings, app[STORE], client, app[METRICS], wake=app[NEW_DELIVERY])
         app[WORKER] = worker
         worker.start()
         yield

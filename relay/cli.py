@@ -16,36 +16,21 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from relay import console
-from relay.app import create_app, create_worker_app
+from relay.app import create_app, create_worker_app, store_for
 from relay.domain.delivery import DELIVERY_STATES
 from relay.linkfile import links_to_csv
 from relay.listen import CannotListen, listening_sockets
 from relay.logs import configure_logging
 from relay.ops.admin import DEFAULT_PAGE, MAX_PAGE, MAX_REPORTED, DeliveryListing, page_cursor, replay_answer
-from relay.ops.health import WORKER_SILENT_AFTER_S
+from relay.ops.health import WORKER_SILENT_AFTER_S, newest_beat
 from relay.settings import Settings, SettingsError, load_settings
 from relay.sim import cli as sim_cli
 from relay.store import create_store
-from relay.store.api import DatabaseUnusable, StoreUnavailable
+from relay.store.api import DatabaseUnusable, Store, StoreUnavailable
 from relay.store.copy import CopyRefused, copy_store
-from relay.store.db import Database
-from relay.store.gauges import worker_heartbeat, worker_paused
-from relay.store.links import import_links_file, list_links
-from relay.store.queries import (
-    REPLAYABLE_STATES,
-    DeliveryDetail,
-    DeliveryFilter,
-    Id,
-    ReplayFilter,
-    StateChange,
-    get_delivery,
-    get_stats,
-    list_deliveries,
-    replay_delivery,
-    replay_matching,
-)
-from relay.store.records import COPIED_TABLES
-from relay.store.retention import PruneResult, prune
+from relay.store.filters import REPLAYABLE_STATES, DeliveryFilter, Id, ReplayFilter
+from relay.store.operations import import_links_file, prune, replay_matching
+from relay.store.records import COPIED_TABLES, DeliveryDetail, PruneResult, StateChange
 
 log = structlog.get_logger("relay")
 
@@ -292,10 +277,10 @@ def _links_import(args: argparse.Namespace) -> int:
         print(f"relay: no such file: {args.file}", file=sys.stderr)
         return 1
     with console.progress_line() as show:
-        result = _on_database(
+        result = _on_store(
             settings,
-            lambda database: import_links_file(
-                database,
+            lambda store: import_links_file(
+                store,
                 args.file,
                 now=datetime.now(UTC),
                 progress=lambda saved: show(f"{saved} links saved"),
@@ -311,10 +296,10 @@ def _links_import(args: argparse.Namespace) -> int:
 def _links_export(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
 
-    async def export(database: Database) -> None:
+    async def export(store: Store) -> None:
         after: tuple[int, str] | None = None
         header = True
-        while page := await list_links(database.reader, after=after, limit=5000):
+        while page := await store.list_links(after=after, limit=5000):
             text = links_to_csv(page)
             sys.stdout.write(text if header else text.split("\n", 1)[1])
             header = False
@@ -322,7 +307,7 @@ def _links_export(args: argparse.Namespace) -> int:
         if header:
             sys.stdout.write(links_to_csv([]))
 
-    _on_database(settings, export)
+    _on_store(settings, export)
     return 0
 
 
@@ -334,10 +319,10 @@ def _prune(args: argparse.Namespace) -> int:
         return f"{total.deliveries} deliveries, {total.attempts} attempts and {total.webhooks} webhooks"
 
     with console.progress_line() as show:
-        total = _on_database(
+        total = _on_store(
             settings,
-            lambda database: prune(
-                database, older_than=older_than, progress=lambda so_far: show(f"pruned {counts(so_far)}")
+            lambda store: prune(
+                store, older_than=older_than, progress=lambda so_far: show(f"pruned {counts(so_far)}")
             ),
         )
     print(
@@ -351,12 +336,14 @@ def _status(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
     now = datetime.now(UTC)
 
-    async def read(database: Database) -> console.Status:
-        reader = database.reader
-        stats = await get_stats(reader, now=now)
-        return console.Status(stats, await worker_heartbeat(reader), await worker_paused(reader))
+    async def read(store: Store) -> console.Status:
+        stats = await store.stats(now=now)
+        beat = await newest_beat(store)
+        if beat is None:
+            return console.Status(stats, None, None)
+        return console.Status(stats, beat.beat_at, beat.paused_reason)
 
-    status = _on_database(settings, read)
+    status = _on_store(settings, read)
     if args.json:
         print(console.as_json(console.status_document(status, now)))
     else:
@@ -368,11 +355,9 @@ def _deliveries_list(args: argparse.Namespace) -> int:
     listing = _filter(DeliveryListing, args)
     settings = _settings(serves_webhooks=False, runs_worker=False)
     # One past the page, as the admin API reads: it tells whether older deliveries remain.
-    found = _on_database(
+    found = _on_store(
         settings,
-        lambda database: list_deliveries(
-            database.reader, listing, after=listing.cursor, limit=listing.limit + 1
-        ),
+        lambda store: store.list_deliveries(listing, after=listing.cursor, limit=listing.limit + 1),
     )
     shown = found[: listing.limit]
     next_cursor = page_cursor([shown[-1].id]) if len(found) > len(shown) else None
@@ -390,7 +375,7 @@ def _deliveries_list(args: argparse.Namespace) -> int:
 
 def _deliveries_show(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
-    detail = _on_database(settings, lambda database: get_delivery(database.reader, args.delivery_id))
+    detail = _on_store(settings, lambda store: store.get_delivery(args.delivery_id))
     if detail is None:
         print(f"relay: no delivery {args.delivery_id}", file=sys.stderr)
         return 1
@@ -406,11 +391,11 @@ def _replay(args: argparse.Namespace) -> int:
         return EXIT_MISCONFIGURED
     settings = _settings(serves_webhooks=False, runs_worker=False)
 
-    async def replay(database: Database) -> tuple[StateChange, DeliveryDetail | None]:
-        change = await database.write(replay_delivery(args.delivery_id, now=datetime.now(UTC)))
-        return change, await get_delivery(database.reader, args.delivery_id) if change.moved else None
+    async def replay(store: Store) -> tuple[StateChange, DeliveryDetail | None]:
+        change = await store.replay_delivery(args.delivery_id, now=datetime.now(UTC))
+        return change, await store.get_delivery(args.delivery_id) if change.moved else None
 
-    change, detail = _on_database(settings, replay)
+    change, detail = _on_store(settings, replay)
     if detail is None:
         print(f"relay: {change.refusal or f'no delivery {args.delivery_id}'}", file=sys.stderr)
         return 1
@@ -429,10 +414,10 @@ def _replay_matching(args: argparse.Namespace) -> int:
     where = _filter(ReplayFilter, args)
     settings = _settings(serves_webhooks=False, runs_worker=False)
     with console.progress_line() as show:
-        done = _on_database(
+        done = _on_store(
             settings,
-            lambda database: replay_matching(
-                database, where, now=datetime.now(UTC), progress=lambda count: show(f"replayed {count}...")
+            lambda store: replay_matching(
+                store, where, now=datetime.now(UTC), progress=lambda count: show(f"replayed {count}...")
             ),
         )
     if args.json:
@@ -446,16 +431,16 @@ def _replay_matching(args: argparse.Namespace) -> int:
     return 0
 
 
-def _on_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
-    """`work` done on the database, beside a running relay (WAL: readers never wait for its writes)."""
+def _on_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
+    """`work` done on the store, beside a running relay (its readers never wait for the relay's writes)."""
 
     async def run() -> T:
-        database = Database(settings.database_path, timeout_s=settings.relay_store_timeout_s)
-        await database.open()
+        store = store_for(settings)
+        await store.open()
         try:
-            return await work(database)
+            return await work(store)
         finally:
-            await database.close()
+            await store.close()
 
     return asyncio.run(run())
 
@@ -463,7 +448,7 @@ def _on_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -
 def _migrate(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
     configure_logging(settings.log_level, settings.log_format)
-    version = _on_database(settings, lambda database: database.schema_version())
+    version = _on_store(settings, lambda store: store.schema_version())
     log.info("relay.migrated", database=str(settings.database_path), schema_version=version)
     return 0
 

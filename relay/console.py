@@ -1,6 +1,5 @@
 """What the operator commands print: aligned tables and short durations for people, JSON for scripts."""
 
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -11,8 +10,9 @@ from itertools import zip_longest
 from typing import Any
 
 from relay.domain.rating import format_instant
+from relay.ops.answers import to_json
 from relay.ops.health import WORKER_SILENT_AFTER_S
-from relay.store.queries import DeliveryAttempt, DeliveryDetail, DeliverySummary, Recent, Stats
+from relay.store.records import DeliveryAttempt, DeliveryDetail, DeliverySummary, Recent, Stats
 
 # A listing stays one line a delivery; `relay deliveries show` has the whole error.
 ERROR_WIDTH = 60
@@ -42,14 +42,8 @@ def printable(text: str) -> str:
 
 
 def as_json(value: object) -> str:
-    """`value` as indented JSON, dataclasses as the objects the admin API answers with."""
-    return json.dumps(value, indent=2, default=_plain)
-
-
-def _plain(value: object) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    """`value` as indented JSON, as the admin API answers with it."""
+    return to_json(value, indent=2)
 
 
 @contextmanager
@@ -100,19 +94,18 @@ def duration(seconds: float) -> str:
     return largest or "0s"
 
 
-def relative(instant: str | datetime | None, now: datetime) -> str:
+def relative(instant: datetime | None, now: datetime) -> str:
     """An instant as seen from `now`: `3m 20s ago`, `in 5s`, or `-` for none."""
     if instant is None:
         return "-"
-    moment = datetime.fromisoformat(instant) if isinstance(instant, str) else instant
-    seconds = (now - moment).total_seconds()
+    seconds = (now - instant).total_seconds()
     return f"{duration(seconds)} ago" if seconds >= 0 else f"in {duration(-seconds)}"
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
     """Columns two spaces apart, numbers to the right; None shows as `-`, an empty string as blank."""
     lines = [list(header)] if header else []
-    lines += [["-" if cell is None else printable(str(cell)) for cell in row] for row in rows]
+    lines += [[_cell(cell) for cell in row] for row in rows]
     widths = [max(len(cell) for cell in column) for column in zip_longest(*lines, fillvalue="")]
     numeric = [
         all(isinstance(row[index], int) for row in rows if index < len(row) and row[index] not in ("", None))
@@ -125,6 +118,13 @@ def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None)
         ).rstrip()
         for line in lines
     )
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    # Instants as the JSON answers write them, so a time read here can be pasted into --since.
+    return printable(format_instant(value) if isinstance(value, datetime) else str(value))
 
 
 def status_text(status: Status, now: datetime) -> str:
@@ -227,7 +227,7 @@ def delivery_text(detail: DeliveryDetail) -> str:
     source = (
         "webhook: pruned"
         if webhook is None
-        else f"webhook {webhook.id}: {webhook.status}, received {webhook.received_at}, "
+        else f"webhook {webhook.id}: {webhook.status}, received {format_instant(webhook.received_at)}, "
         f"request id {webhook.request_id}"
     )
     return "\n\n".join([table(list(record.items())), calls, printable(source)])

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from relay.bringg.auth import Authenticator
 from relay.settings import Settings
-from relay.store.db import Database
+from relay.store.api import Store
 
 ReadinessCheck = Callable[[], Awaitable[list[str]]]
 
@@ -24,7 +24,7 @@ class RunningWorker(Protocol):
 
 
 SETTINGS = web.AppKey("settings", Settings)
-DATABASE = web.AppKey("database", Database)
+STORE = web.AppKey("store", Store)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 # Set when a webhook stores a new delivery, so the worker starts on it at once instead of at its next sweep.
 NEW_DELIVERY = web.AppKey("new_delivery", asyncio.Event)

@@ -2,9 +2,11 @@
 
 import asyncio
 import contextlib
+import os
 import random
-import sqlite3
+import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -12,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from relay.domain.delivery import DeliveryState
 from relay.domain.matching import inquiry_id_from_external_id
 from relay.domain.message import quivo_rating, render_message
 from relay.domain.rating import Rating
@@ -20,22 +23,9 @@ from relay.ops.metrics import RelayMetrics
 from relay.pacing import Pacer
 from relay.quivo.client import LoginFailed, QuivoAnswer, QuivoClient, QuivoError, QuivoNoAnswer
 from relay.settings import Settings
-from relay.store.api import StoreUnavailable
-from relay.store.db import Database
-from relay.store.gauges import beat
-from relay.store.outbox import (
-    AttemptRecord,
-    ClaimedDelivery,
-    Outcome,
-    claim_due,
-    commits_seen,
-    due_after_outage,
-    inquiry_held_by_outage,
-    record_outcome,
-    retry_unmatched,
-    wake_linked_and_expire_unmatched,
-)
-from relay.store.retention import prune
+from relay.store.api import Store, StoreUnavailable
+from relay.store.operations import prune
+from relay.store.records import AttemptAction, AttemptRecord, ClaimedDelivery, Outcome, WorkerBeat
 
 log = structlog.get_logger("relay.delivery")
 
@@ -43,9 +33,8 @@ log = structlog.get_logger("relay.delivery")
 MAINTENANCE_INTERVAL_S = 10.0
 # Deliveries claimed per Quivo call slot: the spare ones wait on a slot, their leases far from running out.
 CLAIM_AHEAD = 2
-# How often the worker asks SQLite whether another connection committed (a webhook stored by a separate web
-# process, a replay from the CLI): a read of one counter, so new work waits at most this long, not a sweep.
-COMMIT_WATCH_INTERVAL_S = 0.15
+# After the store fails to watch for new work, look again this long later (the sweep covers the gap).
+NEW_WORK_RETRY_S = 1.0
 # How often the worker records that it is alive (in the database, for /readyz and /metrics).
 HEARTBEAT_INTERVAL_S = 5.0
 # Retention runs at start and then hourly; a short pause between batches leaves the writer to ingest.
@@ -80,7 +69,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        database: Database,
+        store: Store,
         client: QuivoClient,
         metrics: RelayMetrics,
         *,
@@ -88,7 +77,7 @@ class Worker:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self.database = database
+        self.store = store
         self.client = client
         self.metrics = metrics
         self._wake = wake or asyncio.Event()
@@ -107,6 +96,7 @@ class Worker:
         self._paused_changed = False
         self.paused_reason: str | None = None
         self._paused_since = 0.0
+        self._identity = _identity()
         self._probe_delay_s = 1.0
         self._quivo_back = False
         self._freed_on_a_read = False
@@ -116,10 +106,8 @@ class Worker:
 
     async def run(self) -> None:
         """Deliver until stop() is called."""
-        await self.database.write(retry_unmatched(now=utc_now()))
-        # Read before the first look for due deliveries: any commit after it wakes the loop.
-        commits = await commits_seen(self.database)
-        self._watch_task = asyncio.create_task(self._watch_commits(commits), name="relay-commit-watch")
+        await self.store.retry_unmatched(now=utc_now())
+        self._watch_task = asyncio.create_task(self._watch_new_work(), name="relay-new-work-watch")
         log.info(
             "worker.started", concurrency=self.settings.quivo_max_concurrency, rps=self.settings.quivo_max_rps
         )
@@ -197,7 +185,7 @@ class Worker:
         # the row becomes due again (and is read back) only after that too.
         lease_s = self.settings.quivo_lease_s + self.settings.relay_unsure_settle_s
         lease_until = now + timedelta(seconds=lease_s)
-        return free, await self.database.write(claim_due(now=now, lease_until=lease_until, limit=free))
+        return free, await self.store.claim_due(now=now, lease_until=lease_until, limit=free)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -208,14 +196,17 @@ class Worker:
         if now - self._last_beat >= HEARTBEAT_INTERVAL_S or self._paused_changed:
             self._last_beat, self._paused_changed = now, False
             # In the database, so a web process beside a separate worker can tell whether it lives.
-            await self.database.write(beat(utc_now(), self.paused_reason))
+            await self.store.beat(
+                replace(self._identity, beat_at=utc_now(), paused_reason=self.paused_reason)
+            )
         if now - self._last_maintenance < MAINTENANCE_INTERVAL_S:
             return
         self._last_maintenance = now
         wall = utc_now()
-        woken, expired = await self.database.write(
-            wake_linked_and_expire_unmatched(now=wall, expire_before=wall - self.settings.relay_unmatched_ttl)
+        swept = await self.store.sweep_unmatched(
+            now=wall, expire_before=wall - self.settings.relay_unmatched_ttl
         )
+        woken, expired = swept.woken, swept.expired
         if woken or expired:
             log.info("worker.unmatched_swept", woken=len(woken), expired=len(expired))
         # One `delivery.dead` per dead delivery, however it died: what an alert on deaths counts.
@@ -232,28 +223,25 @@ class Worker:
                 error=UNMATCHED_TOO_LONG,
             )
 
-    async def _watch_commits(self, seen: int) -> None:
-        """Wake the loop when another connection committed: new work from a web process or the CLI.
+    async def _watch_new_work(self) -> None:
+        """Wake the loop when another process may have made deliveries due: a web process, the CLI.
 
-        The worker's own writes count too, which costs one more look for due deliveries, and a look that
-        finds none writes nothing, so it does not wake the loop again.
+        A wake that finds nothing due costs one look for due deliveries, which writes nothing.
         """
         while True:
-            await asyncio.sleep(COMMIT_WATCH_INTERVAL_S)
             try:
-                version = await commits_seen(self.database)
-            except (StoreUnavailable, sqlite3.Error):
-                continue  # the loop reports an unusable database; the next look may find it back
-            if version != seen:
-                self._wake.set()
-            seen = version
+                async for _ in self.store.new_work():
+                    self._wake.set()
+            except StoreUnavailable:
+                pass  # the loop reports an unusable store; the sweep finds what a missed wake would have
+            await asyncio.sleep(NEW_WORK_RETRY_S)
 
     async def _retention(self) -> None:
         """Prune finished records past RELAY_RETENTION_DAYS, hourly, in small batches beside ingest."""
         while True:
             try:
                 older_than = utc_now() - timedelta(days=self.settings.relay_retention_days)
-                pruned = await prune(self.database, older_than=older_than, pause_s=RETENTION_PAUSE_S)
+                pruned = await prune(self.store, older_than=older_than, pause_s=RETENTION_PAUSE_S)
                 if pruned.deliveries or pruned.webhooks:
                     log.info(
                         "retention.pruned",
@@ -313,7 +301,7 @@ class Worker:
         """
         if self._pacer.paused_for() > 0:
             return
-        inquiry_id = await self.database.write(inquiry_held_by_outage(now=utc_now()))
+        inquiry_id = await self.store.inquiry_held_by_outage(now=utc_now())
         if inquiry_id is None:
             return
         async with self._quivo_slots:
@@ -337,7 +325,7 @@ class Worker:
     async def _release_outage_holds(self) -> None:
         """Quivo answers again: what waited out the outage on backoff goes now, not at its next backoff."""
         self._quivo_back = False
-        made_due = await self.database.write(due_after_outage(now=utc_now()))
+        made_due = await self.store.due_after_outage(now=utc_now())
         if made_due:
             log.info("worker.quivo_back", made_due=made_due)
 
@@ -488,7 +476,7 @@ class Worker:
         return self._retry(attempt, delivery.attempts, True, answer, error)
 
     async def _call(
-        self, attempt: _Attempt, action: str, call: Callable[[], Awaitable[QuivoAnswer]]
+        self, attempt: _Attempt, action: AttemptAction, call: Callable[[], Awaitable[QuivoAnswer]]
     ) -> QuivoAnswer | QuivoError:
         async with self._quivo_slots:
             if not await self._pacer.wait_turn(max_wait_s=self.settings.quivo_lease_s / 2):
@@ -576,7 +564,7 @@ class Worker:
             last_error=self.paused_reason,
         )
 
-    def _outcome(self, attempt: _Attempt, state: str, **changes: Any) -> Outcome:
+    def _outcome(self, attempt: _Attempt, state: DeliveryState, **changes: Any) -> Outcome:
         base = Outcome(
             attempt.delivery.id,
             state,
@@ -598,7 +586,7 @@ class Worker:
     async def _record(
         self, outcome: Outcome, delivery: ClaimedDelivery, rating: Rating, started: float, event: str
     ) -> None:
-        state = await self.database.write(record_outcome(outcome, now=utc_now()))
+        state = await self.store.record_outcome(outcome, now=utc_now())
         if state == "superseded" and outcome.state != "superseded":
             event = "delivery.superseded"
         self.metrics.delivery_finished(event.removeprefix("delivery."))
@@ -622,12 +610,19 @@ class Worker:
         )
 
 
+def _identity() -> WorkerBeat:
+    """Who this worker is in the store's registry; each beat fills in its time and pause."""
+    host, started = socket.gethostname(), utc_now()
+    worker_id = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return WorkerBeat(worker_id, host, os.getpid(), started_at=started, beat_at=started)
+
+
 class _PausedTooLong(Exception):
     """Quivo asked for a pause longer than the lease can wait out."""
 
 
 def _age(delivery: ClaimedDelivery) -> timedelta:
-    return utc_now() - datetime.fromisoformat(delivery.created_at)
+    return utc_now() - delivery.age_from
 
 
 def _excerpt(text: str | None) -> str | None:

@@ -12,10 +12,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from relay.bringg.payload import judge
 from relay.domain.judgement import Judgement
 from relay.http import REQUEST_ID, elapsed_ms, header_text, problem
-from relay.keys import AUTHENTICATOR, DATABASE, NEW_DELIVERY, SETTINGS
+from relay.keys import AUTHENTICATOR, NEW_DELIVERY, SETTINGS, STORE
 from relay.ops.metrics import METRICS
 from relay.store.api import StoreUnavailable
-from relay.store.inbox import InboundWebhook, StoredWebhook, record_webhook
+from relay.store.records import InboundWebhook, StoredWebhook
 
 log = structlog.get_logger("relay.webhook")
 
@@ -53,7 +53,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     try:
         # Past the retention window a delivered version may be gone from the database: check Quivo first.
         recheck_before = inbound.received_at - timedelta(days=request.app[SETTINGS].relay_retention_days)
-        stored = await request.app[DATABASE].write(record_webhook(inbound, recheck_before=recheck_before))
+        stored = await request.app[STORE].record_webhook(inbound, recheck_before=recheck_before)
     except StoreUnavailable as error:
         return _store_failed(request, error, fields)
     _report_stored(request, judgement, stored, fields)

@@ -26,12 +26,13 @@ from pydantic import (
 from relay.bringg.payload import judge
 from relay.domain.ids import MAX_ID
 from relay.http import Handler, problem
-from relay.keys import DATABASE, NEW_DELIVERY, SETTINGS
+from relay.keys import NEW_DELIVERY, SETTINGS, STORE
 from relay.linkfile import HeaderProblem, Link, external_id_problem, parse_links_csv
-from relay.store import queries
-from relay.store.db import Database
-from relay.store.inbox import reprocess_webhook
-from relay.store.links import delete_link, list_links
+from relay.ops.answers import json_response
+from relay.store.api import Store
+from relay.store.filters import DeliveryFilter, Id, ReplayFilter, WebhookFilter, whole_number
+from relay.store.operations import replay_matching
+from relay.store.records import BulkReplay, StateChange, WebhookDetail
 from relay.throttle import FailureThrottle
 
 if TYPE_CHECKING:
@@ -139,15 +140,15 @@ def page_cursor(key: Sequence[int | str]) -> str:
 PageSize = Annotated[int, AfterValidator(_page_size)]
 IdCursor = Annotated[int | None, _cursor_of(int)]
 # Strict, so neither `"7"` nor `true` passes for an id; but JSON's `7.0` does.
-LinkId = Annotated[int, BeforeValidator(queries.whole_number), Field(ge=1, le=MAX_ID)]
+LinkId = Annotated[int, BeforeValidator(whole_number), Field(ge=1, le=MAX_ID)]
 
 
-class DeliveryListing(queries.DeliveryFilter):
+class DeliveryListing(DeliveryFilter):
     limit: PageSize = DEFAULT_PAGE
     cursor: IdCursor = None
 
 
-class WebhookListing(queries.WebhookFilter):
+class WebhookListing(WebhookFilter):
     limit: PageSize = DEFAULT_PAGE
     cursor: IdCursor = None
 
@@ -155,7 +156,7 @@ class WebhookListing(queries.WebhookFilter):
 class LinkListing(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    merchant_id: queries.Id | None = None
+    merchant_id: Id | None = None
     limit: PageSize = DEFAULT_PAGE
     cursor: Annotated[tuple[int, str] | None, _cursor_of(int, str)] = None
 
@@ -195,9 +196,7 @@ _LINK_LIST = TypeAdapter(list[LinkInput])
 @routes.get("/deliveries")
 async def list_deliveries(request: web.Request) -> web.Response:
     listing = _validated(DeliveryListing, _query(request))
-    found = await queries.list_deliveries(
-        _database(request).reader, listing, after=listing.cursor, limit=listing.limit + 1
-    )
+    found = await _store(request).list_deliveries(listing, after=listing.cursor, limit=listing.limit + 1)
     return _page(found, listing.limit, lambda delivery: [delivery.id])
 
 
@@ -209,7 +208,7 @@ async def show_delivery(request: web.Request) -> web.Response:
 @routes.post(r"/deliveries/{delivery_id:\d+}/replay")
 async def replay_delivery(request: web.Request) -> web.Response:
     delivery_id = _path_id(request, "delivery_id")
-    change = await _database(request).write(queries.replay_delivery(delivery_id, now=_now()))
+    change = await _store(request).replay_delivery(delivery_id, now=_now())
     _require_moved(change, delivery_id)
     request.config_dict[NEW_DELIVERY].set()
     log.info("admin.delivery_replayed", delivery_id=delivery_id, was=change.before)
@@ -219,14 +218,10 @@ async def replay_delivery(request: web.Request) -> web.Response:
 @routes.post("/deliveries/replay")
 async def replay_deliveries(request: web.Request) -> web.Response:
     body = await request.read()
-    queried = _validated(queries.ReplayFilter, _query(request))
+    queried = _validated(ReplayFilter, _query(request))
     # Both given: a delivery must match both, so neither is silently ignored.
-    where = queried.both(_validated_json(queries.ReplayFilter, body)) if body.strip() else queried
-    done = (
-        queries.BulkReplay(0, [])
-        if where is None
-        else await queries.replay_matching(_database(request), where, now=_now())
-    )
+    where = queried.both(_validated_json(ReplayFilter, body)) if body.strip() else queried
+    done = BulkReplay(0, []) if where is None else await replay_matching(_store(request), where, now=_now())
     if done.replayed:
         request.config_dict[NEW_DELIVERY].set()
     log.info(
@@ -235,26 +230,26 @@ async def replay_deliveries(request: web.Request) -> web.Response:
         skipped=len(done.skipped),
         filter=None if where is None else where.model_dump(mode="json", exclude_none=True),
     )
-    return web.json_response(replay_answer(done))
+    return json_response(replay_answer(done))
 
 
 @routes.post(r"/deliveries/{delivery_id:\d+}/cancel")
 async def cancel_delivery(request: web.Request) -> web.Response:
     delivery_id = _path_id(request, "delivery_id")
-    change = await _database(request).write(queries.cancel_delivery(delivery_id, now=_now()))
+    change = await _store(request).cancel_delivery(delivery_id, now=_now())
     _require_moved(change, delivery_id)
     log.info("admin.delivery_cancelled", delivery_id=delivery_id, was=change.before)
     return await _delivery_answer(request, delivery_id)
 
 
 async def _delivery_answer(request: web.Request, delivery_id: int) -> web.Response:
-    detail = await queries.get_delivery(_database(request).reader, delivery_id)
+    detail = await _store(request).get_delivery(delivery_id)
     if detail is None:
         raise _refusal(404, f"no delivery {delivery_id}")
-    return web.json_response(asdict(detail))
+    return json_response(detail)
 
 
-def _require_moved(change: queries.StateChange, delivery_id: int) -> None:
+def _require_moved(change: StateChange, delivery_id: int) -> None:
     if change.before is None:
         raise _refusal(404, f"no delivery {delivery_id}")
     if change.refusal is not None:
@@ -267,16 +262,14 @@ def _require_moved(change: queries.StateChange, delivery_id: int) -> None:
 @routes.get("/webhooks")
 async def list_webhooks(request: web.Request) -> web.Response:
     listing = _validated(WebhookListing, _query(request))
-    found = await queries.list_webhooks(
-        _database(request).reader, listing, after=listing.cursor, limit=listing.limit + 1
-    )
+    found = await _store(request).list_webhooks(listing, after=listing.cursor, limit=listing.limit + 1)
     return _page(found, listing.limit, lambda webhook: [webhook.id])
 
 
 @routes.get(r"/webhooks/{webhook_id:\d+}")
 async def show_webhook(request: web.Request) -> web.Response:
     webhook = await _webhook(request, _path_id(request, "webhook_id"))
-    return web.json_response({**asdict(webhook), **_readable(webhook.body)})
+    return json_response({**asdict(webhook), **_readable(webhook.body)})
 
 
 @routes.post(r"/webhooks/{webhook_id:\d+}/reprocess")
@@ -290,8 +283,8 @@ async def reprocess(request: web.Request) -> web.Response:
     now = _now()
     # As for a new arrival: past the retention window a delivered version may be gone, so check Quivo first.
     recheck_before = now - timedelta(days=request.config_dict[SETTINGS].relay_retention_days)
-    stored = await _database(request).write(
-        reprocess_webhook(webhook_id, judgement, now=now, recheck_before=recheck_before)
+    stored = await _store(request).reprocess_webhook(
+        webhook_id, judgement, now=now, recheck_before=recheck_before
     )
     if stored is None:
         raise _refusal(409, f"webhook {webhook_id} is no longer quarantined")
@@ -310,11 +303,11 @@ async def reprocess(request: web.Request) -> web.Response:
         answer["delivery_id"] = stored.delivery_id
     if judgement.errors:
         answer["errors"] = list(judgement.errors)
-    return web.json_response(answer)
+    return json_response(answer)
 
 
-async def _webhook(request: web.Request, webhook_id: int) -> queries.WebhookDetail:
-    webhook = await queries.get_webhook(_database(request).reader, webhook_id)
+async def _webhook(request: web.Request, webhook_id: int) -> WebhookDetail:
+    webhook = await _store(request).get_webhook(webhook_id)
     if webhook is None:
         raise _refusal(404, f"no webhook {webhook_id}")
     return webhook
@@ -333,8 +326,7 @@ def _readable(body: bytes) -> dict[str, str]:
 @routes.get("/links")
 async def links_page(request: web.Request) -> web.Response:
     listing = _validated(LinkListing, _query(request))
-    found = await list_links(
-        _database(request).reader,
+    found = await _store(request).list_links(
         merchant_id=listing.merchant_id,
         after=listing.cursor,
         limit=listing.limit + 1,
@@ -351,11 +343,11 @@ async def put_link(request: web.Request) -> web.Response:
         "inquiry_id": target.inquiry_id,
     }
     link = _validated(LinkInput, given).link()
-    saved = await queries.save_links(_database(request), [link], now=_now())
+    saved = await _store(request).save_links([link], now=_now())
     if saved.woken:
         request.config_dict[NEW_DELIVERY].set()
     log.info("admin.link_saved", **asdict(link), woken=len(saved.woken))
-    return web.json_response({**asdict(link), "woken": saved.woken})
+    return json_response({**asdict(link), "woken": saved.woken})
 
 
 @routes.delete(r"/links/{merchant_id:\d+}/{external_id}")
@@ -368,7 +360,7 @@ async def remove_link(request: web.Request) -> web.Response:
         detail = problem.removeprefix("external_id ")
         errors = [{"field": "external_id", "detail": detail}]
         raise _refusal(400, f"external_id: {detail}", field="external_id", errors=errors)
-    if not await _database(request).write(delete_link(merchant_id, external_id)):
+    if not await _store(request).delete_link(merchant_id, external_id):
         raise _refusal(404, f"no link for merchant {merchant_id}'s order {external_id!r}")
     log.info("admin.link_deleted", merchant_id=merchant_id, external_id=external_id)
     return web.Response(status=204)
@@ -386,12 +378,12 @@ async def import_links(request: web.Request) -> web.Response:
             raise _refusal(400, f"body: {reason}", field="body", errors=[{"field": "body", "detail": reason}])
     else:
         links, problems = [item.link() for item in _checked(lambda: _LINK_LIST.validate_json(body))], []
-    saved = await queries.save_links(_database(request), links, now=_now())
+    saved = await _store(request).save_links(links, now=_now())
     if saved.woken:
         request.config_dict[NEW_DELIVERY].set()
     log.info("admin.links_imported", saved=saved.saved, woken=len(saved.woken), problems=len(problems))
     answer = {"saved": saved.saved, "woken": len(saved.woken), "problems": [asdict(p) for p in problems]}
-    return web.json_response(answer)
+    return json_response(answer)
 
 
 # Stats --------------------------------------------------------------------------------------------
@@ -399,13 +391,13 @@ async def import_links(request: web.Request) -> web.Response:
 
 @routes.get("/stats")
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(asdict(await queries.get_stats(_database(request).reader, now=_now())))
+    return json_response(await _store(request).stats(now=_now()))
 
 
 # Plumbing -----------------------------------------------------------------------------------------
 
 
-def replay_answer(done: queries.BulkReplay) -> dict[str, Any]:
+def replay_answer(done: BulkReplay) -> dict[str, Any]:
     """A bulk replay as the API answers it: how many replayed and skipped, and the first skipped, with why."""
     return {
         "replayed": done.replayed,
@@ -414,8 +406,8 @@ def replay_answer(done: queries.BulkReplay) -> dict[str, Any]:
     }
 
 
-def _database(request: web.Request) -> Database:
-    return request.config_dict[DATABASE]
+def _store(request: web.Request) -> Store:
+    return request.config_dict[STORE]
 
 
 def _now() -> datetime:
@@ -444,7 +436,7 @@ def _page(items: Sequence[D], limit: int, key: Callable[[D], Sequence[int | str]
     """One page of a listing read one item too far: that item tells whether there is a next page."""
     shown = items[:limit]
     next_cursor = page_cursor(key(shown[-1])) if len(items) > limit else None
-    return web.json_response({"items": [asdict(item) for item in shown], "next_cursor": next_cursor})
+    return json_response({"items": [asdict(item) for item in shown], "next_cursor": next_cursor})
 
 
 def _validated(kind: type[B], data: object) -> B:

@@ -7,12 +7,21 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from relay.http import problem
-from relay.keys import DATABASE, READINESS_CHECKS, SETTINGS, WORKER, RunningWorker
+from relay.keys import READINESS_CHECKS, SETTINGS, STORE, WORKER, RunningWorker
 from relay.ops.fresh import Fresh
-from relay.store.gauges import read_backlog, worker_heartbeat, worker_paused
+from relay.store.api import Store
+from relay.store.records import WorkerBeat
 
 # The worker beats every few seconds; a minute of silence means it is stuck or not running.
 WORKER_SILENT_AFTER_S = 60.0
+# Every beat ever recorded counts: a worker silent for a day shows as silent, not as never having run.
+_EVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+async def newest_beat(store: Store) -> WorkerBeat | None:
+    """The newest beat of any worker on the database (its time is the heartbeat reported), or None."""
+    workers = await store.live_workers(since=_EVER)
+    return max(workers, key=lambda worker: worker.beat_at, default=None)
 
 
 class Readiness:
@@ -67,19 +76,18 @@ async def _intake_problems(app: web.Application) -> list[str]:
 
 
 async def _delivery_problems(app: web.Application) -> list[str]:
-    conn = app[DATABASE].reader
+    store = app[STORE]
     now = datetime.now(UTC)
     problems = []
-    heartbeat = await worker_heartbeat(conn)
-    if heartbeat is None:
+    beat = await newest_beat(store)
+    if beat is None:
         problems.append("no worker has run on this database yet (start `relay worker` or `relay serve`)")
-    elif (silent := (now - heartbeat).total_seconds()) > WORKER_SILENT_AFTER_S:
-        problems.append(f"worker silent for {silent:.0f} s (last heartbeat {heartbeat.isoformat()})")
-    paused = await worker_paused(conn)
-    if paused is not None:
+    elif (silent := (now - beat.beat_at).total_seconds()) > WORKER_SILENT_AFTER_S:
+        problems.append(f"worker silent for {silent:.0f} s (last heartbeat {beat.beat_at.isoformat()})")
+    if beat is not None and beat.paused_reason is not None:
         # The pause reason is a whole sentence already ("Quivo refused the credentials, 401").
-        problems.append(f"deliveries paused: {paused}")
-    age = (await read_backlog(conn, now)).age_s
+        problems.append(f"deliveries paused: {beat.paused_reason}")
+    age = (await store.read_backlog(now=now)).age_s
     limit = app[SETTINGS].relay_ready_max_backlog_age_s
     if age is not None and age > limit:
         problems.append(

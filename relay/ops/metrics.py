@@ -9,10 +9,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from relay.keys import DATABASE
+from relay.keys import STORE
 from relay.ops.fresh import Fresh
-from relay.store.db import Database
-from relay.store.gauges import Backlog, deliveries_by_state, read_backlog, worker_heartbeat
+from relay.ops.health import newest_beat
+from relay.store.api import Store
+from relay.store.records import Backlog
 
 WEBHOOK_OUTCOMES = (
     "accepted",
@@ -148,9 +149,9 @@ class RelayMetrics:
         """How long a rating took from its webhook being accepted to its delivery on Quivo."""
         self._latency.observe(seconds)
 
-    async def refresh_from(self, database: Database) -> None:
-        """The gauges' values from the database, read at most once a second whoever asks."""
-        self._store.reading = await self._store_reads.get(lambda: _read_store(database))
+    async def refresh_from(self, store: Store) -> None:
+        """The gauges' values from the store, read at most once a second whoever asks."""
+        self._store.reading = await self._store_reads.get(lambda: _read_store(store))
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
@@ -158,15 +159,14 @@ class RelayMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
 
 
-async def _read_store(database: Database) -> _StoreReading:
+async def _read_store(store: Store) -> _StoreReading:
     """Deliveries by state, the backlog, the worker's heartbeat: what the store gauges show."""
-    conn = database.reader
     now = datetime.now(UTC)
-    heartbeat = await worker_heartbeat(conn)
+    beat = await newest_beat(store)
     return _StoreReading(
-        deliveries_by_state=await deliveries_by_state(conn),
-        backlog=await read_backlog(conn, now),
-        worker_heartbeat_age_s=None if heartbeat is None else (now - heartbeat).total_seconds(),
+        deliveries_by_state=await store.deliveries_by_state(),
+        backlog=await store.read_backlog(now=now),
+        worker_heartbeat_age_s=None if beat is None else (now - beat.beat_at).total_seconds(),
     )
 
 
@@ -179,6 +179,6 @@ routes = web.RouteTableDef()
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus scrape: the counters as they stand and the store gauges read within the last second."""
     relay_metrics = request.config_dict[METRICS]
-    await relay_metrics.refresh_from(request.config_dict[DATABASE])
+    await relay_metrics.refresh_from(request.config_dict[STORE])
     body, content_type = relay_metrics.render()
     return web.Response(body=body, headers={"Content-Type": content_type})
