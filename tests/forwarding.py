@@ -69,6 +69,16 @@ def query(path: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
         conn.close()
 
 
+def execute(path: Path, sql: str, *args: Any) -> None:
+    """A write beside the relay's own, committed, as another process on the database would make it."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute(sql, args)
+    finally:
+        conn.close()
+
+
 async def wait_for_state(
     path: Path, delivery_id: int, states: frozenset[str] = SETTLED, within_s: float = 15
 ) -> sqlite3.Row:

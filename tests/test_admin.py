@@ -16,10 +16,11 @@ from relay.bringg.payload import judge
 from relay.domain.delivery import DELIVERY_STATES
 from relay.domain.judgement import Judgement
 from relay.domain.rating import Rating, format_instant
-from relay.keys import DATABASE, NEW_DELIVERY
+from relay.keys import NEW_DELIVERY, SETTINGS, STORE
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
-from relay.store.queries import ReplayFilter, replay_matching
+from relay.store.filters import ReplayFilter
+from relay.store.operations import replay_matching
 from tests.conftest import AUTH, fixture_bytes
 from tests.forwarding import Quivo, forwarding_settings, rating_webhook, wait_for_state
 from tests.plans import full_scans_and_sorts, plan
@@ -41,7 +42,7 @@ def ago(**delta: float) -> str:
 
 def sql(relay, statement: str, *args: Any) -> list[sqlite3.Row]:
     """Run one statement on the relay's database file, committed at once (the relay reads it through WAL)."""
-    conn = sqlite3.connect(relay.app[DATABASE].path, isolation_level=None)
+    conn = sqlite3.connect(relay.app[SETTINGS].database_path, isolation_level=None)
     conn.row_factory = sqlite3.Row
     try:
         return conn.execute(statement, args).fetchall()
@@ -520,7 +521,7 @@ async def test_bulk_replay_commits_in_batches(relay):
     heard: list[int] = []
 
     replayed = await replay_matching(
-        relay.app[DATABASE], ReplayFilter(), now=datetime.now(UTC), batch_size=2, progress=heard.append
+        relay.app[STORE], ReplayFilter(), now=datetime.now(UTC), batch_size=2, progress=heard.append
     )
 
     assert (replayed.replayed, replayed.skipped, heard) == (5, [], [2, 4, 5])
@@ -848,7 +849,7 @@ async def test_a_body_quarantined_by_an_older_rule_is_accepted_on_reprocess_and_
     quarantined = await refused.json()
     monkeypatch.undo()  # the new release judges the same bytes otherwise
     status, reprocessed = await post(relay, f"/admin/webhooks/{quarantined['id']}/reprocess")
-    delivered = await wait_for_state(relay.app[DATABASE].path, reprocessed["delivery_id"])
+    delivered = await wait_for_state(relay.app[SETTINGS].database_path, reprocessed["delivery_id"])
     again = await relay.post(f"/admin/webhooks/{quarantined['id']}/reprocess", headers=ADMIN)
 
     assert (refused.status, quarantined["status"]) == (202, "quarantined")

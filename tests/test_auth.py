@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
 from relay.app import create_app
-from relay.keys import AUTHENTICATOR, DATABASE
+from relay.keys import AUTHENTICATOR, SETTINGS
 from tests.conftest import WEBHOOK_TOKEN, fixture_bytes
 
 BODY = fixture_bytes("bringg/rating_submitted.json")
@@ -30,7 +30,7 @@ def bringg_jwt(secret: str = JWT_SECRET, *, ttl: int = 300, **claims: object) ->
 
 
 def stored_webhooks(client) -> int:
-    conn = sqlite3.connect(client.app[DATABASE].path)
+    conn = sqlite3.connect(client.app[SETTINGS].database_path)
     try:
         return int(conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0])
     finally:

@@ -11,8 +11,7 @@ import pytest
 from bench import run
 from bench.run import Bench, Row, exit_status, fixed, missed, relative, wrk_result
 from bench.seed import seed
-from relay.store.db import Database
-from relay.store.outbox import claim_due
+from relay.store import create_store
 
 WRK_REPORT = """Running 10s test @ http://127.0.0.1:40000/webhooks/bringg
   1 threads and 64 connections
@@ -45,16 +44,14 @@ def test_seeded_backlog_is_claimed_by_the_relay(tmp_path):
     seed(database_path, 150, state="pending")
 
     async def claim_all() -> int:
-        database = Database(database_path, timeout_s=5)
-        await database.open()
+        store = create_store(f"sqlite:///{database_path}", timeout_s=5, pool_size=1)
+        await store.open()
         try:
             now = datetime.now(UTC) + timedelta(seconds=1)
-            claimed = await database.write(
-                claim_due(now=now, lease_until=now + timedelta(minutes=1), limit=500)
-            )
+            claimed = await store.claim_due(now=now, lease_until=now + timedelta(minutes=1), limit=500)
             return len(claimed)
         finally:
-            await database.close()
+            await store.close()
 
     assert asyncio.run(claim_all()) == 150
     conn = sqlite3.connect(database_path)

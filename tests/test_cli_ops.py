@@ -6,6 +6,7 @@ import re
 import sqlite3
 import subprocess
 from dataclasses import fields
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,27 +17,29 @@ from relay.app import create_app
 from relay.cli import main
 from relay.console import duration, table
 from relay.domain.delivery import DELIVERY_STATES
-from relay.keys import DATABASE
+from relay.keys import SETTINGS
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
-from relay.store.db import Database
-from relay.store.queries import DeliverySummary
+from relay.store import create_store
+from relay.store.records import DeliverySummary
+from tests.beats import beat_on_file
 from tests.forwarding import Quivo, forwarding_settings, wait_for_state
 from tests.processes import run_relay
 from tests.test_admin import ADMIN, TOKEN, ago, crafted_cursor, delivery_row, seed, sql
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> Any:
-    """A migrated database, shaped as test_admin's seeding helpers read a relay: `store.app[DATABASE]`."""
-    database = Database(tmp_path / "relay.db", timeout_s=5)
-    await database.open()
-    await database.close()
-    return SimpleNamespace(app={DATABASE: database})
+async def store(make_settings: Any) -> Any:
+    """A migrated database, shaped as test_admin's seeding helpers read a relay: `store.app[SETTINGS]`."""
+    settings = make_settings()
+    migrated = create_store(settings.database_url, timeout_s=5, pool_size=1)
+    await migrated.open()
+    await migrated.close()
+    return SimpleNamespace(app={SETTINGS: settings})
 
 
 def relay(store: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    path: Path = store.app[DATABASE].path
+    path: Path = store.app[SETTINGS].database_path
     return run_relay(*args, env={"DATABASE_URL": f"sqlite:///{path}"}, cwd=path.parent)
 
 
@@ -95,8 +98,7 @@ def test_status_shows_counts_backlog_recent_outcomes_and_the_worker(store):
     seed(store, state="delivered", updated_at=ago(minutes=5))
     seed(store, state="dead", updated_at=ago(hours=2))
     sql(store, "UPDATE webhooks SET status = 'quarantined' WHERE id = 1")
-    sql(store, "INSERT INTO meta (key, value) VALUES ('worker_heartbeat', ?)", ago(minutes=2))
-    sql(store, "INSERT INTO meta (key, value) VALUES ('worker_paused', 'Quivo answered 401')")
+    beat_on_file(store.app[SETTINGS].database_path, _ago(minutes=2), "Quivo answered 401")
 
     shown = relay(store, "status")
     document = relay_json(store, "status")
@@ -271,7 +273,7 @@ def test_a_bad_filter_exits_2_with_one_line_naming_the_option(store, args, optio
 
 def test_commands_work_while_another_connection_holds_a_read_transaction(store):
     delivery_id = seed(store, state="dead")
-    reader = sqlite3.connect(store.app[DATABASE].path, isolation_level=None)
+    reader = sqlite3.connect(store.app[SETTINGS].database_path, isolation_level=None)
     try:
         reader.execute("BEGIN")
         assert reader.execute("SELECT state FROM deliveries").fetchall() == [("dead",)]
@@ -304,7 +306,7 @@ def test_control_characters_from_webhooks_and_quivo_are_shown_escaped(store):
         ago(minutes=1),
         f"Quivo answered 422: {ESCAPES}",
     )
-    sql(store, "INSERT INTO meta (key, value) VALUES ('worker_paused', ?)", f"Quivo answered 401: {ESCAPES}")
+    beat_on_file(store.app[SETTINGS].database_path, _ago(seconds=0), f"Quivo answered 401: {ESCAPES}")
 
     shown = [
         relay(store, "deliveries", "list"),
@@ -373,3 +375,7 @@ async def test_show_says_a_reconcile_read_was_refused_not_dead(aiohttp_client, a
 
     assert (read[1], read[4], read[5]) == ("reconcile", "404", "read refused")
     assert (send[1], send[4], send[5]) == ("send", "404", "dead")
+
+
+def _ago(**delta: float) -> datetime:
+    return datetime.now(UTC) - timedelta(**delta)

@@ -32,12 +32,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay import cli
 from relay.app import create_app
 from relay.domain.delivery import DELIVERY_STATES
-from relay.keys import DATABASE
+from relay.keys import STORE
 from relay.logs import configure_logging
 from relay.ops.metrics import DELIVERY_OUTCOMES, METRICS, WEBHOOK_OUTCOMES, RelayMetrics
 from relay.settings import Settings
-from relay.store.gauges import beat
-from relay.store.inbox import StoredStatus
+from relay.store.records import StoredStatus
+from tests.beats import worker_beat
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "operations.md"
@@ -484,7 +484,7 @@ def alert_rules() -> list[dict[str, Any]]:
 async def test_alert_rules_are_a_rule_file_prometheus_reads_as_shown(aiohttp_client, make_settings):
     relay = await aiohttp_client(create_app(make_settings(), run_worker=False))
     # Series that appear once there is something to count: a worker's beat, a call to Quivo.
-    await relay.app[DATABASE].write(beat(datetime.now(UTC)))
+    await relay.app[STORE].beat(worker_beat(datetime.now(UTC)))
     relay.app[METRICS].quivo_request("login", 200)
     exposed = {
         sample.name

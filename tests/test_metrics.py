@@ -2,26 +2,47 @@
 
 import itertools
 import sqlite3
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.domain.rating import format_instant
-from relay.keys import DATABASE
+from relay.keys import STORE
 from relay.ops.fresh import FRESH_FOR_S
 from relay.ops.metrics import METRICS, RelayMetrics, routes
-from relay.store.db import Database
-from relay.store.gauges import beat
+from relay.settings import Settings
+from relay.store import create_store
+from relay.store.api import Store
+from tests.beats import worker_beat
 
 RATING_IDS = itertools.count(1)
 
 
 @pytest.fixture
-async def client(aiohttp_client, database):
+async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[Store]:
+    """An opened store on tmp_path, closed after the test."""
+    opened = create_store(make_settings().database_url, timeout_s=5, pool_size=1)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def database(make_settings: Callable[..., Settings]) -> Path:
+    """The store's file, for rows written as another process would."""
+    return make_settings().database_path
+
+
+@pytest.fixture
+async def client(aiohttp_client, store):
     app = web.Application()
-    app[DATABASE] = database
+    app[STORE] = store
     # A clock two seconds on at every reading: no store reading is fresh at the next scrape.
     app[METRICS] = RelayMetrics(clock=itertools.count(0, 2 * FRESH_FOR_S).__next__)
     app.add_routes(routes)
@@ -42,25 +63,27 @@ def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
     return name, frozenset(labels.items())
 
 
-async def insert_deliveries(
-    database: Database,
+def insert_deliveries(
+    database: Path,
     state: str,
     next_attempt_at: datetime | None,
     count: int,
     *,
     created_at: datetime | None = None,
 ) -> None:
-    def job(conn: sqlite3.Connection) -> None:
-        stamp = format_instant(datetime.now(UTC))
-        due = format_instant(next_attempt_at) if next_attempt_at else None
-        created = format_instant(created_at) if created_at else stamp
-        conn.executemany(
-            "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, stars, rating, state, "
-            "next_attempt_at, created_at, updated_at) VALUES (1, 1, ?, '', 4, '{}', ?, ?, ?, ?)",
-            [(next(RATING_IDS), state, due, created, stamp) for _ in range(count)],
-        )
-
-    await database.write(job)
+    stamp = format_instant(datetime.now(UTC))
+    due = format_instant(next_attempt_at) if next_attempt_at else None
+    created = format_instant(created_at) if created_at else stamp
+    conn = sqlite3.connect(database)
+    try:
+        with conn:
+            conn.executemany(
+                "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, stars, rating, state, "
+                "next_attempt_at, created_at, updated_at) VALUES (1, 1, ?, '', 4, '{}', ?, ?, ?, ?)",
+                [(next(RATING_IDS), state, due, created, stamp) for _ in range(count)],
+            )
+    finally:
+        conn.close()
 
 
 async def test_counters_move_as_work_is_reported(client):
@@ -101,8 +124,8 @@ async def test_scrape_is_prometheus_text(client):
 
 
 async def test_deliveries_gauge_counts_rows_by_state_every_state_present(client, database):
-    await insert_deliveries(database, "pending", datetime.now(UTC) + timedelta(hours=1), 3)
-    await insert_deliveries(database, "dead", None, 1)
+    insert_deliveries(database, "pending", datetime.now(UTC) + timedelta(hours=1), 3)
+    insert_deliveries(database, "dead", None, 1)
 
     values = await scrape(client)
 
@@ -116,13 +139,13 @@ async def test_backlog_age_is_how_long_the_oldest_undelivered_rating_has_waited(
     nothing_waits = await scrape(client)
     now = datetime.now(UTC)
     # Backing off, not due for minutes: it has still waited since it was accepted.
-    await insert_deliveries(
+    insert_deliveries(
         database, "retrying", now + timedelta(minutes=5), 1, created_at=now - timedelta(hours=2)
     )
-    await insert_deliveries(database, "pending", now, 1, created_at=now - timedelta(minutes=10))
+    insert_deliveries(database, "pending", now, 1, created_at=now - timedelta(minutes=10))
     # Waiting for a link, not for Quivo: not in the backlog; nor are finished ones.
-    await insert_deliveries(database, "unmatched", None, 1, created_at=now - timedelta(days=2))
-    await insert_deliveries(database, "dead", None, 1, created_at=now - timedelta(days=3))
+    insert_deliveries(database, "unmatched", None, 1, created_at=now - timedelta(days=2))
+    insert_deliveries(database, "dead", None, 1, created_at=now - timedelta(days=3))
 
     waiting = await scrape(client)
 
@@ -132,9 +155,9 @@ async def test_backlog_age_is_how_long_the_oldest_undelivered_rating_has_waited(
 
 async def test_worker_lag_is_how_long_the_earliest_due_delivery_has_been_due(client, database):
     nothing_due = await scrape(client)
-    await insert_deliveries(database, "retrying", datetime.now(UTC) + timedelta(minutes=5), 1)  # not yet due
-    await insert_deliveries(database, "pending", datetime.now(UTC) - timedelta(minutes=10), 1)
-    await insert_deliveries(database, "retrying", datetime.now(UTC) - timedelta(minutes=1), 1)
+    insert_deliveries(database, "retrying", datetime.now(UTC) + timedelta(minutes=5), 1)  # not yet due
+    insert_deliveries(database, "pending", datetime.now(UTC) - timedelta(minutes=10), 1)
+    insert_deliveries(database, "retrying", datetime.now(UTC) - timedelta(minutes=1), 1)
 
     overdue = await scrape(client)
 
@@ -142,9 +165,9 @@ async def test_worker_lag_is_how_long_the_earliest_due_delivery_has_been_due(cli
     assert 600 <= overdue[key("relay_worker_lag_seconds")] < 660
 
 
-async def test_worker_heartbeat_age_appears_once_a_worker_beats(client, database):
+async def test_worker_heartbeat_age_appears_once_a_worker_beats(client, store):
     before = await scrape(client)
-    await database.write(beat(datetime.now(UTC) - timedelta(seconds=5)))
+    await store.beat(worker_beat(datetime.now(UTC) - timedelta(seconds=5)))
 
     after = await scrape(client)
 

@@ -19,11 +19,10 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from relay.app import create_app
-from relay.keys import DATABASE
+from relay.keys import STORE
 from relay.ops.openapi import DOCUMENT
 from relay.ops.openapi import routes as openapi_routes
 from relay.settings import Settings
-from relay.store import queries
 from relay.store.api import StoreUnavailable
 from relay.throttle import FAILURES_ALLOWED
 from tests.conftest import AUTH, fixture_bytes
@@ -322,10 +321,10 @@ async def test_webhook_answers_fit_the_document(relay, monkeypatch):
     await contract.check(await relay.post("/webhooks/bringg", data=TOO_LARGE, headers=AUTH))
     await contract.check(await relay.post("/webhooks/bringg", data=trickle(FIXTURE), headers=AUTH))
 
-    async def refuse(job: object) -> None:
+    async def refuse(inbound: object, *, recheck_before: object) -> None:
         raise StoreUnavailable("database or disk is full")
 
-    monkeypatch.setattr(relay.app[DATABASE], "write", refuse)
+    monkeypatch.setattr(relay.app[STORE], "record_webhook", refuse)
     unstored = await relay.post("/webhooks/bringg", data=rating_webhook(9, "ORD-9"), headers=AUTH)
     await contract.check(unstored)
 
@@ -593,7 +592,7 @@ async def test_admin_stats_refusals_and_the_error_guard_fit_the_document(relay, 
     async def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(queries, "get_stats", fail)
+    monkeypatch.setattr(relay.app[STORE], "stats", fail)
     failed = await contract.check(await relay.get("/admin/stats", headers=ADMIN))
 
     assert stats["deliveries"]["pending"] == 0

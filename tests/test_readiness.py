@@ -13,12 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.app import create_app
-from relay.keys import DATABASE, READINESS_CHECKS
-from relay.ops import metrics
+from relay.keys import READINESS_CHECKS, SETTINGS, STORE
 from relay.ops.fresh import FRESH_FOR_S
 from relay.ops.health import READINESS, Readiness
 from relay.ops.metrics import METRICS, RelayMetrics
-from relay.store.gauges import beat, deliveries_by_state
+from tests.beats import worker_beat
 from tests.conftest import FakeClock
 from tests.processes import run_relay
 from tests.test_admin import ADMIN, TOKEN, ago, seed
@@ -34,7 +33,7 @@ async def relay(aiohttp_client, make_settings):
     """A web-only relay whose worker (elsewhere) beat just now: only the backlog can make it unready."""
     settings = make_settings(relay_admin_token=TOKEN, relay_ready_max_backlog_age_s=LIMIT_S)
     client = await aiohttp_client(create_app(settings, run_worker=False))
-    await client.app[DATABASE].write(beat(datetime.now(UTC)))
+    await client.app[STORE].beat(worker_beat(datetime.now(UTC)))
     return client
 
 
@@ -97,7 +96,7 @@ async def test_a_replay_starts_the_backlog_clock_again(relay):
 async def test_status_stats_readiness_and_metrics_agree_on_a_send_whose_lease_ran_out(relay):
     # A relay died mid-send twenty minutes after the rating came; its lease ran out ten minutes ago.
     seed(relay, state="sending", created_at=ago(minutes=30), next_attempt_at=ago(minutes=10), attempts=1)
-    path: Path = relay.app[DATABASE].path
+    path: Path = relay.app[SETTINGS].database_path
 
     cli = await asyncio.to_thread(
         run_relay, "status", "--json", env={"DATABASE_URL": f"sqlite:///{path}"}, cwd=path.parent
@@ -134,17 +133,18 @@ async def clocked(aiohttp_client, make_settings):
     app[READINESS] = Readiness(clock=clock)
     app[METRICS] = RelayMetrics(clock=clock)
     client = await aiohttp_client(app)
-    await app[DATABASE].write(beat(datetime.now(UTC)))
+    await app[STORE].beat(worker_beat(datetime.now(UTC)))
     return client, clock
 
 
 async def test_a_crowd_of_callers_costs_one_store_check_and_one_gauge_read_a_second(clocked, monkeypatch):
     relay, clock = clocked
     checks = relay.app[READINESS_CHECKS]
-    at = checks.index(relay.app[DATABASE].readiness_problems)
+    store = relay.app[STORE]
+    at = checks.index(store.readiness_problems)
     store_checks = checks[at] = Calls(checks[at])  # the one that commits a write
-    gauge_reads = Calls(deliveries_by_state)  # the GROUP BY over every delivery
-    monkeypatch.setattr(metrics, "deliveries_by_state", gauge_reads)
+    gauge_reads = Calls(store.deliveries_by_state)  # the count over every delivery
+    monkeypatch.setattr(store, "deliveries_by_state", gauge_reads)
 
     async def crowd() -> set[int]:
         paths = ("/readyz", "/readyz?scope=intake", "/metrics") * 20
@@ -161,7 +161,7 @@ async def test_a_crowd_of_callers_costs_one_store_check_and_one_gauge_read_a_sec
 async def test_a_store_that_stops_taking_writes_shows_within_a_second(clocked):
     relay, clock = clocked
     before = await relay.get("/readyz?scope=intake")
-    blocker = sqlite3.connect(relay.app[DATABASE].path, isolation_level=None)
+    blocker = sqlite3.connect(relay.app[SETTINGS].database_path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
     try:
         clock.now += FRESH_FOR_S / 2

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from relay.keys import DATABASE
+from relay.keys import SETTINGS
 from tests.processes import free_port, relay_process, run_relay, sim_quivo_process, wait_until_ready
 from tests.test_admin import ago, seed, sql
 
@@ -152,7 +152,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int]:
     folder = tmp_path_factory.mktemp("site")
     migrated = run_relay("migrate", env={}, cwd=folder)
     assert migrated.returncode == 0, migrated.stderr
-    store = SimpleNamespace(app={DATABASE: SimpleNamespace(path=folder / "var" / "relay.db")})
+    store = SimpleNamespace(app={SETTINGS: SimpleNamespace(database_path=folder / "var" / "relay.db")})
     given_up = seed(
         store,
         state="dead",

@@ -13,9 +13,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from relay.store.sqlite.migrations import known_migrations
 
-from relay.store.db import Database
-from relay.store.migrations import known_migrations
+from relay.store import create_store
 from tests.conftest import AUTH, WEBHOOK_TOKEN
 from tests.forwarding import rating_webhook
 from tests.processes import free_port, relay_process, run_relay, wait_until_ready
@@ -119,9 +119,9 @@ def test_web_worker_and_migrate_started_together_on_a_new_file_all_start(tmp_pat
 
 def migrated_database(folder: Path) -> Path:
     async def make() -> None:
-        database = Database(folder / "relay.db", timeout_s=5)
-        await database.open()
-        await database.close()
+        store = create_store(f"sqlite:///{folder / 'relay.db'}", timeout_s=5, pool_size=1)
+        await store.open()
+        await store.close()
 
     asyncio.run(make())
     return folder / "relay.db"

@@ -15,7 +15,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from relay.app import create_app
-from relay.keys import DATABASE
+from relay.keys import SETTINGS
 from tests.conftest import AUTH, fixture_bytes
 
 FIXTURE = "bringg/rating_submitted.json"
@@ -41,7 +41,7 @@ def rating_body(
 
 
 def rows(app: web.Application, sql: str, *args: Any) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(app[DATABASE].path)
+    conn = sqlite3.connect(app[SETTINGS].database_path)
     conn.row_factory = sqlite3.Row
     try:
         return conn.execute(sql, args).fetchall()

@@ -5,7 +5,7 @@ import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +14,14 @@ import structlog
 
 from relay import worker as worker_module
 from relay.app import create_app
-from relay.keys import DATABASE, WORKER
+from relay.keys import SETTINGS, STORE, WORKER
 from relay.linkfile import Link
+from relay.ops.health import newest_beat
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
-from relay.store.gauges import worker_heartbeat
-from relay.store.links import upsert_links
 from tests.chaos.harness import Stage, delivered_tags, http_call, stage, wait_for
 from tests.conftest import AUTH, fixture_bytes
-from tests.forwarding import Quivo, forwarding_settings, query, rating_webhook, wait_for_state
+from tests.forwarding import Quivo, execute, forwarding_settings, query, rating_webhook, wait_for_state
 from tests.processes import run_relay
 
 
@@ -49,7 +48,7 @@ async def post(relay, body: bytes) -> dict[str, Any]:
 
 
 def db(relay):
-    return relay.app[DATABASE].path
+    return relay.app[SETTINGS].database_path
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str, within_s: float = 15) -> None:
@@ -66,7 +65,7 @@ async def paused_with_nothing_out(relay) -> bool:
 
 
 async def has_heartbeat(relay) -> bool:
-    return await worker_heartbeat(relay.app[DATABASE].reader) is not None
+    return await newest_beat(relay.app[STORE]) is not None
 
 
 async def test_rating_is_posted_once_with_its_value_message_and_tag(start_relay, quivo):
@@ -137,7 +136,7 @@ async def test_unconfirmed_send_that_did_not_land_is_sent_after_checking(start_r
     await wait_for_state(db(relay), accepted["delivery_id"])
     quivo.state.reset()
     # As if the relay had died mid-send: the row is left 'sending' with its lease run out.
-    await relay.app[DATABASE].write(_expired_lease(accepted["delivery_id"]))
+    _expire_lease(db(relay), accepted["delivery_id"])
 
     row = await wait_for_state(db(relay), accepted["delivery_id"])
 
@@ -180,14 +179,13 @@ def test_the_worker_refuses_a_quivo_timeout_longer_than_the_settle_time(tmp_path
     ]
 
 
-def _expired_lease(delivery_id: int):
-    def job(conn):
-        conn.execute(
-            "UPDATE deliveries SET state = 'sending', next_attempt_at = '2000-01-01T00:00:00Z' WHERE id = ?",
-            (delivery_id,),
-        )
-
-    return job
+def _expire_lease(path: Path, delivery_id: int) -> None:
+    execute(
+        path,
+        "UPDATE deliveries SET state = 'sending', next_attempt_at = '2000-01-01T00:00:00.000000Z' "
+        "WHERE id = ?",
+        delivery_id,
+    )
 
 
 async def test_retry_after_is_honoured(start_relay, quivo):
@@ -274,7 +272,7 @@ async def test_unmatched_rating_is_delivered_once_its_link_is_saved(start_relay,
     row = await wait_for_state(db(relay), accepted["delivery_id"])
     assert row["state"] == "unmatched"
     link = Link(merchant_id=1, external_id="12443523", inquiry_id=777)
-    await relay.app[DATABASE].write(upsert_links([link], now=datetime.now().astimezone()))
+    await relay.app[STORE].save_links([link], now=datetime.now(UTC))
     row = await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"delivered"}))
 
     assert row["inquiry_id"] == 777
@@ -491,7 +489,7 @@ async def test_each_unmatched_delivery_the_sweep_expires_gets_its_own_dead_line(
         accepted = [await post(relay, rating_webhook(n, f"ORDER-{n}")) for n in (22, 23)]
         for answer in accepted:
             await wait_for_state(db(relay), answer["delivery_id"], states=frozenset({"unmatched"}))
-        await relay.app[DATABASE].write(_created_long_ago)
+        execute(db(relay), "UPDATE deliveries SET created_at = '2000-01-01T00:00:00.000000Z'")
         # The lines themselves, not the rows: the worker logs only after its commit is visible.
         async with asyncio.timeout(15):
             while sum(event["event"] == "delivery.dead" for event in logs) < 2:  # noqa: ASYNC110
@@ -505,10 +503,6 @@ async def test_each_unmatched_delivery_the_sweep_expires_gets_its_own_dead_line(
         (accepted[1]["delivery_id"], 1, 23, "error"),
     ]
     assert all("RELAY_UNMATCHED_TTL" in event["error"] for event in dead)
-
-
-def _created_long_ago(conn):
-    conn.execute("UPDATE deliveries SET created_at = '2000-01-01T00:00:00.000000Z'")
 
 
 async def test_resuming_after_refused_credentials_says_how_long_and_why_it_paused(start_relay, quivo):

@@ -2,18 +2,16 @@
 
 import asyncio
 import random
-import sqlite3
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from relay import worker as worker_module
 from relay.app import create_app
-from relay.keys import DATABASE
+from relay.keys import SETTINGS, STORE
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
-from relay.store.db import WriteJob
+from relay.store.api import StoreUnavailable
 from tests.conftest import AUTH
 from tests.forwarding import Quivo, forwarding_settings, query, rating_webhook
 
@@ -24,14 +22,11 @@ async def test_an_outcome_the_full_disk_refused_is_logged_as_a_store_fault_not_a
     state = SimState(rng=random.Random(5))
     quivo = Quivo(state, str((await aiohttp_server(create_sim_app(state))).make_url("")).rstrip("/"))
 
-    def disk_full(outcome: Any, *, now: Any) -> WriteJob[Any]:
-        def job(conn: sqlite3.Connection) -> Any:
-            raise sqlite3.OperationalError("database or disk is full")
+    async def disk_full(outcome: Any, *, now: Any) -> str:
+        raise StoreUnavailable("database or disk is full")
 
-        return job
-
-    monkeypatch.setattr(worker_module, "record_outcome", disk_full)
     relay = await aiohttp_client(create_app(make_settings(**forwarding_settings(quivo)), run_worker=True))
+    monkeypatch.setattr(relay.app[STORE], "record_outcome", disk_full)
     with capture_logs() as logs:
         answer = await relay.post("/webhooks/bringg", data=rating_webhook(71, "INQ-710"), headers=AUTH)
         assert answer.status == 202
@@ -45,5 +40,5 @@ async def test_an_outcome_the_full_disk_refused_is_logged_as_a_store_fault_not_a
     assert "disk is full" in fault["error"]
     assert not [line for line in logs if line["event"] == "worker.delivery_crashed"]
     # The delivery keeps its lease (the send went out, unconfirmed): it is not lost, only not yet recorded.
-    rows = query(relay.app[DATABASE].path, "SELECT state FROM deliveries")
+    rows = query(relay.app[SETTINGS].database_path, "SELECT state FROM deliveries")
     assert [row["state"] for row in rows] == ["sending"]
