@@ -21,6 +21,7 @@ from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
 from relay.store.filters import ReplayFilter
 from relay.store.operations import replay_matching
+from relay.store.sqlite.store import SqliteStore
 from tests.conftest import AUTH, fixture_bytes
 from tests.forwarding import Quivo, forwarding_settings, rating_webhook, wait_for_state
 from tests.plans import full_scans_and_sorts, plan
@@ -315,7 +316,9 @@ async def test_limit_out_of_range_says_the_range(relay):
     ],
 )
 async def test_listings_use_their_index_and_never_sort(relay, path, params, step):
-    reader = relay.app[DATABASE].reader
+    store = relay.app[STORE]
+    assert isinstance(store, SqliteStore)  # the plans are SQLite's
+    reader = store.database.reader
     statements: list[str] = []
     await reader.set_trace_callback(statements.append)
     try:
@@ -325,7 +328,7 @@ async def test_listings_use_their_index_and_never_sort(relay, path, params, step
 
     assert status == 200
     [listing] = [statement for statement in statements if statement.lstrip().startswith("SELECT")]
-    steps = await plan(relay.app[DATABASE], listing)
+    steps = await plan(store.database, listing)
     assert any(step in each for each in steps), steps
     assert [each for each in full_scans_and_sorts(steps) if each != "SCAN deliveries"] == []
 

@@ -7,7 +7,6 @@ import urllib.request
 from pathlib import Path
 
 from relay.store.sqlite.migrations import LATEST_VERSION
-
 from tests.conftest import WEBHOOK_TOKEN, fixture_bytes
 from tests.processes import free_port, relay_process, run_relay, wait_until_ready
 

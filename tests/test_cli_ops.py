@@ -187,6 +187,12 @@ def test_show_prints_the_delivery_its_calls_and_its_webhook_and_an_unknown_id_ex
     assert lines[calls + 1][:2] == ["1", "send"] and lines[calls + 1][4] == "422"
     assert f"webhook {detail['webhook']['id']}: accepted" in shown.stdout
     assert (unknown.returncode, unknown.stderr) == (1, "relay: no delivery 999\n")
+    # Instants as the admin API writes them (`2026-12-01T18:42:38.123456Z`), in JSON and in the table alike.
+    [stored] = sql(store, "SELECT created_at, updated_at FROM deliveries WHERE id = ?", delivery_id)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stored["created_at"])
+    assert (detail["delivery"]["created_at"], detail["delivery"]["updated_at"]) == tuple(stored)
+    assert ["created_at", stored["created_at"]] in lines
+    assert f"received {stored['created_at']}, " in shown.stdout
 
 
 # Replay

@@ -3,9 +3,8 @@
 import re
 import sqlite3
 
-from relay.store.sqlite.migrations import migrate
-
 from relay.domain.delivery import DELIVERY_STATES, WAITING_STATES
+from relay.store.sqlite.migrations import migrate
 
 
 def test_deliveries_check_constraint_allows_exactly_the_domain_states():

@@ -17,6 +17,7 @@ from relay.ops.metrics import METRICS, RelayMetrics, routes
 from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import Store
+from relay.store.sqlite.store import SqliteStore
 from tests.beats import worker_beat
 
 RATING_IDS = itertools.count(1)
@@ -186,17 +187,20 @@ def test_two_applications_never_share_counts():
     assert second.registry.get_sample_value("relay_delivery_latency_seconds_count") == 0
 
 
-async def test_gauge_reads_walk_indexes(client, database):
+async def test_gauge_reads_walk_indexes(client, store):
+    assert isinstance(store, SqliteStore)  # the plans are SQLite's
+    reader = store.database.reader
     statements: list[str] = []
-    await database.reader.set_trace_callback(statements.append)
+    await reader.set_trace_callback(statements.append)
 
-    await client.app[METRICS].refresh_from(database)
-    await database.reader.set_trace_callback(None)
+    await client.app[METRICS].refresh_from(store)
+    await reader.set_trace_callback(None)
 
     assert len(statements) == 4
-    for sql in statements:
-        plan = [row[3] for row in await database.reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}")]
+    # The registry of workers holds a row per worker process, not per rating: read whole, it costs nothing.
+    for sql in (sql for sql in statements if "FROM workers" not in sql):
+        plan = [row[3] for row in await reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}")]
         assert all(
             "INDEX" in step or "PRIMARY KEY" in step for step in plan if step.startswith(("SCAN", "SEARCH"))
-        ), plan
-        assert not [step for step in plan if "TEMP B-TREE" in step], plan
+        ), (sql, plan)
+        assert not [step for step in plan if "TEMP B-TREE" in step], (sql, plan)

@@ -13,9 +13,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from relay.store.sqlite.migrations import known_migrations
 
 from relay.store import create_store
+from relay.store.sqlite.migrations import known_migrations
 from tests.conftest import AUTH, WEBHOOK_TOKEN
 from tests.forwarding import rating_webhook
 from tests.processes import free_port, relay_process, run_relay, wait_until_ready
