@@ -210,7 +210,7 @@ def _serve(args: argparse.Namespace) -> int:
         "relay.starting",
         host=settings.relay_host,
         port=settings.port,
-        database=str(settings.database_path),
+        database=store_for(settings).location,
         auth_methods=settings.auth_methods,
         worker=not args.no_worker,
     )
@@ -233,7 +233,7 @@ def _worker(args: argparse.Namespace) -> int:
         "relay.starting",
         host=settings.relay_worker_host,
         port=settings.relay_worker_port,
-        database=str(settings.database_path),
+        database=store_for(settings).location,
         worker=True,
         web=False,
     )
@@ -449,7 +449,7 @@ def _migrate(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
     configure_logging(settings.log_level, settings.log_format)
     version = _on_store(settings, lambda store: store.schema_version())
-    log.info("relay.migrated", database=str(settings.database_path), schema_version=version)
+    log.info("relay.migrated", database=store_for(settings).location, schema_version=version)
     return 0
 
 
