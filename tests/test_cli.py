@@ -48,6 +48,16 @@ def test_secret_values_never_appear_in_configuration_errors(tmp_path: Path):
     assert "hunter2-secret" not in result.stderr + result.stdout
 
 
+def test_a_database_password_never_reaches_the_lines_a_start_writes(tmp_path: Path):
+    # Nothing listens on port 9: the start fails, after saying where the store is, by its location.
+    url = "postgresql://relay:pg-secret-0451@127.0.0.1:9/relay"
+    env = {"DATABASE_URL": url, "BRINGG_WEBHOOK_TOKEN": WEBHOOK_TOKEN, "PORT": str(free_port())}
+    result = run_relay("serve", "--no-worker", env=env, cwd=tmp_path)
+
+    assert result.returncode != 0
+    assert "pg-secret-0451" not in result.stdout + result.stderr
+
+
 def test_migrate_creates_the_default_database_and_is_idempotent(tmp_path: Path):
     first = run_relay("migrate", env={}, cwd=tmp_path)
     second = run_relay("migrate", env={}, cwd=tmp_path)

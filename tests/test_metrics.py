@@ -194,7 +194,7 @@ async def test_gauge_reads_walk_indexes(client, store):
     await reader.set_trace_callback(statements.append)
 
     await client.app[METRICS].refresh_from(store)
-    await reader.set_trace_callback(None)
+    await reader.set_trace_callback(None)  # type: ignore[arg-type]  # sqlite3 takes None: stop tracing
 
     assert len(statements) == 4
     # The registry of workers holds a row per worker process, not per rating: read whole, it costs nothing.
