@@ -7,10 +7,10 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 
 from relay.app import create_app
-from relay.keys import DATABASE
+from relay.keys import STORE
 from relay.store.db import Database
-from relay.store.gauges import beat
 from relay.store.migrations import LATEST_VERSION, migrate
+from tests.beats import worker_beat
 from tests.conftest import AUTH, fixture_bytes
 from tests.test_webhook import rating_body
 
@@ -19,7 +19,7 @@ BODY = fixture_bytes("bringg/rating_submitted.json")
 
 async def test_locked_database_answers_503_with_retry_after_then_recovers(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(relay_store_timeout_s=0.3), run_worker=False))
-    blocker = sqlite3.connect(client.app[DATABASE].path, isolation_level=None)
+    blocker = sqlite3.connect(client.app[STORE].database.path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
 
     refused = await client.post("/webhooks/bringg", data=BODY, headers=AUTH)
@@ -38,7 +38,7 @@ async def test_locked_database_answers_503_with_retry_after_then_recovers(aiohtt
 
 async def test_full_disk_answers_503_and_keeps_nothing_half_written(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(), run_worker=False))
-    database = client.app[DATABASE]
+    database = client.app[STORE].database
     pages = await database.write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
     # The file cannot grow: a full disk, for the writer's connection.
     await database.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
@@ -60,7 +60,7 @@ async def test_full_disk_answers_503_and_keeps_nothing_half_written(aiohttp_clie
 
 async def test_concurrent_webhooks_share_commits(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(), run_worker=False))
-    database = client.app[DATABASE]
+    database = client.app[STORE].database
     before = database.commits
 
     answers = await asyncio.gather(
@@ -131,9 +131,9 @@ async def test_readiness_names_a_silent_worker_and_an_old_backlog(aiohttp_client
     client = await aiohttp_client(
         create_app(make_settings(relay_ready_max_backlog_age_s=60), run_worker=False)
     )
-    await client.app[DATABASE].write(beat(datetime.now(UTC) - timedelta(minutes=5)))
+    await client.app[STORE].beat(worker_beat(datetime.now(UTC) - timedelta(minutes=5)))
     accepted = await (await client.post("/webhooks/bringg", data=BODY, headers=AUTH)).json()
-    conn = sqlite3.connect(client.app[DATABASE].path)
+    conn = sqlite3.connect(client.app[STORE].database.path)
     conn.execute(
         "UPDATE deliveries SET created_at = '2020-01-01T00:00:00.000000Z' WHERE id = ?",
         (accepted["delivery_id"],),
@@ -151,7 +151,7 @@ async def test_readiness_names_a_silent_worker_and_an_old_backlog(aiohttp_client
 
 async def test_readiness_names_a_database_behind_on_migrations(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(), run_worker=False))
-    conn = sqlite3.connect(client.app[DATABASE].path)
+    conn = sqlite3.connect(client.app[STORE].database.path)
     conn.execute("DELETE FROM schema_migrations")
     conn.commit()
     conn.close()
