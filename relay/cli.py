@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NoReturn, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -130,8 +130,12 @@ def _parser() -> argparse.ArgumentParser:
         "migrated first), then check that each table holds as many rows in both. Exit 2: refused, "
         "nothing copied; exit 1: counts differ.",
     )
-    copy.add_argument("source_url", metavar="SOURCE_URL", help="the stopped relay's DATABASE_URL")
-    copy.add_argument("target_url", metavar="TARGET_URL", help="an empty database: the new DATABASE_URL")
+    copy.add_argument(
+        "source_url", type=_database_url, metavar="SOURCE_URL", help="the stopped relay's DATABASE_URL"
+    )
+    copy.add_argument(
+        "target_url", type=_database_url, metavar="TARGET_URL", help="an empty database: the new DATABASE_URL"
+    )
     copy.set_defaults(command=_db_copy)
 
     sim = commands.add_parser("sim-quivo", help="serve a Quivo stand-in for demos, tests and benchmarks")
@@ -169,6 +173,16 @@ def _delivery_id(text: str) -> int:
         return _DELIVERY_ID.validate_strings(text)
     except ValidationError:
         raise argparse.ArgumentTypeError(f"not a delivery id: {text!r}") from None
+
+
+def _database_url(text: str) -> str:
+    """The URL as given, once its address and port read as a store will read them."""
+    try:
+        urlsplit(text).port  # noqa: B018 (reading the port is the check)
+    except ValueError as error:
+        # Its text, never the URL's: that may hold a password.
+        raise argparse.ArgumentTypeError(f"not a database URL: {error}") from None
+    return text
 
 
 def _filter(kind: type[F], args: argparse.Namespace) -> F:
@@ -455,16 +469,6 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _db_copy(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
-    urls = (args.source_url, args.target_url)
-    # The URLs' passwords appear in no line this prints, a driver's error message included.
-    secrets = {
-        form for url in urls if (secret := urlsplit(url).password) for form in (secret, unquote(secret))
-    }
-
-    def say(text: str) -> None:
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        print(text, file=sys.stderr)
 
     def masked(url: str) -> str:
         parts = urlsplit(url)
@@ -477,21 +481,23 @@ def _db_copy(args: argparse.Namespace) -> int:
     try:
         # The copy moves one batch at a time: a connection each way is all it uses.
         source, target = (
-            create_store(url, timeout_s=settings.relay_store_timeout_s, pool_size=1) for url in urls
+            create_store(url, timeout_s=settings.relay_store_timeout_s, pool_size=1)
+            for url in (args.source_url, args.target_url)
         )
         with console.progress_bars() as progress:
             live_since = datetime.now(UTC) - timedelta(seconds=WORKER_SILENT_AFTER_S)
             check = asyncio.run(copy_store(source, target, live_since=live_since, progress=progress))
+    # The stores' messages name where they are without a password.
     except (CopyRefused, DatabaseUnusable) as refusal:
-        say(f"relay: db copy refused: {refusal}")
+        print(f"relay: db copy refused: {refusal}", file=sys.stderr)
         return EXIT_MISCONFIGURED
     except StoreUnavailable as error:
-        say(f"relay: database unavailable: {error} (a copy cut short leaves rows: empty the target first)")
+        print(f"relay: database unavailable: {error} (a copy cut short: empty the target)", file=sys.stderr)
         return 1
     rows = [[table, check.source[table], check.target[table]] for table in COPIED_TABLES]
     print(console.table(rows, ["TABLE", "SOURCE ROWS", "TARGET ROWS"]))
     if check.differing:
-        say(f"relay: db copy: counts differ in {', '.join(check.differing)}")
+        print(f"relay: db copy: counts differ in {', '.join(check.differing)}", file=sys.stderr)
         return 1
     print(f"copied {sum(check.source.values())} rows: every table holds as many rows in the target")
     return 0

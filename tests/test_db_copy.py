@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -158,7 +159,7 @@ def copied_counts(copied: subprocess.CompletedProcess[str]) -> dict[str, tuple[i
 
 
 # The relay runs on the last database of each route: PostgreSQL's export and import both lie on the way.
-@pytest.mark.parametrize("route", [("sqlite",)], ids="-".join)
+@pytest.mark.parametrize("route", [("sqlite",), ("postgresql", "sqlite")], ids="-".join)
 def test_a_copied_relay_sends_nothing_twice_and_forgets_nothing(
     tmp_path: Path, route: tuple[str, ...], request: pytest.FixtureRequest
 ):
@@ -254,6 +255,50 @@ def test_an_empty_source_is_refused(tmp_path: Path):
 
     assert refused.returncode == 2
     assert "the source holds no rows" in refused.stderr.splitlines()[-1]
+
+
+def test_a_postgresql_target_that_holds_data_is_refused_and_left_untouched(
+    tmp_path: Path, postgres_server: PostgresServer
+):
+    target = postgres_server.url(postgres_server.create_database())
+    first = seeded_with_a_link(tmp_path / "first", "ORDER-1")
+    assert db_copy(sqlite_url(first), target, tmp_path).returncode == 0
+    second = seeded_with_a_link(tmp_path / "second", "ORDER-2")
+
+    refused = db_copy(sqlite_url(second), target, tmp_path)
+
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines()[-1] == (
+        "relay: db copy refused: the target holds data: links (1 rows); copy only into an empty database"
+    )
+    # What the target holds, read back by copying it out: the first copy's rows, nothing of the second.
+    back = tmp_path / "back" / "relay.db"
+    assert db_copy(target, sqlite_url(back), tmp_path).returncode == 0
+    assert rows_of(back) == rows_of(first)
+
+
+def test_a_password_in_a_url_appears_in_no_output(tmp_path: Path, postgres_server: PostgresServer):
+    source = seeded_with_a_link(tmp_path / "old", "ORDER-1")
+    target = postgres_server.url(postgres_server.create_database())
+    password = urlsplit(target).password
+    assert password
+    unreachable = target.replace(f":{postgres_server.port}/", f":{free_port()}/")
+    wrong_password = target.replace(password, f"{password}-not-it")
+
+    runs = [
+        db_copy(sqlite_url(source), target, tmp_path),  # copied
+        db_copy(sqlite_url(source), target, tmp_path),  # refused: the target holds data
+        db_copy(target, unreachable, tmp_path),  # no server there
+        db_copy(wrong_password, sqlite_url(tmp_path / "new.db"), tmp_path),  # refused by the server
+    ]
+    malformed = db_copy(target.replace(f":{postgres_server.port}/", ":no-port/"), target, tmp_path)
+
+    assert [run.returncode for run in runs] == [0, 2, 2, 2]
+    for run in runs:
+        assert password not in run.stdout + run.stderr
+        assert ":***@127.0.0.1" in run.stderr.splitlines()[0]
+    assert malformed.returncode == 2 and "SOURCE_URL: not a database URL" in malformed.stderr
+    assert password not in malformed.stdout + malformed.stderr
 
 
 class TablesInMemory:
