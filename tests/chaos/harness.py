@@ -15,14 +15,16 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from relay.domain.rating import format_instant
 from tests.conftest import AUTH
 from tests.forwarding import rating_webhook
+from tests.pg_server import PG_BIN, SYSTEM_USER, PostgresServer
 from tests.processes import free_port, http_json, relay_process, sim_quivo_process, wait_until_ready
 
 RESULTS_ENV = "RELAY_CHAOS_RESULTS"
@@ -206,6 +208,11 @@ class RelayProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The running process's id; None when not started (or killed, or stopped)."""
+        return self._process.pid if self._process is not None else None
 
     @property
     def running(self) -> bool:
@@ -644,3 +651,331 @@ def stage(
             for process in processes:
                 process.wait_ready()
         yield Stage(workdir, sim, relay, worker)
+
+
+# ---------------------------------------------------------------------------------- PostgreSQL profile
+# What tests/chaos/test_postgres.py adds: many relay processes on one PostgreSQL database, a sender that
+# posts to all the web processes, and a ledger that counts each version of a rating on its own.
+
+# The tag's optional third part names the version: `updated_at` in UTC as %Y%m%dT%H%M%S.%fZ.
+VERSION_TAG = re.compile(r"\[bringg:(\d+):(\d+)(?::([^\]]*))?\]\s*$")
+# Version n of a rating is `updated_at` n seconds after this instant: in the past, never too far ahead.
+FIRST_UPDATE = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+WEB_ANSWERS = {"200", "202", "503"}
+PG_STOP_MODES = ("fast", "immediate")
+Tag = tuple[int, int, str]  # (merchant, rating id, version stamp or "" for the original)
+
+
+@dataclass
+class SentVersion(SentRating):
+    """One version of a rating (0: the original, n: the n-th update), posted as a webhook of its own."""
+
+    version: int = 0
+
+    @property
+    def updated_at(self) -> datetime | None:
+        return FIRST_UPDATE + timedelta(seconds=self.version) if self.version else None
+
+    @property
+    def tag(self) -> Tag:
+        """How the rating message at Quivo names this version."""
+        stamp = self.updated_at.strftime("%Y%m%dT%H%M%S.%fZ") if self.updated_at else ""
+        return self.merchant_id, self.rating_id, stamp
+
+    @property
+    def stored_version(self) -> str:
+        """How the relay's `deliveries.version` names this version."""
+        return format_instant(self.updated_at) if self.updated_at else ""
+
+
+@dataclass(frozen=True)
+class Post:
+    """One webhook POST: where, when it began and ended (monotonic), and its status or error."""
+
+    url: str
+    began: float
+    ended: float
+    outcome: str
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.outcome.isdigit() and 200 <= int(self.outcome) < 300
+
+
+def plan_versions(
+    rng: random.Random, count: int, *, merchant_id: int, inquiries: int, updated_share: float
+) -> list[SentVersion]:
+    """`count` ratings spread over `inquiries` inquiries, and later versions of about `updated_share` of
+    them (a second update for a third of those), in the order they are to be posted: a version 1 to 40
+    posts after the one it updates, so some arrive before it is delivered and some after."""
+    slots: list[tuple[float, SentVersion]] = []
+    for rating_id in range(1, count + 1):
+        inquiry_id = 1 + rating_id % inquiries
+        slot = float(rating_id)
+        slots.append((slot, SentVersion(merchant_id, rating_id, inquiry_id)))
+        updates = 0 if rng.random() >= updated_share else 1 + (rng.random() < 1 / 3)
+        for version in range(1, updates + 1):
+            slot += rng.uniform(1, 40)
+            slots.append((slot, SentVersion(merchant_id, rating_id, inquiry_id, version=version)))
+    return [version for _, version in sorted(slots, key=lambda pair: pair[0])]
+
+
+class FleetSender(Sender):
+    """Posts a plan of rating versions to several web processes in turn, like Bringg behind a balancer;
+    what got no 2xx is sent again (to the next one) after a pause. Every post is kept with its moments."""
+
+    def __init__(
+        self, urls: Sequence[str], plan: Sequence[SentVersion], *, rate_per_s: float, threads: int = 6
+    ) -> None:
+        super().__init__(urls[0], 0, rate_per_s=rate_per_s, timeout_s=10.0, threads=threads)
+        self.urls = [f"{url.rstrip('/')}/webhooks/bringg" for url in urls]
+        self.versions = list(plan)
+        self.ratings = list[SentRating](self.versions)
+        self.posts: list[Post] = []
+
+    def __enter__(self) -> "FleetSender":
+        self.start()
+        return self
+
+    def acknowledged_tags(self) -> set[Tag]:
+        with self._lock:
+            return {version.tag for version in self.versions if version.acknowledged}
+
+    def _post(self, rating: SentRating) -> bool:
+        assert isinstance(rating, SentVersion)
+        updated_at = rating.updated_at.strftime("%Y-%m-%dT%H:%M:%SZ") if rating.updated_at else None
+        body = rating_webhook(
+            rating.rating_id,
+            f"INQ-{rating.inquiry_id}",
+            stars=1 + rating.version % 5,
+            updated_at=updated_at,
+            merchant_id=rating.merchant_id,
+        )
+        with self._lock:
+            self._posts_begun += 1
+            number = self._posts_begun
+            self._in_flight.add(number)
+        url = self.urls[number % len(self.urls)]
+        request = urllib.request.Request(url, data=body, method="POST", headers={**AUTH, **_JSON})
+        began = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+                answer.read()
+                outcome = str(answer.status)
+        except urllib.error.HTTPError as error:
+            outcome = str(error.code)
+        except (OSError, ValueError) as error:  # refused, reset, timed out, cut-off answer
+            outcome = type(error).__name__
+        post = Post(url, began, time.monotonic(), outcome)
+        with self._lock:
+            self.posts.append(post)
+            rating.attempts += 1
+            rating.answers[outcome] += 1
+            rating.acknowledged = rating.acknowledged or post.acknowledged
+            self._in_flight.discard(number)
+        return post.acknowledged
+
+
+def stop_postgres(server: PostgresServer, mode: str) -> None:
+    """Stop the tests' server the way an operator or a crash would: `fast` cuts sessions off and
+    checkpoints, `immediate` quits at once (the next start recovers from the WAL)."""
+    as_user = ["runuser", "-u", SYSTEM_USER, "--"] if os.geteuid() == 0 else []
+    command = [*as_user, str(PG_BIN / "pg_ctl"), "stop", "--pgdata", str(server.data), f"--mode={mode}"]
+    done = subprocess.run(
+        [*command, "--wait"], cwd=server.root, capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"pg_ctl stop --mode={mode} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+
+@dataclass
+class Fleet:
+    """The stand-in, web processes and workers of a scenario, all on one database of the tests' server."""
+
+    workdir: Path
+    sim: Sim
+    server: PostgresServer
+    dbname: str
+    webs: list[RelayProcess]
+    workers: list[RelayProcess]
+
+    @property
+    def processes(self) -> list[RelayProcess]:
+        return [*self.webs, *self.workers]
+
+    def rows(self, statement: str) -> list[list[str]]:
+        """One read on the relay's database, through psql as the server's superuser; fields as text."""
+        return [line.split("|") for line in self.server.sql(statement, self.dbname).splitlines() if line]
+
+    def count(self, statement: str) -> int:
+        return int(self.rows(statement)[0][0])
+
+    def ready(self, process: RelayProcess) -> bool:
+        """Whether the process's /readyz says it can work now: take webhooks (web) or deliver (worker)."""
+        path = "/readyz?scope=intake" if process.serves_http else "/readyz"
+        try:
+            return http_call("GET", f"{process.url}{path}", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+
+@contextmanager
+def fleet(
+    workdir: Path,
+    server: PostgresServer,
+    dbname: str,
+    *sim_args: str,
+    webs: int = 2,
+    workers: int = 3,
+    **env: str,
+) -> Iterator[Fleet]:
+    """The stand-in, `webs` x `relay serve --no-worker` and `workers` x `relay worker` on the database
+    `dbname`, all started at once (they race to migrate it) and killed at the end whatever happened."""
+    with ExitStack() as stack:
+        sim = stack.enter_context(Sim.running(workdir, *sim_args))
+        settings = relay_env(workdir, sim.url, 0, DATABASE_URL=server.url(dbname), **env)
+
+        def process(name: str, *args: str) -> RelayProcess:
+            # A worker's PORT is its probe port too, so `url` reaches its /healthz, /readyz and /metrics.
+            port = str(free_port())
+            own = {**settings, "PORT": port, **({"RELAY_WORKER_PORT": port} if args == ("worker",) else {})}
+            return stack.enter_context(
+                RelayProcess(*args, env=own, cwd=workdir, log_path=workdir / f"{name}.log")
+            )
+
+        the_webs = [process(f"web-{n}", "serve", "--no-worker") for n in range(1, webs + 1)]
+        the_workers = [process(f"worker-{n}", "worker") for n in range(1, workers + 1)]
+        everyone = [*the_webs, *the_workers]
+        for one in everyone:
+            one.start(wait=False)
+        for one in everyone:
+            one.wait_ready(timeout=60)
+        yield Fleet(workdir, sim, server, dbname, the_webs, the_workers)
+
+
+def fleet_ledger(
+    scenario: str,
+    sender: FleetSender,
+    fleet: Fleet,
+    *,
+    started_at: float,
+    seed: int | None,
+    drain_s: float = PROFILE.drain_s,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[Figures, list[str]]:
+    """Drain, count each version on its own; the figures and the promises broken, if any: the latest
+    acknowledged version of every rating at Quivo once, no version twice, every 2xx committed, an older
+    version left out only when the relay superseded it, never two sends at once per inquiry at Quivo.
+    """
+    merchant = sender.versions[0].merchant_id
+    waiting = "', '".join(UNSETTLED)
+    unsettled_sql = (
+        f"SELECT count(*) FROM deliveries WHERE merchant_id = {merchant} AND state IN ('{waiting}')"
+    )
+
+    def latest_acknowledged() -> set[Tag]:
+        newest: dict[int, SentVersion] = {}
+        for version in sender.versions:
+            if version.acknowledged and version.version >= newest.get(version.rating_id, version).version:
+                newest[version.rating_id] = version
+        return {version.tag for version in newest.values()}
+
+    def drained() -> bool:
+        return latest_acknowledged() <= set(version_tags(fleet.sim)) and fleet.count(unsettled_sql) == 0
+
+    with suppress(TimeoutError):  # the figures say what is missing
+        wait_for(drained, drain_s, "drain", interval=0.25)
+    seen = version_tags(fleet.sim)
+    posted = {version.tag: version for version in sender.versions if version.attempts}
+    acknowledged = sender.acknowledged_tags()
+    stored = {
+        (merchant, int(rating_id), version): state
+        for rating_id, version, state in fleet.rows(
+            f"SELECT rating_id, version, state FROM deliveries WHERE merchant_id = {merchant}"
+        )
+    }
+    states_of = {
+        version.tag: stored.get((merchant, version.rating_id, version.stored_version))
+        for version in sender.versions
+    }
+    stats = fleet.sim.stats()
+    # Pairs of sends to one inquiry whose calls overlap by the relay's own records (a killed worker's call
+    # is not recorded): tells the relay sending two at once from Quivo still busy with one it gave up on.
+    overlapping = fleet.count(
+        "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+        " JOIN deliveries e ON e.external_id = d.external_id AND e.merchant_id = d.merchant_id"
+        " JOIN attempts b ON b.delivery_id = e.id AND b.id > a.id"
+        f" WHERE d.merchant_id = {merchant} AND a.action = 'send' AND b.action = 'send'"
+        " AND a.started_at < b.started_at + b.duration_ms * interval '1 millisecond'"
+        " AND b.started_at < a.started_at + a.duration_ms * interval '1 millisecond'"
+    )
+    figures = Figures(
+        scenario=scenario,
+        profile=PROFILE.name,
+        seed=seed,
+        sent=len(posted),
+        posts=len(sender.posts),
+        acknowledged=len(acknowledged),
+        stored_webhooks=fleet.count(f"SELECT count(*) FROM webhooks WHERE merchant_id = {merchant}"),
+        stored_deliveries=len(stored),
+        delivered=len(seen),
+        delivered_twice=sum(1 for n in seen.values() if n > 1),
+        lost=len(latest_acknowledged() - set(seen)),
+        unacknowledged_delivered=sum(1 for tag in seen if tag in posted and tag not in acknowledged),
+        unknown_delivered=sum(1 for tag in seen if tag not in posted),
+        dead=fleet.count(
+            f"SELECT count(*) FROM deliveries WHERE merchant_id = {merchant} AND state = 'dead'"
+        ),
+        run_time_s=round(time.monotonic() - started_at, 1),
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        cores=os.cpu_count() or 0,
+        python=platform.python_version(),
+        extra={
+            "versions_posted": sum(1 for version in posted.values() if version.version),
+            "ratings": len({version.rating_id for version in sender.versions}),
+            "inquiries": len({version.inquiry_id for version in sender.versions}),
+            "most_sends_at_once_per_inquiry": stats["most_rating_posts_at_once_per_inquiry"],
+            "overlapping_sends_recorded": overlapping,
+            **(extra or {}),
+        },
+    )
+    acknowledged_not_stored = sorted(tag for tag in acknowledged if states_of[tag] is None)
+    # An acknowledged older version may be left out only because a newer one replaced it.
+    left_out = sorted(
+        tag for tag in acknowledged - set(seen) - latest_acknowledged() if states_of[tag] != "superseded"
+    )
+    figures.extra |= {"acknowledged_not_stored": len(acknowledged_not_stored), "left_out": len(left_out)}
+    broken = [
+        *([f"{figures.delivered_twice} versions delivered twice"] if figures.delivered_twice else []),
+        *([f"{figures.lost} ratings' latest acknowledged versions never delivered"] if figures.lost else []),
+        *(
+            [f"{figures.unknown_delivered} versions at Quivo nobody sent"]
+            if figures.unknown_delivered
+            else []
+        ),
+        *([f"2xx without a commit: {acknowledged_not_stored[:10]}"] if acknowledged_not_stored else []),
+        *([f"acknowledged, neither delivered nor superseded: {left_out[:10]}"] if left_out else []),
+        *(
+            [f"{stats['most_rating_posts_at_once_per_inquiry']} sends at once for one inquiry at Quivo"]
+            if stats["most_rating_posts_at_once_per_inquiry"] > 1
+            else []
+        ),
+    ]
+    return figures, broken
+
+
+def record_fleet(figures: Figures) -> None:
+    """Record a PostgreSQL scenario's figures (RELAY_CHAOS_RESULTS), marked with its backend."""
+    record_result({**asdict(figures), "backend": "postgresql"})
+    print(f"chaos figures: {json.dumps(asdict(figures))}", flush=True)
+
+
+def version_tags(sim: Sim) -> Counter[Tag]:
+    """How often each version of a rating is at Quivo, from the last line of each rating message."""
+    seen: Counter[Tag] = Counter()
+    for record in sim.ratings():
+        last_line = (record.get("message") or "").rstrip().splitlines()[-1:] or [""]
+        match = VERSION_TAG.search(last_line[0])
+        if match:
+            seen[int(match[1]), int(match[2]), match[3] or ""] += 1
+    return seen
