@@ -13,7 +13,6 @@ import pytest
 from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import Store
-from relay.store.db import Database
 from tests.pg_server import PostgresServer, ServerUnavailable
 
 # The vendors' own payloads live beside the project in ../shared; tests/fixtures holds unedited copies for a
@@ -44,17 +43,6 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         return Settings(_env_file=None, **values)
 
     return build
-
-
-@pytest.fixture
-async def database(make_settings: Callable[..., Settings]) -> AsyncIterator[Database]:
-    """An opened, migrated database on tmp_path, closed after the test."""
-    db = Database(make_settings().database_path, timeout_s=5)
-    await db.open()
-    try:
-        yield db
-    finally:
-        await db.close()
 
 
 # Why the PostgreSQL tests could not run here, for the one line the run ends with.
@@ -141,8 +129,13 @@ def store_url(request: pytest.FixtureRequest, database_url_for: Callable[[str], 
 
 
 @pytest.fixture
-async def opened_store() -> AsyncIterator[Callable[[str], Awaitable[Store]]]:
-    """Opens a store on a DATABASE_URL; every store it opened is closed after the test."""
+async def opened_store(
+    database_url_for: Callable[[str], str],
+) -> AsyncIterator[Callable[[str], Awaitable[Store]]]:
+    """Opens a store on a DATABASE_URL; every store it opened is closed after the test.
+
+    It asks for `database_url_for` so that its stores close before that fixture drops their databases.
+    """
     opened: list[Store] = []
 
     async def open_on(url: str) -> Store:

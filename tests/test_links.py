@@ -1,4 +1,4 @@
-"""Links: the CSV file operators edit, and the store that saves links and wakes unmatched deliveries."""
+"""Links: the CSV file operators edit, and importing one into the store."""
 
 import csv
 import io
@@ -6,36 +6,20 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiosqlite
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.domain.ids import MAX_ID
-from relay.domain.rating import MAX_EXTERNAL_ID_CHARS, format_instant
+from relay.domain.rating import MAX_EXTERNAL_ID_CHARS
 from relay.linkfile import HeaderProblem, Link, LinkFileProblem, links_to_csv, parse_links_csv
-from relay.store.db import Database
-from relay.store.links import (
-    LinkUpsert,
-    delete_link,
-    import_links_file,
-    list_links,
-    upsert_links,
-)
+from relay.store.api import Store
+from relay.store.operations import import_links_file
 from tests.processes import run_relay
+from tests.test_store_contract import accept, settle, state_of
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-EARLIER = format_instant(datetime(2024, 4, 1, tzinfo=UTC))
 HEADER = "merchant_id,external_id,inquiry_id\n"
-
-
-async def inquiry_for(conn: aiosqlite.Connection, merchant_id: int, external_id: str) -> int | None:
-    """The Quivo inquiry the links table holds for a merchant's order, or None when there is no link."""
-    cursor = await conn.execute(
-        "SELECT inquiry_id FROM links WHERE merchant_id = ? AND external_id = ?", (merchant_id, external_id)
-    )
-    row = await cursor.fetchone()
-    return None if row is None else int(row["inquiry_id"])
 
 
 # The file
@@ -205,169 +189,45 @@ def test_exported_cells_never_start_a_formula_and_import_reads_them_back(tmp_pat
     assert exported_again.stdout == exported.stdout
 
 
-# The store
+# Importing a file into the store (saving, waking and listing links are the store contract's)
 
 
-async def add_delivery(db: Database, merchant_id: int, external_id: str, state: str) -> int:
-    """A delivery row as the worker leaves it, written with plain SQL."""
-
-    def job(conn: sqlite3.Connection) -> int:
-        cursor = conn.execute(
-            "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, external_id, stars, "
-            "rating, state, created_at, updated_at) "
-            "VALUES (1, ?, (SELECT COUNT(*) + 1 FROM deliveries), '', ?, 5, '{}', ?, ?, ?)",
-            (merchant_id, external_id, state, EARLIER, EARLIER),
-        )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
-
-    return await db.write(job)
-
-
-async def delivery_state(db: Database, delivery_id: int) -> tuple[str, str | None, str]:
-    cursor = await db.reader.execute(
-        "SELECT state, next_attempt_at, updated_at FROM deliveries WHERE id = ?", (delivery_id,)
-    )
-    row = await cursor.fetchone()
-    assert row is not None
-    return row["state"], row["next_attempt_at"], row["updated_at"]
-
-
-async def test_saved_link_names_its_inquiry(database: Database) -> None:
-    saved = await database.write(upsert_links([Link(7, "ORD-1", 101), Link(7, "ORD-2", 102)], now=NOW))
-
-    assert saved.saved == 2
-    assert await inquiry_for(database.reader, 7, "ORD-1") == 101
-    assert await inquiry_for(database.reader, 7, "ORD-2") == 102
-    assert await inquiry_for(database.reader, 8, "ORD-1") is None
-
-
-async def test_saving_a_link_again_changes_its_inquiry(database: Database) -> None:
-    await database.write(upsert_links([Link(7, "ORD-1", 101)], now=NOW))
-
-    await database.write(upsert_links([Link(7, "ORD-1", 555)], now=NOW))
-
-    assert await inquiry_for(database.reader, 7, "ORD-1") == 555
-
-
-async def test_saving_no_links_saves_and_wakes_nothing(database: Database) -> None:
-    waiting = await add_delivery(database, 7, "ORD-1", "unmatched")
-
-    assert await database.write(upsert_links([], now=NOW)) == LinkUpsert(saved=0, woken=[])
-    assert (await delivery_state(database, waiting))[0] == "unmatched"
-
-
-async def test_new_link_wakes_only_the_unmatched_deliveries_of_its_order(database: Database) -> None:
-    waiting = await add_delivery(database, 7, "ORD-1", "unmatched")
-    also_waiting = await add_delivery(database, 7, "ORD-1", "unmatched")
-    other_order = await add_delivery(database, 7, "ORD-2", "unmatched")
-    other_merchant = await add_delivery(database, 8, "ORD-1", "unmatched")
-    dead = await add_delivery(database, 7, "ORD-1", "dead")
-    delivered = await add_delivery(database, 7, "ORD-1", "delivered")
-
-    result = await database.write(upsert_links([Link(7, "ORD-1", 101)], now=NOW))
-
-    assert result.woken == [waiting, also_waiting]
-    stamp = format_instant(NOW)
-    assert await delivery_state(database, waiting) == ("pending", stamp, stamp)
-    assert await delivery_state(database, also_waiting) == ("pending", stamp, stamp)
-    assert await delivery_state(database, other_order) == ("unmatched", None, EARLIER)
-    assert await delivery_state(database, other_merchant) == ("unmatched", None, EARLIER)
-    assert await delivery_state(database, dead) == ("dead", None, EARLIER)
-    assert await delivery_state(database, delivered) == ("delivered", None, EARLIER)
-
-
-async def test_many_links_in_one_job_wake_all_their_deliveries(database: Database) -> None:
-    links = [Link(n % 3 + 1, f"ORD-{n}", n) for n in range(1, 20_001)]
-    waiting = [
-        await add_delivery(database, link.merchant_id, link.external_id, "unmatched")
-        for link in links[::1000]
-    ]
-    unlinked = await add_delivery(database, 1, "ORD-20001", "unmatched")
-
-    result = await database.write(upsert_links(links, now=NOW))
-
-    assert (result.saved, result.woken) == (20_000, waiting)
-    assert (await delivery_state(database, unlinked))[0] == "unmatched"
+async def unmatched_delivery(store: Store, external_id: str) -> int:
+    delivery = await accept(store, external_id=external_id, at=NOW)
+    assert await settle(store, delivery, "unmatched", now=NOW) == "unmatched"
+    return delivery
 
 
 async def test_import_saves_good_rows_reports_bad_ones_and_tells_progress(
-    database: Database, tmp_path: Path
+    store: Store, tmp_path: Path
 ) -> None:
-    waiting = await add_delivery(database, 7, "ORD-3", "unmatched")
+    waiting = await unmatched_delivery(store, "ORD-3")
     path = tmp_path / "links.csv"
     rows = ["7,ORD-1,101", "7,ORD-2,abc", "7,ORD-3,103", ",ORD-4,104", "7,ORD-5,105", "7,ORD-6"]
     path.write_text("\ufeff" + HEADER + "\n".join(rows) + "\n", encoding="utf-8")
     heard: list[int] = []
 
-    result = await import_links_file(database, path, now=NOW, batch_size=2, progress=heard.append)
+    result = await import_links_file(store, path, now=NOW, batch_size=2, progress=heard.append)
 
     assert (result.saved, result.woken) == (3, 1)
     assert [problem.line for problem in result.problems] == [3, 5, 7]
     assert "inquiry_id" in result.problems[0].reason
     assert "merchant_id" in result.problems[1].reason
     assert heard == [2, 3]
-    assert [link.external_id for link in await list_links(database.reader)] == ["ORD-1", "ORD-3", "ORD-5"]
-    assert (await delivery_state(database, waiting))[0] == "pending"
+    assert [link.external_id for link in await store.list_links()] == ["ORD-1", "ORD-3", "ORD-5"]
+    assert await state_of(store, waiting) == "pending"
 
 
-async def test_import_of_a_file_without_the_columns_saves_nothing(database: Database, tmp_path: Path) -> None:
+async def test_import_of_a_file_without_the_columns_saves_nothing(store: Store, tmp_path: Path) -> None:
     path = tmp_path / "links.csv"
     path.write_text("merchant,order,inquiry\n7,ORD-1,101\n", encoding="utf-8")
     heard: list[int] = []
 
-    result = await import_links_file(database, path, now=NOW, progress=heard.append)
+    result = await import_links_file(store, path, now=NOW, progress=heard.append)
 
     assert (result.saved, result.woken, heard) == (0, 0, [])
     assert [problem.line for problem in result.problems] == [1]
-    assert await list_links(database.reader) == []
-
-
-async def test_delete_link_removes_it_once(database: Database) -> None:
-    await database.write(upsert_links([Link(7, "ORD-1", 101), Link(7, "ORD-2", 102)], now=NOW))
-
-    first = await database.write(delete_link(7, "ORD-1"))
-    second = await database.write(delete_link(7, "ORD-1"))
-
-    assert (first, second) == (True, False)
-    assert await inquiry_for(database.reader, 7, "ORD-1") is None
-    assert await inquiry_for(database.reader, 7, "ORD-2") == 102
-
-
-async def test_list_links_pages_by_key(database: Database) -> None:
-    links = [Link(merchant, f"ORD-{n:02}", merchant * 100 + n) for merchant in (9, 7, 8) for n in range(5)]
-    await database.write(upsert_links(links, now=NOW))
-    expected = sorted(links, key=lambda link: (link.merchant_id, link.external_id))
-
-    pages: list[list[Link]] = []
-    after: tuple[int, str] | None = None
-    while page := await list_links(database.reader, after=after, limit=4):
-        pages.append(page)
-        after = (page[-1].merchant_id, page[-1].external_id)
-
-    assert [len(page) for page in pages] == [4, 4, 4, 3]
-    assert [link for page in pages for link in page] == expected
-
-
-async def test_list_links_of_one_merchant_pages_by_key(database: Database) -> None:
-    links = [Link(merchant, f"ORD-{n:02}", merchant * 100 + n) for merchant in (7, 8, 9) for n in range(5)]
-    await database.write(upsert_links(links, now=NOW))
-
-    first = await list_links(database.reader, merchant_id=8, limit=3)
-    second = await list_links(database.reader, merchant_id=8, after=(8, first[-1].external_id), limit=3)
-    from_earlier_merchant = await list_links(database.reader, merchant_id=8, after=(7, "ORD-99"), limit=3)
-    from_later_merchant = await list_links(database.reader, merchant_id=8, after=(9, ""), limit=3)
-
-    assert [link.external_id for link in first] == ["ORD-00", "ORD-01", "ORD-02"]
-    assert [link.external_id for link in second] == ["ORD-03", "ORD-04"]
-    assert {link.merchant_id for link in first + second} == {8}
-    assert from_earlier_merchant == first
-    assert from_later_merchant == []
-
-
-async def test_list_links_refuses_a_limit_below_one(database: Database) -> None:
-    with pytest.raises(ValueError, match="limit"):
-        await list_links(database.reader, limit=0)
+    assert await store.list_links() == []
 
 
 def test_links_import_refuses_an_order_id_too_long_or_with_control_characters(tmp_path: Path) -> None:

@@ -4,22 +4,36 @@ import asyncio
 import json
 import re
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from relay.app import create_app
-from relay.keys import STORE
-from relay.store.db import Database
-from relay.store.migrations import LATEST_VERSION, migrate
+from relay.keys import SETTINGS, STORE
+from relay.settings import Settings
+from relay.store.records import InboundWebhook
+from relay.store.sqlite.store import SqliteStore
 from tests.beats import worker_beat
 from tests.conftest import AUTH, fixture_bytes
+from tests.pg_server import PostgresServer
+from tests.test_store_contract import inbound, rating
 from tests.test_webhook import rating_body
 
 BODY = fixture_bytes("bringg/rating_submitted.json")
 
 
+def sqlite_of(app_store: object) -> SqliteStore:
+    assert isinstance(app_store, SqliteStore)
+    return app_store
+
+
+# SQLite: the file's own faults -------------------------------------------------------------------------
+
+
 async def test_locked_database_answers_503_with_retry_after_then_recovers(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(relay_store_timeout_s=0.3), run_worker=False))
-    blocker = sqlite3.connect(client.app[STORE].database.path, isolation_level=None)
+    blocker = sqlite3.connect(client.app[SETTINGS].database_path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
 
     refused = await client.post("/webhooks/bringg", data=BODY, headers=AUTH)
@@ -38,7 +52,7 @@ async def test_locked_database_answers_503_with_retry_after_then_recovers(aiohtt
 
 async def test_full_disk_answers_503_and_keeps_nothing_half_written(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(), run_worker=False))
-    database = client.app[STORE].database
+    database = sqlite_of(client.app[STORE]).database
     pages = await database.write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
     # The file cannot grow: a full disk, for the writer's connection.
     await database.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
@@ -60,7 +74,7 @@ async def test_full_disk_answers_503_and_keeps_nothing_half_written(aiohttp_clie
 
 async def test_concurrent_webhooks_share_commits(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(), run_worker=False))
-    database = client.app[STORE].database
+    database = sqlite_of(client.app[STORE]).database
     before = database.commits
 
     answers = await asyncio.gather(
@@ -70,50 +84,34 @@ async def test_concurrent_webhooks_share_commits(aiohttp_client, make_settings):
     assert [answer.status for answer in answers] == [202] * 100
     commits = database.commits - before
     assert 1 <= commits < 100, commits
-    conn = sqlite3.connect(database.path)
-    assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 100
-    conn.close()
+    assert (await client.app[STORE].deliveries_by_state())["pending"] == 100
 
 
-async def test_stored_webhooks_survive_a_restart(aiohttp_client, make_settings):
-    settings = make_settings()
+# Both backends ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def on_each_backend(make_settings: Callable[..., Settings], store_url: str) -> Callable[..., Settings]:
+    """Settings on a fresh database of each backend in turn; keyword overrides use field names."""
+    return lambda **overrides: make_settings(database_url=store_url, **overrides)
+
+
+async def test_stored_webhooks_survive_a_restart(aiohttp_client, on_each_backend):
+    settings = on_each_backend()
     first = await aiohttp_client(create_app(settings, run_worker=False))
     accepted = await (await first.post("/webhooks/bringg", data=BODY, headers=AUTH)).json()
     await first.close()
 
     second = await aiohttp_client(create_app(settings, run_worker=False))
     again = await second.post("/webhooks/bringg", data=BODY, headers=AUTH)
+    stored = await second.app[STORE].get_webhook(accepted["id"])
 
     assert (again.status, (await again.json())["delivery_id"]) == (200, accepted["delivery_id"])
-    conn = sqlite3.connect(settings.database_path)
-    assert conn.execute("SELECT body FROM webhooks WHERE id = ?", (accepted["id"],)).fetchone()[0] == BODY
-    conn.close()
+    assert stored is not None and stored.body == BODY
 
 
-async def test_database_runs_in_wal_mode_with_full_sync(make_settings):
-    database = Database(make_settings().database_path, timeout_s=1)
-    await database.open()
-    try:
-        mode = await (await database.reader.execute("PRAGMA journal_mode")).fetchone()
-        assert mode is not None and mode[0] == "wal"
-        sync = await database.write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
-        assert sync == 2  # FULL
-    finally:
-        await database.close()
-
-
-async def test_migrations_apply_once_and_are_idempotent(make_settings):
-    database = Database(make_settings().database_path, timeout_s=1)
-    await database.open()
-    try:
-        assert await database.write(migrate) == []  # already applied at open
-        assert await database.schema_version() == LATEST_VERSION
-    finally:
-        await database.close()
-
-
-async def test_health_and_intake_readiness_of_a_web_only_process(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
+async def test_health_and_intake_readiness_of_a_web_only_process(aiohttp_client, on_each_backend):
+    client = await aiohttp_client(create_app(on_each_backend(), run_worker=False))
 
     health = await client.get("/healthz")
     intake = await client.get("/readyz?scope=intake")
@@ -127,19 +125,14 @@ async def test_health_and_intake_readiness_of_a_web_only_process(aiohttp_client,
     ]
 
 
-async def test_readiness_names_a_silent_worker_and_an_old_backlog(aiohttp_client, make_settings):
+async def test_readiness_names_a_silent_worker_and_an_old_backlog(aiohttp_client, on_each_backend):
     client = await aiohttp_client(
-        create_app(make_settings(relay_ready_max_backlog_age_s=60), run_worker=False)
+        create_app(on_each_backend(relay_ready_max_backlog_age_s=60), run_worker=False)
     )
-    await client.app[STORE].beat(worker_beat(datetime.now(UTC) - timedelta(minutes=5)))
-    accepted = await (await client.post("/webhooks/bringg", data=BODY, headers=AUTH)).json()
-    conn = sqlite3.connect(client.app[STORE].database.path)
-    conn.execute(
-        "UPDATE deliveries SET created_at = '2020-01-01T00:00:00.000000Z' WHERE id = ?",
-        (accepted["delivery_id"],),
-    )
-    conn.commit()
-    conn.close()
+    store = client.app[STORE]
+    await store.beat(worker_beat(datetime.now(UTC) - timedelta(minutes=5)))
+    old: InboundWebhook = inbound(rating(), at=datetime(2020, 1, 1, tzinfo=UTC))
+    await store.record_webhook(old, recheck_before=datetime(2019, 1, 1, tzinfo=UTC))
 
     ready = await client.get("/readyz")
 
@@ -149,12 +142,17 @@ async def test_readiness_names_a_silent_worker_and_an_old_backlog(aiohttp_client
     assert "over RELAY_READY_MAX_BACKLOG_AGE_S=60" in problems[1]
 
 
-async def test_readiness_names_a_database_behind_on_migrations(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
-    conn = sqlite3.connect(client.app[STORE].database.path)
-    conn.execute("DELETE FROM schema_migrations")
-    conn.commit()
-    conn.close()
+async def test_readiness_names_a_database_behind_on_migrations(aiohttp_client, on_each_backend, request):
+    client = await aiohttp_client(create_app(on_each_backend(), run_worker=False))
+    # Another process, or an operator, emptied the record of migrations applied.
+    if client.app[STORE].backend == "sqlite":
+        conn = sqlite3.connect(client.app[SETTINGS].database_path)
+        conn.execute("DELETE FROM schema_migrations")
+        conn.commit()
+        conn.close()
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        server.sql("DELETE FROM schema_migrations", client.app[SETTINGS].database_url.rsplit("/", 1)[1])
 
     ready = await client.get("/readyz")
 
