@@ -22,7 +22,7 @@ T = TypeVar("T")
 WriteJob = Callable[[sqlite3.Connection], T]
 
 # The name docs/operations.md gives operators for this logger since before the package moved.
-log = structlog.get_logger("relay.store.db")
+log = structlog.get_logger(__name__)
 
 # Enough to share one fsync among a burst of webhooks, small enough to keep each commit short.
 MAX_BATCH = 256
