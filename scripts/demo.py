@@ -12,17 +12,22 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from relay.domain.delivery import WAITING_STATES
+from relay.store import create_store
+from relay.store.api import Store
+from relay.store.filters import DeliveryFilter
 
 # The vendors' payloads beside the project, or the unedited copies in tests/fixtures for a clone elsewhere.
 _SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -39,7 +44,6 @@ STARTUP_TIMEOUT_S = 20.0
 SETTLE_TIMEOUT_S = 15.0
 # The relay's default shutdown grace is 10 s; past that a stop is a hang, not a drain.
 STOP_TIMEOUT_S = 15.0
-WAITING_STATES = ("pending", "sending", "retrying")
 LISTENING = re.compile(r"listening on (http://\S+)")
 
 # Reference tags end every rating message (the relay's contract with reconciliation), so the
@@ -138,21 +142,26 @@ async def exercise(workdir: Path, processes: Processes) -> list[str]:
     env = relay_env(workdir, sim_url, port)
     relay_url = f"http://127.0.0.1:{port}"
     processes.relay = await start_relay_command(["serve"], env, workdir, workdir / "relay.log")
-    database = workdir / "relay.db"
     problems: list[str] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         await wait_until_ready(session, relay_url, processes.relay, workdir / "relay.log")
         print(f"Relay (relay serve): {relay_url}, ready\n")
-
-        problems += await import_links(workdir, env)
-        print("\nPosting webhooks to POST /webhooks/bringg:")
-        problems += await post_all(session, f"{relay_url}/webhooks/bringg", webhooks_to_post())
-        problems += await wait_for_worker(database)
-        received = await quivo_ratings(session, sim_url)
-    deliveries = read_deliveries(database)
+        # The demo looks at the relay's database through the store, as every part of the relay does.
+        store = create_store(env["DATABASE_URL"], timeout_s=10.0, pool_size=2)
+        await store.open()
+        try:
+            problems += await import_links(workdir, env)
+            print("\nPosting webhooks to POST /webhooks/bringg:")
+            problems += await post_all(session, f"{relay_url}/webhooks/bringg", webhooks_to_post())
+            problems += await wait_for_worker(store)
+            received = await quivo_ratings(session, sim_url)
+            deliveries = await read_deliveries(store)
+            webhooks = (await store.stats(now=datetime.now(UTC))).webhooks
+        finally:
+            await store.close()
     print_received(received)
     print_deliveries(deliveries)
-    print_webhook_counts(database)
+    print_webhook_counts(webhooks)
     return problems + check_outcome(received, deliveries)
 
 
@@ -377,12 +386,13 @@ async def post_all(session: aiohttp.ClientSession, url: str, posts: Sequence[Pos
     return problems
 
 
-async def wait_for_worker(database: Path) -> list[str]:
+async def wait_for_worker(store: Store) -> list[str]:
     """Wait until no delivery is pending, sending or retrying; on timeout say so rather than hang."""
     print(f"\nWaiting up to {SETTLE_TIMEOUT_S:g} s for the worker to deliver ...")
     started = time.monotonic()
     while True:
-        waiting = count_waiting(database)
+        by_state = await store.deliveries_by_state()
+        waiting = sum(by_state[state] for state in WAITING_STATES)
         if waiting == 0:
             print(f"  no delivery left waiting after {time.monotonic() - started:.1f} s")
             return []
@@ -395,33 +405,10 @@ async def wait_for_worker(database: Path) -> list[str]:
         await asyncio.sleep(0.2)
 
 
-def connect_read_only(database: Path) -> sqlite3.Connection:
-    # Read-only: the demo only looks; the relay is the one writer of its database.
-    conn = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def count_waiting(database: Path) -> int:
-    conn = connect_read_only(database)
-    try:
-        marks = ", ".join("?" for _ in WAITING_STATES)
-        row = conn.execute(f"SELECT COUNT(*) FROM deliveries WHERE state IN ({marks})", WAITING_STATES)
-        return int(row.fetchone()[0])
-    finally:
-        conn.close()
-
-
-def read_deliveries(database: Path) -> list[dict[str, Any]]:
-    conn = connect_read_only(database)
-    try:
-        rows = conn.execute(
-            "SELECT id, merchant_id, rating_id, stars, external_id, state, inquiry_id, attempts, last_error "
-            "FROM deliveries ORDER BY id"
-        )
-        return [dict(row) for row in rows]
-    finally:
-        conn.close()
+async def read_deliveries(store: Store) -> list[dict[str, Any]]:
+    """Every delivery, oldest first (the demo makes a handful)."""
+    listed = await store.list_deliveries(DeliveryFilter(), limit=1000)
+    return [asdict(delivery) for delivery in reversed(listed)]
 
 
 async def quivo_ratings(session: aiohttp.ClientSession, sim_url: str) -> list[dict[str, Any]]:
@@ -470,13 +457,8 @@ def print_deliveries(deliveries: Sequence[dict[str, Any]]) -> None:
     print_table(headers, rows or [["(none)"]])
 
 
-def print_webhook_counts(database: Path) -> None:
-    conn = connect_read_only(database)
-    try:
-        counts = conn.execute("SELECT status, COUNT(*) FROM webhooks GROUP BY status ORDER BY status")
-        summary = ", ".join(f"{count} {status}" for status, count in counts)
-    finally:
-        conn.close()
+def print_webhook_counts(webhooks: Mapping[str, int]) -> None:
+    summary = ", ".join(f"{count} {status}" for status, count in sorted(webhooks.items()) if count)
     print(f"\nWebhooks stored, by status: {summary}")
 
 
