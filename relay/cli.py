@@ -485,8 +485,14 @@ def _db_copy(args: argparse.Namespace) -> int:
             for url in (args.source_url, args.target_url)
         )
         with console.progress_bars() as progress:
-            live_since = datetime.now(UTC) - timedelta(seconds=WORKER_SILENT_AFTER_S)
-            check = asyncio.run(copy_store(source, target, live_since=live_since, progress=progress))
+            copying = copy_store(
+                source,
+                target,
+                now=datetime.now(UTC),
+                silent_after_s=WORKER_SILENT_AFTER_S,
+                progress=progress,
+            )
+            check = asyncio.run(copying)
     # The stores' messages name where they are without a password.
     except (CopyRefused, DatabaseUnusable) as refusal:
         print(f"relay: db copy refused: {refusal}", file=sys.stderr)

@@ -3,7 +3,7 @@
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from relay.store.api import DatabaseUnusable, Store
 from relay.store.records import COPIED_TABLES
@@ -33,7 +33,9 @@ class CopyCheck:
         return [table for table in COPIED_TABLES if self.source[table] != self.target[table]]
 
 
-async def copy_store(source: Store, target: Store, *, live_since: datetime, progress: Progress) -> CopyCheck:
+async def copy_store(
+    source: Store, target: Store, *, now: datetime, silent_after_s: float, progress: Progress
+) -> CopyCheck:
     """Open both stores (migrating them), copy every row of COPIED_TABLES parents first, count, close both.
 
     Refused before anything is copied when a relay delivers from either store (a running one would change
@@ -50,7 +52,7 @@ async def copy_store(source: Store, target: Store, *, live_since: datetime, prog
             opened.append(store)
         with ExitStack() as slots:
             for role, store in (("source", source), ("target", target)):
-                await _keep_workers_off(store, role, slots, live_since=live_since)
+                await _keep_workers_off(store, role, slots, now=now, silent_after_s=silent_after_s)
             await _refuse_unfit(source, target)
             return await _copy_rows(source, target, progress)
     finally:
@@ -58,7 +60,9 @@ async def copy_store(source: Store, target: Store, *, live_since: datetime, prog
             await store.close()
 
 
-async def _keep_workers_off(store: Store, role: str, slots: ExitStack, *, live_since: datetime) -> None:
+async def _keep_workers_off(
+    store: Store, role: str, slots: ExitStack, *, now: datetime, silent_after_s: float
+) -> None:
     """Refuse a store a relay worker delivers from; where only one worker may run, hold its place."""
     if store.single_worker:
         # The slot is exact where it exists (a lock the kernel drops when its holder dies, even killed),
@@ -67,10 +71,14 @@ async def _keep_workers_off(store: Store, role: str, slots: ExitStack, *, live_s
             slots.enter_context(store.worker_slot())
         except DatabaseUnusable as error:
             raise CopyRefused(f"stop the relay first: the {role} is in use ({error})") from None
-    # Elsewhere a worker is known by its beats: one killed counts as running until it has been silent long.
-    elif workers := await store.live_workers(since=live_since):
+    # Elsewhere a worker is known by its beats: one that stopped or died counts until it has been silent long.
+    elif workers := await store.live_workers(since=now - timedelta(seconds=silent_after_s)):
+        last = max(worker.beat_at for worker in workers)
         running = ", ".join(f"pid {worker.pid} on {worker.host}" for worker in workers)
-        raise CopyRefused(f"stop the relay first: a relay worker delivers from the {role} ({running})")
+        raise CopyRefused(
+            f"stop the relay first: a relay worker beat on the {role} {(now - last).total_seconds():.0f} s "
+            f"ago ({running}); one that has stopped counts as running until silent for {silent_after_s:.0f} s"
+        )
 
 
 async def _refuse_unfit(source: Store, target: Store) -> None:
