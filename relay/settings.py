@@ -4,6 +4,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -138,6 +139,11 @@ class Settings(BaseSettings):
     @classmethod
     def _database_url(cls, url: str) -> str:
         if url.startswith(("postgresql://", "postgres://")):
+            try:
+                # Read here, so a bad port is one line at start, not a traceback from the driver.
+                urlsplit(url).port  # noqa: B018
+            except ValueError:
+                raise ValueError("the port after the host must be a number from 0 to 65535") from None
             return url
         if not url.startswith("sqlite:///") or url == "sqlite:///":
             raise ValueError(

@@ -223,3 +223,19 @@ def test_a_locked_database_logs_only_contract_events_at_error_level(tmp_path: Pa
     assert errors, "the locked database logged no error"
     assert {line["event"] for line in errors} <= contract, errors
     assert all(line.startswith("{") for line in text.splitlines()), text
+
+
+@pytest.mark.parametrize("port", ["notaport", "99999"])
+def test_a_postgresql_url_with_a_bad_port_refuses_the_start_with_one_line_and_no_password(
+    tmp_path: Path, port: str
+):
+    env = relay_env(tmp_path, DATABASE_URL=f"postgresql://relay:s3cret-pw@db.internal:{port}/relay")
+    for command in (["serve"], ["migrate"]):
+        done = run_relay(*command, env=env, cwd=tmp_path)
+
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert done.stderr.splitlines() == [
+            "relay: configuration error: DATABASE_URL: "
+            "the port after the host must be a number from 0 to 65535"
+        ], (command, done.stderr)
+        assert "s3cret-pw" not in done.stdout + done.stderr
