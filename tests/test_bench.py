@@ -1,17 +1,19 @@
-"""The benchmark harness's own pieces: reading wrk's report, seeding a backlog the relay can claim, judging
-targets and writing the results."""
+"""The benchmark harness's own pieces: reading wrk's report, seeding and copying databases on both backends,
+reading them back through the store, judging targets and writing the results."""
 
 import asyncio
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from bench import run
-from bench.run import Bench, Row, exit_status, fixed, missed, relative, wrk_result
-from bench.seed import seed
-from relay.store import create_store
+from bench.backends import Backend, PostgresDatabases, SqliteFiles
+from bench.results import Row, exit_status, fixed, missed, relative, write_results
+from bench.run import Bench, accepted_to_delivered_ms, claims_per_second
+from bench.seed import opened, seed
+from bench.wrk import WrkResult, combined, wrk_result
+from tests.pg_server import PostgresServer
 
 WRK_REPORT = """Running 10s test @ http://127.0.0.1:40000/webhooks/bringg
   1 threads and 64 connections
@@ -39,65 +41,159 @@ def test_wrk_report_is_read_with_units_and_every_failure_counted():
     assert result.non_2xx == 7  # 4 non-2xx answers and 3 socket errors
 
 
-def test_seeded_backlog_is_claimed_by_the_relay(tmp_path):
-    database_path = tmp_path / "bench.db"
-    seed(database_path, 150, state="pending")
+def test_wrk_runs_side_by_side_add_their_throughput_and_keep_the_worst_p99():
+    both = combined([WrkResult(1500.0, 12.5, 0), WrkResult(1400.0, 30.0, 2)])
 
-    async def claim_all() -> int:
-        store = create_store(f"sqlite:///{database_path}", timeout_s=5, pool_size=1)
-        await store.open()
-        try:
+    assert both == WrkResult(2900.0, 30.0, 2)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Each backend the bench runs on; PostgreSQL on the tests' throwaway server."""
+    if request.param == "sqlite":
+        return SqliteFiles(tmp_path)
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return PostgresDatabases(server)
+
+
+def test_seeded_backlog_is_claimed_by_the_relay_and_delivered_rows_are_not(backend: Backend):
+    url = backend.fresh("seeded")
+    seed(url, 120, state="delivered", merchant_id=99)
+    seed(url, 150, state="pending", first_rating_id=10**6)
+
+    async def claim_all() -> tuple[int, dict[str, int], dict[str, int]]:
+        async with opened(url) as store:
             now = datetime.now(UTC) + timedelta(seconds=1)
             claimed = await store.claim_due(now=now, lease_until=now + timedelta(minutes=1), limit=500)
-            return len(claimed)
-        finally:
-            await store.close()
+            return len(claimed), await store.row_counts(), await store.deliveries_by_state()
 
-    assert asyncio.run(claim_all()) == 150
-    conn = sqlite3.connect(database_path)
-    assert conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0] == 150
-    conn.close()
+    claimed, counts, states = asyncio.run(claim_all())
+
+    assert claimed == 150
+    assert counts["webhooks"] == counts["deliveries"] == 270
+    assert states["delivered"] == 120 and states["sending"] == 150
 
 
-def rows(*met: bool | None) -> list[Row]:
-    return [
-        Row(f"measure {i}", str(i), None if m is None else fixed(f"<= {i}"), m) for i, m in enumerate(met)
+def test_a_copy_holds_the_seeded_rows_and_the_latencies_are_read_from_them(backend: Backend):
+    url = backend.fresh("original")
+    seed(url, 40, state="delivered")
+
+    copy = backend.copy(url, "copy")
+
+    latencies = asyncio.run(accepted_to_delivered_ms(copy))
+    assert latencies == [0.0] * 40  # seeded as accepted and delivered at one instant
+
+
+def test_claims_per_second_claims_the_whole_backlog(backend: Backend):
+    url = backend.fresh("claims")
+
+    assert claims_per_second(url, pending=200) > 0
+
+    async def states() -> dict[str, int]:
+        async with opened(url) as store:
+            return await store.deliveries_by_state()
+
+    assert asyncio.run(states())["delivered"] == 200
+
+
+class NoDatabases:
+    """A backend by its name alone, for judging figures no database was needed for."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fresh(self, label: str) -> str:
+        raise AssertionError("no database expected")
+
+    def copy(self, url: str, label: str) -> str:
+        raise AssertionError("no database expected")
+
+
+def judged(bench: Bench, measure: str) -> Row:
+    (row,) = (row for row in bench.rows if row.measure == measure)
+    return row
+
+
+def test_two_workers_are_judged_against_one_and_each_against_its_concurrency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    rates = {(0, 1): 2500.0, (50, 1): 1100.0, (50, 2): 1650.0, (50, 3): 3000.0}
+    monkeypatch.setattr(
+        Bench,
+        "drain_rate",
+        lambda self, backend, count, *, workers, latency_ms: rates[(latency_ms, workers)],
+    )
+    bench = Bench(run.QUICK, tmp_path)
+
+    bench.drain(NoDatabases("PostgreSQL"))
+
+    two = judged(bench, "drain, 50 ms latency, 2 workers / 1")
+    assert (two.value, two.met, str(two.target)) == ("1.50", False, "relative: >= 1.70 x one worker's")
+    assert judged(bench, "drain, 50 ms latency, 3 workers / 1").met is None
+    assert judged(bench, "  ratio to 3 x 64 / 50 ms = 3,840/s").value == "0.78"
+    assert judged(bench, "drain, 50 ms latency, 1 worker(s) x 64 (1,500 deliveries/s)").met is True
+
+
+def test_ingest_on_postgresql_is_judged_against_sqlite_in_the_same_run(tmp_path: Path):
+    bench = Bench(run.QUICK, tmp_path)
+    bench.figures.update(
+        {
+            "SQLite ingest rps x1": 3000.0,
+            "PostgreSQL ingest rps x1": 2400.0,
+            "PostgreSQL ingest rps x2": 3300.0,
+            **{f"{name} {key}": 1000.0 for name in ("SQLite", "PostgreSQL") for key in ("drain", "claims")},
+            **{f"{name} drain 50ms x1": 1000.0 for name in ("SQLite", "PostgreSQL")},
+        }
+    )
+
+    bench.across()
+
+    assert missed(bench.rows) == [
+        "MISSED PostgreSQL against SQLite, in this run: ingest, one web process: PostgreSQL / SQLite: 0.80,"
+        " target relative: >= 1.00 (SQLite's, this run)"
+    ]
+    assert judged(bench, "ingest, two web processes on PostgreSQL / one on SQLite").value == "1.10"
+
+
+def test_a_missed_target_fails_the_bench_and_each_miss_is_named_with_its_table():
+    rows = [
+        Row("SQLite", "relay throughput (req/s)", "2,877", relative(">= 0.75 x the bare app's"), False),
+        Row("SQLite", "relay p99 at 1,000 req/s (ms)", "6.84", fixed("<= 10 ms"), True),
+        Row("PostgreSQL", "drain (deliveries/s)", "1,409", fixed(">= 2,000/s"), False),
+        Row("Reference", "bare app throughput (req/s)", "12,899", None, None),
     ]
 
-
-def test_a_missed_target_fails_the_bench_and_each_miss_is_named():
-    judged = [
-        Row("relay throughput (req/s)", "2,877", relative(">= 0.75 x the bare app's"), False),
-        Row("relay p99 at 1,000 req/s (ms)", "6.84", fixed("<= 10 ms"), True),
-        Row("drain (deliveries/s)", "1,409", fixed(">= 2,000/s"), False),
-        Row("bare app throughput (req/s)", "12,899", None, None),
+    assert missed(rows) == [
+        "MISSED SQLite: relay throughput (req/s): 2,877, target relative: >= 0.75 x the bare app's",
+        "MISSED PostgreSQL: drain (deliveries/s): 1,409, target fixed: >= 2,000/s",
     ]
-
-    assert missed(judged) == [
-        "MISSED relay throughput (req/s): 2,877, target relative: >= 0.75 x the bare app's",
-        "MISSED drain (deliveries/s): 1,409, target fixed: >= 2,000/s",
-    ]
-    assert exit_status(judged, quick=False) == 1
+    assert exit_status(rows, quick=False) == 1
 
 
 def test_every_target_met_passes_and_a_quick_run_checks_only_the_harness():
-    assert exit_status(rows(True, None, True), quick=False) == 0
-    assert exit_status(rows(True, False), quick=True) == 0
+    met = [Row("SQLite", "a", "1", fixed("<= 1"), True), Row("SQLite", "b", "2", None, None)]
+    assert exit_status(met, quick=False) == 0
+    assert exit_status([*met, Row("PostgreSQL", "c", "3", fixed("<= 2"), False)], quick=True) == 0
 
 
-def test_the_results_name_the_commit_each_targets_kind_and_the_misses(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setattr(run, "machine", lambda: "2 cores")
-    bench = Bench(run.QUICK, tmp_path)
-    bench.add("relay throughput (req/s)", "2,877", relative(">= 0.75 x the bare app's"), False)
-    bench.add("peak RSS, ingest (MB)", "59", fixed("<= 150 MB"), True)
+def test_the_results_name_the_commit_and_hold_a_table_per_backend_and_one_across(tmp_path: Path):
+    rows = [
+        Row("SQLite", "relay throughput (req/s)", "2,877", relative(">= 0.75 x the bare app's"), False),
+        Row("PostgreSQL", "relay throughput (req/s)", "3,100", relative(">= 0.75 x the bare app's"), False),
+        Row("SQLite", "peak RSS, ingest (MB)", "59", fixed("<= 150 MB"), True),
+        Row("PostgreSQL against SQLite", "ingest: PostgreSQL / SQLite", "1.08", relative(">= 1.00"), True),
+    ]
     out = tmp_path / "RESULTS.md"
 
-    run.write_results(bench, out, quick=False, took_s=1, commit="abc1234 with uncommitted changes")
+    write_results(
+        rows, out, quick=False, took_s=1, commit="abc1234 with uncommitted changes", machine="2 cores"
+    )
 
     page = out.read_text()
     assert "on commit abc1234 with uncommitted changes, on: 2 cores." in page
-    assert "| relay throughput (req/s) | 2,877 | relative: >= 0.75 x the bare app's | **no** |" in page
-    assert "| peak RSS, ingest (MB) | 59 | fixed: <= 150 MB | yes |" in page
-    assert "- MISSED relay throughput (req/s): 2,877, target relative: >= 0.75 x the bare app's" in page
+    sqlite, postgres, across = (
+        page.index(f"\n## {title}\n") for title in ("SQLite", "PostgreSQL", "PostgreSQL against SQLite")
+    )
+    assert sqlite < page.index("| peak RSS, ingest (MB) | 59 | fixed: <= 150 MB | yes |") < postgres < across
+    assert postgres < page.index("| relay throughput (req/s) | 3,100 |") < across
+    assert "- MISSED PostgreSQL: relay throughput (req/s): 3,100, target relative: >= 0.75 x" in page

@@ -1,0 +1,71 @@
+"""Where a bench phase keeps its data: a new SQLite file, or a new database of one throwaway PostgreSQL."""
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+from tests.pg_server import PostgresServer
+
+
+class Backend(Protocol):
+    """A kind of database the relay runs on, handing out new databases by their DATABASE_URL."""
+
+    name: str  # the title of its table of results
+
+    def fresh(self, label: str) -> str:
+        """The URL of a new, empty database."""
+
+    def copy(self, url: str, label: str) -> str:
+        """The URL of a new database holding what `url` holds (no process may have it open)."""
+
+
+class SqliteFiles:
+    """SQLite: a file per database in the bench's work folder."""
+
+    name = "SQLite"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+
+    def fresh(self, label: str) -> str:
+        return f"sqlite:///{self.workdir / f'{label}.db'}"
+
+    def copy(self, url: str, label: str) -> str:
+        target_url = self.fresh(label)
+        source = sqlite3.connect(url.removeprefix("sqlite:///"))
+        target = sqlite3.connect(target_url.removeprefix("sqlite:///"))
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+        return target_url
+
+
+class PostgresDatabases:
+    """PostgreSQL: a database per use on one server, started for the run by the tests' own helper."""
+
+    name = "PostgreSQL"
+
+    def __init__(self, server: PostgresServer) -> None:
+        self.server = server
+
+    def fresh(self, label: str) -> str:
+        return self.server.url(self.server.create_database())
+
+    def copy(self, url: str, label: str) -> str:
+        # A template copy is a file copy on the server: seconds for a million rows.
+        return self.server.url(self.server.create_database(template=url.rsplit("/", 1)[1]))
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresDatabases]:
+    """A throwaway PostgreSQL 15 server (its own folders and port) for the run; stopped and removed after."""
+    server = PostgresServer()
+    try:
+        server.set_up()
+        yield PostgresDatabases(server)
+    finally:
+        server.tear_down()
