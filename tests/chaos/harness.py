@@ -901,8 +901,9 @@ def fleet_ledger(
     stats = fleet.sim.stats()
     # Pairs of sends to one inquiry whose calls overlap by the relay's own records (a killed worker's call
     # is not recorded): tells the relay sending two at once from Quivo still busy with one it gave up on.
-    overlapping = fleet.count(
-        "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+    overlapping = fleet.rows(
+        "SELECT a.delivery_id, a.started_at, a.duration_ms, a.outcome, b.delivery_id, b.started_at,"
+        " b.duration_ms, b.outcome FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
         " JOIN deliveries e ON e.external_id = d.external_id AND e.merchant_id = d.merchant_id"
         " JOIN attempts b ON b.delivery_id = e.id AND b.id > a.id"
         f" WHERE d.merchant_id = {merchant} AND a.action = 'send' AND b.action = 'send'"
@@ -935,7 +936,9 @@ def fleet_ledger(
             "ratings": len({version.rating_id for version in sender.versions}),
             "inquiries": len({version.inquiry_id for version in sender.versions}),
             "most_sends_at_once_per_inquiry": stats["most_rating_posts_at_once_per_inquiry"],
-            "overlapping_sends_recorded": overlapping,
+            "overlapping_sends_recorded": len(overlapping),
+            # (delivery, started, ms, outcome) of each send of the first pairs, for whoever looks into it.
+            **({"overlapping_sends_sample": overlapping[:3]} if overlapping else {}),
             **(extra or {}),
         },
     )
