@@ -22,7 +22,7 @@ from relay.linkfile import links_to_csv
 from relay.listen import CannotListen, listening_sockets
 from relay.logs import configure_logging
 from relay.ops.admin import DEFAULT_PAGE, MAX_PAGE, MAX_REPORTED, DeliveryListing, page_cursor, replay_answer
-from relay.ops.health import WORKER_SILENT_AFTER_S, newest_beat
+from relay.ops.health import WORKER_SILENT_AFTER_S, worker_beats
 from relay.settings import Settings, SettingsError, load_settings
 from relay.sim import cli as sim_cli
 from relay.store import create_store
@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     prune_parser.set_defaults(command=_prune)
 
     status = commands.add_parser(
-        "status", help="deliveries by state, webhooks by status, backlog, recent outcomes and the worker"
+        "status",
+        help="deliveries by state, webhooks by status, backlog, recent outcomes and the live workers",
     )
     _json_option(status)
     status.set_defaults(command=_status)
@@ -352,10 +353,10 @@ def _status(args: argparse.Namespace) -> int:
 
     async def read(store: Store) -> console.Status:
         stats = await store.stats(now=now)
-        beat = await newest_beat(store)
+        beat, workers = await worker_beats(store, now=now)
         if beat is None:
-            return console.Status(stats, None, None)
-        return console.Status(stats, beat.beat_at, beat.paused_reason)
+            return console.Status(stats, None, None, workers)
+        return console.Status(stats, beat.beat_at, beat.paused_reason, workers)
 
     status = _on_store(settings, read)
     if args.json:

@@ -12,7 +12,7 @@ from typing import Any
 from relay.domain.rating import format_instant
 from relay.ops.answers import to_json
 from relay.ops.health import WORKER_SILENT_AFTER_S
-from relay.store.records import DeliveryAttempt, DeliveryDetail, DeliverySummary, Recent, Stats
+from relay.store.records import DeliveryAttempt, DeliveryDetail, DeliverySummary, Recent, Stats, WorkerBeat
 
 # A listing stays one line a delivery; `relay deliveries show` has the whole error.
 ERROR_WIDTH = 60
@@ -22,11 +22,12 @@ _UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
 @dataclass(frozen=True)
 class Status:
-    """What `relay status` reports: the admin API's stats and what the worker last recorded."""
+    """What `relay status` reports: the admin API's stats, the newest heartbeat and the live workers."""
 
     stats: Stats
     worker_heartbeat: datetime | None
     worker_paused: str | None
+    workers: list[WorkerBeat]
 
 
 def printable(text: str) -> str:
@@ -139,14 +140,37 @@ def status_text(status: Status, now: datetime) -> str:
         ("dead", _recent(stats.dead)),
         ("worker", _heartbeat(status.worker_heartbeat, now)),
         ("paused", status.worker_paused or "no"),
+        ("live workers", len(status.workers)),
     ]
     header = ["DELIVERY STATE", "COUNT", "WEBHOOK STATUS", "COUNT"]
     side_by_side = table([[*delivery, *webhook] for delivery, webhook in counts], header)
-    return f"{side_by_side}\n\n{table(summary)}"
+    text = f"{side_by_side}\n\n{table(summary)}"
+    if status.workers:
+        text += "\n\n" + workers_table(status.workers, now)
+    return text
+
+
+def workers_table(workers: Sequence[WorkerBeat], now: datetime) -> str:
+    """One line a live worker, oldest started first: where it runs, since when, its last beat, its pause."""
+    return table(
+        [
+            [
+                worker.worker_id,
+                worker.host,
+                worker.pid,
+                relative(worker.started_at, now),
+                relative(worker.beat_at, now),
+                worker.paused_reason or "no",
+            ]
+            for worker in workers
+        ],
+        ["WORKER", "HOST", "PID", "STARTED", "LAST HEARTBEAT", "PAUSED"],
+    )
 
 
 def status_document(status: Status, now: datetime) -> dict[str, Any]:
-    """The admin API's stats, and a `worker` object: its last heartbeat, that beat's age, why it paused."""
+    """The admin API's stats, a `worker` object (the newest heartbeat, its age, why that worker paused),
+    and `workers`: every live worker, oldest started first."""
     heartbeat = status.worker_heartbeat
     return {
         **asdict(status.stats),
@@ -155,6 +179,18 @@ def status_document(status: Status, now: datetime) -> dict[str, Any]:
             "heartbeat_age_s": None if heartbeat is None else (now - heartbeat).total_seconds(),
             "paused": status.worker_paused,
         },
+        "workers": [
+            {
+                "worker_id": worker.worker_id,
+                "host": worker.host,
+                "pid": worker.pid,
+                "started_at": format_instant(worker.started_at),
+                "last_heartbeat": format_instant(worker.beat_at),
+                "heartbeat_age_s": (now - worker.beat_at).total_seconds(),
+                "paused": worker.paused_reason,
+            }
+            for worker in status.workers
+        ],
     }
 
 

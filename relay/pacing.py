@@ -1,14 +1,24 @@
-"""Pacing of Quivo calls: at most QUIVO_MAX_RPS, and all calls held while Quivo asks for a pause."""
+"""Pacing of Quivo calls: at most QUIVO_MAX_RPS for the relay, and calls held while Quivo asks for a pause."""
 
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+
+from relay.store.api import Store
+
+# The Quivo account the relay calls as: every relay-wide pause and send slot is kept under this name.
+QUIVO_ACCOUNT = "default"
 
 # After a run of failures every call waits a little longer, so an outage is probed, not hammered.
 _STREAK_BASE_S = 0.5
 # ...but never longer than this: Quivo's return is noticed within seconds, and one call in 10 s is nothing to
 # a Quivo that is still down.
 OUTAGE_PROBE_MAX_S = 10.0
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class Pacer:
@@ -58,3 +68,27 @@ class Pacer:
         if slot > now:
             await asyncio.sleep(slot - now)
         return True
+
+
+class RelayBudget:
+    """QUIVO_MAX_RPS for the whole relay: each call reserves a slot in the store, spaced across workers."""
+
+    def __init__(self, store: Store, rps: float, *, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._store = store
+        self._spacing_s = 1.0 / rps
+        self._clock = clock
+
+    async def wait_turn(self, *, max_wait_s: float) -> float:
+        """Wait for this call's slot: 0 once it came, else how far off it is (over max_wait_s), unwaited.
+
+        The slot is reserved before its wait is known, so one given up is spent: slots stay spaced, and an
+        unused one only makes the relay call Quivo a little less often than it may.
+        """
+        now = self._clock()
+        slot = await self._store.reserve_send_slot(QUIVO_ACCOUNT, now=now, spacing_s=self._spacing_s)
+        if (away_s := (slot - now).total_seconds()) > max_wait_s:
+            return away_s
+        wait_s = (slot - self._clock()).total_seconds()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        return 0.0

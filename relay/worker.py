@@ -20,12 +20,19 @@ from relay.domain.message import quivo_rating, render_message
 from relay.domain.rating import Rating
 from relay.domain.retry import Verdict, leaves_send_unsure, retry_delay, verdict_for_status
 from relay.ops.metrics import RelayMetrics
-from relay.pacing import Pacer
+from relay.pacing import QUIVO_ACCOUNT, Pacer, RelayBudget
 from relay.quivo.client import LoginFailed, QuivoAnswer, QuivoClient, QuivoError, QuivoNoAnswer
 from relay.settings import Settings
 from relay.store.api import Store, StoreUnavailable
 from relay.store.operations import prune
-from relay.store.records import AttemptAction, AttemptRecord, ClaimedDelivery, Outcome, WorkerBeat
+from relay.store.records import (
+    AccountPause,
+    AttemptAction,
+    AttemptRecord,
+    ClaimedDelivery,
+    Outcome,
+    WorkerBeat,
+)
 
 log = structlog.get_logger("relay.delivery")
 
@@ -40,6 +47,16 @@ HEARTBEAT_INTERVAL_S = 5.0
 # Retention runs at start and then hourly; a short pause between batches leaves the writer to ingest.
 RETENTION_INTERVAL_S = 3600.0
 RETENTION_PAUSE_S = 0.05
+# Retention and the unmatched sweep run on one worker at a time: the one holding the duty, renewing it at each
+# run. A hold lasts a few runs, so a late run keeps it, and another worker takes over once its holder died.
+RETENTION_DUTY_S = 2 * RETENTION_INTERVAL_S
+SWEEP_DUTY_S = 3 * MAINTENANCE_INTERVAL_S
+# Pauses other workers set (refused credentials, a 429's Retry-After) are read this often, at most.
+PAUSES_READ_INTERVAL_S = 1.0
+# Another worker's send holds the inquiry: look again this much later. A call takes well under a second
+# while its holder's lease lasts minutes, so waiting out the lease would delay ratings for nothing.
+INQUIRY_BUSY_RETRY_S = 1.0
+INQUIRY_BUSY = "another worker's call to this inquiry was in flight"
 # While Quivo refuses our credentials, try logging in again this often, at most.
 LOGIN_PROBE_MAX_S = 60.0
 # Calls failed this many times in a row (pauses of 0.5, 1 and 2 s between): Quivo is down, not one inquiry.
@@ -85,6 +102,9 @@ class Worker:
         # QUIVO_MAX_CONCURRENCY bounds calls in flight; claiming ahead keeps store round trips off that path.
         self._quivo_slots = asyncio.Semaphore(settings.quivo_max_concurrency)
         self._pacer = Pacer(settings.quivo_max_rps, max_pause_s=settings.relay_retry_max_s)
+        # Beside other workers, the rate, the holds on inquiries and the pauses are the relay's, in the store;
+        # alone on a database (SQLite), the worker's own pacer and lock per inquiry keep them, commit-free.
+        self._budget = None if store.single_worker else RelayBudget(store, settings.quivo_max_rps)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._inquiries_in_flight: dict[int, tuple[asyncio.Lock, int]] = {}
         self._stopping = asyncio.Event()
@@ -96,8 +116,11 @@ class Worker:
         self._paused_changed = False
         self.paused_reason: str | None = None
         self._paused_since = 0.0
+        self._pause_to_share: AccountPause | None = None
+        self._last_pauses_read = float("-inf")
         self._identity = _identity()
         self._probe_delay_s = 1.0
+        self._next_probe_at = 0.0
         self._quivo_back = False
         self._freed_on_a_read = False
         self.last_heartbeat: float | None = None
@@ -122,7 +145,7 @@ class Worker:
                     continue
                 if self._quivo_back:
                     await self._release_outage_holds()
-                wanted, claimed = await self._claim()
+                wanted, claimed, lease_until = await self._claim()
                 if not claimed and self._pacer.failures_in_a_row and not self._in_flight:
                     await self._probe_outage()
             except StoreUnavailable as error:
@@ -134,7 +157,9 @@ class Worker:
                 await self._sleep(self.settings.relay_sweep_interval_s)
                 continue
             for delivery in claimed:
-                task = asyncio.create_task(self._deliver(delivery), name=f"delivery-{delivery.id}")
+                task = asyncio.create_task(
+                    self._deliver(delivery, lease_until), name=f"delivery-{delivery.id}"
+                )
                 self._in_flight.add(task)
                 task.add_done_callback(self._finished)
             if wanted and len(claimed) == wanted:
@@ -167,7 +192,25 @@ class Worker:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
+        await self._leave()
         log.info("worker.stopped", released=len(late))
+
+    @property
+    def worker_id(self) -> str:
+        """This worker's name in the store's registry: host, pid and a random part."""
+        return self._identity.worker_id
+
+    async def _leave(self) -> None:
+        """A clean stop: out of the registry at once, and its duties free for another worker now."""
+        now = utc_now()
+        try:
+            for duty in ("retention", "unmatched_sweep"):
+                # Holding it again until now ends this worker's hold; another worker's is left as it is.
+                await self.store.take_duty(duty, self.worker_id, now=now, until=now)
+            await self.store.forget_worker(self.worker_id)
+        except StoreUnavailable as error:
+            # Its beat goes stale and its holds run out: the relay learns of the stop a little later.
+            log.error("worker.store_unavailable", error=str(error))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -175,17 +218,18 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             log.error("worker.delivery_crashed", error=repr(task.exception()))
 
-    async def _claim(self) -> tuple[int, list[ClaimedDelivery]]:
-        """How many deliveries the worker could take now, and those it took."""
-        free = CLAIM_AHEAD * self.settings.quivo_max_concurrency - len(self._in_flight)
-        if free <= 0 or self._pacer.paused_for() > 0:
-            return 0, []
+    async def _claim(self) -> tuple[int, list[ClaimedDelivery], datetime]:
+        """How many deliveries the worker could take now, those it took, and when their leases end."""
         now = utc_now()
         # Should this worker die mid-send, Quivo may still commit that send up to the settle time later:
         # the row becomes due again (and is read back) only after that too.
         lease_s = self.settings.quivo_lease_s + self.settings.relay_unsure_settle_s
         lease_until = now + timedelta(seconds=lease_s)
-        return free, await self.store.claim_due(now=now, lease_until=lease_until, limit=free)
+        free = CLAIM_AHEAD * self.settings.quivo_max_concurrency - len(self._in_flight)
+        if free <= 0 or self._pacer.paused_for() > 0:
+            return 0, [], lease_until
+        claimed = await self.store.claim_due(now=now, lease_until=lease_until, limit=free)
+        return free, claimed, lease_until
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -199,10 +243,14 @@ class Worker:
             await self.store.beat(
                 replace(self._identity, beat_at=utc_now(), paused_reason=self.paused_reason)
             )
+        await self._follow_pauses()
         if now - self._last_maintenance < MAINTENANCE_INTERVAL_S:
             return
         self._last_maintenance = now
         wall = utc_now()
+        until = wall + timedelta(seconds=SWEEP_DUTY_S)
+        if not await self.store.take_duty("unmatched_sweep", self.worker_id, now=wall, until=until):
+            return  # another worker sweeps for the relay
         swept = await self.store.sweep_unmatched(
             now=wall, expire_before=wall - self.settings.relay_unmatched_ttl
         )
@@ -223,6 +271,32 @@ class Worker:
                 error=UNMATCHED_TOO_LONG,
             )
 
+    async def _follow_pauses(self) -> None:
+        """Share this worker's pause with every other, and hold whatever pause another worker shared."""
+        await self._share_pause()
+        if time.monotonic() - self._last_pauses_read < PAUSES_READ_INTERVAL_S:
+            return
+        self._last_pauses_read = time.monotonic()
+        now = utc_now()
+        pauses = [
+            pause for pause in await self.store.account_pauses(now=now) if pause.account == QUIVO_ACCOUNT
+        ]
+        refused = next((pause for pause in pauses if pause.until is None), None)
+        if refused is not None:
+            self._pause(refused.reason, share=False)
+        elif self.paused_reason is not None and self._pause_to_share is None:
+            self._resume()  # another worker's login went through and lifted the pause
+        for pause in pauses:
+            if pause.until is not None:
+                self._pacer.pause_for((pause.until - now).total_seconds())
+
+    async def _share_pause(self) -> None:
+        pause = self._pause_to_share
+        if pause is not None:
+            await self.store.pause_account(pause)
+            if self._pause_to_share is pause:
+                self._pause_to_share = None
+
     async def _watch_new_work(self) -> None:
         """Wake the loop when another process may have made deliveries due: a web process, the CLI.
 
@@ -240,39 +314,60 @@ class Worker:
         """Prune finished records past RELAY_RETENTION_DAYS, hourly, in small batches beside ingest."""
         while True:
             try:
-                older_than = utc_now() - timedelta(days=self.settings.relay_retention_days)
-                pruned = await prune(self.store, older_than=older_than, pause_s=RETENTION_PAUSE_S)
-                if pruned.deliveries or pruned.webhooks:
-                    log.info(
-                        "retention.pruned",
-                        deliveries=pruned.deliveries,
-                        attempts=pruned.attempts,
-                        webhooks=pruned.webhooks,
-                        older_than=older_than.isoformat(),
-                    )
+                now = utc_now()
+                until = now + timedelta(seconds=RETENTION_DUTY_S)
+                if await self.store.take_duty("retention", self.worker_id, now=now, until=until):
+                    await self._prune()
             except Exception as error:
                 # Retention must never die quietly: the next hour tries again.
                 log.error("retention.failed", error=f"{type(error).__name__}: {error}")
             await asyncio.sleep(RETENTION_INTERVAL_S)
 
+    async def _prune(self) -> None:
+        """Prune finished records past RELAY_RETENTION_DAYS in small batches beside ingest."""
+        older_than = utc_now() - timedelta(days=self.settings.relay_retention_days)
+        pruned = await prune(self.store, older_than=older_than, pause_s=RETENTION_PAUSE_S)
+        if pruned.deliveries or pruned.webhooks:
+            log.info(
+                "retention.pruned",
+                deliveries=pruned.deliveries,
+                attempts=pruned.attempts,
+                webhooks=pruned.webhooks,
+                older_than=older_than.isoformat(),
+            )
+
     async def _probe_login(self) -> None:
-        # Probes back off from 1 s to a minute: revoked credentials may take an operator hours to fix.
-        # Only stop() cuts the wait short: webhooks wake the loop, and must not each become a login.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), self._probe_delay_s)
-        if self._stopping.is_set():
+        """While paused: log in again when the probe is due, looking at the shared pauses meanwhile.
+
+        Probes back off from 1 s to a minute: revoked credentials may take an operator hours to fix. Any
+        paused worker may probe; the first that gets in lifts the pause for all. Only stop() and the pauses'
+        reading cut the wait short: webhooks wake the loop, and must not each become a login.
+        """
+        wait_s = min(self._next_probe_at - time.monotonic(), PAUSES_READ_INTERVAL_S)
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait_s)
+        if self._stopping.is_set() or time.monotonic() < self._next_probe_at:
             return
         try:
-            await self.client.ensure_login()
+            # A real login, even with a token at hand: the pause may come from another worker's refusal.
+            await self.client.login_again()
         except QuivoError as error:
             self._probe_delay_s = min(LOGIN_PROBE_MAX_S, self._probe_delay_s * 2)
+            self._next_probe_at = time.monotonic() + self._probe_delay_s
             log.warning("worker.paused", reason=self.paused_reason, probe_error=str(error))
             return
+        await self.store.lift_pause(QUIVO_ACCOUNT)
+        self._pause_to_share = None
+        self._resume()
+
+    def _resume(self) -> None:
         paused_s = round(time.monotonic() - self._paused_since, 1)
         log.info("worker.resumed", was_paused_for=paused_s, reason=self.paused_reason)
         self.paused_reason = None
         self._paused_changed = True
         self._probe_delay_s = 1.0
+        self._wake.set()
 
     # Quivo outages ----------------------------------------------------------------------------------
 
@@ -305,7 +400,7 @@ class Worker:
         if inquiry_id is None:
             return
         async with self._quivo_slots:
-            if not await self._pacer.wait_turn(max_wait_s=0):
+            if await self._turn(max_wait_s=0) is not None:
                 return
             try:
                 answer = await self.client.get_inquiry(inquiry_id)
@@ -316,7 +411,7 @@ class Worker:
                 self._pacer.note_failure()
                 return
         if answer.status == 429:
-            self._pacer.pause_for(self._delay(1, answer.retry_after))
+            self._hold_calls(self._delay(1, answer.retry_after))
         elif verdict_for_status(answer.status) is Verdict.RETRY:
             self._pacer.note_failure()
         else:
@@ -331,15 +426,15 @@ class Worker:
 
     # One delivery -----------------------------------------------------------------------------------
 
-    async def _deliver(self, delivery: ClaimedDelivery) -> None:
+    async def _deliver(self, delivery: ClaimedDelivery, lease_until: datetime) -> None:
         try:
-            await self._deliver_once(delivery)
+            await self._deliver_once(delivery, lease_until)
         except StoreUnavailable as error:
             # The outcome could not be written (a full or locked disk): the lease runs out and the delivery
             # is claimed again, read back first if a send went out. A store fault, not a bug in the relay.
             log.error("worker.store_unavailable", delivery_id=delivery.id, error=str(error))
 
-    async def _deliver_once(self, delivery: ClaimedDelivery) -> None:
+    async def _deliver_once(self, delivery: ClaimedDelivery, lease_until: datetime) -> None:
         started = time.perf_counter()
         rating = Rating.model_validate_json(delivery.rating_json)
         inquiry_id = delivery.inquiry_id or inquiry_id_from_external_id(
@@ -356,20 +451,40 @@ class Worker:
             outcome = Outcome(delivery.id, "unmatched", delivery.attempts, delivery.unconfirmed)
             await self._record(outcome, delivery, rating, started, "delivery.unmatched")
             return
+        # The lock orders this worker's ratings for one inquiry as claimed; the hold keeps other workers off.
         async with self._inquiry_turn(inquiry_id):
             attempt = _Attempt(delivery, rating, inquiry_id)
+            if not await self._hold_inquiry(attempt, lease_until):
+                later = utc_now() + timedelta(seconds=INQUIRY_BUSY_RETRY_S)
+                outcome = replace(self._release(attempt), next_attempt_at=later, last_error=INQUIRY_BUSY)
+                await self._record(outcome, delivery, rating, started, "delivery.inquiry_busy")
+                return
             try:
                 outcome, event = await self._attempt(attempt)
-            except LoginFailed as error:
-                self._pause(error.reason)
-                outcome, event = self._release(attempt), "delivery.paused"
-            except _PausedTooLong:
-                later = utc_now() + timedelta(seconds=self._pacer.paused_for())
+            except (LoginFailed, _AccountPaused) as error:
+                if isinstance(error, LoginFailed):
+                    self._pause(error.reason)
+                    await self._share_pause()
+                # Due again only once every worker has read the pause: none claims it to call meanwhile.
+                later = utc_now() + timedelta(seconds=PAUSES_READ_INTERVAL_S)
+                outcome, event = replace(self._release(attempt), next_attempt_at=later), "delivery.paused"
+            except _PausedTooLong as too_long:
+                later = utc_now() + timedelta(seconds=too_long.wait_s)
                 outcome, event = replace(self._release(attempt), next_attempt_at=later), "delivery.deferred"
             except asyncio.CancelledError:
                 await self._record(self._release(attempt), delivery, rating, started, "delivery.released")
                 raise
             await self._record(outcome, delivery, rating, started, event)
+
+    async def _hold_inquiry(self, attempt: _Attempt, lease_until: datetime) -> bool:
+        """Take the inquiry in the store for this delivery's calls, until its lease ends; False: another
+        worker's send holds it. Alone on its database the worker's own lock is enough: no commit for it."""
+        if self.store.single_worker:
+            return True
+        delivery = attempt.delivery
+        return await self.store.hold_inquiry(
+            attempt.inquiry_id, delivery.id, now=utc_now(), until=lease_until
+        )
 
     @contextlib.asynccontextmanager
     async def _inquiry_turn(self, inquiry_id: int) -> AsyncIterator[None]:
@@ -433,7 +548,7 @@ class Worker:
             )
             return outcome, "delivery.dead"
         if answer.status == 429:
-            self._pacer.pause_for(self._delay(attempts, answer.retry_after))
+            self._hold_calls(self._delay(attempts, answer.retry_after))
         elif verdict is Verdict.RETRY:
             self._pacer.note_failure()
         # REAUTH here means a fresh token was refused too: retry later like any passing refusal.
@@ -479,8 +594,11 @@ class Worker:
         self, attempt: _Attempt, action: AttemptAction, call: Callable[[], Awaitable[QuivoAnswer]]
     ) -> QuivoAnswer | QuivoError:
         async with self._quivo_slots:
-            if not await self._pacer.wait_turn(max_wait_s=self.settings.quivo_lease_s / 2):
-                raise _PausedTooLong()
+            if self.paused_reason is not None:
+                raise _AccountPaused()  # another worker's login was refused: this one's token waits too
+            wait_s = await self._turn(max_wait_s=self.settings.quivo_lease_s / 2)
+            if wait_s is not None:
+                raise _PausedTooLong(wait_s)
             if action == "send":
                 attempt.send_started = True
             started_at, started = utc_now(), time.perf_counter()
@@ -508,6 +626,15 @@ class Worker:
             )
         attempt.calls.append(record)
         return result
+
+    async def _turn(self, *, max_wait_s: float) -> float | None:
+        """Wait for this call's turn, this worker's and the relay's; None once it came, else how long
+        the call would have had to wait (more than max_wait_s)."""
+        if not await self._pacer.wait_turn(max_wait_s=max_wait_s):
+            return self._pacer.paused_for()
+        if self._budget is not None and (away_s := await self._budget.wait_turn(max_wait_s=max_wait_s)):
+            return away_s
+        return None
 
     def _exhausted(self, delivery: ClaimedDelivery) -> str | None:
         if delivery.attempts >= self.settings.relay_max_attempts:
@@ -575,13 +702,26 @@ class Worker:
         )
         return replace(base, **changes)
 
-    def _pause(self, reason: str) -> None:
+    def _pause(self, reason: str, *, share: bool = True) -> None:
+        """Hold claims and calls until a login goes through; `share`: this worker's own refusal, which
+        every other worker is to hold too (the loop writes it)."""
         if self.paused_reason is None:
             log.error("worker.paused", reason=reason)
             self._paused_changed = True
             self._paused_since = time.monotonic()
+            self._next_probe_at = self._paused_since + self._probe_delay_s
+            if share:
+                self._pause_to_share = AccountPause(QUIVO_ACCOUNT, reason, until=None)
         self.paused_reason = reason
         self._wake.set()
+
+    def _hold_calls(self, delay_s: float) -> None:
+        """Quivo asked for a pause (429): this worker's calls wait it out, and every other worker's too."""
+        self._pacer.pause_for(delay_s)
+        if self.paused_reason is None and self._pause_to_share is None:
+            until = utc_now() + timedelta(seconds=self._pacer.paused_for())
+            self._pause_to_share = AccountPause(QUIVO_ACCOUNT, "Quivo answered 429", until=until)
+            self._wake.set()
 
     async def _record(
         self, outcome: Outcome, delivery: ClaimedDelivery, rating: Rating, started: float, event: str
@@ -618,7 +758,15 @@ def _identity() -> WorkerBeat:
 
 
 class _PausedTooLong(Exception):
-    """Quivo asked for a pause longer than the lease can wait out."""
+    """Quivo asked for a pause, or the relay's rate gives a slot, later than the lease can wait out."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(wait_s)
+        self.wait_s = wait_s
+
+
+class _AccountPaused(Exception):
+    """Deliveries are paused (refused credentials, here or on another worker): no call goes out."""
 
 
 def _age(delivery: ClaimedDelivery) -> timedelta:

@@ -371,6 +371,7 @@ async def test_stats_count_requests_by_route_and_status(client: Client, state: S
         "logins": 2,
         "ratings": 1,
         "most_rating_posts_at_once_per_inquiry": 1,
+        "most_calls_at_once_per_inquiry": 1,
         "most_rating_posts_at_once": 1,
         "late_commits_pending": 0,
         "rating_posts_open": 0,
@@ -443,3 +444,20 @@ async def test_stats_show_rating_posts_open_at_once_for_one_inquiry(client: Clie
     stats = await (await client.get("/_sim/stats")).json()
     assert stats["most_rating_posts_at_once_per_inquiry"] == 2
     assert stats["most_rating_posts_at_once"] == 3
+
+
+async def test_stats_show_calls_open_at_once_for_one_inquiry_reads_included(
+    client: Client, state: SimState
+) -> None:
+    headers = await session_headers(client)
+    state.latency_ms = 100
+
+    await asyncio.gather(
+        client.get("/customerInquiries/7", headers=headers),
+        client.post("/customerInquiries/7/ratings", json=RATING, headers=headers),
+        client.get("/customerInquiries/8", headers=headers),
+    )
+
+    stats = await (await client.get("/_sim/stats")).json()
+    assert stats["most_calls_at_once_per_inquiry"] == 2
+    assert stats["most_rating_posts_at_once_per_inquiry"] == 1

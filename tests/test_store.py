@@ -121,7 +121,7 @@ async def test_health_and_intake_readiness_of_a_web_only_process(aiohttp_client,
     assert (intake.status, (await intake.json())["status"]) == (200, "ready")
     assert full.status == 503
     assert (await full.json())["problems"] == [
-        "no worker has run on this database yet (start `relay worker` or `relay serve`)"
+        "no live worker on this database (start `relay worker` or `relay serve`)"
     ]
 
 

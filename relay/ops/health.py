@@ -2,7 +2,7 @@
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
@@ -22,6 +22,15 @@ async def newest_beat(store: Store) -> WorkerBeat | None:
     """The newest beat of any worker on the database (its time is the heartbeat reported), or None."""
     workers = await store.live_workers(since=_EVER)
     return max(workers, key=lambda worker: worker.beat_at, default=None)
+
+
+async def worker_beats(store: Store, *, now: datetime) -> tuple[WorkerBeat | None, list[WorkerBeat]]:
+    """The newest beat of any worker ever (None if none), and the live workers: those that beat within
+    the silent window, oldest started first. One read of the registry, a row per worker process."""
+    workers = await store.live_workers(since=_EVER)
+    since = now - timedelta(seconds=WORKER_SILENT_AFTER_S)
+    newest = max(workers, key=lambda worker: worker.beat_at, default=None)
+    return newest, [worker for worker in workers if worker.beat_at >= since]
 
 
 class Readiness:
@@ -79,14 +88,19 @@ async def _delivery_problems(app: web.Application) -> list[str]:
     store = app[STORE]
     now = datetime.now(UTC)
     problems = []
-    beat = await newest_beat(store)
-    if beat is None:
-        problems.append("no worker has run on this database yet (start `relay worker` or `relay serve`)")
-    elif (silent := (now - beat.beat_at).total_seconds()) > WORKER_SILENT_AFTER_S:
-        problems.append(f"worker silent for {silent:.0f} s (last heartbeat {beat.beat_at.isoformat()})")
-    if beat is not None and beat.paused_reason is not None:
-        # The pause reason is a whole sentence already ("Quivo refused the credentials, 401").
-        problems.append(f"deliveries paused: {beat.paused_reason}")
+    # Any live worker will do: they share the work. Silence shows only when none is left.
+    beat, workers = await worker_beats(store, now=now)
+    if not workers:
+        if beat is None:
+            problems.append("no live worker on this database (start `relay worker` or `relay serve`)")
+        else:
+            silent = (now - beat.beat_at).total_seconds()
+            problems.append(f"worker silent for {silent:.0f} s (last heartbeat {beat.beat_at.isoformat()})")
+            workers = [beat]
+    # A pause holds for every worker; the reason is a whole sentence ("Quivo refused the credentials, 401").
+    paused = next((worker.paused_reason for worker in workers if worker.paused_reason is not None), None)
+    if paused is not None:
+        problems.append(f"deliveries paused: {paused}")
     age = (await store.read_backlog(now=now)).age_s
     limit = app[SETTINGS].relay_ready_max_backlog_age_s
     if age is not None and age > limit:

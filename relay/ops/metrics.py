@@ -11,7 +11,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from relay.keys import STORE
 from relay.ops.fresh import Fresh
-from relay.ops.health import newest_beat
+from relay.ops.health import WORKER_SILENT_AFTER_S, worker_beats
 from relay.store.api import Store
 from relay.store.records import Backlog
 
@@ -36,6 +36,7 @@ DELIVERY_OUTCOMES = (
     "released",
     "paused",
     "deferred",
+    "inquiry_busy",
 )
 # fmt: off
 # From a fast Quivo answer to a delivery that waited out a day of retries.
@@ -52,6 +53,7 @@ class _StoreReading:
     deliveries_by_state: dict[str, int]
     backlog: Backlog
     worker_heartbeat_age_s: float | None
+    workers_live: int
 
 
 class _StoreGauges:
@@ -81,16 +83,24 @@ class _StoreGauges:
         )
         heartbeat = GaugeMetricFamily(
             "relay_worker_heartbeat_age_seconds",
-            "Seconds since a worker last went round its loop; absent until one ever has.",
+            "Seconds since any worker last went round its loop (the freshest heartbeat); absent until one "
+            "ever has, and once every worker stopped cleanly.",
+        )
+        # One gauge for them all, not one series per worker: a worker's id is new at every start, so series
+        # labelled with it would pile up in Prometheus with each deploy. `relay status` names them.
+        live = GaugeMetricFamily(
+            "relay_workers_live",
+            f"Workers that beat within the last {WORKER_SILENT_AFTER_S:g} s: those delivering now.",
         )
         if reading is not None:
+            live.add_metric([], reading.workers_live)
             for state, count in reading.deliveries_by_state.items():
                 by_state.add_metric([state], count)
             backlog_age.add_metric([], reading.backlog.age_s or 0.0)
             worker_lag.add_metric([], reading.backlog.worker_lag_s or 0.0)
             if reading.worker_heartbeat_age_s is not None:
                 heartbeat.add_metric([], reading.worker_heartbeat_age_s)
-        yield from (by_state, backlog_age, worker_lag, heartbeat)
+        yield from (by_state, backlog_age, worker_lag, heartbeat, live)
 
 
 class RelayMetrics:
@@ -160,13 +170,14 @@ class RelayMetrics:
 
 
 async def _read_store(store: Store) -> _StoreReading:
-    """Deliveries by state, the backlog, the worker's heartbeat: what the store gauges show."""
+    """Deliveries by state, the backlog, the workers' heartbeats: what the store gauges show."""
     now = datetime.now(UTC)
-    beat = await newest_beat(store)
+    beat, live = await worker_beats(store, now=now)
     return _StoreReading(
         deliveries_by_state=await store.deliveries_by_state(),
         backlog=await store.read_backlog(now=now),
         worker_heartbeat_age_s=None if beat is None else (now - beat.beat_at).total_seconds(),
+        workers_live=len(live),
     )
 
 

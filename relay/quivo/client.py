@@ -150,6 +150,10 @@ class QuivoClient:
         if not self._token_is_fresh():
             await self._login_unless_tried_since(self._login_attempts)
 
+    async def login_again(self) -> None:
+        """Log in now, even with a fresh token at hand: whether Quivo takes the credentials today."""
+        await self._login_unless_tried_since(self._login_attempts)
+
     async def _call(self, method: str, path: str, payload: dict[str, Any] | None) -> QuivoAnswer:
         await self.ensure_login()
         attempts_seen = self._login_attempts

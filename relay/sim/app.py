@@ -63,13 +63,18 @@ async def quivo_gateway(request: web.Request, handler: Handler) -> web.StreamRes
     if route not in _QUIVO_ROUTES:
         return await handler(request)
     state = request.app[SIM_STATE]
-    inquiry_key = request.match_info.get("inquiry_id", "") if route == "post_rating" else ""
+    inquiry_key = request.match_info.get("inquiry_id", "")
+    posts_rating = route == "post_rating"
     if inquiry_key:
+        state.inquiry_call_opened(inquiry_key)
+    if posts_rating:
         state.rating_post_opened(inquiry_key)
     try:
         response = await _pass_gateway(request, handler, state, route)
     finally:
         if inquiry_key:
+            state.inquiry_call_closed(inquiry_key)
+        if posts_rating:
             state.rating_post_closed(inquiry_key)
     transport = request.transport
     answered = transport is not None and not transport.is_closing()
@@ -207,6 +212,7 @@ async def sim_stats(request: web.Request) -> web.Response:
             "logins": state.logins,
             "ratings": len(state.ratings),
             "most_rating_posts_at_once_per_inquiry": state.most_rating_posts_at_once_per_inquiry,
+            "most_calls_at_once_per_inquiry": state.most_calls_at_once_per_inquiry,
             "most_rating_posts_at_once": state.most_rating_posts_at_once,
             "late_commits_pending": state.late_commits_pending,
             "rating_posts_open": state.rating_posts_open,

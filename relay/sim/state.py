@@ -130,11 +130,15 @@ class SimState:
     logins: int = field(default=0, init=False)
     # How many rating POSTs for one inquiry were ever open at once: a relay must keep this at 1.
     most_rating_posts_at_once_per_inquiry: int = field(default=0, init=False)
+    # How many calls (inquiry reads and rating POSTs) for one inquiry were ever open at once: a relay that
+    # reads an inquiry back before it sends must keep this at 1 too, or a read can miss a send in flight.
+    most_calls_at_once_per_inquiry: int = field(default=0, init=False)
     # How many rating POSTs were ever open at once in all: a relay keeps this within its concurrency.
     most_rating_posts_at_once: int = field(default=0, init=False)
     # Rating POSTs taken to commit late whose commit has not happened yet.
     late_commits_pending: int = field(default=0, init=False)
     _rating_posts_open: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    _calls_open: Counter[str] = field(default_factory=Counter, init=False, repr=False)
     _inquiries: dict[int, Inquiry] = field(default_factory=dict, init=False, repr=False)
     _token_expiry: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _late_inquiries: set[int] = field(default_factory=set, init=False, repr=False)
@@ -156,6 +160,7 @@ class SimState:
         self.requests.clear()
         self.logins = 0
         self.most_rating_posts_at_once_per_inquiry = 0
+        self.most_calls_at_once_per_inquiry = 0
         self.most_rating_posts_at_once = 0
         self._inquiries.clear()
         self._late_inquiries.clear()
@@ -222,6 +227,17 @@ class SimState:
         self.most_rating_posts_at_once_per_inquiry = max(
             self.most_rating_posts_at_once_per_inquiry, self._rating_posts_open[inquiry_key]
         )
+
+    def inquiry_call_opened(self, inquiry_key: str) -> None:
+        self._calls_open[inquiry_key] += 1
+        self.most_calls_at_once_per_inquiry = max(
+            self.most_calls_at_once_per_inquiry, self._calls_open[inquiry_key]
+        )
+
+    def inquiry_call_closed(self, inquiry_key: str) -> None:
+        self._calls_open[inquiry_key] -= 1
+        if not self._calls_open[inquiry_key]:
+            del self._calls_open[inquiry_key]
 
     @property
     def rating_posts_open(self) -> int:
