@@ -32,10 +32,11 @@ async def test_a_rating_is_delivered_once_and_reported_alike_on_each_backend(
     ready = await _ready(relay)
     stats = await (await relay.get("/admin/stats", headers=ADMIN)).json()
     scraped = await (await relay.get("/metrics")).text()
-    await relay.close()  # before the test's database is dropped
+    # While the worker runs: a clean stop takes it out of the registry.
     status = await asyncio.to_thread(
         run_relay, "status", "--json", env={"DATABASE_URL": store_url}, cwd=tmp_path
     )
+    await relay.close()  # before the test's database is dropped
 
     assert [rating.inquiry_id for rating in state.ratings] == [50]
     assert all(INSTANT.fullmatch(detail["delivery"][name]) for name in ("created_at", "delivered_at"))

@@ -1,5 +1,6 @@
 """Many `relay worker` processes on one PostgreSQL database: the relay's promises hold across them all."""
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -9,11 +10,21 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import aiohttp
 import pytest
 
+from relay import worker as worker_module
+from relay.ops.metrics import RelayMetrics
+from relay.quivo.client import QuivoClient
+from relay.settings import Settings
+from relay.store import create_store
+from relay.store.api import Store
+from relay.store.records import ClaimedDelivery, PruneResult, UnmatchedSweep
+from relay.worker import Worker
 from tests.chaos.harness import http_call, relay_env, wait_for
 from tests.conftest import AUTH
 from tests.forwarding import rating_webhook
@@ -194,3 +205,74 @@ def test_refused_credentials_pause_every_worker_until_fixed(quivo: Relay) -> Non
     wait_for(all_delivered(quivo, before + 11), 40, "every rating delivered once the login works")
     assert set(quivo.delivered_tags().values()) == {1}
     assert not any(worker["paused"] for worker in quivo.status()["workers"])
+
+
+class CountingStore:
+    """One worker's view of a shared store, counting the relay-wide work that worker did through it."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.sweeps = 0
+        self.prunes = 0
+        self.claims = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def claim_due(self, *, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
+        self.claims += 1
+        return await self._store.claim_due(now=now, lease_until=lease_until, limit=limit)
+
+    async def sweep_unmatched(self, *, now: datetime, expire_before: datetime) -> UnmatchedSweep:
+        self.sweeps += 1
+        return await self._store.sweep_unmatched(now=now, expire_before=expire_before)
+
+    async def prune_batch(self, *, older_than: datetime, batch_size: int) -> PruneResult:
+        self.prunes += 1
+        return await self._store.prune_batch(older_than=older_than, batch_size=batch_size)
+
+
+async def test_retention_and_the_unmatched_sweep_run_on_one_worker_and_pass_on_when_it_stops(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both every 50 ms, so that a second worker doing either would show at once.
+    monkeypatch.setattr(worker_module, "MAINTENANCE_INTERVAL_S", 0.05)
+    monkeypatch.setattr(worker_module, "RETENTION_INTERVAL_S", 0.05)
+    settings = make_settings(
+        quivo_base_url="http://127.0.0.1:9",
+        quivo_api_key="k",
+        quivo_username="u",
+        quivo_password="p",
+        relay_sweep_interval_s=0.05,
+    )
+    store = create_store(settings.database_url, timeout_s=5, pool_size=2)
+    await store.open()
+    first, second = CountingStore(store), CountingStore(store)
+    async with aiohttp.ClientSession() as session:
+        client = QuivoClient(
+            session, base_url=settings.quivo_base_url, api_key="k", username="u", password="p"
+        )
+        holder = Worker(settings, cast(Store, first), client, RelayMetrics())
+        other = Worker(settings, cast(Store, second), client, RelayMetrics())
+        try:
+            holder.start()
+            await until(lambda: first.sweeps >= 1 and first.prunes >= 1, "the first worker's sweep and prune")
+            other.start()
+            # Its loop goes round every 50 ms too: 20 rounds, 20 chances to sweep and prune.
+            await until(lambda: second.claims >= 20, "the second worker's loop going round")
+            assert (second.sweeps, second.prunes) == (0, 0)
+            assert first.sweeps >= 2  # the holder went on meanwhile
+
+            await holder.stop()
+            await until(lambda: second.sweeps >= 1 and second.prunes >= 1, "the second worker taking over")
+        finally:
+            for worker in (holder, other):
+                await worker.stop()
+            await store.close()
+
+
+async def until(condition: Callable[[], bool], what: str, within_s: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: not within {within_s} s"
+        await asyncio.sleep(0.02)

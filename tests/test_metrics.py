@@ -17,6 +17,7 @@ from relay.ops.metrics import METRICS, RelayMetrics, routes
 from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import Store
+from relay.store.records import WorkerBeat
 from relay.store.sqlite.store import SqliteStore
 from tests.beats import worker_beat
 
@@ -174,6 +175,19 @@ async def test_worker_heartbeat_age_appears_once_a_worker_beats(client, store):
 
     assert key("relay_worker_heartbeat_age_seconds") not in before
     assert 5 <= after[key("relay_worker_heartbeat_age_seconds")] < 60
+
+
+async def test_live_workers_gauge_counts_the_workers_that_beat_within_a_minute(client, store):
+    now = datetime.now(UTC)
+    before = await scrape(client)
+    for worker_id, ago_s in (("first", 2), ("second", 10), ("gone", 300)):
+        beat = worker_beat(now - timedelta(seconds=ago_s))
+        await store.beat(WorkerBeat(worker_id, beat.host, beat.pid, beat.started_at, beat.beat_at))
+
+    after = await scrape(client)
+
+    assert (before[key("relay_workers_live")], after[key("relay_workers_live")]) == (0, 2)
+    assert 2 <= after[key("relay_worker_heartbeat_age_seconds")] < 10
 
 
 def test_two_applications_never_share_counts():

@@ -5,6 +5,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -140,6 +141,25 @@ async def test_readiness_names_a_silent_worker_and_an_old_backlog(aiohttp_client
     assert ready.status == 503
     assert re.match(r"worker silent for 30\d s", problems[0]), problems
     assert "over RELAY_READY_MAX_BACKLOG_AGE_S=60" in problems[1]
+
+
+async def test_readiness_asks_for_one_live_worker_of_many_and_names_their_pause(
+    aiohttp_client, on_each_backend
+):
+    client = await aiohttp_client(create_app(on_each_backend(), run_worker=False))
+    now = datetime.now(UTC)
+    store = client.app[STORE]
+    # A worker killed long ago stays in the registry; one live worker is enough to deliver. A pause holds
+    # for all: one worker's beat says so before another has read it.
+    await store.beat(replace(worker_beat(now - timedelta(minutes=5)), worker_id="killed"))
+    await store.beat(
+        worker_beat(now - timedelta(seconds=3), paused_reason="Quivo refused the credentials, 401")
+    )
+    await store.beat(replace(worker_beat(now - timedelta(seconds=1)), worker_id="not-yet-told"))
+
+    ready = await client.get("/readyz")
+
+    assert (await ready.json())["problems"] == ["deliveries paused: Quivo refused the credentials, 401"]
 
 
 async def test_readiness_names_a_database_behind_on_migrations(aiohttp_client, on_each_backend, request):
