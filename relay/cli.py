@@ -31,6 +31,7 @@ from relay.store.copy import CopyRefused, copy_store
 from relay.store.filters import REPLAYABLE_STATES, DeliveryFilter, Id, ReplayFilter
 from relay.store.operations import import_links_file, prune, replay_matching
 from relay.store.records import COPIED_TABLES, DeliveryDetail, PruneResult, StateChange
+from relay.tenants.file import read_tenants_file
 
 log = structlog.get_logger("relay")
 
@@ -139,6 +140,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     copy.set_defaults(command=_db_copy)
 
+    tenants = commands.add_parser("tenants", help="the tenants file (RELAY_TENANTS_FILE)")
+    tenant_commands = tenants.add_subparsers(required=True, metavar="ACTION")
+    tenants_check = tenant_commands.add_parser(
+        "check",
+        help="validate a tenants file in this environment and show its tenants (never a secret)",
+        description="Validate a tenants file as `relay serve` and `relay worker` would, with this "
+        "environment's values for what it leaves out and for its { env = ... } references. Exit 0: "
+        "it is valid, each tenant shown on a line; exit 2: one line per problem.",
+    )
+    tenants_check.add_argument(
+        "file", type=Path, help="the TOML file (config/tenants.example.toml shows every key)"
+    )
+    tenants_check.set_defaults(command=_tenants_check)
+
     sim = commands.add_parser("sim-quivo", help="serve a Quivo stand-in for demos, tests and benchmarks")
     sim_cli.configure_parser(sim)
     sim.set_defaults(command=sim_cli.run)
@@ -201,9 +216,29 @@ def _filter(kind: type[F], args: argparse.Namespace) -> F:
 
 def _settings(*, serves_webhooks: bool, runs_worker: bool) -> Settings:
     try:
-        return load_settings(serves_webhooks=serves_webhooks, runs_worker=runs_worker)
+        settings = load_settings(serves_webhooks=serves_webhooks, runs_worker=runs_worker)
+        if settings.relay_tenants_file is not None and (serves_webhooks or runs_worker):
+            # Checked only, for now: routing webhooks and deliveries by tenant comes next (issue 10).
+            read_tenants_file(
+                settings.relay_tenants_file,
+                settings,
+                serves_webhooks=serves_webhooks,
+                runs_worker=runs_worker,
+            )
     except SettingsError as error:
         _refuse(error.problems)
+    return settings
+
+
+def _tenants_check(args: argparse.Namespace) -> int:
+    settings = _settings(serves_webhooks=False, runs_worker=False)
+    try:
+        tenants = read_tenants_file(args.file, settings, serves_webhooks=True, runs_worker=True)
+    except SettingsError as error:
+        _refuse(error.problems)
+    for tenant in tenants:
+        print(tenant.summary())
+    return 0
 
 
 def _refuse(problems: Sequence[str]) -> NoReturn:

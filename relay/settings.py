@@ -3,10 +3,10 @@
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.domain.matching import pattern_cost_problem
@@ -28,6 +28,42 @@ WORKER_SECRETS = ("quivo_api_key", "quivo_password")
 WEBHOOK_NAMES = ("bringg_oauth_client_id", "bringg_token_header")
 WORKER_NAMES = ("quivo_username",)
 MIN_SECRET_LENGTH = 16
+ADMIN_APART = "(whoever can send webhooks must not also hold the admin API)"
+
+
+def _seconds_as_number(value: object) -> object:
+    # "3600" from the environment means seconds, as a bare number does.
+    if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+        return float(value)
+    return value
+
+
+def _inquiry_id_pattern(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    if pattern.groups == 0 and "inquiry_id" not in pattern.groupindex:
+        raise ValueError("needs a capturing group (the first, or one named inquiry_id) for the inquiry id")
+    # Order ids come from senders: a pattern that backtracks wildly would stall the event loop.
+    too_slow = pattern_cost_problem(pattern)
+    if too_slow:
+        raise ValueError(too_slow)
+    return pattern
+
+
+def _message_template(template: str) -> str:
+    # An environment variable holds one line, so `\n` in the value stands for a line break.
+    template = template.replace("\\n", "\n")
+    problems = template_problems(template)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return template
+
+
+# The values that belong to one Quivo account: the environment's, and each tenant's own (relay/tenants).
+MaxConcurrency = Annotated[int, Field(ge=1, le=1024)]
+MaxRps = Annotated[float, Field(gt=0)]
+InquiryIdPattern = Annotated[re.Pattern[str], AfterValidator(_inquiry_id_pattern)]
+MessageTemplate = Annotated[str, AfterValidator(_message_template)]
+Duration = Annotated[timedelta, BeforeValidator(_seconds_as_number)]
+OAuthTokenTtl = Annotated[int, Field(ge=60, le=86400)]
 
 
 class SettingsError(Exception):
@@ -52,6 +88,8 @@ class Settings(BaseSettings):
     relay_worker_port: int = Field(9101, ge=1, le=65535)
     relay_worker_host: str = "0.0.0.0"
     database_url: str = "sqlite:///var/relay.db"
+    # Several Bringg merchants, each onto its own Quivo account (relay/tenants); unset, one implicit tenant.
+    relay_tenants_file: Path | None = None
 
     bringg_auth: Literal["none"] | None = None
     bringg_webhook_token: SecretStr | None = None
@@ -60,7 +98,7 @@ class Settings(BaseSettings):
     bringg_jwt_issuer: str | None = None
     bringg_oauth_client_id: str | None = None
     bringg_oauth_client_secret: SecretStr | None = None
-    bringg_oauth_token_ttl_s: int = Field(3600, ge=60, le=86400)
+    bringg_oauth_token_ttl_s: OAuthTokenTtl = 3600
 
     relay_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     relay_store_timeout_s: float = Field(5.0, gt=0)
@@ -74,18 +112,18 @@ class Settings(BaseSettings):
     quivo_auth_prefix: str = ""
     quivo_token_ttl_s: float = Field(3600.0, ge=60)
     quivo_timeout_s: float = Field(10.0, gt=0)
-    quivo_max_concurrency: int = Field(8, ge=1, le=1024)
-    quivo_max_rps: float = Field(20.0, gt=0)
+    quivo_max_concurrency: MaxConcurrency = 8
+    quivo_max_rps: MaxRps = 20.0
     quivo_rating_min: float = 1.0
     quivo_rating_max: float = 5.0
 
-    relay_inquiry_id_pattern: re.Pattern[str] | None = None
-    relay_message_template: str = DEFAULT_MESSAGE_TEMPLATE
-    relay_unmatched_ttl: timedelta = timedelta(days=14)
+    relay_inquiry_id_pattern: InquiryIdPattern | None = None
+    relay_message_template: MessageTemplate = DEFAULT_MESSAGE_TEMPLATE
+    relay_unmatched_ttl: Duration = timedelta(days=14)
     relay_retry_base_s: float = Field(2.0, gt=0)
     relay_retry_max_s: float = Field(600.0, gt=0)
     relay_max_attempts: int = Field(20, ge=1)
-    relay_max_age: timedelta = timedelta(days=3)
+    relay_max_age: Duration = timedelta(days=3)
     relay_shutdown_grace_s: float = Field(10.0, ge=0)
     relay_sweep_interval_s: float = Field(5.0, gt=0)
     relay_unsure_settle_s: float = Field(60.0, gt=0)
@@ -101,39 +139,6 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
-
-    @field_validator("relay_unmatched_ttl", "relay_max_age", mode="before")
-    @classmethod
-    def _plain_seconds(cls, value: object) -> object:
-        # "3600" from the environment means seconds, as a bare number does.
-        if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
-            return float(value)
-        return value
-
-    @field_validator("relay_inquiry_id_pattern", mode="after")
-    @classmethod
-    def _one_group_and_cheap(cls, pattern: re.Pattern[str] | None) -> re.Pattern[str] | None:
-        if pattern is None:
-            return None
-        if pattern.groups == 0 and "inquiry_id" not in pattern.groupindex:
-            raise ValueError(
-                "needs a capturing group (the first, or one named inquiry_id) for the inquiry id"
-            )
-        # Order ids come from senders: a pattern that backtracks wildly would stall the event loop.
-        too_slow = pattern_cost_problem(pattern)
-        if too_slow:
-            raise ValueError(too_slow)
-        return pattern
-
-    @field_validator("relay_message_template", mode="after")
-    @classmethod
-    def _line_breaks(cls, template: str) -> str:
-        # An environment variable holds one line, so `\n` in the value stands for a line break.
-        template = template.replace("\\n", "\n")
-        problems = template_problems(template)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return template
 
     @field_validator("database_url", mode="after")
     @classmethod
@@ -192,33 +197,14 @@ class Settings(BaseSettings):
         for name in names:
             value = getattr(self, name)
             value = _text(value) if isinstance(value, SecretStr) else value
-            if value is None:
-                continue
-            if value != value.strip():
-                # Every credential would then fail: webhooks get 401 until Bringg blocks the URL.
-                found.append(
-                    f"{name.upper()}: starts or ends with whitespace (a secret file's newline?); remove it"
-                )
-            if not value.strip().isprintable():
-                # A byte-order mark or zero-width space is invisible in every editor, and fails every request.
-                found.append(
-                    f"{name.upper()}: holds characters that are not printable (a byte-order mark, "
-                    "zero-width space or control character?); remove them"
-                )
-            if name in GUESSABLE_SECRETS and len(value.strip()) < MIN_SECRET_LENGTH:
-                found.append(
-                    f"{name.upper()}: shorter than {MIN_SECRET_LENGTH} characters; "
-                    "use a long random value (openssl rand -hex 32)"
-                )
+            if value is not None:
+                problems = credential_problems(value, guessable=name in GUESSABLE_SECRETS)
+                found += [f"{name.upper()}: {problem}" for problem in problems]
         admin = _text(self.relay_admin_token)
-        for name in WEBHOOK_SECRETS if serves_webhooks and admin is not None else ():
+        for name in WEBHOOK_SECRETS if serves_webhooks else ():
             webhook = _text(getattr(self, name))
-            # The webhook authenticator also reads its header without a `Bearer ` scheme, as the admin API.
-            if webhook is not None and admin in (webhook, _without_bearer(webhook)):
-                found.append(
-                    f"RELAY_ADMIN_TOKEN: must differ from {name.upper()} "
-                    "(whoever can send webhooks must not also hold the admin API)"
-                )
+            if webhook is not None and admin is not None and opens_admin(webhook, admin):
+                found.append(f"RELAY_ADMIN_TOKEN: must differ from {name.upper()} {ADMIN_APART}")
         return found
 
     def _auth_problems(self) -> list[str]:
@@ -258,6 +244,31 @@ def load_settings(*, serves_webhooks: bool, runs_worker: bool) -> Settings:
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+def credential_problems(value: str, *, guessable: bool) -> list[str]:
+    """What is wrong with a credential or a name sent with one, each the end of a line (never the value)."""
+    found: list[str] = []
+    if value != value.strip():
+        # Every credential would then fail: webhooks get 401 until Bringg blocks the URL.
+        found.append("starts or ends with whitespace (a secret file's newline?); remove it")
+    if not value.strip().isprintable():
+        # A byte-order mark or zero-width space is invisible in every editor, and fails every request.
+        found.append(
+            "holds characters that are not printable (a byte-order mark, "
+            "zero-width space or control character?); remove them"
+        )
+    if guessable and len(value.strip()) < MIN_SECRET_LENGTH:
+        found.append(
+            f"shorter than {MIN_SECRET_LENGTH} characters; use a long random value (openssl rand -hex 32)"
+        )
+    return found
+
+
+def opens_admin(webhook_credential: str, admin_token: str) -> bool:
+    """Whether a webhook credential would also pass as the admin token."""
+    # The webhook authenticator also reads its header without a `Bearer ` scheme, as the admin API.
+    return admin_token in (webhook_credential, _without_bearer(webhook_credential))
 
 
 def _text(secret: SecretStr | None) -> str | None:

@@ -1,0 +1,1 @@
+"""Tenants: several Bringg merchants, each onto its own Quivo account, in one relay."""
