@@ -461,6 +461,7 @@ class Worker:
                 return
             try:
                 outcome, event = await self._attempt(attempt)
+                await self._settle(attempt, outcome)
             except (LoginFailed, _AccountPaused) as error:
                 if isinstance(error, LoginFailed):
                     self._pause(error.reason)
@@ -475,6 +476,17 @@ class Worker:
                 await self._record(self._release(attempt), delivery, rating, started, "delivery.released")
                 raise
             await self._record(outcome, delivery, rating, started, event)
+
+    async def _settle(self, attempt: _Attempt, outcome: Outcome) -> None:
+        """A send left unanswered may still be running at Quivo: keep its inquiry (the lock, the hold)
+        until the settle time since it went out has passed, so no other send to it goes out meanwhile.
+        The lease covers it: it lasts the settle time beyond the calls' own."""
+        if not (attempt.send_started and outcome.unconfirmed and outcome.state == "retrying"):
+            return
+        sent_at = attempt.calls[-1].started_at
+        left_s = self.settings.relay_unsure_settle_s - (utc_now() - sent_at).total_seconds()
+        if left_s > 0:
+            await asyncio.sleep(left_s)
 
     async def _hold_inquiry(self, attempt: _Attempt, lease_until: datetime) -> bool:
         """Take the inquiry in the store for this delivery's calls, until its lease ends; False: another

@@ -183,6 +183,29 @@ def test_quivo_max_rps_is_the_whole_relays_budget(quivo: Relay) -> None:
     assert rate <= 1.5 * MAX_RPS, f"{rate:.1f} calls a second"
 
 
+def test_an_unanswered_send_keeps_its_inquiry_until_quivo_may_have_finished_it(quivo: Relay) -> None:
+    # Every worker logged in first: a login slower than the timeout would never let a send go out.
+    assert http_call("POST", f"{quivo.sim}/_sim/tokens/expire")[0] == 200
+    warm_up = iter(range(4100, 4200, 4))
+    while quivo.sim_stats()["logins"] < WORKERS:
+        first = next(warm_up)
+        expected = quivo.delivered() + 4
+        quivo.post_ratings(range(first, first + 4), inquiries=4)
+        wait_for(all_delivered(quivo, expected), 20, "the warm-up ratings delivered")
+    before = quivo.delivered()
+    # Slower than QUIVO_TIMEOUT_S (1 s): the first send goes unanswered while Quivo still works on it.
+    quivo.sim_faults(latency_ms=1500)
+    quivo.post_ratings(range(4000, 4001), inquiries=1)
+    wait_for(lambda: quivo.sim_stats()["rating_posts_open"] == 1, 20, "the first send at Quivo")
+    quivo.sim_faults(latency_ms=0)
+    # The second rating for the inquiry must not go out while Quivo may still commit the first.
+    quivo.post_ratings(range(4001, 4002), inquiries=1)
+
+    wait_for(all_delivered(quivo, before + 2), 40, "both ratings delivered")
+    assert set(quivo.delivered_tags().values()) == {1}
+    assert quivo.sim_stats()["most_calls_at_once_per_inquiry"] == 1
+
+
 def test_refused_credentials_pause_every_worker_until_fixed(quivo: Relay) -> None:
     before = quivo.delivered()
     quivo.sim_faults(reject_credentials=True)

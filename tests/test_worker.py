@@ -119,9 +119,7 @@ async def test_answer_dropped_after_commit_is_reconciled_not_sent_again(start_re
     relay = await start_relay()
 
     accepted = await post(relay, rating_webhook(7, "INQ-70"))
-    row = await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"retrying"}))
-    assert row["unconfirmed"] == 1
-    quivo.state.drop_after_commit_rate = 0.0
+    # The read-back (a reconcile) follows only an unconfirmed send: the actions below show it was one.
     row = await wait_for_state(db(relay), accepted["delivery_id"])
 
     assert row["state"] == "delivered"
@@ -420,8 +418,11 @@ async def test_a_reconcile_read_that_times_out_leaves_the_send_unsure_and_never_
     quivo.state.drop_after_commit_rate = 1.0  # the send lands, its answer is lost
     relay = await start_relay(quivo_timeout_s=0.5, relay_unsure_settle_s=1.0)
     accepted = await post(relay, rating_webhook(19, "INQ-190"))
-    await wait_for_state(db(relay), accepted["delivery_id"], states=frozenset({"retrying"}))
-    # Before the read-back is due: Quivo now answers only after the relay stopped waiting.
+    async with asyncio.timeout(15):
+        while not quivo.state.ratings:  # noqa: ASYNC110  # the send landed (its answer dropped)
+            await asyncio.sleep(0.02)
+    # Within the settle time, before the read-back is due: Quivo now answers only after the relay stopped
+    # waiting.
     quivo.state.drop_after_commit_rate, quivo.state.latency_ms = 0.0, 1500
 
     async with asyncio.timeout(15):
