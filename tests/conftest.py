@@ -29,13 +29,43 @@ def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "backends(*names): the backends the test's relay runs on, once each (unmarked: SQLite alone); "
+        "a mark on the test wins over its module's",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A module marked `backends("sqlite", "postgresql")` runs each test that touches the database once per
+    # backend; a test marked `backends("sqlite")` in it stays on SQLite, its mark saying why.
+    mark = metafunc.definition.get_closest_marker("backends")
+    if mark is not None and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", mark.args, ids=list(mark.args))
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """Settings on a fresh database in tmp_path; keyword overrides use field names."""
+def backend() -> str:
+    """The backend the test's relay runs on: SQLite, unless a `backends` mark names others."""
+    return "sqlite"
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, database_url_for: Callable[[str], str]) -> str:
+    """The DATABASE_URL of the test's relay: tmp_path/relay.db on SQLite, a fresh database on PostgreSQL."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'relay.db'}"
+    return database_url_for(backend)
+
+
+@pytest.fixture
+def make_settings(database_url: str) -> Callable[..., Settings]:
+    """Settings on the test's fresh database; keyword overrides use field names."""
 
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "database_url": f"sqlite:///{tmp_path / 'relay.db'}",
+            "database_url": database_url,
             "bringg_webhook_token": WEBHOOK_TOKEN,
             "log_format": "json",
         }

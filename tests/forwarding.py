@@ -3,12 +3,21 @@
 import asyncio
 import json
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from relay.domain.delivery import DELIVERY_STATES, WAITING_STATES
 from relay.sim.state import SimState
+from relay.store import create_store
+from relay.store.api import Store
+from relay.store.filters import DeliveryFilter
+from relay.store.records import DeliveryDetail, DeliveryRecord, DeliverySummary
+
+T = TypeVar("T")
+# Enough for every delivery a test makes.
+MAX_LIMIT = 10_000
 
 SETTLED = frozenset(DELIVERY_STATES) - frozenset(WAITING_STATES)
 
@@ -77,6 +86,46 @@ def execute(path: Path, sql: str, *args: Any) -> None:
             conn.execute(sql, args)
     finally:
         conn.close()
+
+
+async def delivery_of(store: Store, delivery_id: int) -> DeliveryDetail:
+    """One delivery with its calls to Quivo, read through the store as an operator would."""
+    detail = await store.get_delivery(delivery_id)
+    assert detail is not None, f"no delivery {delivery_id}"
+    return detail
+
+
+async def all_deliveries(store: Store) -> list[DeliverySummary]:
+    """Every delivery, oldest first."""
+    return list(reversed(await store.list_deliveries(DeliveryFilter(), limit=MAX_LIMIT)))
+
+
+async def wait_for_delivery(
+    store: Store, delivery_id: int, states: frozenset[str] = SETTLED, within_s: float = 15
+) -> DeliveryRecord:
+    """The delivery once its state is one of `states`."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        delivery = (await delivery_of(store, delivery_id)).delivery
+        if delivery.state in states:
+            return delivery
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"delivery {delivery_id} still {delivery.state} after {within_s}s")
+        await asyncio.sleep(0.02)
+
+
+def on_store(url: str, read: Callable[[Store], Awaitable[T]]) -> T:
+    """`read` on a store of its own on DATABASE_URL `url`, as a process beside the relay would open it."""
+
+    async def run() -> T:
+        store = create_store(url, timeout_s=5, pool_size=1)
+        await store.open()
+        try:
+            return await read(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
 
 
 async def wait_for_state(

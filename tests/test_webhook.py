@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -12,11 +11,15 @@ import jwt
 import pytest
 import structlog
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from relay.app import create_app
-from relay.keys import SETTINGS
-from tests.conftest import AUTH, fixture_bytes
+from relay.keys import STORE
+from relay.store.filters import WebhookFilter
+from relay.store.records import DeliveryRecord, WebhookDetail, WebhookSummary
+from tests.conftest import AUTH, BACKENDS, fixture_bytes
+from tests.forwarding import MAX_LIMIT, all_deliveries, delivery_of
 
 FIXTURE = "bringg/rating_submitted.json"
 
@@ -40,13 +43,28 @@ def rating_body(
     return json.dumps(payload).encode()
 
 
-def rows(app: web.Application, sql: str, *args: Any) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(app[SETTINGS].database_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
+pytestmark = pytest.mark.backends(*BACKENDS)
+Client = TestClient[web.Request, web.Application]
+
+
+async def webhook(client: Client, webhook_id: int) -> WebhookDetail:
+    """The stored webhook, read through the relay's store."""
+    stored = await client.app[STORE].get_webhook(webhook_id)
+    assert stored is not None
+    return stored
+
+
+async def webhooks(client: Client) -> list[WebhookSummary]:
+    """Every stored webhook, oldest first."""
+    return list(reversed(await client.app[STORE].list_webhooks(WebhookFilter(), limit=MAX_LIMIT)))
+
+
+async def delivery(client: Client, delivery_id: int) -> DeliveryRecord:
+    return (await delivery_of(client.app[STORE], delivery_id)).delivery
+
+
+async def delivery_states(client: Client) -> dict[int, str]:
+    return {row.id: row.state for row in await all_deliveries(client.app[STORE])}
 
 
 @pytest.fixture
@@ -64,13 +82,21 @@ async def test_new_rating_is_committed_with_a_pending_delivery_before_202(relay)
 
     assert response.status == 202
     assert answer["status"] == "accepted"
-    webhook = rows(relay.app, "SELECT * FROM webhooks WHERE id = ?", answer["id"])[0]
-    assert webhook["body"] == fixture_bytes(FIXTURE)
-    assert webhook["status"] == "accepted"
-    delivery = rows(relay.app, "SELECT * FROM deliveries WHERE id = ?", answer["delivery_id"])[0]
-    assert (delivery["state"], delivery["merchant_id"], delivery["rating_id"]) == ("pending", 1, 3452)
-    assert (delivery["stars"], delivery["external_id"], delivery["version"]) == (4, "12443523", "")
-    stored = json.loads(delivery["rating"])
+    stored_webhook = await webhook(relay, answer["id"])
+    assert stored_webhook.body == fixture_bytes(FIXTURE)
+    assert stored_webhook.status == "accepted"
+    stored_delivery = await delivery(relay, answer["delivery_id"])
+    assert (stored_delivery.state, stored_delivery.merchant_id, stored_delivery.rating_id) == (
+        "pending",
+        1,
+        3452,
+    )
+    assert (stored_delivery.stars, stored_delivery.external_id, stored_delivery.version) == (
+        4,
+        "12443523",
+        "",
+    )
+    stored = stored_delivery.rating
     assert stored["reasons"] == ["Driver friendlinesss", "Ease of use"]
     assert stored["created_at"] == "2022-07-20T12:01:30.191000Z"
     assert (stored["task_id"], stored["task_title"], stored["task_status"]) == (345623, "pickup", 1)
@@ -83,11 +109,8 @@ async def test_same_version_again_is_a_duplicate_without_a_second_delivery(relay
     assert response.status == 200
     assert again["status"] == "duplicate"
     assert again["delivery_id"] == first["delivery_id"]
-    assert len(rows(relay.app, "SELECT id FROM deliveries")) == 1
-    assert [row["status"] for row in rows(relay.app, "SELECT status FROM webhooks ORDER BY id")] == [
-        "accepted",
-        "duplicate",
-    ]
+    assert len(await delivery_states(relay)) == 1
+    assert [row.status for row in await webhooks(relay)] == ["accepted", "duplicate"]
 
 
 async def test_newer_version_supersedes_the_waiting_older_one(relay):
@@ -95,8 +118,10 @@ async def test_newer_version_supersedes_the_waiting_older_one(relay):
     _, update = await post(relay, rating_body(stars=5, updated_at="2026-11-02T08:00:00Z"))
 
     assert update["status"] == "accepted"
-    states = {row["id"]: row["state"] for row in rows(relay.app, "SELECT id, state FROM deliveries")}
-    assert states == {original["delivery_id"]: "superseded", update["delivery_id"]: "pending"}
+    assert await delivery_states(relay) == {
+        original["delivery_id"]: "superseded",
+        update["delivery_id"]: "pending",
+    }
 
 
 async def test_same_rating_id_from_two_merchants_is_two_ratings_each_delivered(relay):
@@ -109,8 +134,7 @@ async def test_same_rating_id_from_two_merchants_is_two_ratings_each_delivered(r
 
     assert (response.status, first["status"], other["status"]) == (202, "accepted", "accepted")
     assert first["delivery_id"] != other["delivery_id"]
-    states = {row["id"]: row["state"] for row in rows(relay.app, "SELECT id, state FROM deliveries")}
-    assert states == {
+    assert await delivery_states(relay) == {
         first["delivery_id"]: "pending",
         other["delivery_id"]: "superseded",
         newer_other["delivery_id"]: "pending",
@@ -122,10 +146,11 @@ async def test_older_version_arriving_late_is_kept_but_never_delivered_and_answe
     response, late = await post(relay, rating_body(stars=2))
 
     assert (response.status, late["status"]) == (202, "superseded")
-    webhook = rows(relay.app, "SELECT status FROM webhooks WHERE id = ?", late["id"])[0]
-    assert webhook["status"] == "accepted"
-    states = {row["id"]: row["state"] for row in rows(relay.app, "SELECT id, state FROM deliveries")}
-    assert states == {update["delivery_id"]: "pending", late["delivery_id"]: "superseded"}
+    assert (await webhook(relay, late["id"])).status == "accepted"
+    assert await delivery_states(relay) == {
+        update["delivery_id"]: "pending",
+        late["delivery_id"]: "superseded",
+    }
 
 
 async def test_a_far_future_version_is_quarantined_and_blocks_no_later_genuine_one(relay):
@@ -141,8 +166,10 @@ async def test_a_far_future_version_is_quarantined_and_blocks_no_later_genuine_o
         "not a plausible version"
     ]
     assert (response.status, genuine["status"], skewed["status"]) == (202, "accepted", "accepted")
-    states = {row["id"]: row["state"] for row in rows(relay.app, "SELECT id, state FROM deliveries")}
-    assert states == {genuine["delivery_id"]: "superseded", skewed["delivery_id"]: "pending"}
+    assert await delivery_states(relay) == {
+        genuine["delivery_id"]: "superseded",
+        skewed["delivery_id"]: "pending",
+    }
 
 
 async def test_other_webhook_type_is_ignored_and_its_body_kept(relay):
@@ -150,14 +177,10 @@ async def test_other_webhook_type_is_ignored_and_its_body_kept(relay):
     response, answer = await post(relay, body)
 
     assert (response.status, answer["status"]) == (202, "ignored")
-    webhook = rows(relay.app, "SELECT * FROM webhooks WHERE id = ?", answer["id"])[0]
-    assert (webhook["status"], webhook["webhook_type"], webhook["merchant_id"]) == (
-        "ignored",
-        "order_done",
-        4,
-    )
-    assert webhook["body"] == body
-    assert rows(relay.app, "SELECT id FROM deliveries") == []
+    stored = await webhook(relay, answer["id"])
+    assert (stored.status, stored.webhook_type, stored.merchant_id) == ("ignored", "order_done", 4)
+    assert stored.body == body
+    assert await delivery_states(relay) == {}
 
 
 @pytest.mark.parametrize(
@@ -189,11 +212,11 @@ async def test_unusable_rating_is_quarantined_with_its_reason_and_raw_bytes(rela
 
     assert (response.status, answer["status"]) == (202, "quarantined")
     assert any(reason in error for error in answer["errors"]), answer["errors"]
-    webhook = rows(relay.app, "SELECT * FROM webhooks WHERE id = ?", answer["id"])[0]
-    assert webhook["body"] == body
-    assert webhook["status"] == "quarantined"
-    assert any(reason in error for error in json.loads(webhook["errors"]))
-    assert rows(relay.app, "SELECT id FROM deliveries") == []
+    stored = await webhook(relay, answer["id"])
+    assert stored.body == body
+    assert stored.status == "quarantined"
+    assert any(reason in error for error in stored.errors)
+    assert await delivery_states(relay) == {}
 
 
 def bad_reasons_body(count: int) -> bytes:
@@ -214,8 +237,7 @@ async def test_a_megabyte_of_bad_reasons_is_one_small_reason_everywhere(aiohttp_
     assert answer["errors"] == [
         "rating.rating_reasons: List should have at most 100 items after validation, not 86000"
     ]
-    stored = rows(client.app, "SELECT errors FROM webhooks WHERE id = ?", answer["id"])[0]["errors"]
-    assert json.loads(stored) == answer["errors"]
+    assert (await webhook(client, answer["id"])).errors == answer["errors"]
     [line] = [line for line in logged if line["event"] == "webhook.quarantined"]
     assert line["errors"] == answer["errors"]
 
@@ -238,8 +260,7 @@ async def test_a_megabyte_webhook_type_is_kept_cut_everywhere(aiohttp_client, ma
     assert len(json.dumps(answer)) < 200
     [line] = [line for line in logged if line["event"] == "webhook.ignored"]
     assert line["webhook_type"] == cut
-    stored = rows(client.app, "SELECT webhook_type FROM webhooks WHERE id = ?", answer["id"])[0]
-    assert stored["webhook_type"] == cut
+    assert (await webhook(client, answer["id"])).webhook_type == cut
     assert listing.status == 200
     assert len(await listing.read()) < 5 * 600
     assert [item["webhook_type"] for item in (await listing.json())["items"]] == [cut] * 5
@@ -252,8 +273,7 @@ async def test_many_errors_are_reported_as_the_first_few_and_a_count(relay):
     assert (response.status, answer["status"]) == (202, "quarantined")
     expected = [f"rating.rating_reasons.{n}.text: Input should be a valid string" for n in range(5)]
     assert answer["errors"] == [*expected, "... and 95 more (100 in all)"]
-    stored = rows(relay.app, "SELECT errors FROM webhooks WHERE id = ?", answer["id"])[0]["errors"]
-    assert json.loads(stored) == answer["errors"]
+    assert (await webhook(relay, answer["id"])).errors == answer["errors"]
     [line] = [line for line in logged if line["event"] == "webhook.quarantined"]
     assert line["errors"] == answer["errors"]
 
@@ -267,10 +287,11 @@ async def test_loose_types_are_read_leniently(relay):
     response, answer = await post(relay, body)
 
     assert (response.status, answer["status"]) == (202, "accepted")
-    delivery = rows(relay.app, "SELECT * FROM deliveries")[0]
-    assert (delivery["merchant_id"], delivery["rating_id"], delivery["stars"]) == (12, 345, 3)
-    assert delivery["external_id"] == "98765"
-    stored = json.loads(delivery["rating"])
+    [only] = await delivery_states(relay)
+    stored_delivery = await delivery(relay, only)
+    assert (stored_delivery.merchant_id, stored_delivery.rating_id, stored_delivery.stars) == (12, 345, 3)
+    assert stored_delivery.external_id == "98765"
+    stored = stored_delivery.rating
     assert stored["reasons"] == ["Late"]
     assert stored["created_at"] == "2026-11-01T10:00:00Z"  # no offset given: read as UTC
 
@@ -288,7 +309,7 @@ async def test_body_over_the_limit_gets_413_and_nothing_is_stored(aiohttp_client
     streamed = await client.post("/webhooks/bringg", data=chunks(), headers=AUTH)
     assert (declared.status, streamed.status) == (413, 413)
     assert declared.content_type == "application/problem+json"
-    assert rows(client.app, "SELECT id FROM webhooks") == []
+    assert await webhooks(client) == []
 
 
 async def test_request_id_is_taken_from_the_caller_or_made_and_echoed(relay):
@@ -299,8 +320,7 @@ async def test_request_id_is_taken_from_the_caller_or_made_and_echoed(relay):
 
     assert given.headers["X-Request-ID"] == "abc-123"
     assert len(made.headers["X-Request-ID"]) == 32
-    stored = [row["request_id"] for row in rows(relay.app, "SELECT request_id FROM webhooks ORDER BY id")]
-    assert stored == ["abc-123", made.headers["X-Request-ID"]]
+    assert [row.request_id for row in await webhooks(relay)] == ["abc-123", made.headers["X-Request-ID"]]
 
 
 async def test_rating_older_than_the_retention_window_is_checked_at_quivo_before_sending(
@@ -311,10 +331,8 @@ async def test_rating_older_than_the_retention_window_is_checked_at_quivo_before
     _, old = await post(client, fixture_bytes(FIXTURE))  # created 2022: its delivery may have been pruned
     _, recent = await post(client, rating_body())  # created days ago
 
-    flags = {
-        row["id"]: row["unconfirmed"] for row in rows(client.app, "SELECT id, unconfirmed FROM deliveries")
-    }
-    assert flags == {old["delivery_id"]: 1, recent["delivery_id"]: 0}
+    assert (await delivery(client, old["delivery_id"])).unconfirmed is True
+    assert (await delivery(client, recent["delivery_id"])).unconfirmed is False
 
 
 async def test_body_that_stalls_past_the_body_timeout_gets_408_and_nothing_is_stored(
@@ -333,7 +351,7 @@ async def test_body_that_stalls_past_the_body_timeout_gets_408_and_nothing_is_st
 
     assert (stalled.status, stalled.content_type) == (408, "application/problem+json")
     assert prompt.status == 202
-    assert len(rows(client.app, "SELECT id FROM webhooks")) == 1
+    assert len(await webhooks(client)) == 1
 
 
 async def test_a_refusal_tells_the_caller_nothing_of_the_configuration_and_the_log_why(
