@@ -59,6 +59,13 @@ def database_url(backend: str, tmp_path: Path, database_url_for: Callable[[str],
     return database_url_for(backend)
 
 
+@pytest.fixture(autouse=True)
+def _database_before_its_users(request: pytest.FixtureRequest) -> None:
+    # Set up before the apps and processes the test starts on it, so dropped only after they stopped.
+    if "database_url" in request.fixturenames:
+        request.getfixturevalue("database_url")
+
+
 @pytest.fixture
 def make_settings(database_url: str) -> Callable[..., Settings]:
     """Settings on the test's fresh database; keyword overrides use field names."""

@@ -5,10 +5,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.chaos.harness import relay_env
-from tests.conftest import AUTH
-from tests.forwarding import query, rating_webhook
+from tests.conftest import AUTH, BACKENDS
+from tests.forwarding import all_deliveries, delivery_of, on_store, rating_webhook
 from tests.processes import free_port, http_json, relay_process, sim_quivo_process, wait_until_ready
+
+# A lease that runs out, a restart that reconciles and a split deployment are the store's to get right.
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 def wait_for(predicate, timeout: float = 20, what: str = "condition") -> None:
@@ -19,8 +24,8 @@ def wait_for(predicate, timeout: float = 20, what: str = "condition") -> None:
         time.sleep(0.02)
 
 
-def states(db: Path) -> dict[int, str]:
-    return {row["id"]: row["state"] for row in query(db, "SELECT id, state FROM deliveries")}
+def states(url: str) -> dict[int, str]:
+    return {row.id: row.state for row in on_store(url, all_deliveries)}
 
 
 def sim_stats(sim: str) -> dict[str, Any]:
@@ -31,12 +36,14 @@ def post_webhook(port: int, body: bytes) -> dict[str, Any]:
     return http_json("POST", f"http://127.0.0.1:{port}/webhooks/bringg", body, AUTH)
 
 
-def test_relay_killed_mid_send_reconciles_after_restart_without_a_second_rating(tmp_path: Path):
-    db = tmp_path / "relay.db"
+def test_relay_killed_mid_send_reconciles_after_restart_without_a_second_rating(
+    tmp_path: Path, database_url: str
+):
+    db = database_url
     with sim_quivo_process("--latency-ms", "700", cwd=tmp_path) as sim:
         port = free_port()
         # A short timeout makes the lease (3 x timeout + 5 s) short enough for a test.
-        env = relay_env(tmp_path, sim, port, QUIVO_TIMEOUT_S="1")
+        env = relay_env(tmp_path, sim, port, DATABASE_URL=database_url, QUIVO_TIMEOUT_S="1")
         with relay_process("serve", env=env, cwd=tmp_path, log_path=tmp_path / "first.log") as first:
             wait_until_ready(f"http://127.0.0.1:{port}/readyz", first)
             warm_up = post_webhook(port, rating_webhook(4, "INQ-44"))  # logs in, so the next send is the POST
@@ -59,16 +66,16 @@ def test_relay_killed_mid_send_reconciles_after_restart_without_a_second_rating(
             assert second.wait(timeout=20) == 0
 
         assert http_json("GET", f"{sim}/_sim/ratings")["count"] == 2
-    actions = query(db, "SELECT action FROM attempts WHERE delivery_id = ?", accepted["delivery_id"])
-    assert [row["action"] for row in actions] == ["reconcile"]
+    detail = on_store(db, lambda store: delivery_of(store, accepted["delivery_id"]))
+    assert [call.action for call in detail.attempts] == ["reconcile"]
     assert '"event": "delivery.reconciled"' in (tmp_path / "second.log").read_text()
 
 
-def test_sigterm_lets_sends_in_flight_finish_and_exits_0(tmp_path: Path):
-    db = tmp_path / "relay.db"
+def test_sigterm_lets_sends_in_flight_finish_and_exits_0(tmp_path: Path, database_url: str):
+    db = database_url
     with sim_quivo_process("--latency-ms", "500", cwd=tmp_path) as sim:
         port = free_port()
-        env = relay_env(tmp_path, sim, port, RELAY_SHUTDOWN_GRACE_S="5")
+        env = relay_env(tmp_path, sim, port, DATABASE_URL=database_url, RELAY_SHUTDOWN_GRACE_S="5")
         with relay_process("serve", env=env, cwd=tmp_path, log_path=tmp_path / "relay.log") as relay:
             wait_until_ready(f"http://127.0.0.1:{port}/readyz", relay)
             ids = [post_webhook(port, rating_webhook(n, f"INQ-{n}"))["delivery_id"] for n in range(1, 4)]
@@ -80,11 +87,11 @@ def test_sigterm_lets_sends_in_flight_finish_and_exits_0(tmp_path: Path):
         assert http_json("GET", f"{sim}/_sim/ratings")["count"] == 3
 
 
-def test_split_web_and_worker_processes_share_one_database(tmp_path: Path):
-    db = tmp_path / "relay.db"
+def test_split_web_and_worker_processes_share_one_database(tmp_path: Path, database_url: str):
+    db = database_url
     with sim_quivo_process(cwd=tmp_path) as sim:
         port = free_port()
-        env = relay_env(tmp_path, sim, port)
+        env = relay_env(tmp_path, sim, port, DATABASE_URL=database_url)
         with (
             relay_process(
                 "serve", "--no-worker", env=env, cwd=tmp_path, log_path=tmp_path / "web.log"

@@ -8,12 +8,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from relay.app import create_app
-from relay.keys import SETTINGS, STORE
+from relay.keys import STORE
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
 from relay.store.api import StoreUnavailable
-from tests.conftest import AUTH
-from tests.forwarding import Quivo, forwarding_settings, query, rating_webhook
+from tests.conftest import AUTH, BACKENDS
+from tests.forwarding import Quivo, all_deliveries, forwarding_settings, rating_webhook
+
+# The fault is the store's own answer (StoreUnavailable), whichever backend gave it.
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 async def test_an_outcome_the_full_disk_refused_is_logged_as_a_store_fault_not_a_bug(
@@ -40,5 +43,4 @@ async def test_an_outcome_the_full_disk_refused_is_logged_as_a_store_fault_not_a
     assert "disk is full" in fault["error"]
     assert not [line for line in logs if line["event"] == "worker.delivery_crashed"]
     # The delivery keeps its lease (the send went out, unconfirmed): it is not lost, only not yet recorded.
-    rows = query(relay.app[SETTINGS].database_path, "SELECT state FROM deliveries")
-    assert [row["state"] for row in rows] == ["sending"]
+    assert [row.state for row in await all_deliveries(relay.app[STORE])] == ["sending"]
