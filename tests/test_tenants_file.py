@@ -180,6 +180,12 @@ def test_a_file_holding_a_secret_is_refused_unless_only_its_owner_reads_it(tmp_p
         'as the environment variable that holds it: { env = "NAME" }'
     ]
     assert problems(check(tmp_path, toml, QUIVO_ENV, mode=0o640)) != []
+    # Said beside the file's other problems, also when the secret is in a table that does not validate.
+    assert problems(check(tmp_path, toml.replace("[1]", "[]"), QUIVO_ENV, mode=0o604)) == [
+        "tenants.acme.merchants: List should have at least 1 item after validation, not 0",
+        f"{path}: holds a secret and is readable by group or others; chmod 600 {path}, or write each secret "
+        'as the environment variable that holds it: { env = "NAME" }',
+    ]
     assert check(tmp_path, toml, QUIVO_ENV, mode=0o600).returncode == 0
     # Secrets all in the environment, the file may be read by anyone (it may live in a repository).
     assert check(tmp_path, tenant("acme", "[1]", bringg=TOKEN_A), TOKEN_ENV, mode=0o644).returncode == 0

@@ -34,6 +34,11 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_SECRETS_OF_A_KIND = 2
 SECRET_SYNTAX = 'a string, or the environment variable that holds it: { env = "NAME" }'
 
+# Where the file may hold a secret, table by table.
+SECRET_KEYS = {
+    "bringg": {"webhook_tokens", "jwt_secrets", "oauth_client_secrets"},
+    "quivo": {"api_key", "password"},
+}
 T = TypeVar("T")
 # Which process a problem stops: the one serving webhooks, the one delivering to Quivo, or any (None).
 Concern = Literal["webhook", "worker"] | None
@@ -105,14 +110,13 @@ class TenantTable(_Table):
 
 
 class _Findings:
-    """The problems found so far that concern this process's role, and whether the file holds a secret."""
+    """The problems found so far that concern this process's role."""
 
     def __init__(self, *, serves_webhooks: bool, runs_worker: bool) -> None:
         self.concerns: set[Concern] = {None}
         self.concerns |= {"webhook"} if serves_webhooks else set()
         self.concerns |= {"worker"} if runs_worker else set()
         self.lines: list[str] = []
-        self.holds_secret = False
 
     def add(self, lines: Iterable[str], concern: Concern = None) -> None:
         if concern in self.concerns:
@@ -156,7 +160,7 @@ def read_tenants_file(
         if (tenant := _tenant(name, table, settings, found)) is not None
     ]
     _shared(tenants, found)
-    if found.holds_secret and mode & 0o077:
+    if mode & 0o077 and _holds_secret(tables):
         found.add(
             [
                 f"{where}: holds a secret and is readable by group or others; chmod 600 {where}, "
@@ -270,7 +274,6 @@ def _secret(
             return None
     else:
         assert source.value is not None
-        found.holds_secret = True
         value = source.value.get_secret_value()
     found.add((f"{key}: {problem}" for problem in credential_problems(value, guessable=guessable)), concern)
     return SecretStr(value)
@@ -284,6 +287,18 @@ def _name(key: str, value: str | None, found: _Findings, concern: Concern) -> st
         return None
     found.add((f"{key}: {problem}" for problem in credential_problems(value, guessable=False)), concern)
     return value
+
+
+def _holds_secret(tables: dict[str, Any]) -> bool:
+    """Whether a secret is written in the file itself, in a table valid or not (its problems come too)."""
+    for table in tables.values():
+        for section, keys in SECRET_KEYS.items():
+            values = table.get(section, {}) if isinstance(table, dict) else {}
+            for key in keys & set(values if isinstance(values, dict) else ()):
+                written = values[key] if isinstance(values[key], list) else [values[key]]
+                if any(isinstance(item, str) for item in written):
+                    return True
+    return False
 
 
 def _shared(tenants: Sequence[Tenant], found: _Findings) -> None:
