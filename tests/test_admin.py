@@ -4,9 +4,11 @@ import base64
 import json
 import random
 import sqlite3
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -19,16 +21,29 @@ from relay.domain.rating import Rating, format_instant
 from relay.keys import NEW_DELIVERY, SETTINGS, STORE
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
-from relay.store.filters import ReplayFilter
+from relay.store.api import Store
+from relay.store.filters import DeliveryFilter, ReplayFilter, WebhookFilter
 from relay.store.operations import replay_matching
 from relay.store.sqlite.store import SqliteStore
-from tests.conftest import AUTH, fixture_bytes
-from tests.forwarding import Quivo, forwarding_settings, rating_webhook, wait_for_state
+from tests.conftest import AUTH, BACKENDS, fixture_bytes
+from tests.forwarding import (
+    MAX_LIMIT,
+    Quivo,
+    forwarding_settings,
+    on_store,
+    rating_webhook,
+    wait_for_delivery,
+)
 from tests.plans import full_scans_and_sorts, plan
 
 TOKEN = "admin-token-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 PROBLEM = "application/problem+json"
+T = TypeVar("T")
+# The admin API reads and changes the store: each test runs on every backend unless marked otherwise.
+pytestmark = pytest.mark.backends(*BACKENDS)
+# Requests refused before the store is read: what they prove holds whatever the backend, so SQLite alone.
+REFUSED_BEFORE_THE_STORE = pytest.mark.backends("sqlite")
 
 
 @pytest.fixture
@@ -66,44 +81,77 @@ def seed(
     attempts: int = 0,
     last_error: str | None = None,
 ) -> int:
-    """A delivery in any state, with the accepted webhook it came from, written straight to the database."""
-    if rating_id is None:
-        rating_id = sql(relay, "SELECT COALESCE(MAX(rating_id), 1000) + 1 FROM deliveries")[0][0]
-    created_at = created_at or ago(minutes=1)
-    [webhook] = sql(
-        relay,
-        "INSERT INTO webhooks (received_at, request_id, status, webhook_type, merchant_id, rating_id, body) "
-        "VALUES (?, 'seeded', 'accepted', 'rating_submitted', ?, ?, ?) RETURNING id",
-        created_at,
-        merchant_id,
-        rating_id,
-        rating_webhook(rating_id, external_id, merchant_id=merchant_id),
-    )
-    rating = Rating(merchant_id=merchant_id, rating_id=rating_id, stars=4, external_id=external_id)
-    [delivery] = sql(
-        relay,
-        "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, external_id, stars, rating, "
-        "state, inquiry_id, attempts, next_attempt_at, last_error, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, 4, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        webhook["id"],
-        merchant_id,
-        rating_id,
-        version,
-        external_id,
-        rating.model_dump_json(),
-        state,
-        inquiry_id,
-        attempts,
-        next_attempt_at,
-        last_error,
-        created_at,
-        updated_at or created_at,
-    )
-    return int(delivery["id"])
+    """A delivery in any state, with the accepted webhook it came from, written through a store of its own
+    (as `relay db copy` writes rows), on whichever backend the relay runs."""
+    created = datetime.fromisoformat(created_at or ago(minutes=1))
+
+    async def write(store: Store) -> int:
+        deliveries = await store.list_deliveries(DeliveryFilter(), limit=MAX_LIMIT)
+        webhooks = await store.list_webhooks(WebhookFilter(), limit=1)
+        delivery_id = deliveries[0].id + 1 if deliveries else 1
+        webhook_id = webhooks[0].id + 1 if webhooks else 1
+        rating = rating_id or max((row.rating_id for row in deliveries), default=1000) + 1
+        body = rating_webhook(rating, external_id, merchant_id=merchant_id)
+        await store.import_rows(
+            "webhooks",
+            [
+                {
+                    "id": webhook_id,
+                    "received_at": created,
+                    "request_id": "seeded",
+                    "status": "accepted",
+                    "webhook_type": "rating_submitted",
+                    "merchant_id": merchant_id,
+                    "rating_id": rating,
+                    "body": body,
+                }
+            ],
+        )
+        normalized = Rating(merchant_id=merchant_id, rating_id=rating, stars=4, external_id=external_id)
+        await store.import_rows(
+            "deliveries",
+            [
+                {
+                    "id": delivery_id,
+                    "webhook_id": webhook_id,
+                    "merchant_id": merchant_id,
+                    "rating_id": rating,
+                    "version": version,
+                    "external_id": external_id,
+                    "stars": 4,
+                    "rating": normalized.model_dump_json(),
+                    "state": state,
+                    "inquiry_id": inquiry_id,
+                    "attempts": attempts,
+                    "next_attempt_at": next_attempt_at and datetime.fromisoformat(next_attempt_at),
+                    "last_error": last_error,
+                    "created_at": created,
+                    "updated_at": datetime.fromisoformat(updated_at) if updated_at else created,
+                }
+            ],
+        )
+        return delivery_id
+
+    return through_store(relay, write)
 
 
-def delivery_row(relay, delivery_id: int) -> sqlite3.Row:
-    return sql(relay, "SELECT * FROM deliveries WHERE id = ?", delivery_id)[0]
+def through_store(relay, read: Callable[[Store], Awaitable[T]]) -> T:
+    """`read` on a store of its own on the relay's database, in a thread: the test's loop runs in this one."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(on_store, relay.app[SETTINGS].database_url, read).result()
+
+
+def delivery_row(relay, delivery_id: int) -> dict[str, Any]:
+    """Every field of one delivery, read through the store."""
+    detail = through_store(relay, lambda store: store.get_delivery(delivery_id))
+    assert detail is not None
+    return asdict(detail.delivery)
+
+
+def links(relay) -> list[tuple[int, str, int]]:
+    """Every saved link as (merchant_id, external_id, inquiry_id), in key order."""
+    saved = through_store(relay, lambda store: store.list_links(limit=MAX_LIMIT))
+    return [(link.merchant_id, link.external_id, link.inquiry_id) for link in saved]
 
 
 async def get(relay, path: str, **params: Any) -> tuple[int, Any]:
@@ -125,6 +173,7 @@ async def listed_ids(relay, path: str, **params: Any) -> list[int]:
 # Access
 
 
+@REFUSED_BEFORE_THE_STORE
 async def test_admin_does_not_exist_without_a_token(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(), run_worker=False))
 
@@ -133,6 +182,7 @@ async def test_admin_does_not_exist_without_a_token(aiohttp_client, make_setting
     assert response.status == 404
 
 
+@REFUSED_BEFORE_THE_STORE
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Bearer wrong-token-value"}, {"Authorization": f"Basic {TOKEN}"}, AUTH],
@@ -233,6 +283,7 @@ async def test_pages_walk_every_delivery_once_newest_first(relay, state):
     assert pages == -(-len(expected) // 5)
 
 
+@REFUSED_BEFORE_THE_STORE
 @pytest.mark.parametrize(
     ("params", "field"),
     [
@@ -261,6 +312,7 @@ def crafted_cursor(key_json: str) -> str:
     return base64.urlsafe_b64encode(key_json.encode()).decode().rstrip("=")
 
 
+@REFUSED_BEFORE_THE_STORE
 @pytest.mark.parametrize(
     ("path", "params", "field"),
     [
@@ -283,6 +335,7 @@ async def test_crafted_cursors_and_times_beyond_range_are_400_naming_the_field(r
     assert (response.content_type, answer["field"]) == (PROBLEM, field)
 
 
+@REFUSED_BEFORE_THE_STORE
 async def test_a_bulk_replay_since_beyond_the_range_is_400_naming_it(relay):
     status, answer = await post(
         relay, "/admin/deliveries/replay", json={"since": "9999-12-31T23:59:59-23:59"}
@@ -291,12 +344,15 @@ async def test_a_bulk_replay_since_beyond_the_range_is_400_naming_it(relay):
     assert (status, answer["field"]) == (400, "since")
 
 
+@REFUSED_BEFORE_THE_STORE
 async def test_limit_out_of_range_says_the_range(relay):
     _, answer = await get(relay, "/admin/deliveries", limit=1000)
 
     assert answer["detail"] == "limit: must be between 1 and 500"
 
 
+# Query plans are SQLite's to show.
+@pytest.mark.backends("sqlite")
 @pytest.mark.parametrize(
     ("path", "params", "step"),
     [
@@ -336,6 +392,8 @@ async def test_listings_use_their_index_and_never_sort(relay, path, params, step
 # Deliveries: one
 
 
+# It writes rows behind the relay's back with sqlite3, for which the store interface has no verb.
+@pytest.mark.backends("sqlite")
 async def test_delivery_detail_has_the_rating_its_calls_and_its_webhook(relay):
     received = await relay.post(
         "/webhooks/bringg", data=fixture_bytes("bringg/rating_submitted.json"), headers=AUTH
@@ -406,10 +464,12 @@ async def test_replay_sends_a_dead_delivery_back_to_pending_unconfirmed_and_wake
         "attempts exhausted",
     )
     assert row["replayed_at"] == row["next_attempt_at"] == row["updated_at"]
-    assert row["replayed_at"] > ago(seconds=10)
+    assert row["replayed_at"] > datetime.now(UTC) - timedelta(seconds=10)
     assert woken.is_set()
 
 
+# It writes rows behind the relay's back with sqlite3, for which the store interface has no verb.
+@pytest.mark.backends("sqlite")
 async def test_replay_matches_again_when_quivo_said_the_inquiry_does_not_exist(relay):
     missing = seed(relay, state="dead", inquiry_id=404404, last_error="not found")
     refused = seed(relay, state="dead", inquiry_id=777, last_error="forbidden")
@@ -500,6 +560,7 @@ async def test_bulk_replay_given_a_query_and_a_body_takes_what_matches_both(rela
     assert [delivery_row(relay, d)["state"] for d in (first, second)] == ["dead", "pending"]
 
 
+@REFUSED_BEFORE_THE_STORE
 @pytest.mark.parametrize(
     ("how", "field"),
     [
@@ -614,6 +675,8 @@ async def test_webhook_detail_has_the_raw_body_and_its_deliveries(relay):
     assert (missing.status, missing.content_type) == (404, PROBLEM)
 
 
+# It writes rows behind the relay's back with sqlite3, for which the store interface has no verb.
+@pytest.mark.backends("sqlite")
 async def test_reprocess_of_a_body_still_unusable_stays_quarantined_with_its_errors(relay):
     quarantined = await webhook(relay, rating_webhook(2, "ORD-2", stars=9))
     sql(relay, "UPDATE webhooks SET errors = '[\"an old reason\"]' WHERE id = ?", quarantined["id"])
@@ -629,6 +692,8 @@ async def test_reprocess_of_a_body_still_unusable_stays_quarantined_with_its_err
     assert sql(relay, "SELECT id FROM deliveries") == []
 
 
+# It writes rows behind the relay's back with sqlite3, for which the store interface has no verb.
+@pytest.mark.backends("sqlite")
 async def test_reprocess_of_a_body_now_usable_accepts_it_with_a_pending_delivery(relay):
     # As if an older relay had refused the fixture: the row is quarantined, the body is valid today.
     [row] = sql(
@@ -648,7 +713,7 @@ async def test_reprocess_of_a_body_now_usable_accepts_it_with_a_pending_delivery
     assert answer["status"] == "accepted"
     delivery = delivery_row(relay, answer["delivery_id"])
     assert (delivery["state"], delivery["webhook_id"], delivery["rating_id"]) == ("pending", webhook_id, 3452)
-    assert delivery["created_at"] > ago(seconds=10)
+    assert delivery["created_at"] > datetime.now(UTC) - timedelta(seconds=10)
     assert delivery["unconfirmed"] == 1  # a rating from 2022: delivered and pruned long ago, maybe
     [stored] = sql(relay, "SELECT * FROM webhooks")
     assert (stored["id"], stored["status"], stored["errors"], stored["merchant_id"]) == (
@@ -666,6 +731,8 @@ async def test_reprocess_of_a_body_now_usable_accepts_it_with_a_pending_delivery
     assert (again.status, (await again.json())["webhook_status"]) == (409, "accepted")
 
 
+# It writes rows behind the relay's back with sqlite3, for which the store interface has no verb.
+@pytest.mark.backends("sqlite")
 async def test_reprocess_of_a_version_already_delivered_from_elsewhere_is_a_duplicate(relay):
     first = await webhook(relay, fixture_bytes("bringg/rating_submitted.json"))
     [row] = sql(
@@ -692,7 +759,7 @@ async def test_a_link_saved_with_spaces_around_its_order_id_is_deleted_by_the_sa
     deleted = await relay.delete("/admin/links/3/%20ORD-9%20", headers=ADMIN)
 
     assert (saved.status, deleted.status) == (200, 204)
-    assert sql(relay, "SELECT COUNT(*) FROM links")[0][0] == 0
+    assert links(relay) == []
 
 
 async def test_put_link_wakes_the_unmatched_delivery_and_delete_removes_it(relay):
@@ -716,9 +783,10 @@ async def test_put_link_wakes_the_unmatched_delivery_and_delete_removes_it(relay
     deleted = await relay.delete("/admin/links/3/ORD%207%2FA", headers=ADMIN)
     again = await relay.delete("/admin/links/3/ORD%207%2FA", headers=ADMIN)
     assert (deleted.status, again.status, again.content_type) == (204, 404, PROBLEM)
-    assert sql(relay, "SELECT * FROM links") == []
+    assert links(relay) == []
 
 
+@REFUSED_BEFORE_THE_STORE
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -735,7 +803,7 @@ async def test_bad_link_body_is_400_naming_the_field(relay, body, field):
 
     assert (response.status, response.content_type) == (400, PROBLEM)
     assert (await response.json())["field"] == field
-    assert sql(relay, "SELECT * FROM links") == []
+    assert links(relay) == []
 
 
 async def test_links_in_bulk_as_json_are_all_saved_or_none(relay):
@@ -751,7 +819,7 @@ async def test_links_in_bulk_as_json_are_all_saved_or_none(relay):
     ]
 
     refused, problem = await post(relay, "/admin/links", json=bad)
-    assert sql(relay, "SELECT * FROM links") == []
+    assert links(relay) == []
     status, answer = await post(relay, "/admin/links", json=good)
 
     assert (refused, problem["field"]) == (400, "[2].external_id")
@@ -769,7 +837,7 @@ async def test_links_in_bulk_as_csv_save_the_good_rows_and_report_the_bad_by_lin
     assert (answer["saved"], answer["woken"]) == (2, 0)
     [problem] = answer["problems"]
     assert problem["line"] == 3 and "inquiry_id" in problem["reason"]
-    assert [(r["merchant_id"], r["external_id"]) for r in sql(relay, "SELECT * FROM links")] == [
+    assert [(merchant_id, external_id) for merchant_id, external_id, _ in links(relay)] == [
         (1, "A"),
         (2, "C"),
     ]
@@ -852,7 +920,7 @@ async def test_a_body_quarantined_by_an_older_rule_is_accepted_on_reprocess_and_
     quarantined = await refused.json()
     monkeypatch.undo()  # the new release judges the same bytes otherwise
     status, reprocessed = await post(relay, f"/admin/webhooks/{quarantined['id']}/reprocess")
-    delivered = await wait_for_state(relay.app[SETTINGS].database_path, reprocessed["delivery_id"])
+    delivered = asdict(await wait_for_delivery(relay.app[STORE], reprocessed["delivery_id"]))
     again = await relay.post(f"/admin/webhooks/{quarantined['id']}/reprocess", headers=ADMIN)
 
     assert (refused.status, quarantined["status"]) == (202, "quarantined")
@@ -864,6 +932,7 @@ async def test_a_body_quarantined_by_an_older_rule_is_accepted_on_reprocess_and_
     assert rating.message is not None and rating.message.endswith("[bringg:1:61]")
 
 
+@REFUSED_BEFORE_THE_STORE
 @pytest.mark.parametrize(
     ("external_id", "detail"),
     [
@@ -886,9 +955,10 @@ async def test_an_order_id_too_long_or_with_control_characters_is_400_naming_it(
         assert (answer["field"], answer["detail"]) == ("external_id", detail), answer
     assert listed.status == 400
     assert (await listed.json())["field"] == "[0].external_id"
-    assert sql(relay, "SELECT * FROM links") == []
+    assert links(relay) == []
 
 
+@REFUSED_BEFORE_THE_STORE
 async def test_a_404_does_not_repeat_an_unbounded_id(relay):
     for path in [
         f"/admin/deliveries/{'9' * 5000}",

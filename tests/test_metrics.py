@@ -1,44 +1,38 @@
 """`/metrics` through HTTP: counters move when reported, gauges follow the database, apps never share."""
 
 import itertools
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.domain.rating import format_instant
 from relay.keys import STORE
 from relay.ops.fresh import FRESH_FOR_S
 from relay.ops.metrics import METRICS, RelayMetrics, routes
 from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import Store
-from relay.store.records import WorkerBeat
+from relay.store.records import Row, WorkerBeat
 from relay.store.sqlite.store import SqliteStore
 from tests.beats import worker_beat
+from tests.conftest import BACKENDS
 
 RATING_IDS = itertools.count(1)
+# The gauges read the store: each test that reads one runs on every backend.
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 @pytest.fixture
 async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[Store]:
-    """An opened store on tmp_path, closed after the test."""
+    """An opened store on the test's database, closed after the test."""
     opened = create_store(make_settings().database_url, timeout_s=5, pool_size=1)
     await opened.open()
     try:
         yield opened
     finally:
         await opened.close()
-
-
-@pytest.fixture
-def database(make_settings: Callable[..., Settings]) -> Path:
-    """The store's file, for rows written as another process would."""
-    return make_settings().database_path
 
 
 @pytest.fixture
@@ -65,27 +59,35 @@ def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
     return name, frozenset(labels.items())
 
 
-def insert_deliveries(
-    database: Path,
+async def insert_deliveries(
+    store: Store,
     state: str,
     next_attempt_at: datetime | None,
     count: int,
     *,
     created_at: datetime | None = None,
 ) -> None:
-    stamp = format_instant(datetime.now(UTC))
-    due = format_instant(next_attempt_at) if next_attempt_at else None
-    created = format_instant(created_at) if created_at else stamp
-    conn = sqlite3.connect(database)
-    try:
-        with conn:
-            conn.executemany(
-                "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, stars, rating, state, "
-                "next_attempt_at, created_at, updated_at) VALUES (1, 1, ?, '', 4, '{}', ?, ?, ?, ?)",
-                [(next(RATING_IDS), state, due, created, stamp) for _ in range(count)],
-            )
-    finally:
-        conn.close()
+    """Deliveries written as `relay db copy` writes rows, beside the relay's own writes."""
+    now = datetime.now(UTC)
+    rows: list[Row] = []
+    for _ in range(count):
+        number = next(RATING_IDS)
+        rows.append(
+            {
+                "id": number,
+                "webhook_id": 1,
+                "merchant_id": 1,
+                "rating_id": number,
+                "version": "",
+                "stars": 4,
+                "rating": "{}",
+                "state": state,
+                "next_attempt_at": next_attempt_at,
+                "created_at": created_at or now,
+                "updated_at": now,
+            }
+        )
+    await store.import_rows("deliveries", rows)
 
 
 async def test_counters_move_as_work_is_reported(client):
@@ -125,9 +127,9 @@ async def test_scrape_is_prometheus_text(client):
     assert "# TYPE relay_deliveries gauge" in await response.text()
 
 
-async def test_deliveries_gauge_counts_rows_by_state_every_state_present(client, database):
-    insert_deliveries(database, "pending", datetime.now(UTC) + timedelta(hours=1), 3)
-    insert_deliveries(database, "dead", None, 1)
+async def test_deliveries_gauge_counts_rows_by_state_every_state_present(client, store):
+    await insert_deliveries(store, "pending", datetime.now(UTC) + timedelta(hours=1), 3)
+    await insert_deliveries(store, "dead", None, 1)
 
     values = await scrape(client)
 
@@ -137,17 +139,17 @@ async def test_deliveries_gauge_counts_rows_by_state_every_state_present(client,
     assert values[key("relay_deliveries", state="superseded")] == 0
 
 
-async def test_backlog_age_is_how_long_the_oldest_undelivered_rating_has_waited(client, database):
+async def test_backlog_age_is_how_long_the_oldest_undelivered_rating_has_waited(client, store):
     nothing_waits = await scrape(client)
     now = datetime.now(UTC)
     # Backing off, not due for minutes: it has still waited since it was accepted.
-    insert_deliveries(
-        database, "retrying", now + timedelta(minutes=5), 1, created_at=now - timedelta(hours=2)
+    await insert_deliveries(
+        store, "retrying", now + timedelta(minutes=5), 1, created_at=now - timedelta(hours=2)
     )
-    insert_deliveries(database, "pending", now, 1, created_at=now - timedelta(minutes=10))
+    await insert_deliveries(store, "pending", now, 1, created_at=now - timedelta(minutes=10))
     # Waiting for a link, not for Quivo: not in the backlog; nor are finished ones.
-    insert_deliveries(database, "unmatched", None, 1, created_at=now - timedelta(days=2))
-    insert_deliveries(database, "dead", None, 1, created_at=now - timedelta(days=3))
+    await insert_deliveries(store, "unmatched", None, 1, created_at=now - timedelta(days=2))
+    await insert_deliveries(store, "dead", None, 1, created_at=now - timedelta(days=3))
 
     waiting = await scrape(client)
 
@@ -155,11 +157,11 @@ async def test_backlog_age_is_how_long_the_oldest_undelivered_rating_has_waited(
     assert 7200 <= waiting[key("relay_backlog_age_seconds")] < 7260
 
 
-async def test_worker_lag_is_how_long_the_earliest_due_delivery_has_been_due(client, database):
+async def test_worker_lag_is_how_long_the_earliest_due_delivery_has_been_due(client, store):
     nothing_due = await scrape(client)
-    insert_deliveries(database, "retrying", datetime.now(UTC) + timedelta(minutes=5), 1)  # not yet due
-    insert_deliveries(database, "pending", datetime.now(UTC) - timedelta(minutes=10), 1)
-    insert_deliveries(database, "retrying", datetime.now(UTC) - timedelta(minutes=1), 1)
+    await insert_deliveries(store, "retrying", datetime.now(UTC) + timedelta(minutes=5), 1)  # not yet due
+    await insert_deliveries(store, "pending", datetime.now(UTC) - timedelta(minutes=10), 1)
+    await insert_deliveries(store, "retrying", datetime.now(UTC) - timedelta(minutes=1), 1)
 
     overdue = await scrape(client)
 
@@ -201,6 +203,8 @@ def test_two_applications_never_share_counts():
     assert second.registry.get_sample_value("relay_delivery_latency_seconds_count") == 0
 
 
+# Query plans are SQLite's to show.
+@pytest.mark.backends("sqlite")
 async def test_gauge_reads_walk_indexes(client, store):
     assert isinstance(store, SqliteStore)  # the plans are SQLite's
     reader = store.database.reader

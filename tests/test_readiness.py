@@ -18,7 +18,7 @@ from relay.ops.fresh import FRESH_FOR_S
 from relay.ops.health import READINESS, Readiness
 from relay.ops.metrics import METRICS, RelayMetrics
 from tests.beats import worker_beat
-from tests.conftest import FakeClock
+from tests.conftest import BACKENDS, FakeClock
 from tests.processes import run_relay
 from tests.test_admin import ADMIN, TOKEN, ago, seed
 
@@ -26,6 +26,8 @@ LIMIT_S = 60
 BACKLOG = re.compile(
     r"oldest undelivered rating waited (\d+) s since accepted \(over RELAY_READY_MAX_BACKLOG_AGE_S=60\)"
 )
+
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 @pytest.fixture
@@ -93,14 +95,12 @@ async def test_a_replay_starts_the_backlog_clock_again(relay):
     assert (await gauges(relay))["relay_backlog_age_seconds"] < LIMIT_S
 
 
-async def test_status_stats_readiness_and_metrics_agree_on_a_send_whose_lease_ran_out(relay):
+async def test_status_stats_readiness_and_metrics_agree_on_a_send_whose_lease_ran_out(relay, tmp_path: Path):
     # A relay died mid-send twenty minutes after the rating came; its lease ran out ten minutes ago.
     seed(relay, state="sending", created_at=ago(minutes=30), next_attempt_at=ago(minutes=10), attempts=1)
-    path: Path = relay.app[SETTINGS].database_path
+    url = relay.app[SETTINGS].database_url
 
-    cli = await asyncio.to_thread(
-        run_relay, "status", "--json", env={"DATABASE_URL": f"sqlite:///{path}"}, cwd=path.parent
-    )
+    cli = await asyncio.to_thread(run_relay, "status", "--json", env={"DATABASE_URL": url}, cwd=tmp_path)
     stats = await (await relay.get("/admin/stats", headers=ADMIN)).json()
     shown = await gauges(relay)
     ready_age = await backlog_problem(relay)
@@ -158,6 +158,8 @@ async def test_a_crowd_of_callers_costs_one_store_check_and_one_gauge_read_a_sec
     assert (store_checks.count, gauge_reads.count) == (2, 2)
 
 
+# Another process holding SQLite's one write lock; PostgreSQL has no such lock to hold.
+@pytest.mark.backends("sqlite")
 async def test_a_store_that_stops_taking_writes_shows_within_a_second(clocked):
     relay, clock = clocked
     before = await relay.get("/readyz?scope=intake")

@@ -152,7 +152,10 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int]:
     folder = tmp_path_factory.mktemp("site")
     migrated = run_relay("migrate", env={}, cwd=folder)
     assert migrated.returncode == 0, migrated.stderr
-    store = SimpleNamespace(app={SETTINGS: SimpleNamespace(database_path=folder / "var" / "relay.db")})
+    path = folder / "var" / "relay.db"
+    store = SimpleNamespace(
+        app={SETTINGS: SimpleNamespace(database_path=path, database_url=f"sqlite:///{path}")}
+    )
     given_up = seed(
         store,
         state="dead",
