@@ -10,7 +10,7 @@ import asyncpg
 import structlog
 
 from relay.store.api import StoreUnavailable
-from relay.store.postgres.connection import Conn, is_transient, unavailable
+from relay.store.postgres.connection import DRIVER_FAILURES, Conn, is_transient, unavailable
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -103,7 +103,7 @@ class GroupCommit(Generic[A, R]):
 
 
 def _as_store_error(error: Exception) -> Exception:
-    if not isinstance(error, OSError | TimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError):
+    if not isinstance(error, DRIVER_FAILURES):
         return error
     failure = unavailable(error)
     log.error("store.commit_failed", error=str(failure))

@@ -16,6 +16,11 @@ from relay.store.api import StoreUnavailable
 _TRANSIENT_CLASSES = ("08", "53", "57", "58")
 _TRANSIENT_STATES = ("25006",)
 
+# Failures of the server or of the way to it, never of a statement: a commit the server cut off part way
+# can surface as asyncpg's InternalClientError (an operation left half done on a closed connection).
+CUT_OFF = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+DRIVER_FAILURES = (*CUT_OFF, asyncpg.PostgresError)
+
 # Workers LISTEN here; every transaction that makes deliveries due NOTIFYs it.
 WORK_CHANNEL = "relay_work"
 
@@ -48,7 +53,7 @@ def read_url(url: str) -> Target:
 
 def is_transient(error: BaseException) -> bool:
     """The server is down, restarting, unreachable or out of room: nothing wrong with the statement."""
-    if isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(error, CUT_OFF):
         return True
     if isinstance(error, asyncpg.PostgresError):
         state = str(getattr(error, "sqlstate", "") or "")
@@ -70,5 +75,5 @@ async def failures_as_unavailable() -> AsyncIterator[None]:
         yield
     except StoreUnavailable:
         raise
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except DRIVER_FAILURES as error:
         raise unavailable(error) from None
