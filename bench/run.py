@@ -131,7 +131,11 @@ class Bench:
             self.figures[f"{table} ingest rps x{processes}"] = result.rps
             if processes > 1:
                 one = self.figures[f"{table} ingest rps x1"]
-                self.add(table, f"relay throughput, {processes} web processes (req/s)", f"{result.rps:,.0f}")
+                self.add(
+                    table,
+                    f"relay throughput, {processes} web processes on {processes} ports (req/s)",
+                    f"{result.rps:,.0f}",
+                )
                 self.add(table, f"  ratio {processes} web processes / 1", f"{result.rps / one:.2f}")
                 self.add(
                     table, f"relay p99 at saturation, {processes} web processes (ms)", f"{result.p99_ms:.2f}"
