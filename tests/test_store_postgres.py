@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from relay.store import create_store
 from relay.store.api import DatabaseUnusable, StoreUnavailable
 from relay.store.postgres.migrations import known_migrations
 from relay.store.postgres.store import PostgresStore
-from relay.store.records import InboundWebhook
+from relay.store.records import AttemptRecord, InboundWebhook, Outcome
 from tests.pg_server import PASSWORD, PostgresServer
 from tests.processes import free_port
 
@@ -182,7 +183,8 @@ async def test_concurrent_webhooks_share_commits(store: PostgresStore) -> None:
     stored = await asyncio.gather(*(store.record_webhook(webhook(n), recheck_before=NOW) for n in range(64)))
     assert {one.status for one in stored} == {"accepted"}
     assert (await store.deliveries_by_state())["pending"] == 64
-    commits = store._group().commits
+    assert store._commits is not None
+    commits = store._commits.commits
     assert 1 <= commits < 64
 
 
@@ -357,3 +359,33 @@ async def test_imported_ids_are_kept_and_new_ids_continue_past_them(store: Postg
     assert stored.webhook_id == 501
     exported = [batch async for batch in store.export_rows("webhooks", batch_size=1)]
     assert exported[0] == [row]
+
+
+async def finish_all(store: PostgresStore, *, refused: int | None = None) -> list[object]:
+    """Sixteen deliveries claimed and finished at once; the `refused` one in a state the schema refuses."""
+    await asyncio.gather(*(store.record_webhook(webhook(n), recheck_before=NOW) for n in range(16)))
+    claimed = await store.claim_due(now=NOW, lease_until=NOW + timedelta(minutes=1), limit=16)
+    call = AttemptRecord("send", NOW, 50, 200, "delivered")
+    outcomes = [Outcome(one.id, "delivered", 1, False, inquiry_id=one.id, calls=[call]) for one in claimed]
+    if refused is not None:
+        outcomes[refused] = replace(outcomes[refused], state="lost")  # type: ignore[arg-type]
+    return await asyncio.gather(
+        *(store.record_outcome(outcome, now=NOW) for outcome in outcomes), return_exceptions=True
+    )
+
+
+async def test_concurrent_outcomes_share_commits(store: PostgresStore) -> None:
+    assert await finish_all(store) == ["delivered"] * 16
+    assert store._outcomes is not None
+    assert 1 <= store._outcomes.commits < 16
+    detail = await store.get_delivery(1)
+    assert detail is not None and [attempt.status_code for attempt in detail.attempts] == [200]
+
+
+async def test_an_outcome_the_database_refuses_does_not_fail_the_ones_sharing_its_commit(
+    store: PostgresStore,
+) -> None:
+    results = await finish_all(store, refused=3)
+    assert isinstance(results[3], StoreUnavailable)
+    assert [result for n, result in enumerate(results) if n != 3] == ["delivered"] * 15
+    assert (await store.deliveries_by_state())["delivered"] == 15

@@ -14,7 +14,8 @@ from relay.store.postgres.connection import DRIVER_FAILURES, Conn, is_transient,
 
 A = TypeVar("A")
 R = TypeVar("R")
-# Runs a batch inside its transaction: one result per item, in order.
+# Runs a batch atomically in one round trip (a pipelined executemany or fetchmany is one implicit
+# transaction: all of it commits or none): one result per item, in order.
 Batch = Callable[[Conn, list[A]], Awaitable[list[R]]]
 
 log = structlog.get_logger(__name__)
@@ -32,7 +33,7 @@ class _Pending(Generic[A, R]):
 
 
 class GroupCommit(Generic[A, R]):
-    """A queue and a loop: each turn takes every waiting item and runs them in one transaction."""
+    """A queue and loops: each turn takes every waiting item and runs them in one transaction."""
 
     def __init__(self, pool: asyncpg.Pool, run: Batch[A, R], *, timeout_s: float) -> None:
         self._pool = pool
@@ -83,7 +84,8 @@ class GroupCommit(Generic[A, R]):
         try:
             # Bounded: a server that stops answering fails the batch instead of holding the loop.
             async with asyncio.timeout(self._timeout_s):
-                async with self._pool.acquire() as conn, conn.transaction():
+                # No BEGIN and COMMIT of its own: each is a round trip, and the batch is atomic without.
+                async with self._pool.acquire() as conn:
                     results = await self._run(conn, [pending.item for pending in batch])
         except Exception as error:
             # The server failing fails every item alike; an item's own fault must not fail its neighbours.

@@ -69,16 +69,16 @@ async def hold_inquiry(
     return holder is not None
 
 
-async def record_outcome(conn: Conn, outcome: Outcome, *, now: datetime) -> str:
-    """Store where the delivery went and its calls, release its inquiry; its state now."""
-    await conn.execute(
-        """
-        UPDATE deliveries SET state = $1, attempts = $2, unconfirmed = $3, next_attempt_at = $4,
-            inquiry_id = COALESCE($5, inquiry_id), last_status = COALESCE($6, last_status),
-            last_error = $7, current_rating = COALESCE($8, current_rating), updated_at = $9,
-            delivered_at = CASE WHEN $1 = 'delivered' THEN $9 ELSE delivered_at END
-        WHERE id = $10
-        """,
+# Where each delivery went, its calls and the release of its inquiry: see migration 0002.
+_RECORD_OUTCOME = f"SELECT relay_record_outcome({', '.join(f'${n}' for n in range(1, 17))})"
+
+Finish = tuple[Outcome, datetime]
+
+
+def _outcome_arguments(outcome: Outcome, now: datetime) -> tuple[object, ...]:
+    calls = outcome.calls
+    return (
+        outcome.delivery_id,
         outcome.state,
         outcome.attempts,
         outcome.unconfirmed,
@@ -88,58 +88,19 @@ async def record_outcome(conn: Conn, outcome: Outcome, *, now: datetime) -> str:
         outcome.last_error,
         outcome.current_rating,
         now,
-        outcome.delivery_id,
+        [call.action for call in calls],
+        [call.started_at for call in calls],
+        [call.duration_ms for call in calls],
+        [call.status_code for call in calls],
+        [call.outcome for call in calls],
+        [call.error for call in calls],
     )
-    await conn.execute("DELETE FROM inquiry_holds WHERE delivery_id = $1", outcome.delivery_id)
-    if outcome.calls:
-        await conn.executemany(
-            "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, "
-            "outcome, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            [
-                (
-                    outcome.delivery_id,
-                    outcome.attempts,
-                    call.action,
-                    call.started_at,
-                    call.duration_ms,
-                    call.status_code,
-                    call.outcome,
-                    call.error,
-                )
-                for call in outcome.calls
-            ],
-        )
-    if outcome.state == "unmatched":
-        # A link may have been saved while this delivery was in flight: then it is not unmatched.
-        linked = await conn.fetchval(
-            """
-            UPDATE deliveries SET state = 'pending', next_attempt_at = $1
-            WHERE id = $2 AND EXISTS (
-                SELECT 1 FROM links l
-                WHERE l.merchant_id = deliveries.merchant_id AND l.external_id = deliveries.external_id)
-            RETURNING id
-            """,
-            now,
-            outcome.delivery_id,
-        )
-        if linked is not None:
-            return "pending"
-    if outcome.state in ("pending", "retrying", "unmatched"):
-        # A newer version arrived while this one was in flight: it takes over, this one stops here.
-        superseded = await conn.fetchval(
-            """
-            UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL
-            WHERE id = $1 AND EXISTS (
-                SELECT 1 FROM deliveries n
-                WHERE n.merchant_id = deliveries.merchant_id AND n.rating_id = deliveries.rating_id
-                  AND n.version > deliveries.version)
-            RETURNING id
-            """,
-            outcome.delivery_id,
-        )
-        if superseded is not None:
-            return "superseded"
-    return outcome.state
+
+
+async def record_outcomes(conn: Conn, finishes: list[Finish]) -> list[str]:
+    """Store each outcome in order, in one pipelined round trip; each delivery's state now."""
+    rows = await conn.fetchmany(_RECORD_OUTCOME, [_outcome_arguments(*finish) for finish in finishes])
+    return [str(row[0]) for row in rows]
 
 
 async def sweep_unmatched(

@@ -41,6 +41,8 @@ from relay.store.records import (
 )
 
 T = TypeVar("T")
+A = TypeVar("A")
+R = TypeVar("R")
 Work = Callable[[Conn], Awaitable[T]]
 
 
@@ -59,6 +61,7 @@ class PostgresStore:
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._commits: GroupCommit[intake.Arrival, StoredWebhook] | None = None
+        self._outcomes: GroupCommit[outbox.Finish, str] | None = None
 
     # Life ---------------------------------------------------------------------------------------------
 
@@ -77,6 +80,10 @@ class PostgresStore:
                     "application_name": "relay",
                     "default_transaction_isolation": "read committed",
                 },
+                # No session state to undo (no SET, LISTEN or session lock on a pooled connection): the
+                # default reset query would cost a round trip at every release. An open transaction is
+                # still rolled back.
+                reset=_keep_session,
             )
             async with self._pool.acquire(timeout=self.timeout_s) as conn:
                 await migrate(conn)
@@ -88,7 +95,8 @@ class PostgresStore:
             await self._close_pool()
             # A 2xx must mean committed: with it off, a crash loses webhooks already acknowledged.
             raise DatabaseUnusable(f"{self.location}: synchronous_commit is off; the relay needs it on")
-        self._commits = GroupCommit(self._pool, _record_webhooks, timeout_s=self.timeout_s)
+        self._commits = GroupCommit(self._pool, intake.record_webhooks, timeout_s=self.timeout_s)
+        self._outcomes = GroupCommit(self._pool, outbox.record_outcomes, timeout_s=self.timeout_s)
 
     def _without_password(self, error: BaseException) -> str:
         text = (
@@ -100,9 +108,10 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Finish queued writes and disconnect."""
-        if self._commits is not None:
-            await self._commits.close()
-            self._commits = None
+        for group in (self._commits, self._outcomes):
+            if group is not None:
+                await group.close()
+        self._commits = self._outcomes = None
         await self._close_pool()
 
     async def _close_pool(self) -> None:
@@ -140,23 +149,19 @@ class PostgresStore:
 
     async def record_webhook(self, inbound: InboundWebhook, *, recheck_before: datetime) -> StoredWebhook:
         """Stored in a transaction shared with other webhooks arriving now; a new delivery wakes workers."""
-
-        return await self._group().write((inbound, recheck_before))
+        return await _opened(self._commits).write((inbound, recheck_before))
 
     async def reprocess_webhook(
         self, webhook_id: int, judgement: Judgement, *, now: datetime, recheck_before: datetime
     ) -> StoredWebhook | None:
         """Judge a quarantined webhook again as if it arrived `now`; None if unknown or not quarantined."""
 
-        async def job(conn: Conn) -> StoredWebhook | None:
-            stored = await intake.reprocess_webhook(
+        # A new delivery wakes the workers from inside the database's function.
+        return await self._transaction(
+            lambda conn: intake.reprocess_webhook(
                 conn, webhook_id, judgement, now=now, recheck_before=recheck_before
             )
-            if stored is not None and stored.status == "accepted":
-                await _notify(conn)
-            return stored
-
-        return await self._transaction(job)
+        )
 
     # The worker ---------------------------------------------------------------------------------------
 
@@ -176,15 +181,9 @@ class PostgresStore:
         )
 
     async def record_outcome(self, outcome: Outcome, *, now: datetime) -> str:
-        """Store where a claimed delivery went, its calls, and release its inquiry, in one transaction."""
-
-        async def job(conn: Conn) -> str:
-            state = await outbox.record_outcome(conn, outcome, now=now)
-            if state == "pending":
-                await _notify(conn)
-            return state
-
-        return await self._transaction(job)
+        """Store where a claimed delivery went, its calls, and release its inquiry, in one transaction
+        shared with other deliveries finishing now (one going back to pending wakes the workers)."""
+        return await _opened(self._outcomes).write((outcome, now))
 
     async def sweep_unmatched(self, *, now: datetime, expire_before: datetime) -> UnmatchedSweep:
         """Unmatched deliveries whose link now exists go back to pending; those waiting too long die."""
@@ -378,11 +377,6 @@ class PostgresStore:
 
     # Connections --------------------------------------------------------------------------------------
 
-    def _group(self) -> GroupCommit[intake.Arrival, StoredWebhook]:
-        if self._commits is None:
-            raise StoreUnavailable("database is closed")
-        return self._commits
-
     async def _run(self, work: Work[T]) -> T:
         """`work` on a pooled connection, outside any transaction, bounded by the timeout."""
         if self._pool is None:
@@ -400,12 +394,14 @@ class PostgresStore:
         return await self._run(transaction)
 
 
-async def _record_webhooks(conn: Conn, arrivals: list[intake.Arrival]) -> list[StoredWebhook]:
-    """One batch of webhooks; a new delivery among them wakes the workers at the commit."""
-    stored = await intake.record_webhooks(conn, arrivals)
-    if any(one.status == "accepted" for one in stored):
-        await _notify(conn)
-    return stored
+def _opened(group: GroupCommit[A, R] | None) -> GroupCommit[A, R]:
+    if group is None:
+        raise StoreUnavailable("database is closed")
+    return group
+
+
+async def _keep_session(conn: "asyncpg.Connection[asyncpg.Record]") -> None:
+    """A pooled connection goes back as it is (asyncpg has already rolled back any open transaction)."""
 
 
 async def _notify(conn: Conn) -> None:
