@@ -389,3 +389,52 @@ async def test_an_outcome_the_database_refuses_does_not_fail_the_ones_sharing_it
     assert isinstance(results[3], StoreUnavailable)
     assert [result for n, result in enumerate(results) if n != 3] == ["delivered"] * 15
     assert (await store.deliveries_by_state())["delivered"] == 15
+
+
+async def test_holds_taken_at_once_share_commits_and_admit_one_delivery_per_inquiry(
+    store: PostgresStore,
+) -> None:
+    until = NOW + timedelta(minutes=1)
+    taken = await asyncio.gather(
+        *(
+            store.hold_inquiry(inquiry, delivery, now=NOW, until=until)
+            for inquiry in (1, 2)
+            for delivery in range(8)
+        )
+    )
+    # In each inquiry's batch the first delivery takes it; the rest find it held, even in the same commit.
+    assert taken == [True, *[False] * 7, True, *[False] * 7]
+    assert store._holds is not None and 1 <= store._holds.commits < 16
+
+
+async def test_send_slots_reserved_at_once_share_commits_and_stay_spaced(store: PostgresStore) -> None:
+    slots = await asyncio.gather(
+        *(store.reserve_send_slot("quivo", now=NOW, spacing_s=0.5) for _ in range(10))
+    )
+    assert slots == [NOW + timedelta(seconds=0.5 * n) for n in range(10)]
+    assert store._slots is not None and 1 <= store._slots.commits < 10
+
+
+async def test_a_database_made_by_the_first_migration_is_brought_up_to_date_and_works(url: str) -> None:
+    first = known_migrations()[0]
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(first.sql)
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 1, first.name)
+    finally:
+        await conn.close()
+    store = PostgresStore(url, timeout_s=2, pool_size=2)
+    await store.open()
+    try:
+        assert await store.schema_version() == known_migrations()[-1].version
+        stored = await store.record_webhook(webhook(1), recheck_before=NOW)
+        (claimed,) = await store.claim_due(now=NOW, lease_until=NOW + timedelta(minutes=1), limit=5)
+        assert claimed.id == stored.delivery_id
+        outcome = Outcome(claimed.id, "delivered", 1, False, inquiry_id=9, last_status=200)
+        assert await store.record_outcome(outcome, now=NOW) == "delivered"
+    finally:
+        await store.close()

@@ -51,22 +51,25 @@ async def claim_due(conn: Conn, *, now: datetime, lease_until: datetime, limit: 
     ]
 
 
-async def hold_inquiry(
-    conn: Conn, inquiry_id: int, delivery_id: int, *, now: datetime, until: datetime
-) -> bool:
-    """The primary key admits one holder per inquiry; a hold run out, or this delivery's own, is taken."""
-    holder = await conn.fetchval(
-        "INSERT INTO inquiry_holds (inquiry_id, delivery_id, held_until) VALUES ($1, $2, $4) "
-        "ON CONFLICT (inquiry_id) DO UPDATE SET delivery_id = excluded.delivery_id, "
-        "held_until = excluded.held_until "
-        "WHERE inquiry_holds.held_until <= $3 OR inquiry_holds.delivery_id = excluded.delivery_id "
-        "RETURNING delivery_id",
-        inquiry_id,
-        delivery_id,
-        now,
-        until,
-    )
-    return holder is not None
+# The primary key admits one holder per inquiry; a hold run out, or this delivery's own, is taken. One
+# row whether taken or not, so a batch's answers line up with its holds.
+_HOLD = """
+WITH taken AS (
+    INSERT INTO inquiry_holds (inquiry_id, delivery_id, held_until) VALUES ($1, $2, $4)
+    ON CONFLICT (inquiry_id) DO UPDATE
+    SET delivery_id = excluded.delivery_id, held_until = excluded.held_until
+    WHERE inquiry_holds.held_until <= $3 OR inquiry_holds.delivery_id = excluded.delivery_id
+    RETURNING 1)
+SELECT EXISTS (SELECT FROM taken)
+"""
+
+# An inquiry, the delivery to hold it for, now, and until when.
+Hold = tuple[int, int, datetime, datetime]
+
+
+async def hold_inquiries(conn: Conn, holds: list[Hold]) -> list[bool]:
+    """Take each inquiry for its delivery, in order, in one pipelined round trip; False: another holds it."""
+    return [bool(row[0]) for row in await conn.fetchmany(_HOLD, holds)]
 
 
 # Where each delivery went, its calls and the release of its inquiry: see migration 0002.

@@ -62,6 +62,8 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._commits: GroupCommit[intake.Arrival, StoredWebhook] | None = None
         self._outcomes: GroupCommit[outbox.Finish, str] | None = None
+        self._holds: GroupCommit[outbox.Hold, bool] | None = None
+        self._slots: GroupCommit[relaywide.SlotRequest, datetime] | None = None
 
     # Life ---------------------------------------------------------------------------------------------
 
@@ -97,6 +99,8 @@ class PostgresStore:
             raise DatabaseUnusable(f"{self.location}: synchronous_commit is off; the relay needs it on")
         self._commits = GroupCommit(self._pool, intake.record_webhooks, timeout_s=self.timeout_s)
         self._outcomes = GroupCommit(self._pool, outbox.record_outcomes, timeout_s=self.timeout_s)
+        self._holds = GroupCommit(self._pool, outbox.hold_inquiries, timeout_s=self.timeout_s)
+        self._slots = GroupCommit(self._pool, relaywide.reserve_send_slots, timeout_s=self.timeout_s)
 
     def _without_password(self, error: BaseException) -> str:
         text = (
@@ -108,10 +112,10 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Finish queued writes and disconnect."""
-        for group in (self._commits, self._outcomes):
+        for group in (self._commits, self._outcomes, self._holds, self._slots):
             if group is not None:
                 await group.close()
-        self._commits = self._outcomes = None
+        self._commits = self._outcomes = self._holds = self._slots = None
         await self._close_pool()
 
     async def _close_pool(self) -> None:
@@ -175,10 +179,9 @@ class PostgresStore:
     async def hold_inquiry(
         self, inquiry_id: int, delivery_id: int, *, now: datetime, until: datetime
     ) -> bool:
-        """Take the inquiry for this delivery until `until`; False: another send holds it."""
-        return await self._run(
-            lambda conn: outbox.hold_inquiry(conn, inquiry_id, delivery_id, now=now, until=until)
-        )
+        """Take the inquiry for this delivery until `until`; False: another send holds it. Shares a commit
+        with other holds taken now."""
+        return await _opened(self._holds).write((inquiry_id, delivery_id, now, until))
 
     async def record_outcome(self, outcome: Outcome, *, now: datetime) -> str:
         """Store where a claimed delivery went, its calls, and release its inquiry, in one transaction
@@ -251,10 +254,9 @@ class PostgresStore:
         return await self._run(lambda conn: relaywide.take_duty(conn, duty, holder, now=now, until=until))
 
     async def reserve_send_slot(self, account: str, *, now: datetime, spacing_s: float) -> datetime:
-        """The instant this call to a Quivo account may go: slots `spacing_s` apart across every worker."""
-        return await self._run(
-            lambda conn: relaywide.reserve_send_slot(conn, account, now=now, spacing_s=spacing_s)
-        )
+        """The instant this call to a Quivo account may go: slots `spacing_s` apart across every worker.
+        Shares a commit with other calls reserving now."""
+        return await _opened(self._slots).write((account, now, spacing_s))
 
     async def pause_account(self, pause: AccountPause) -> None:
         """Every worker holds calls to the account until the pause's `until` (or until it is lifted)."""

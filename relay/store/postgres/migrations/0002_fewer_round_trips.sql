@@ -1,5 +1,8 @@
 -- Fewer round trips per write: a webhook's function wakes the workers itself (no NOTIFY of its own), and
 -- a delivery's outcome is one call.
+-- A webhook's versions known for its rating are read in one statement planned at each call: a session
+-- otherwise keeps the generic plan it chose while the table was empty, which may walk the merchant's
+-- every delivery (deliveries_external) until the next ANALYZE: 0.28 ms at 6,000 rows, 3 us planned.
 
 CREATE OR REPLACE FUNCTION relay_record_webhook(
     p_received_at timestamptz, p_request_id text, p_status text, p_webhook_type text, p_merchant_id bigint,
@@ -26,8 +29,9 @@ BEGIN
         RETURN;
     END IF;
     PERFORM pg_advisory_xact_lock(hashint8(r_merchant_id), hashint8(r_rating_id));
-    SELECT d.id INTO known FROM deliveries d
-    WHERE d.merchant_id = r_merchant_id AND d.rating_id = r_rating_id AND d.version = r_version;
+    EXECUTE 'SELECT max(id) FILTER (WHERE version = $3), max(version) FROM deliveries '
+        'WHERE merchant_id = $1 AND rating_id = $2'
+    INTO known, newest USING r_merchant_id, r_rating_id, r_version;
     IF known IS NOT NULL THEN
         INSERT INTO webhooks (received_at, request_id, status, webhook_type, merchant_id, rating_id, errors,
             content_type, body)
@@ -37,8 +41,6 @@ BEGIN
         RETURN QUERY SELECT webhook, 'duplicate'::text, known, older;
         RETURN;
     END IF;
-    SELECT max(d.version) INTO newest FROM deliveries d
-    WHERE d.merchant_id = r_merchant_id AND d.rating_id = r_rating_id;
     INSERT INTO webhooks (received_at, request_id, status, webhook_type, merchant_id, rating_id, errors,
         content_type, body)
     VALUES (p_received_at, p_request_id, 'accepted', p_webhook_type, p_merchant_id, p_rating_id, p_errors,
@@ -80,13 +82,19 @@ CREATE FUNCTION relay_record_outcome(
     c_status_code integer[], c_outcome text[], c_error text[])
 RETURNS text
 LANGUAGE plpgsql AS $$
+DECLARE
+    merchant_sent bigint;
+    rating_sent bigint;
+    version_sent text COLLATE "C";
+    newer boolean;
 BEGIN
     UPDATE deliveries SET state = p_state, attempts = p_attempts, unconfirmed = p_unconfirmed,
         next_attempt_at = p_next_attempt_at, inquiry_id = COALESCE(p_inquiry_id, inquiry_id),
         last_status = COALESCE(p_last_status, last_status), last_error = p_last_error,
         current_rating = COALESCE(p_current_rating, current_rating), updated_at = p_now,
         delivered_at = CASE WHEN p_state = 'delivered' THEN p_now ELSE delivered_at END
-    WHERE id = p_delivery_id;
+    WHERE id = p_delivery_id
+    RETURNING merchant_id, rating_id, version INTO merchant_sent, rating_sent, version_sent;
     DELETE FROM inquiry_holds WHERE delivery_id = p_delivery_id;
     INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, outcome, error)
     SELECT p_delivery_id, p_attempts, c.action, c.started_at, c.duration_ms, c.status_code, c.outcome, c.error
@@ -106,12 +114,12 @@ BEGIN
     END IF;
     IF p_state IN ('pending', 'retrying', 'unmatched') THEN
         -- A newer version arrived while this one was in flight: it takes over, this one stops here.
-        UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL
-        WHERE id = p_delivery_id AND EXISTS (
-            SELECT 1 FROM deliveries n
-            WHERE n.merchant_id = deliveries.merchant_id AND n.rating_id = deliveries.rating_id
-              AND n.version > deliveries.version);
-        IF FOUND THEN
+        -- Planned at each call, as the webhook's lookup of its versions is (see above).
+        EXECUTE 'SELECT EXISTS (SELECT FROM deliveries n '
+            'WHERE n.merchant_id = $1 AND n.rating_id = $2 AND n.version > $3)'
+        INTO newer USING merchant_sent, rating_sent, version_sent;
+        IF newer THEN
+            UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL WHERE id = p_delivery_id;
             RETURN 'superseded';
         END IF;
     END IF;
