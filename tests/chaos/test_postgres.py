@@ -120,13 +120,6 @@ class Faults:
         return http_call("POST", f"{web.url}/webhooks/bringg", body, headers)
 
 
-# Not yet kept, each seen by this test on main (lift the mark once it passes): an unanswered send releases
-# its inquiry's hold (record_outcome deletes it) while Quivo may still be committing it, so the next rating
-# for that inquiry goes out meanwhile and Quivo has two at once (the slow spell; 2 runs in 3); a commit cut
-# off by PostgreSQL's stop answers 500, not 503 (asyncpg's InternalClientError is not a StoreUnavailable).
-@pytest.mark.xfail(
-    raises=AssertionError, reason="the relay-wide promises on PostgreSQL are not all kept yet", strict=False
-)
 def test_two_web_processes_and_three_workers_on_postgresql_survive_kills_and_a_database_restart(
     tmp_path: Path, postgres_server: PostgresServer, postgres_database: str
 ):
