@@ -201,14 +201,7 @@ class PostgresStore:
 
     async def retry_unmatched(self, *, now: datetime) -> int:
         """Every unmatched delivery is tried again (at start: the inquiry id pattern may have changed)."""
-
-        async def job(conn: Conn) -> int:
-            count = await outbox.retry_unmatched(conn, now=now)
-            if count:
-                await _notify(conn)
-            return count
-
-        return await self._transaction(job)
+        return await self._waking(lambda conn: outbox.retry_unmatched(conn, now=now), made_due=bool)
 
     async def inquiry_held_by_outage(self, *, now: datetime) -> int | None:
         """The inquiry of the delivery waiting out a Quivo outage that is due soonest."""
@@ -216,14 +209,7 @@ class PostgresStore:
 
     async def due_after_outage(self, *, now: datetime) -> int:
         """Quivo is back: every delivery held only by the outage is due now (how many)."""
-
-        async def job(conn: Conn) -> int:
-            count = await outbox.due_after_outage(conn, now=now)
-            if count:
-                await _notify(conn)
-            return count
-
-        return await self._transaction(job)
+        return await self._waking(lambda conn: outbox.due_after_outage(conn, now=now), made_due=bool)
 
     def new_work(self) -> AsyncIterator[None]:
         """Yields on each NOTIFY from any process, and once after the listening connection came back."""
@@ -302,25 +288,17 @@ class PostgresStore:
 
     async def replay_delivery(self, delivery_id: int, *, now: datetime) -> StateChange:
         """Send a dead or unmatched delivery back to pending, due `now`, unconfirmed, attempts from 0."""
-
-        async def job(conn: Conn) -> StateChange:
-            change = await operators.replay_delivery(conn, delivery_id, now=now)
-            if change.moved:
-                await _notify(conn)
-            return change
-
-        return await self._transaction(job)
+        return await self._waking(
+            lambda conn: operators.replay_delivery(conn, delivery_id, now=now),
+            made_due=lambda change: change.moved,
+        )
 
     async def replay_batch(self, delivery_ids: Sequence[int], *, now: datetime) -> ReplayBatch:
         """Replay these listed deliveries as `replay_delivery` does, in one commit; say why any stayed."""
-
-        async def job(conn: Conn) -> ReplayBatch:
-            batch = await operators.replay_batch(conn, delivery_ids, now=now)
-            if batch.replayed:
-                await _notify(conn)
-            return batch
-
-        return await self._transaction(job)
+        return await self._waking(
+            lambda conn: operators.replay_batch(conn, delivery_ids, now=now),
+            made_due=lambda batch: bool(batch.replayed),
+        )
 
     async def cancel_delivery(self, delivery_id: int, *, now: datetime) -> StateChange:
         """Stop a delivery neither delivered nor in flight: it becomes dead, 'cancelled by operator'."""
@@ -338,14 +316,9 @@ class PostgresStore:
 
     async def save_links(self, links: Sequence[Link], *, now: datetime) -> LinkUpsert:
         """Save links (the later of two for one order wins), waking their unmatched deliveries; one commit."""
-
-        async def job(conn: Conn) -> LinkUpsert:
-            saved = await link_table.save_links(conn, links, now=now)
-            if saved.woken:
-                await _notify(conn)
-            return saved
-
-        return await self._transaction(job)
+        return await self._waking(
+            lambda conn: link_table.save_links(conn, links, now=now), made_due=lambda saved: bool(saved.woken)
+        )
 
     async def delete_link(self, merchant_id: int, external_id: str) -> bool:
         """Remove one link; True when there was one. Deliveries already matched keep their inquiry."""
@@ -385,6 +358,17 @@ class PostgresStore:
             raise StoreUnavailable("database is closed")
         async with failures_as_unavailable(), asyncio.timeout(self.timeout_s), self._pool.acquire() as conn:
             return await work(conn)
+
+    async def _waking(self, work: Work[T], *, made_due: Callable[[T], bool]) -> T:
+        """`work` in a transaction that wakes the listening workers at its commit if it made work due."""
+
+        async def job(conn: Conn) -> T:
+            result = await work(conn)
+            if made_due(result):
+                await _notify(conn)
+            return result
+
+        return await self._transaction(job)
 
     async def _transaction(self, work: Work[T], *, readonly: bool = False) -> T:
         """`work` in a transaction of its own on a pooled connection, bounded by the timeout."""
