@@ -24,6 +24,7 @@ from relay.sim.state import SimState
 from relay.store.api import Store
 from relay.store.filters import DeliveryFilter, ReplayFilter, WebhookFilter
 from relay.store.operations import replay_matching
+from relay.store.records import DeliverySummary
 from relay.store.sqlite.store import SqliteStore
 from tests.conftest import AUTH, BACKENDS, fixture_bytes
 from tests.forwarding import (
@@ -79,7 +80,9 @@ def seed(
     updated_at: str | None = None,
     next_attempt_at: str | None = None,
     attempts: int = 0,
+    last_status: int | None = None,
     last_error: str | None = None,
+    request_id: str = "seeded",
 ) -> int:
     """A delivery in any state, with the accepted webhook it came from, written through a store of its own
     (as `relay db copy` writes rows), on whichever backend the relay runs."""
@@ -87,25 +90,19 @@ def seed(
 
     async def write(store: Store) -> int:
         deliveries = await store.list_deliveries(DeliveryFilter(), limit=MAX_LIMIT)
-        webhooks = await store.list_webhooks(WebhookFilter(), limit=1)
         delivery_id = deliveries[0].id + 1 if deliveries else 1
-        webhook_id = webhooks[0].id + 1 if webhooks else 1
         rating = rating_id or max((row.rating_id for row in deliveries), default=1000) + 1
-        body = rating_webhook(rating, external_id, merchant_id=merchant_id)
-        await store.import_rows(
-            "webhooks",
-            [
-                {
-                    "id": webhook_id,
-                    "received_at": created,
-                    "request_id": "seeded",
-                    "status": "accepted",
-                    "webhook_type": "rating_submitted",
-                    "merchant_id": merchant_id,
-                    "rating_id": rating,
-                    "body": body,
-                }
-            ],
+        webhook_id = await _import_webhook(
+            store,
+            {
+                "received_at": created,
+                "request_id": request_id,
+                "status": "accepted",
+                "webhook_type": "rating_submitted",
+                "merchant_id": merchant_id,
+                "rating_id": rating,
+                "body": rating_webhook(rating, external_id, merchant_id=merchant_id),
+            },
         )
         normalized = Rating(merchant_id=merchant_id, rating_id=rating, stars=4, external_id=external_id)
         await store.import_rows(
@@ -124,6 +121,7 @@ def seed(
                     "inquiry_id": inquiry_id,
                     "attempts": attempts,
                     "next_attempt_at": next_attempt_at and datetime.fromisoformat(next_attempt_at),
+                    "last_status": last_status,
                     "last_error": last_error,
                     "created_at": created,
                     "updated_at": datetime.fromisoformat(updated_at) if updated_at else created,
@@ -133,6 +131,61 @@ def seed(
         return delivery_id
 
     return through_store(relay, write)
+
+
+def seed_quarantined(
+    relay, body: bytes, *, errors: list[str], received_at: str, request_id: str = "seeded"
+) -> int:
+    """A quarantined webhook with no delivery, as an older relay that refused `body` would have left it."""
+
+    async def write(store: Store) -> int:
+        return await _import_webhook(
+            store,
+            {
+                "received_at": datetime.fromisoformat(received_at),
+                "request_id": request_id,
+                "status": "quarantined",
+                "errors": json.dumps(errors),
+                "content_type": "application/json",
+                "body": body,
+            },
+        )
+
+    return through_store(relay, write)
+
+
+async def _import_webhook(store: Store, row: dict[str, Any]) -> int:
+    """Insert one webhook row, numbered past the newest; its id."""
+    newest = await store.list_webhooks(WebhookFilter(), limit=1)
+    webhook_id = newest[0].id + 1 if newest else 1
+    await store.import_rows("webhooks", [{"id": webhook_id, **row}])
+    return webhook_id
+
+
+def seed_attempt(
+    relay,
+    delivery_id: int,
+    *,
+    started_at: str,
+    duration_ms: int,
+    status_code: int,
+    outcome: str,
+    error: str,
+    number: int = 1,
+    action: str = "send",
+) -> None:
+    """One call to Quivo recorded for a delivery, written through a store of its own as `seed` writes."""
+    call = {
+        "delivery_id": delivery_id,
+        "number": number,
+        "action": action,
+        "started_at": datetime.fromisoformat(started_at),
+        "duration_ms": duration_ms,
+        "status_code": status_code,
+        "outcome": outcome,
+        "error": error,
+    }
+    through_store(relay, lambda store: store.import_rows("attempts", [call]))
 
 
 def through_store(relay, read: Callable[[Store], Awaitable[T]]) -> T:
@@ -146,6 +199,18 @@ def delivery_row(relay, delivery_id: int) -> dict[str, Any]:
     detail = through_store(relay, lambda store: store.get_delivery(delivery_id))
     assert detail is not None
     return asdict(detail.delivery)
+
+
+def webhook_row(relay, webhook_id: int) -> dict[str, Any]:
+    """Every field of one stored webhook, its body included, read through the store."""
+    detail = through_store(relay, lambda store: store.get_webhook(webhook_id))
+    assert detail is not None
+    return asdict(detail)
+
+
+def every_delivery(relay) -> list[DeliverySummary]:
+    """Every delivery, newest first, read through the store."""
+    return through_store(relay, lambda store: store.list_deliveries(DeliveryFilter(), limit=MAX_LIMIT))
 
 
 def links(relay) -> list[tuple[int, str, int]]:
@@ -392,20 +457,21 @@ async def test_listings_use_their_index_and_never_sort(relay, path, params, step
 # Deliveries: one
 
 
-# It writes rows behind the relay's back with sqlite3, for which the store interface has no verb.
-@pytest.mark.backends("sqlite")
 async def test_delivery_detail_has_the_rating_its_calls_and_its_webhook(relay):
     received = await relay.post(
         "/webhooks/bringg", data=fixture_bytes("bringg/rating_submitted.json"), headers=AUTH
     )
     accepted = await received.json()
     delivery_id = accepted["delivery_id"]
-    sql(
+    called_at = ago(minutes=1)
+    seed_attempt(
         relay,
-        "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, outcome, "
-        "error) VALUES (?, 1, 'send', ?, 120, 503, 'retry', 'Quivo answered 503')",
         delivery_id,
-        ago(minutes=1),
+        started_at=called_at,
+        duration_ms=120,
+        status_code=503,
+        outcome="retry",
+        error="Quivo answered 503",
     )
 
     status, detail = await get(relay, f"/admin/deliveries/{delivery_id}")
@@ -420,7 +486,7 @@ async def test_delivery_detail_has_the_rating_its_calls_and_its_webhook(relay):
         {
             "number": 1,
             "action": "send",
-            "started_at": detail["attempts"][0]["started_at"],
+            "started_at": called_at,
             "duration_ms": 120,
             "status_code": 503,
             "outcome": "retry",
@@ -468,13 +534,9 @@ async def test_replay_sends_a_dead_delivery_back_to_pending_unconfirmed_and_wake
     assert woken.is_set()
 
 
-# It writes rows behind the relay's back with sqlite3, for which the store interface has no verb.
-@pytest.mark.backends("sqlite")
 async def test_replay_matches_again_when_quivo_said_the_inquiry_does_not_exist(relay):
-    missing = seed(relay, state="dead", inquiry_id=404404, last_error="not found")
-    refused = seed(relay, state="dead", inquiry_id=777, last_error="forbidden")
-    sql(relay, "UPDATE deliveries SET last_status = 404 WHERE id = ?", missing)
-    sql(relay, "UPDATE deliveries SET last_status = 403 WHERE id = ?", refused)
+    missing = seed(relay, state="dead", inquiry_id=404404, last_status=404, last_error="not found")
+    refused = seed(relay, state="dead", inquiry_id=777, last_status=403, last_error="forbidden")
 
     for delivery_id in (missing, refused):
         assert (await post(relay, f"/admin/deliveries/{delivery_id}/replay"))[0] == 200
@@ -675,36 +737,31 @@ async def test_webhook_detail_has_the_raw_body_and_its_deliveries(relay):
     assert (missing.status, missing.content_type) == (404, PROBLEM)
 
 
-# It writes rows behind the relay's back with sqlite3, for which the store interface has no verb.
-@pytest.mark.backends("sqlite")
 async def test_reprocess_of_a_body_still_unusable_stays_quarantined_with_its_errors(relay):
-    quarantined = await webhook(relay, rating_webhook(2, "ORD-2", stars=9))
-    sql(relay, "UPDATE webhooks SET errors = '[\"an old reason\"]' WHERE id = ?", quarantined["id"])
+    quarantined = seed_quarantined(
+        relay, rating_webhook(2, "ORD-2", stars=9), errors=["an old reason"], received_at=ago(hours=1)
+    )
 
-    status, answer = await post(relay, f"/admin/webhooks/{quarantined['id']}/reprocess")
+    status, answer = await post(relay, f"/admin/webhooks/{quarantined}/reprocess")
 
     assert (status, answer) == (
         200,
         {"status": "quarantined", "errors": ["rating.rating: stars must be 1..5, got 9"]},
     )
-    [row] = sql(relay, "SELECT status, errors FROM webhooks")
-    assert (row["status"], json.loads(row["errors"])) == ("quarantined", answer["errors"])
-    assert sql(relay, "SELECT id FROM deliveries") == []
+    stored = webhook_row(relay, quarantined)
+    assert (stored["status"], stored["errors"]) == ("quarantined", answer["errors"])
+    assert every_delivery(relay) == []
 
 
-# It writes rows behind the relay's back with sqlite3, for which the store interface has no verb.
-@pytest.mark.backends("sqlite")
 async def test_reprocess_of_a_body_now_usable_accepts_it_with_a_pending_delivery(relay):
     # As if an older relay had refused the fixture: the row is quarantined, the body is valid today.
-    [row] = sql(
+    webhook_id = seed_quarantined(
         relay,
-        "INSERT INTO webhooks (received_at, request_id, status, errors, content_type, body) "
-        "VALUES (?, 'old-request', 'quarantined', '[\"refused by an older relay\"]', 'application/json', ?) "
-        "RETURNING id",
-        ago(days=10),
         fixture_bytes("bringg/rating_submitted.json"),
+        errors=["refused by an older relay"],
+        received_at=ago(days=10),
+        request_id="old-request",
     )
-    webhook_id = row["id"]
     relay.app[NEW_DELIVERY].clear()
 
     status, answer = await post(relay, f"/admin/webhooks/{webhook_id}/reprocess")
@@ -715,13 +772,8 @@ async def test_reprocess_of_a_body_now_usable_accepts_it_with_a_pending_delivery
     assert (delivery["state"], delivery["webhook_id"], delivery["rating_id"]) == ("pending", webhook_id, 3452)
     assert delivery["created_at"] > datetime.now(UTC) - timedelta(seconds=10)
     assert delivery["unconfirmed"] == 1  # a rating from 2022: delivered and pruned long ago, maybe
-    [stored] = sql(relay, "SELECT * FROM webhooks")
-    assert (stored["id"], stored["status"], stored["errors"], stored["merchant_id"]) == (
-        webhook_id,
-        "accepted",
-        None,
-        1,
-    )
+    stored = webhook_row(relay, webhook_id)
+    assert (stored["status"], stored["errors"], stored["merchant_id"]) == ("accepted", [], 1)
     assert (stored["request_id"], stored["body"]) == (
         "old-request",
         fixture_bytes("bringg/rating_submitted.json"),
@@ -731,24 +783,18 @@ async def test_reprocess_of_a_body_now_usable_accepts_it_with_a_pending_delivery
     assert (again.status, (await again.json())["webhook_status"]) == (409, "accepted")
 
 
-# It writes rows behind the relay's back with sqlite3, for which the store interface has no verb.
-@pytest.mark.backends("sqlite")
 async def test_reprocess_of_a_version_already_delivered_from_elsewhere_is_a_duplicate(relay):
     first = await webhook(relay, fixture_bytes("bringg/rating_submitted.json"))
-    [row] = sql(
-        relay,
-        "INSERT INTO webhooks (received_at, request_id, status, body) VALUES (?, 'r', 'quarantined', ?) "
-        "RETURNING id",
-        ago(hours=1),
-        fixture_bytes("bringg/rating_submitted.json"),
+    again = seed_quarantined(
+        relay, fixture_bytes("bringg/rating_submitted.json"), errors=[], received_at=ago(hours=1)
     )
 
-    status, answer = await post(relay, f"/admin/webhooks/{row['id']}/reprocess")
+    status, answer = await post(relay, f"/admin/webhooks/{again}/reprocess")
 
     assert (status, answer) == (200, {"status": "duplicate", "delivery_id": first["delivery_id"]})
-    assert len(sql(relay, "SELECT id FROM deliveries")) == 1
-    statuses = [r["status"] for r in sql(relay, "SELECT status FROM webhooks ORDER BY id")]
-    assert statuses == ["accepted", "duplicate"]
+    assert len(every_delivery(relay)) == 1
+    listed = through_store(relay, lambda store: store.list_webhooks(WebhookFilter(), limit=MAX_LIMIT))
+    assert [(hook.id, hook.status) for hook in listed] == [(again, "duplicate"), (first["id"], "accepted")]
 
 
 # Links

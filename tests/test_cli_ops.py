@@ -17,30 +17,45 @@ from relay.app import create_app
 from relay.cli import main
 from relay.console import duration, table
 from relay.domain.delivery import DELIVERY_STATES
-from relay.keys import SETTINGS
+from relay.keys import SETTINGS, STORE
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
 from relay.store import create_store
 from relay.store.records import DeliverySummary
-from tests.beats import beat_on_file
-from tests.forwarding import Quivo, forwarding_settings, wait_for_state
+from tests.beats import worker_beat
+from tests.conftest import BACKENDS
+from tests.forwarding import Quivo, forwarding_settings, wait_for_delivery
 from tests.processes import run_relay
-from tests.test_admin import ADMIN, TOKEN, ago, crafted_cursor, delivery_row, seed, sql
+from tests.test_admin import (
+    ADMIN,
+    TOKEN,
+    ago,
+    crafted_cursor,
+    delivery_row,
+    every_delivery,
+    seed,
+    seed_attempt,
+    seed_quarantined,
+    through_store,
+)
+
+# The operator's commands read and change the store: each test runs on every backend unless marked otherwise.
+pytestmark = pytest.mark.backends(*BACKENDS)
 
 
 @pytest.fixture
-async def store(make_settings: Any) -> Any:
+async def store(make_settings: Any, tmp_path: Path) -> Any:
     """A migrated database, shaped as test_admin's seeding helpers read a relay: `store.app[SETTINGS]`."""
     settings = make_settings()
     migrated = create_store(settings.database_url, timeout_s=5, pool_size=1)
     await migrated.open()
     await migrated.close()
-    return SimpleNamespace(app={SETTINGS: settings})
+    return SimpleNamespace(app={SETTINGS: settings}, folder=tmp_path)
 
 
 def relay(store: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    path: Path = store.app[SETTINGS].database_path
-    return run_relay(*args, env={"DATABASE_URL": f"sqlite:///{path}"}, cwd=path.parent)
+    """`relay ARGS` on the store's database, run in the test's folder as an operator's shell would."""
+    return run_relay(*args, env={"DATABASE_URL": store.app[SETTINGS].database_url}, cwd=store.folder)
 
 
 def relay_json(store: Any, *args: str) -> Any:
@@ -97,8 +112,8 @@ def test_status_shows_counts_backlog_recent_outcomes_and_the_worker(store):
     seed(store, state="unmatched")
     seed(store, state="delivered", updated_at=ago(minutes=5))
     seed(store, state="dead", updated_at=ago(hours=2))
-    sql(store, "UPDATE webhooks SET status = 'quarantined' WHERE id = 1")
-    beat_on_file(store.app[SETTINGS].database_path, _ago(minutes=2), "Quivo answered 401")
+    seed_quarantined(store, b"{}", errors=["not a rating"], received_at=ago(minutes=3))
+    beat(store, _ago(minutes=2), "Quivo answered 401")
 
     shown = relay(store, "status")
     document = relay_json(store, "status")
@@ -106,7 +121,7 @@ def test_status_shows_counts_backlog_recent_outcomes_and_the_worker(store):
     assert shown.returncode == 0, shown.stderr
     lines = [columns(line) for line in shown.stdout.splitlines()]
     assert lines[0] == ["DELIVERY STATE", "COUNT", "WEBHOOK STATUS", "COUNT"]
-    assert lines[1] == ["pending", "1", "accepted", "3"]
+    assert lines[1] == ["pending", "1", "accepted", "4"]
     assert lines[4][:2] == ["delivered", "1"] and lines[5][:2] == ["dead", "1"]
     assert ["quarantined", "1"] in [line[2:] for line in lines]
     summary = {line[0]: line[1] for line in lines if len(line) == 2}
@@ -119,7 +134,7 @@ def test_status_shows_counts_backlog_recent_outcomes_and_the_worker(store):
 
     seeded = ("pending", "delivered", "dead", "unmatched")
     assert document["deliveries"] == {state: int(state in seeded) for state in DELIVERY_STATES}
-    assert document["webhooks"] == {"accepted": 3, "duplicate": 0, "ignored": 0, "quarantined": 1}
+    assert document["webhooks"] == {"accepted": 4, "duplicate": 0, "ignored": 0, "quarantined": 1}
     assert 60 <= document["backlog_age_s"] < 120
     assert 600 <= document["worker_lag_s"] < 660
     assert (document["delivered"], document["dead"]) == (
@@ -164,13 +179,18 @@ def test_deliveries_list_filters_by_state_and_time_newest_first_and_pages(store)
 
 
 def test_show_prints_the_delivery_its_calls_and_its_webhook_and_an_unknown_id_exits_1(store):
-    delivery_id = seed(store, state="dead", attempts=1, last_error="Quivo answered 422")
-    sql(
+    created_at = ago(minutes=2)
+    delivery_id = seed(
+        store, state="dead", attempts=1, last_error="Quivo answered 422", created_at=created_at
+    )
+    seed_attempt(
         store,
-        "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, outcome, "
-        "error) VALUES (?, 1, 'send', ?, 87, 422, 'dead', 'Quivo answered 422')",
         delivery_id,
-        ago(minutes=1),
+        started_at=ago(minutes=1),
+        duration_ms=87,
+        status_code=422,
+        outcome="dead",
+        error="Quivo answered 422",
     )
 
     detail = relay_json(store, "deliveries", "show", str(delivery_id))
@@ -188,11 +208,10 @@ def test_show_prints_the_delivery_its_calls_and_its_webhook_and_an_unknown_id_ex
     assert f"webhook {detail['webhook']['id']}: accepted" in shown.stdout
     assert (unknown.returncode, unknown.stderr) == (1, "relay: no delivery 999\n")
     # Instants as the admin API writes them (`2026-12-01T18:42:38.123456Z`), in JSON and in the table alike.
-    [stored] = sql(store, "SELECT created_at, updated_at FROM deliveries WHERE id = ?", delivery_id)
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stored["created_at"])
-    assert (detail["delivery"]["created_at"], detail["delivery"]["updated_at"]) == tuple(stored)
-    assert ["created_at", stored["created_at"]] in lines
-    assert f"received {stored['created_at']}, " in shown.stdout
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", created_at)
+    assert (detail["delivery"]["created_at"], detail["delivery"]["updated_at"]) == (created_at, created_at)
+    assert ["created_at", created_at] in lines
+    assert f"received {created_at}, " in shown.stdout
 
 
 # Replay
@@ -230,7 +249,7 @@ def test_bulk_replay_takes_the_dead_matching_the_filters_and_shows_progress(stor
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"replayed": 3, "skipped": 0, "skipped_deliveries": []}
     assert "replayed 3..." in result.stderr
-    states = {row["id"]: row["state"] for row in sql(store, "SELECT id, state FROM deliveries")}
+    states = {delivery.id: delivery.state for delivery in every_delivery(store)}
     assert states == {**dict.fromkeys(recent, "pending"), old: "dead", unmatched: "unmatched"}
 
 
@@ -266,6 +285,8 @@ def test_bulk_replay_names_each_delivery_it_leaves_because_a_newer_version_exist
         (["replay", "--state", "dead", "--since", "9999-12-31T23:59:59-23:59"], "--since"),
     ],
 )
+# Refused before the store is opened: what it proves holds whatever the backend, so SQLite alone.
+@pytest.mark.backends("sqlite")
 def test_a_bad_filter_exits_2_with_one_line_naming_the_option(store, args, option):
     result = relay(store, *args)
 
@@ -277,6 +298,8 @@ def test_a_bad_filter_exits_2_with_one_line_naming_the_option(store, args, optio
 # Beside a running relay
 
 
+# SQLite's own promise (WAL: a reader's open transaction never blocks a commit); PostgreSQL's MVCC gives it.
+@pytest.mark.backends("sqlite")
 def test_commands_work_while_another_connection_holds_a_read_transaction(store):
     delivery_id = seed(store, state="dead")
     reader = sqlite3.connect(store.app[SETTINGS].database_path, isolation_level=None)
@@ -302,17 +325,23 @@ ESCAPES = "\x1b]0;owned\x07\x1b[2JALL OK\u202e"
 
 
 def test_control_characters_from_webhooks_and_quivo_are_shown_escaped(store):
-    delivery_id = seed(store, state="dead", external_id=f"ORD-{ESCAPES}", last_error=f"Quivo: {ESCAPES}")
-    sql(store, "UPDATE webhooks SET request_id = ?", f"req-{ESCAPES}")
-    sql(
+    delivery_id = seed(
         store,
-        "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, outcome, "
-        "error) VALUES (?, 1, 'send', ?, 87, 422, 'dead', ?)",
-        delivery_id,
-        ago(minutes=1),
-        f"Quivo answered 422: {ESCAPES}",
+        state="dead",
+        external_id=f"ORD-{ESCAPES}",
+        last_error=f"Quivo: {ESCAPES}",
+        request_id=f"req-{ESCAPES}",
     )
-    beat_on_file(store.app[SETTINGS].database_path, _ago(seconds=0), f"Quivo answered 401: {ESCAPES}")
+    seed_attempt(
+        store,
+        delivery_id,
+        started_at=ago(minutes=1),
+        duration_ms=87,
+        status_code=422,
+        outcome="dead",
+        error=f"Quivo answered 422: {ESCAPES}",
+    )
+    beat(store, _ago(seconds=0), f"Quivo answered 401: {ESCAPES}")
 
     shown = [
         relay(store, "deliveries", "list"),
@@ -339,7 +368,13 @@ def test_control_characters_from_webhooks_and_quivo_are_shown_escaped(store):
 
 
 async def replayed_calls(
-    aiohttp_client: Any, aiohttp_server: Any, make_settings: Any, *, inquiry_id: int, missing: bool
+    aiohttp_client: Any,
+    aiohttp_server: Any,
+    make_settings: Any,
+    folder: Path,
+    *,
+    inquiry_id: int,
+    missing: bool,
 ) -> tuple[list[list[str]], SimState]:
     """A dead delivery replayed (so read before it is sent again): its calls as `show` lists them."""
     state = SimState(rng=random.Random(3))
@@ -353,9 +388,9 @@ async def replayed_calls(
     )
     replayed = await running.post(f"/admin/deliveries/{delivery_id}/replay", headers=ADMIN)
     assert replayed.status == 200
-    await wait_for_state(settings.database_path, delivery_id)
+    await wait_for_delivery(running.app[STORE], delivery_id)
 
-    shown = relay(SimpleNamespace(app=running.app), "deliveries", "show", str(delivery_id))
+    shown = relay(SimpleNamespace(app=running.app, folder=folder), "deliveries", "show", str(delivery_id))
 
     assert shown.returncode == 0, shown.stderr
     lines = [columns(line) for line in shown.stdout.splitlines()]
@@ -363,9 +398,9 @@ async def replayed_calls(
     return lines[calls + 1 :], state
 
 
-async def test_show_says_what_a_reconcile_read_found(aiohttp_client, aiohttp_server, make_settings):
+async def test_show_says_what_a_reconcile_read_found(aiohttp_client, aiohttp_server, make_settings, tmp_path):
     (read, send, *_), state = await replayed_calls(
-        aiohttp_client, aiohttp_server, make_settings, inquiry_id=77, missing=False
+        aiohttp_client, aiohttp_server, make_settings, tmp_path, inquiry_id=77, missing=False
     )
 
     assert (read[1], read[4], read[5]) == ("reconcile", "200", "tag not found")
@@ -373,14 +408,21 @@ async def test_show_says_what_a_reconcile_read_found(aiohttp_client, aiohttp_ser
     assert len(state.ratings) == 1
 
 
-async def test_show_says_a_reconcile_read_was_refused_not_dead(aiohttp_client, aiohttp_server, make_settings):
+async def test_show_says_a_reconcile_read_was_refused_not_dead(
+    aiohttp_client, aiohttp_server, make_settings, tmp_path
+):
     # Quivo has no such inquiry: the read before the resend is refused (404), then the send is too.
     (read, send, *_), _ = await replayed_calls(
-        aiohttp_client, aiohttp_server, make_settings, inquiry_id=4040, missing=True
+        aiohttp_client, aiohttp_server, make_settings, tmp_path, inquiry_id=4040, missing=True
     )
 
     assert (read[1], read[4], read[5]) == ("reconcile", "404", "read refused")
     assert (send[1], send[4], send[5]) == ("send", "404", "dead")
+
+
+def beat(store: Any, at: datetime, paused_reason: str) -> None:
+    """A worker's beat on the store's database, as a worker process beside the CLI records it."""
+    through_store(store, lambda opened: opened.beat(worker_beat(at, paused_reason)))
 
 
 def _ago(**delta: float) -> datetime:
