@@ -438,3 +438,77 @@ async def test_a_database_made_by_the_first_migration_is_brought_up_to_date_and_
         assert await store.record_outcome(outcome, now=NOW) == "delivered"
     finally:
         await store.close()
+
+
+# Plans ---------------------------------------------------------------------------------------------
+
+RATING_KEY = "deliveries_merchant_id_rating_id_version_key"
+
+
+def delivered(delivery_id: int, *, merchant_id: int) -> dict[str, object]:
+    """A delivered row as `relay db copy` imports it."""
+    return {
+        "id": delivery_id,
+        "webhook_id": delivery_id,
+        "merchant_id": merchant_id,
+        "rating_id": delivery_id,
+        "version": "",
+        "external_id": f"order-{delivery_id}",
+        "stars": 4,
+        "rating": "{}",
+        "state": "delivered",
+        "inquiry_id": delivery_id,
+        "attempts": 1,
+        "created_at": NOW,
+        "updated_at": NOW,
+        "delivered_at": NOW,
+    }
+
+
+async def index_scans(url: str) -> dict[str, int]:
+    """How many scans each index of deliveries served, as the server's statistics count them."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT indexrelname, idx_scan FROM pg_stat_user_indexes WHERE relname = 'deliveries'"
+        )
+    finally:
+        await conn.close()
+    return {str(row["indexrelname"]): int(row["idx_scan"]) for row in rows}
+
+
+async def test_a_new_merchants_versions_are_looked_up_by_the_rating_key_after_analyze(url: str) -> None:
+    store = PostgresStore(url, timeout_s=5, pool_size=1)
+    await store.open()
+    try:
+        await store.import_rows("deliveries", [delivered(n, merchant_id=99) for n in range(1, 20_001)])
+        conn = await asyncpg.connect(url)
+        try:
+            # Statistics that know only merchant 99: a copied database, or a merchant new since the last one.
+            await conn.execute("ANALYZE deliveries")
+        finally:
+            await conn.close()
+        before = await index_scans(url)
+        stored = await store.record_webhook(webhook(1, merchant_id=7), recheck_before=NOW)
+        (claimed,) = await store.claim_due(now=NOW, lease_until=NOW + timedelta(minutes=1), limit=5)
+        assert claimed.id == stored.delivery_id
+        # Going back to retrying, the outcome looks for a newer version of its rating.
+        retry = Outcome(claimed.id, "retrying", 1, False, next_attempt_at=NOW)
+        assert await store.record_outcome(retry, now=NOW) == "retrying"
+    finally:
+        await store.close()
+
+    lookups = (RATING_KEY, "deliveries_external")  # the indexes that could serve a lookup by merchant
+
+    async def both_lookups_counted() -> bool:
+        # A session's counts reach the statistics by the time it has ended.
+        scans = await index_scans(url)
+        return sum(scans[index] - before[index] for index in lookups) >= 2
+
+    await wait_for(both_lookups_counted)
+    after = await index_scans(url)
+    # deliveries_external would filter every delivery of merchant 7 stored since the statistics were made.
+    assert {index: after[index] - before[index] for index in lookups} == {
+        RATING_KEY: 2,
+        "deliveries_external": 0,
+    }
