@@ -468,13 +468,16 @@ def claims_per_second(url: str, pending: int = 10_000) -> float:
             claiming, claims = 0.0, 0
             while True:
                 began = time.perf_counter()
-                batch = await store.claim_due(now=now, lease_until=now + timedelta(minutes=5), limit=64)
+                leased = now + timedelta(minutes=5)
+                batch = await store.claim_due(now=now, lease_until=leased, limit=64)
                 claiming += time.perf_counter() - began
                 if not batch:
                     return claims / claiming
                 claims += 1
                 done = [Outcome(claimed.id, "delivered", attempts=1, unconfirmed=False) for claimed in batch]
-                await asyncio.gather(*(store.record_outcome(outcome, now=now) for outcome in done))
+                await asyncio.gather(
+                    *(store.record_outcome(outcome, leased_until=leased, now=now) for outcome in done)
+                )
 
     return asyncio.run(run())
 

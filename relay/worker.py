@@ -26,6 +26,7 @@ from relay.settings import Settings
 from relay.store.api import Store, StoreUnavailable
 from relay.store.operations import prune
 from relay.store.records import (
+    LEASE_LOST,
     AccountPause,
     AttemptAction,
     AttemptRecord,
@@ -76,6 +77,8 @@ class _Attempt:
     delivery: ClaimedDelivery
     rating: Rating
     inquiry_id: int
+    # The lease the delivery is this worker's under: its claim's, then each renewal's before a call.
+    leased_until: datetime
     calls: list[AttemptRecord] = field(default_factory=list)
     send_started: bool = False
 
@@ -102,6 +105,9 @@ class Worker:
         # QUIVO_MAX_CONCURRENCY bounds calls in flight; claiming ahead keeps store round trips off that path.
         self._quivo_slots = asyncio.Semaphore(settings.quivo_max_concurrency)
         self._pacer = Pacer(settings.quivo_max_rps, max_pause_s=settings.relay_retry_max_s)
+        # Should this worker die mid-send, Quivo may still commit that send up to the settle time later:
+        # a lease (from a claim, or renewed before a call) outlasts the calls and then the settle time.
+        self._lease = timedelta(seconds=settings.quivo_lease_s + settings.relay_unsure_settle_s)
         # Beside other workers, the rate, the holds on inquiries and the pauses are the relay's, in the store;
         # alone on a database (SQLite), the worker's own pacer and lock per inquiry keep them, commit-free.
         self._budget = None if store.single_worker else RelayBudget(store, settings.quivo_max_rps)
@@ -221,10 +227,7 @@ class Worker:
     async def _claim(self) -> tuple[int, list[ClaimedDelivery], datetime]:
         """How many deliveries the worker could take now, those it took, and when their leases end."""
         now = utc_now()
-        # Should this worker die mid-send, Quivo may still commit that send up to the settle time later:
-        # the row becomes due again (and is read back) only after that too.
-        lease_s = self.settings.quivo_lease_s + self.settings.relay_unsure_settle_s
-        lease_until = now + timedelta(seconds=lease_s)
+        lease_until = now + self._lease
         free = CLAIM_AHEAD * self.settings.quivo_max_concurrency - len(self._in_flight)
         if free <= 0 or self._pacer.paused_for() > 0:
             return 0, [], lease_until
@@ -446,22 +449,24 @@ class Worker:
                 outcome = Outcome(
                     delivery.id, "dead", delivery.attempts, delivery.unconfirmed, last_error=reason
                 )
-                await self._record(outcome, delivery, rating, started, "delivery.dead")
+                await self._record(outcome, delivery, lease_until, rating, started, "delivery.dead")
                 return
             outcome = Outcome(delivery.id, "unmatched", delivery.attempts, delivery.unconfirmed)
-            await self._record(outcome, delivery, rating, started, "delivery.unmatched")
+            await self._record(outcome, delivery, lease_until, rating, started, "delivery.unmatched")
             return
         # The lock orders this worker's ratings for one inquiry as claimed; the hold keeps other workers off.
         async with self._inquiry_turn(inquiry_id):
-            attempt = _Attempt(delivery, rating, inquiry_id)
-            if not await self._hold_inquiry(attempt, lease_until):
-                later = utc_now() + timedelta(seconds=INQUIRY_BUSY_RETRY_S)
-                outcome = replace(self._release(attempt), next_attempt_at=later, last_error=INQUIRY_BUSY)
-                await self._record(outcome, delivery, rating, started, "delivery.inquiry_busy")
-                return
+            attempt = _Attempt(delivery, rating, inquiry_id, lease_until)
             try:
                 outcome, event = await self._attempt(attempt)
                 await self._settle(attempt, outcome)
+            except _LeaseLost:
+                self._lease_lost(delivery, inquiry_id, started)
+                return
+            except _InquiryBusy:
+                later = utc_now() + timedelta(seconds=INQUIRY_BUSY_RETRY_S)
+                outcome = replace(self._release(attempt), next_attempt_at=later, last_error=INQUIRY_BUSY)
+                outcome, event = outcome, "delivery.inquiry_busy"
             except (LoginFailed, _AccountPaused) as error:
                 if isinstance(error, LoginFailed):
                     self._pause(error.reason)
@@ -473,9 +478,12 @@ class Worker:
                 later = utc_now() + timedelta(seconds=too_long.wait_s)
                 outcome, event = replace(self._release(attempt), next_attempt_at=later), "delivery.deferred"
             except asyncio.CancelledError:
-                await self._record(self._release(attempt), delivery, rating, started, "delivery.released")
+                released = self._release(attempt)
+                await self._record(
+                    released, delivery, attempt.leased_until, rating, started, "delivery.released"
+                )
                 raise
-            await self._record(outcome, delivery, rating, started, event)
+            await self._record(outcome, delivery, attempt.leased_until, rating, started, event)
 
     async def _settle(self, attempt: _Attempt, outcome: Outcome) -> None:
         """A send left unanswered may still be running at Quivo: keep its inquiry (the lock, the hold)
@@ -488,15 +496,20 @@ class Worker:
         if left_s > 0:
             await asyncio.sleep(left_s)
 
-    async def _hold_inquiry(self, attempt: _Attempt, lease_until: datetime) -> bool:
-        """Take the inquiry in the store for this delivery's calls, until its lease ends; False: another
-        worker's send holds it. Alone on its database the worker's own lock is enough: no commit for it."""
-        if self.store.single_worker:
-            return True
-        delivery = attempt.delivery
-        return await self.store.hold_inquiry(
-            attempt.inquiry_id, delivery.id, now=utc_now(), until=lease_until
+    async def _take_turn(self, attempt: _Attempt) -> None:
+        """Right before a call: renew the lease, so it outlasts this call and the settle time after it,
+        and hold the inquiry as long. A delivery that waited its turn past its lease may have been
+        claimed again meanwhile (by another worker, or this one): then it is no longer this pass's."""
+        now = utc_now()
+        until = now + self._lease
+        turn = await self.store.take_turn(
+            attempt.delivery.id, attempt.inquiry_id, leased_until=attempt.leased_until, now=now, until=until
         )
+        if turn == "lost":
+            raise _LeaseLost()
+        attempt.leased_until = until
+        if turn == "busy":
+            raise _InquiryBusy()
 
     @contextlib.asynccontextmanager
     async def _inquiry_turn(self, inquiry_id: int) -> AsyncIterator[None]:
@@ -608,6 +621,9 @@ class Worker:
         async with self._quivo_slots:
             if self.paused_reason is not None:
                 raise _AccountPaused()  # another worker's login was refused: this one's token waits too
+            # Before the wait for the rate, whose end the call must follow closely: the lease renewed
+            # here still outlasts that wait (half a lease at most), the call and the settle time.
+            await self._take_turn(attempt)
             wait_s = await self._turn(max_wait_s=self.settings.quivo_lease_s / 2)
             if wait_s is not None:
                 raise _PausedTooLong(wait_s)
@@ -736,9 +752,18 @@ class Worker:
             self._wake.set()
 
     async def _record(
-        self, outcome: Outcome, delivery: ClaimedDelivery, rating: Rating, started: float, event: str
+        self,
+        outcome: Outcome,
+        delivery: ClaimedDelivery,
+        leased_until: datetime,
+        rating: Rating,
+        started: float,
+        event: str,
     ) -> None:
-        state = await self.store.record_outcome(outcome, now=utc_now())
+        state = await self.store.record_outcome(outcome, leased_until=leased_until, now=utc_now())
+        if state == LEASE_LOST:
+            self._lease_lost(delivery, outcome.inquiry_id, started)
+            return
         if state == "superseded" and outcome.state != "superseded":
             event = "delivery.superseded"
         self.metrics.delivery_finished(event.removeprefix("delivery."))
@@ -761,6 +786,19 @@ class Worker:
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
+    def _lease_lost(self, delivery: ClaimedDelivery, inquiry_id: int | None, started: float) -> None:
+        """The delivery was claimed again after its lease ran out: this pass writes nothing more of it."""
+        self.metrics.delivery_finished("lease_lost")
+        log.warning(
+            "delivery.lease_lost",
+            delivery_id=delivery.id,
+            merchant_id=delivery.merchant_id,
+            rating_id=delivery.rating_id,
+            inquiry_id=inquiry_id,
+            attempt=delivery.attempts,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
 
 def _identity() -> WorkerBeat:
     """Who this worker is in the store's registry; each beat fills in its time and pause."""
@@ -775,6 +813,14 @@ class _PausedTooLong(Exception):
     def __init__(self, wait_s: float) -> None:
         super().__init__(wait_s)
         self.wait_s = wait_s
+
+
+class _LeaseLost(Exception):
+    """The delivery's lease ran out while it waited its turn, and a claim took it again: hands off."""
+
+
+class _InquiryBusy(Exception):
+    """Another worker's send holds the delivery's inquiry: no call to it may go out now."""
 
 
 class _AccountPaused(Exception):

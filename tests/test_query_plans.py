@@ -9,11 +9,13 @@ import pytest
 from relay.store.records import AttemptRecord, Outcome
 from relay.store.sqlite.claims import claim_due, record_outcome
 from relay.store.sqlite.gauges import read_backlog
-from relay.store.sqlite.holds import hold_inquiry
+from relay.store.sqlite.holds import take_turn
+from relay.store.sqlite.intake import record_webhook
 from relay.store.sqlite.store import SqliteStore
 from relay.store.sqlite.unmatched import sweep_unmatched
 from relay.store.sqlite.writer import Database
 from tests.plans import full_scans_and_sorts, plan, traced
+from tests.test_store_sqlite import inbound
 
 
 @pytest.fixture
@@ -60,13 +62,15 @@ async def test_backlog_reads_one_entry_of_each_partial_index(database):
     assert due == ["SEARCH deliveries USING INDEX deliveries_due (next_attempt_at<?)"], due
 
 
-async def test_holding_an_inquiry_and_recording_an_outcome_walk_their_keys(database):
+async def test_taking_a_turn_and_recording_an_outcome_walk_their_keys(database):
     now = datetime.now(UTC)
+    await database.write(record_webhook(inbound(1, now), recheck_before=now))
+    [claimed] = await database.write(claim_due(now=now, lease_until=now, limit=1))
     call = AttemptRecord("send", now, 12, 503, "retry")
-    outcome = Outcome(1, "retrying", 1, False, next_attempt_at=now, inquiry_id=5, calls=[call])
+    outcome = Outcome(claimed.id, "retrying", 1, False, next_attempt_at=now, inquiry_id=5, calls=[call])
 
-    statements = await traced(database, hold_inquiry(5, 1, now=now, until=now))
-    statements += await traced(database, record_outcome(outcome, now=now))
+    statements = await traced(database, take_turn(claimed.id, 5, leased_until=now, now=now, until=now))
+    statements += await traced(database, record_outcome(outcome, leased_until=now, now=now))
 
     # The outcome releases the hold by its delivery id: without an index there it would read every hold.
     [release] = [sql for sql in statements if sql.startswith("DELETE FROM inquiry_holds")]

@@ -17,6 +17,7 @@ from relay.store.api import DatabaseUnusable, Store
 from relay.store.filters import CANCELLED, DeliveryFilter, WebhookFilter
 from relay.store.records import (
     COPIED_TABLES,
+    LEASE_LOST,
     AccountPause,
     AttemptRecord,
     Backlog,
@@ -120,9 +121,9 @@ async def settle(
             back = Outcome(
                 other.id, "pending", other.attempts, other.unconfirmed, next_attempt_at=other.age_from
             )
-            await store.record_outcome(back, now=now)
+            await store.record_outcome(back, leased_until=now + LEASE, now=now)
     outcome = Outcome(delivery_id, state, attempts=fields.pop("attempts", 1), unconfirmed=False, **fields)
-    return await store.record_outcome(outcome, now=now)
+    return await store.record_outcome(outcome, leased_until=now + LEASE, now=now)
 
 
 async def state_of(store: Store, delivery_id: int) -> str:
@@ -317,7 +318,9 @@ async def test_a_newer_version_waits_while_an_older_one_sends(store: Store) -> N
 
     while_older_sends = await claim(store, T0 + 2 * SECOND)
     await store.record_outcome(
-        Outcome(older, "delivered", attempts=1, unconfirmed=False), now=T0 + 3 * SECOND
+        Outcome(older, "delivered", attempts=1, unconfirmed=False),
+        leased_until=T0 + LEASE,
+        now=T0 + 3 * SECOND,
     )
     once_it_is_done = await claim(store, T0 + 4 * SECOND)
 
@@ -335,37 +338,79 @@ async def test_claim_fills_in_the_inquiry_from_the_links(store: Store) -> None:
     assert (claimed[linked].inquiry_id, claimed[unlinked].inquiry_id) == (101, None)
 
 
-async def test_hold_inquiry_admits_one_delivery_at_a_time(store: Store) -> None:
+async def test_take_turn_admits_one_delivery_per_inquiry_at_a_time(store: Store) -> None:
     first = await accept(store, rating_id=1)
     second = await accept(store, rating_id=2)
+    await claim(store, T0)
 
-    taken = await store.hold_inquiry(101, first, now=T0, until=T0 + 10 * SECOND)
-    refused = await store.hold_inquiry(101, second, now=T0 + SECOND, until=T0 + 11 * SECOND)
-    other_inquiry = await store.hold_inquiry(102, second, now=T0 + SECOND, until=T0 + 11 * SECOND)
-    extended = await store.hold_inquiry(101, first, now=T0 + 9 * SECOND, until=T0 + 20 * SECOND)
-    still_refused = await store.hold_inquiry(101, second, now=T0 + 15 * SECOND, until=T0 + 25 * SECOND)
-    taken_over = await store.hold_inquiry(101, second, now=T0 + 21 * SECOND, until=T0 + 30 * SECOND)
+    async def turn(delivery: int, inquiry: int, leased: timedelta, now: timedelta, until: timedelta) -> str:
+        return await store.take_turn(
+            delivery, inquiry, leased_until=T0 + leased, now=T0 + now, until=T0 + until
+        )
+
+    taken = await turn(first, 101, LEASE, 0 * SECOND, 10 * SECOND)
+    refused = await turn(second, 101, LEASE, SECOND, 11 * SECOND)  # its lease is renewed all the same
+    other_inquiry = await turn(second, 102, 11 * SECOND, SECOND, 11 * SECOND)
+    extended = await turn(first, 101, 10 * SECOND, 9 * SECOND, 20 * SECOND)
+    still_refused = await turn(second, 101, 11 * SECOND, 15 * SECOND, 25 * SECOND)
+    taken_over = await turn(second, 101, 25 * SECOND, 21 * SECOND, 30 * SECOND)
 
     assert (taken, refused, other_inquiry, extended, still_refused, taken_over) == (
-        True,
-        False,
-        True,
-        True,
-        False,
-        True,
+        "go",
+        "busy",
+        "go",
+        "go",
+        "busy",
+        "go",
     )
+
+
+async def test_a_lease_claimed_again_after_it_ran_out_is_lost_to_its_first_holder(store: Store) -> None:
+    delivery = await accept(store)
+    other = await accept(store, rating_id=2, at=T0 + LEASE + 2 * SECOND)
+    await claim(store, T0)
+    first_lease, second_lease = T0 + LEASE, T0 + 2 * LEASE + SECOND
+    assert list(await claim(store, T0 + LEASE + SECOND)) == [delivery]
+
+    turn = await store.take_turn(
+        delivery, 101, leased_until=first_lease, now=T0 + LEASE + 2 * SECOND, until=T0 + 3 * LEASE
+    )
+    late = Outcome(delivery, "delivered", 1, False, inquiry_id=101)
+    recorded = await store.record_outcome(late, leased_until=first_lease, now=T0 + LEASE + 2 * SECOND)
+
+    assert (turn, recorded) == ("lost", LEASE_LOST)
+    detail = await store.get_delivery(delivery)
+    assert detail is not None
+    assert (detail.delivery.state, detail.delivery.next_attempt_at, detail.attempts) == (
+        "sending",
+        second_lease,
+        [],
+    )
+    # The lost turn took no hold: the inquiry is free for another delivery.
+    assert list(await claim(store, T0 + LEASE + 2 * SECOND)) == [other]
+    other_lease = T0 + 2 * LEASE + 2 * SECOND
+    assert (
+        await store.take_turn(
+            other, 101, leased_until=other_lease, now=T0 + LEASE + 3 * SECOND, until=T0 + 3 * LEASE
+        )
+        == "go"
+    )
+    # The delivery's new holder records its outcome.
+    assert await store.record_outcome(late, leased_until=second_lease, now=T0 + 2 * LEASE) == "delivered"
 
 
 async def test_recording_an_outcome_releases_the_inquiry(store: Store) -> None:
     first = await accept(store, rating_id=1)
     second = await accept(store, rating_id=2)
     await claim(store, T0)
-    assert await store.hold_inquiry(101, first, now=T0, until=T0 + LEASE)
-    assert not await store.hold_inquiry(101, second, now=T0, until=T0 + LEASE)
+    lease = T0 + LEASE
+    assert await store.take_turn(first, 101, leased_until=lease, now=T0, until=lease) == "go"
+    assert await store.take_turn(second, 101, leased_until=lease, now=T0, until=lease) == "busy"
 
-    await store.record_outcome(Outcome(first, "delivered", 1, False, inquiry_id=101), now=T0 + SECOND)
+    delivered = Outcome(first, "delivered", 1, False, inquiry_id=101)
+    await store.record_outcome(delivered, leased_until=lease, now=T0 + SECOND)
 
-    assert await store.hold_inquiry(101, second, now=T0 + 2 * SECOND, until=T0 + LEASE)
+    assert await store.take_turn(second, 101, leased_until=lease, now=T0 + 2 * SECOND, until=lease) == "go"
 
 
 async def test_record_outcome_stores_the_calls_and_where_the_delivery_went(store: Store) -> None:
@@ -412,7 +457,9 @@ async def test_an_outcome_going_back_to_wait_is_superseded_by_a_newer_version(st
     await record(store, rating(updated_at=T0 + SECOND), at=T0 + SECOND)
 
     state = await store.record_outcome(
-        Outcome(older, "retrying", 1, False, next_attempt_at=T0 + timedelta(minutes=1)), now=T0 + 2 * SECOND
+        Outcome(older, "retrying", 1, False, next_attempt_at=T0 + timedelta(minutes=1)),
+        leased_until=T0 + LEASE,
+        now=T0 + 2 * SECOND,
     )
 
     assert state == "superseded"
@@ -424,7 +471,9 @@ async def test_an_outcome_of_unmatched_is_pending_when_a_link_was_saved_meanwhil
     await claim(store, T0)
     await store.save_links([Link(7, "ORD-1", 101)], now=T0 + SECOND)
 
-    state = await store.record_outcome(Outcome(delivery, "unmatched", 1, False), now=T0 + 2 * SECOND)
+    state = await store.record_outcome(
+        Outcome(delivery, "unmatched", 1, False), leased_until=T0 + LEASE, now=T0 + 2 * SECOND
+    )
 
     assert state == "pending"
     assert list(await claim(store, T0 + 3 * SECOND)) == [delivery]
@@ -488,6 +537,7 @@ async def test_deliveries_held_only_by_a_quivo_outage_are_due_once_it_is_over(st
                 inquiry_id=inquiry,
                 calls=[send(T0, status, "failed")],
             ),
+            leased_until=T0 + LEASE,
             now=T0,
         )
 
@@ -796,7 +846,10 @@ async def test_replay_leaves_a_delivery_whose_rating_has_a_newer_version(store: 
     older = await accept(store, updated_at=T0)
     await claim(store, T0)
     newer = await record(store, rating(updated_at=T0 + SECOND), at=T0 + SECOND)
-    assert await store.record_outcome(Outcome(older, "dead", 1, False), now=T0 + SECOND) == "dead"
+    assert (
+        await store.record_outcome(Outcome(older, "dead", 1, False), leased_until=T0 + LEASE, now=T0 + SECOND)
+        == "dead"
+    )
 
     refused = await store.replay_delivery(older, now=T0 + 2 * SECOND)
 
@@ -815,7 +868,7 @@ async def test_replay_batch_replays_in_one_go_and_says_why_others_stayed(store: 
     older = await accept(store, rating_id=4, updated_at=T0)
     await claim(store, T0)
     newer = await record(store, rating(4, updated_at=T0 + SECOND), at=T0 + SECOND)
-    await store.record_outcome(Outcome(older, "dead", 1, False), now=T0 + SECOND)
+    await store.record_outcome(Outcome(older, "dead", 1, False), leased_until=T0 + LEASE, now=T0 + SECOND)
 
     batch = await store.replay_batch([dead, unmatched, delivered, older], now=T0 + timedelta(hours=1))
 
@@ -836,7 +889,9 @@ async def test_cancel_stops_a_waiting_delivery_but_not_one_in_flight_or_done(sto
     delivered = await accept(store, rating_id=4, at=T0 + SECOND)
     await settle(store, delivered, "delivered", now=T0 + SECOND)
     assert waiting != sending  # both were claimed: put one back to wait
-    await store.record_outcome(Outcome(waiting, "retrying", 1, False, next_attempt_at=T0 + LEASE), now=T0)
+    await store.record_outcome(
+        Outcome(waiting, "retrying", 1, False, next_attempt_at=T0 + LEASE), leased_until=T0 + LEASE, now=T0
+    )
 
     cancelled = await store.cancel_delivery(waiting, now=T0 + 2 * SECOND)
     cancelled_pending = await store.cancel_delivery(later, now=T0 + 2 * SECOND)
@@ -1016,7 +1071,8 @@ async def populate(store: Store) -> None:
     await record(store, rating(1), at=T0 + 4 * SECOND)  # a duplicate
     sending = await accept(store, rating_id=4, at=T0 + 5 * SECOND)
     await claim(store, T0 + 5 * SECOND)
-    await store.hold_inquiry(101, sending, now=T0 + 5 * SECOND, until=T0 + LEASE)
+    leased = T0 + 5 * SECOND + LEASE
+    await store.take_turn(sending, 101, leased_until=leased, now=T0 + 5 * SECOND, until=leased)
     await store.pause_account(AccountPause("quivo", "401 credentials refused", until=T0 + LEASE))
     await store.reserve_send_slot("quivo", now=T0, spacing_s=0.5)
 

@@ -320,22 +320,35 @@ async def test_workers_claiming_together_never_get_the_same_delivery(url: str, s
     assert len(set(claimed)) == 200
 
 
-async def test_workers_holding_one_inquiry_together_get_one_hold(url: str, store: PostgresStore) -> None:
+async def claimed_together(store: PostgresStore, count: int) -> list[int]:
+    """`count` deliveries, all claimed under the lease LEASED: their ids."""
+    await asyncio.gather(*(store.record_webhook(webhook(n), recheck_before=NOW) for n in range(count)))
+    return [one.id for one in await store.claim_due(now=NOW, lease_until=LEASED, limit=count)]
+
+
+# The lease the tests' claims give.
+LEASED = NOW + timedelta(minutes=1)
+
+
+async def test_workers_taking_turns_on_one_inquiry_together_get_one_hold(
+    url: str, store: PostgresStore
+) -> None:
+    deliveries = await claimed_together(store, 40)
     other = PostgresStore(url, timeout_s=5, pool_size=4)
     await other.open()
-    until = NOW + timedelta(minutes=1)
+    until = NOW + timedelta(minutes=2)
     try:
-        held = await asyncio.gather(
+        turns = await asyncio.gather(
             *(
-                worker.hold_inquiry(42, delivery_id, now=NOW, until=until)
-                for delivery_id in range(1, 41)
+                worker.take_turn(delivery_id, 42, leased_until=LEASED, now=NOW, until=until)
+                for delivery_id in deliveries
                 for worker in (store, other)
                 if delivery_id % 2 == (worker is store)
             )
         )
     finally:
         await other.close()
-    assert held.count(True) == 1
+    assert sorted(turns) == ["busy"] * 39 + ["go"]
 
 
 # Moving house -------------------------------------------------------------------------------------
@@ -363,14 +376,14 @@ async def test_imported_ids_are_kept_and_new_ids_continue_past_them(store: Postg
 
 async def finish_all(store: PostgresStore, *, refused: int | None = None) -> list[object]:
     """Sixteen deliveries claimed and finished at once; the `refused` one in a state the schema refuses."""
-    await asyncio.gather(*(store.record_webhook(webhook(n), recheck_before=NOW) for n in range(16)))
-    claimed = await store.claim_due(now=NOW, lease_until=NOW + timedelta(minutes=1), limit=16)
+    claimed = await claimed_together(store, 16)
     call = AttemptRecord("send", NOW, 50, 200, "delivered")
-    outcomes = [Outcome(one.id, "delivered", 1, False, inquiry_id=one.id, calls=[call]) for one in claimed]
+    outcomes = [Outcome(one, "delivered", 1, False, inquiry_id=one, calls=[call]) for one in claimed]
     if refused is not None:
-        outcomes[refused] = replace(outcomes[refused], state="lost")  # type: ignore[arg-type]
+        outcomes[refused] = replace(outcomes[refused], state="vanished")  # type: ignore[arg-type]
     return await asyncio.gather(
-        *(store.record_outcome(outcome, now=NOW) for outcome in outcomes), return_exceptions=True
+        *(store.record_outcome(outcome, leased_until=LEASED, now=NOW) for outcome in outcomes),
+        return_exceptions=True,
     )
 
 
@@ -391,20 +404,21 @@ async def test_an_outcome_the_database_refuses_does_not_fail_the_ones_sharing_it
     assert (await store.deliveries_by_state())["delivered"] == 15
 
 
-async def test_holds_taken_at_once_share_commits_and_admit_one_delivery_per_inquiry(
+async def test_turns_taken_at_once_share_commits_and_admit_one_delivery_per_inquiry(
     store: PostgresStore,
 ) -> None:
-    until = NOW + timedelta(minutes=1)
+    deliveries = await claimed_together(store, 16)
+    until = NOW + timedelta(minutes=2)
     taken = await asyncio.gather(
         *(
-            store.hold_inquiry(inquiry, delivery, now=NOW, until=until)
-            for inquiry in (1, 2)
-            for delivery in range(8)
+            store.take_turn(delivery, inquiry, leased_until=LEASED, now=NOW, until=until)
+            for inquiry, some in ((1, deliveries[:8]), (2, deliveries[8:]))
+            for delivery in some
         )
     )
     # In each inquiry's batch the first delivery takes it; the rest find it held, even in the same commit.
-    assert taken == [True, *[False] * 7, True, *[False] * 7]
-    assert store._holds is not None and 1 <= store._holds.commits < 16
+    assert taken == ["go", *["busy"] * 7, "go", *["busy"] * 7]
+    assert store._turns is not None and 1 <= store._turns.commits < 16
 
 
 async def test_send_slots_reserved_at_once_share_commits_and_stay_spaced(store: PostgresStore) -> None:
@@ -435,7 +449,8 @@ async def test_a_database_made_by_the_first_migration_is_brought_up_to_date_and_
         (claimed,) = await store.claim_due(now=NOW, lease_until=NOW + timedelta(minutes=1), limit=5)
         assert claimed.id == stored.delivery_id
         outcome = Outcome(claimed.id, "delivered", 1, False, inquiry_id=9, last_status=200)
-        assert await store.record_outcome(outcome, now=NOW) == "delivered"
+        leased = NOW + timedelta(minutes=1)
+        assert await store.record_outcome(outcome, leased_until=leased, now=NOW) == "delivered"
     finally:
         await store.close()
 

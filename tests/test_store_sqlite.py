@@ -177,11 +177,11 @@ async def test_export_then_import_keeps_every_row_its_id_and_its_instants_exactl
         now=NOW + timedelta(seconds=1), lease_until=NOW + timedelta(minutes=1), limit=3
     )
     call = AttemptRecord("send", NOW + timedelta(microseconds=7), 12, 201, "delivered")
-    await sqlite_store.record_outcome(
-        Outcome(claimed.id, "delivered", 1, False, inquiry_id=41, last_status=201, calls=[call]), now=NOW
-    )
+    leased = NOW + timedelta(minutes=1)
+    delivered = Outcome(claimed.id, "delivered", 1, False, inquiry_id=41, last_status=201, calls=[call])
+    await sqlite_store.record_outcome(delivered, leased_until=leased, now=NOW)
     await sqlite_store.save_links([Link(9, "ORD-1", 41)], now=NOW)
-    await sqlite_store.hold_inquiry(42, 2, now=NOW, until=NOW + timedelta(seconds=30))
+    await sqlite_store.take_turn(2, 42, leased_until=leased, now=NOW, until=NOW + timedelta(seconds=30))
     await sqlite_store.reserve_send_slot("acme", now=NOW, spacing_s=0.25)
     await sqlite_store.pause_account(AccountPause("quivo", "credentials refused", None))
     copy = SqliteStore(tmp_path / "copy.db", timeout_s=5)

@@ -317,6 +317,39 @@ async def test_one_inquiry_never_has_two_rating_posts_in_flight(start_relay, qui
     assert quivo.state.most_rating_posts_at_once_per_inquiry == 1
 
 
+async def test_deliveries_claimed_again_are_left_to_their_new_holder_unsent_and_unrecorded(
+    start_relay, quivo
+):
+    # One call takes a second: the second rating for the inquiry waits its turn behind the first's.
+    quivo.state.latency_ms = 1000
+    relay = await start_relay()
+
+    with structlog.testing.capture_logs() as logs:
+        first = (await post(relay, rating_webhook(70, "INQ-7000")))["delivery_id"]
+        await wait_for_delivery(db(relay), first, states=frozenset({"sending"}))
+        second = (await post(relay, rating_webhook(71, "INQ-7000")))["delivery_id"]
+        await wait_for_delivery(db(relay), second, states=frozenset({"sending"}))
+        # As another worker does once leases have run out (here the clock is moved, not waited for).
+        later = datetime.now(UTC) + timedelta(hours=1)
+        taken = await db(relay).claim_due(now=later, lease_until=later + timedelta(hours=1), limit=5)
+        assert sorted(claimed.id for claimed in taken) == [first, second]
+
+        async def both_given_up() -> bool:
+            return sum(event["event"] == "delivery.lease_lost" for event in logs) == 2
+
+        await until(both_given_up, "the worker gives both deliveries up", within_s=30)
+
+    # The first's call was out already; the second, still waiting, never went.
+    assert len(quivo.state.ratings) == 1
+    for delivery_id in (first, second):
+        left = await delivery_of(db(relay), delivery_id)
+        assert (left.delivery.state, left.delivery.next_attempt_at, left.attempts) == (
+            "sending",
+            later + timedelta(hours=1),
+            [],
+        )
+
+
 async def test_calls_in_flight_stay_within_the_concurrency_limit(start_relay, quivo):
     quivo.state.latency_ms = 60
     relay = await start_relay(quivo_max_concurrency=3)

@@ -25,7 +25,7 @@ async def test_an_outcome_the_full_disk_refused_is_logged_as_a_store_fault_not_a
     state = SimState(rng=random.Random(5))
     quivo = Quivo(state, str((await aiohttp_server(create_sim_app(state))).make_url("")).rstrip("/"))
 
-    async def disk_full(outcome: Any, *, now: Any) -> str:
+    async def disk_full(outcome: Any, *, leased_until: Any, now: Any) -> str:
         raise StoreUnavailable("database or disk is full")
 
     relay = await aiohttp_client(create_app(make_settings(**forwarding_settings(quivo)), run_worker=True))

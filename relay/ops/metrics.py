@@ -37,6 +37,7 @@ DELIVERY_OUTCOMES = (
     "paused",
     "deferred",
     "inquiry_busy",
+    "lease_lost",
 )
 # fmt: off
 # From a fast Quivo answer to a delivery that waited out a day of retries.

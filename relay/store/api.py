@@ -23,6 +23,7 @@ from relay.store.records import (
     StateChange,
     Stats,
     StoredWebhook,
+    Turn,
     UnmatchedSweep,
     WebhookDetail,
     WebhookSummary,
@@ -95,20 +96,25 @@ class Store(Protocol):
         of a rating waits while an older one is in flight. The inquiry is filled in from the links.
         """
 
-    async def hold_inquiry(
-        self, inquiry_id: int, delivery_id: int, *, now: datetime, until: datetime
-    ) -> bool:
-        """Take the inquiry for this delivery's calls to Quivo until `until`; False: another send holds it.
+    async def take_turn(
+        self, delivery_id: int, inquiry_id: int, *, leased_until: datetime, now: datetime, until: datetime
+    ) -> Turn:
+        """Right before a call to Quivo: extend the delivery's lease from `leased_until` to `until`, and
+        take its inquiry for the delivery until then, in one commit.
 
-        The database enforces one holder per inquiry across every worker; a hold past its `until` (its
-        worker died) may be taken over. Holding it again for the same delivery extends it.
+        "lost": the delivery is no longer leased until `leased_until` (the lease ran out and a claim took
+        it again); nothing changed and no call may go out for it. "busy": another delivery's send holds
+        the inquiry (the lease is extended all the same). "go": both done. The database enforces one
+        holder per inquiry across every worker; a hold past its `until` (its worker died) may be taken
+        over, and the same delivery taking it again extends it.
         """
 
-    async def record_outcome(self, outcome: Outcome, *, now: datetime) -> str:
+    async def record_outcome(self, outcome: Outcome, *, leased_until: datetime, now: datetime) -> str:
         """Store where a claimed delivery went, its calls, and release its inquiry; its state now.
 
-        A delivery going back to wait may come out `superseded` (a newer version arrived meanwhile) or
-        `pending` instead of `unmatched` (a link was saved meanwhile).
+        Written only while the delivery is still leased until `leased_until`: otherwise nothing changes
+        and the answer is LEASE_LOST. A delivery going back to wait may come out `superseded` (a newer
+        version arrived meanwhile) or `pending` instead of `unmatched` (a link was saved meanwhile).
         """
 
     async def sweep_unmatched(self, *, now: datetime, expire_before: datetime) -> UnmatchedSweep:

@@ -83,6 +83,13 @@ class Outcome:
     calls: list[AttemptRecord] = field(default_factory=list)
 
 
+# Right before a call to Quivo: "go"; "busy": another delivery's send holds the inquiry; "lost": the lease ran
+# out and a claim took the delivery again, so no call may go out for it from here.
+Turn = Literal["go", "busy", "lost"]
+# What record_outcome answers, instead of a state, when the delivery is no longer leased to its caller.
+LEASE_LOST = "lost"
+
+
 @dataclass(frozen=True)
 class ExpiredDelivery:
     """An unmatched delivery that died of waiting for its inquiry, as its `delivery.dead` line names it."""

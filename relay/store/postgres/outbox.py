@@ -1,9 +1,10 @@
 """Deliveries as workers see them: claims under a lease, one hold per inquiry, outcomes, sweeps, pruning."""
 
 from datetime import datetime
+from typing import cast
 
 from relay.store.postgres.connection import Conn
-from relay.store.records import ClaimedDelivery, ExpiredDelivery, Outcome, PruneResult
+from relay.store.records import ClaimedDelivery, ExpiredDelivery, Outcome, PruneResult, Turn
 
 # Rows locked by another worker's claim are skipped, not waited for: claims from many workers never queue.
 # A row still 'sending' here had its lease run out (a worker died mid-send): its send is unconfirmed.
@@ -51,37 +52,46 @@ async def claim_due(conn: Conn, *, now: datetime, lease_until: datetime, limit: 
     ]
 
 
-# The primary key admits one holder per inquiry; a hold run out, or this delivery's own, is taken. One
-# row whether taken or not, so a batch's answers line up with its holds.
-_HOLD = """
-WITH taken AS (
-    INSERT INTO inquiry_holds (inquiry_id, delivery_id, held_until) VALUES ($1, $2, $4)
+# Right before a call: the lease is renewed only if it is still the one this worker was given (a claim of
+# the run-out lease wrote another), and only then is the inquiry taken. The primary key admits one holder
+# per inquiry; a hold run out, or this delivery's own, is taken. One row whatever happens, so a batch's
+# answers line up with its turns.
+_TURN = """
+WITH leased AS (
+    UPDATE deliveries SET next_attempt_at = $5
+    WHERE id = $1 AND state = 'sending' AND next_attempt_at = $3
+    RETURNING id),
+taken AS (
+    INSERT INTO inquiry_holds (inquiry_id, delivery_id, held_until) SELECT $2, id, $5 FROM leased
     ON CONFLICT (inquiry_id) DO UPDATE
     SET delivery_id = excluded.delivery_id, held_until = excluded.held_until
-    WHERE inquiry_holds.held_until <= $3 OR inquiry_holds.delivery_id = excluded.delivery_id
+    WHERE inquiry_holds.held_until <= $4 OR inquiry_holds.delivery_id = excluded.delivery_id
     RETURNING 1)
-SELECT EXISTS (SELECT FROM taken)
+SELECT CASE WHEN NOT EXISTS (SELECT FROM leased) THEN 'lost'
+    WHEN EXISTS (SELECT FROM taken) THEN 'go' ELSE 'busy' END
 """
 
-# An inquiry, the delivery to hold it for, now, and until when.
-Hold = tuple[int, int, datetime, datetime]
+# A delivery, its inquiry, the lease it holds, now, and the lease's new end.
+TurnRequest = tuple[int, int, datetime, datetime, datetime]
 
 
-async def hold_inquiries(conn: Conn, holds: list[Hold]) -> list[bool]:
-    """Take each inquiry for its delivery, in order, in one pipelined round trip; False: another holds it."""
-    return [bool(row[0]) for row in await conn.fetchmany(_HOLD, holds)]
+async def take_turns(conn: Conn, requests: list[TurnRequest]) -> list[Turn]:
+    """Renew each lease and take its inquiry, in order, in one pipelined round trip."""
+    return [cast(Turn, row[0]) for row in await conn.fetchmany(_TURN, requests)]
 
 
 # Where each delivery went, its calls and the release of its inquiry: see migration 0002.
-_RECORD_OUTCOME = f"SELECT relay_record_outcome({', '.join(f'${n}' for n in range(1, 17))})"
+_RECORD_OUTCOME = f"SELECT relay_record_outcome({', '.join(f'${n}' for n in range(1, 18))})"
 
-Finish = tuple[Outcome, datetime]
+# An outcome, the lease its worker holds the delivery under, and now.
+Finish = tuple[Outcome, datetime, datetime]
 
 
-def _outcome_arguments(outcome: Outcome, now: datetime) -> tuple[object, ...]:
+def _outcome_arguments(outcome: Outcome, leased_until: datetime, now: datetime) -> tuple[object, ...]:
     calls = outcome.calls
     return (
         outcome.delivery_id,
+        leased_until,
         outcome.state,
         outcome.attempts,
         outcome.unconfirmed,

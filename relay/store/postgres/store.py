@@ -34,6 +34,7 @@ from relay.store.records import (
     StateChange,
     Stats,
     StoredWebhook,
+    Turn,
     UnmatchedSweep,
     WebhookDetail,
     WebhookSummary,
@@ -62,7 +63,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._commits: GroupCommit[intake.Arrival, StoredWebhook] | None = None
         self._outcomes: GroupCommit[outbox.Finish, str] | None = None
-        self._holds: GroupCommit[outbox.Hold, bool] | None = None
+        self._turns: GroupCommit[outbox.TurnRequest, Turn] | None = None
         self._slots: GroupCommit[relaywide.SlotRequest, datetime] | None = None
 
     # Life ---------------------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class PostgresStore:
             raise DatabaseUnusable(f"{self.location}: synchronous_commit is off; the relay needs it on")
         self._commits = GroupCommit(self._pool, intake.record_webhooks, timeout_s=self.timeout_s)
         self._outcomes = GroupCommit(self._pool, outbox.record_outcomes, timeout_s=self.timeout_s)
-        self._holds = GroupCommit(self._pool, outbox.hold_inquiries, timeout_s=self.timeout_s)
+        self._turns = GroupCommit(self._pool, outbox.take_turns, timeout_s=self.timeout_s)
         self._slots = GroupCommit(self._pool, relaywide.reserve_send_slots, timeout_s=self.timeout_s)
 
     def _without_password(self, error: BaseException) -> str:
@@ -112,10 +113,10 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Finish queued writes and disconnect."""
-        for group in (self._commits, self._outcomes, self._holds, self._slots):
+        for group in (self._commits, self._outcomes, self._turns, self._slots):
             if group is not None:
                 await group.close()
-        self._commits = self._outcomes = self._holds = self._slots = None
+        self._commits = self._outcomes = self._turns = self._slots = None
         await self._close_pool()
 
     async def _close_pool(self) -> None:
@@ -176,17 +177,16 @@ class PostgresStore:
             lambda conn: outbox.claim_due(conn, now=now, lease_until=lease_until, limit=limit)
         )
 
-    async def hold_inquiry(
-        self, inquiry_id: int, delivery_id: int, *, now: datetime, until: datetime
-    ) -> bool:
-        """Take the inquiry for this delivery until `until`; False: another send holds it. Shares a commit
-        with other holds taken now."""
-        return await _opened(self._holds).write((inquiry_id, delivery_id, now, until))
+    async def take_turn(
+        self, delivery_id: int, inquiry_id: int, *, leased_until: datetime, now: datetime, until: datetime
+    ) -> Turn:
+        """Renew the lease and take the inquiry, in one statement; shares a commit with other turns now."""
+        return await _opened(self._turns).write((delivery_id, inquiry_id, leased_until, now, until))
 
-    async def record_outcome(self, outcome: Outcome, *, now: datetime) -> str:
+    async def record_outcome(self, outcome: Outcome, *, leased_until: datetime, now: datetime) -> str:
         """Store where a claimed delivery went, its calls, and release its inquiry, in one transaction
         shared with other deliveries finishing now (one going back to pending wakes the workers)."""
-        return await _opened(self._outcomes).write((outcome, now))
+        return await _opened(self._outcomes).write((outcome, leased_until, now))
 
     async def sweep_unmatched(self, *, now: datetime, expire_before: datetime) -> UnmatchedSweep:
         """Unmatched deliveries whose link now exists go back to pending; those waiting too long die."""

@@ -3,7 +3,7 @@
 import sqlite3
 from datetime import datetime
 
-from relay.store.records import ClaimedDelivery, Outcome
+from relay.store.records import LEASE_LOST, ClaimedDelivery, Outcome
 from relay.store.sqlite.holds import release_hold
 from relay.store.sqlite.instants import from_text, to_text
 from relay.store.sqlite.writer import WriteJob
@@ -57,18 +57,19 @@ def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[l
     return job
 
 
-def record_outcome(outcome: Outcome, *, now: datetime) -> WriteJob[str]:
-    """Store where the delivery went and release its inquiry; its state (a waiting one may be superseded)."""
+def record_outcome(outcome: Outcome, *, leased_until: datetime, now: datetime) -> WriteJob[str]:
+    """Store where the delivery went and release its inquiry; its state (a waiting one may be superseded),
+    or LEASE_LOST with nothing written when the delivery is no longer leased until `leased_until`."""
 
     def job(conn: sqlite3.Connection) -> str:
         stamp = to_text(now)
-        conn.execute(
+        stored = conn.execute(
             """
             UPDATE deliveries SET state = ?, attempts = ?, unconfirmed = ?, next_attempt_at = ?,
                 inquiry_id = COALESCE(?, inquiry_id), last_status = COALESCE(?, last_status),
                 last_error = ?, current_rating = COALESCE(?, current_rating), updated_at = ?,
                 delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END
-            WHERE id = ?
+            WHERE id = ? AND state = 'sending' AND next_attempt_at = ?
             """,
             (
                 outcome.state,
@@ -83,8 +84,11 @@ def record_outcome(outcome: Outcome, *, now: datetime) -> WriteJob[str]:
                 outcome.state,
                 stamp,
                 outcome.delivery_id,
+                to_text(leased_until),
             ),
         )
+        if not stored.rowcount:
+            return LEASE_LOST  # its hold, if any, is the new lessee's now: left alone too
         if outcome.calls:
             conn.executemany(
                 "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, "

@@ -3,14 +3,24 @@
 import sqlite3
 from datetime import datetime
 
+from relay.store.records import Turn
 from relay.store.sqlite.instants import to_text
 from relay.store.sqlite.writer import WriteJob
 
 
-def hold_inquiry(inquiry_id: int, delivery_id: int, *, now: datetime, until: datetime) -> WriteJob[bool]:
-    """A write job taking the inquiry for the delivery until `until`; False while another send holds it."""
+def take_turn(
+    delivery_id: int, inquiry_id: int, *, leased_until: datetime, now: datetime, until: datetime
+) -> WriteJob[Turn]:
+    """A write job renewing the delivery's lease, if still `leased_until`, and taking its inquiry."""
 
-    def job(conn: sqlite3.Connection) -> bool:
+    def job(conn: sqlite3.Connection) -> Turn:
+        renewed = conn.execute(
+            "UPDATE deliveries SET next_attempt_at = :until "
+            "WHERE id = :delivery AND state = 'sending' AND next_attempt_at = :leased",
+            {"delivery": delivery_id, "leased": to_text(leased_until), "until": to_text(until)},
+        )
+        if not renewed.rowcount:
+            return "lost"  # a claim took the run-out lease: the delivery is another's now
         # The conflict's WHERE is the rule: a hold that ran out (its worker died) or this delivery's own.
         taken = conn.execute(
             """
@@ -23,7 +33,7 @@ def hold_inquiry(inquiry_id: int, delivery_id: int, *, now: datetime, until: dat
             """,
             {"inquiry": inquiry_id, "delivery": delivery_id, "until": to_text(until), "now": to_text(now)},
         ).fetchall()
-        return bool(taken)
+        return "go" if taken else "busy"
 
     return job
 

@@ -29,6 +29,7 @@ from relay.store.records import (
     StateChange,
     Stats,
     StoredWebhook,
+    Turn,
     UnmatchedSweep,
     WebhookDetail,
     WebhookSummary,
@@ -111,13 +112,15 @@ class SqliteStore:
     async def claim_due(self, *, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
         return await self.database.write(claims.claim_due(now=now, lease_until=lease_until, limit=limit))
 
-    async def hold_inquiry(
-        self, inquiry_id: int, delivery_id: int, *, now: datetime, until: datetime
-    ) -> bool:
-        return await self.database.write(holds.hold_inquiry(inquiry_id, delivery_id, now=now, until=until))
+    async def take_turn(
+        self, delivery_id: int, inquiry_id: int, *, leased_until: datetime, now: datetime, until: datetime
+    ) -> Turn:
+        return await self.database.write(
+            holds.take_turn(delivery_id, inquiry_id, leased_until=leased_until, now=now, until=until)
+        )
 
-    async def record_outcome(self, outcome: Outcome, *, now: datetime) -> str:
-        return await self.database.write(claims.record_outcome(outcome, now=now))
+    async def record_outcome(self, outcome: Outcome, *, leased_until: datetime, now: datetime) -> str:
+        return await self.database.write(claims.record_outcome(outcome, leased_until=leased_until, now=now))
 
     async def sweep_unmatched(self, *, now: datetime, expire_before: datetime) -> UnmatchedSweep:
         return await self.database.write(unmatched.sweep_unmatched(now=now, expire_before=expire_before))
