@@ -1,7 +1,6 @@
 """Forwarding through HTTP: a relay with its worker against the Quivo stand-in, one outcome per test."""
 
 import asyncio
-import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -376,9 +375,11 @@ async def test_sends_are_spaced_to_the_rate_limit(start_relay, quivo):
             for call in (await delivery_of(db(relay), answer["delivery_id"])).attempts
         ]
     )
-    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(starts)]
     assert len(starts) == 6
-    assert min(gaps) >= 0.09  # 1/10 s apart, less clock rounding
+    # The k-th send goes k/10 s after the first or later. A send a busy event loop started late brings the
+    # next one closer to it, so single gaps may shrink: the schedule holds, less a little of that lateness.
+    since_first = [(start - starts[0]).total_seconds() for start in starts]
+    assert all(since >= n / 10 - 0.02 for n, since in enumerate(since_first)), since_first
 
 
 async def test_a_new_rating_wakes_the_worker_without_waiting_for_the_sweep(start_relay, quivo):
