@@ -509,7 +509,8 @@ async def test_a_new_merchants_versions_are_looked_up_by_the_rating_key_after_an
         assert claimed.id == stored.delivery_id
         # Going back to retrying, the outcome looks for a newer version of its rating.
         retry = Outcome(claimed.id, "retrying", 1, False, next_attempt_at=NOW)
-        assert await store.record_outcome(retry, now=NOW) == "retrying"
+        leased = NOW + timedelta(minutes=1)
+        assert await store.record_outcome(retry, leased_until=leased, now=NOW) == "retrying"
     finally:
         await store.close()
 
