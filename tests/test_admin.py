@@ -170,7 +170,7 @@ def seed_attempt(
     duration_ms: int,
     status_code: int,
     outcome: str,
-    error: str,
+    error: str | None = None,
     number: int = 1,
     action: str = "send",
 ) -> None:

@@ -1,5 +1,7 @@
 """The operator's commands run as in a shell: status, deliveries list and show, replay, beside readers."""
 
+import csv
+import io
 import json
 import random
 import re
@@ -21,6 +23,7 @@ from relay.keys import SETTINGS, STORE
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
 from relay.store import create_store
+from relay.store.filters import WebhookFilter
 from relay.store.records import DeliverySummary
 from tests.beats import worker_beat
 from tests.conftest import BACKENDS
@@ -267,6 +270,57 @@ def test_bulk_replay_names_each_delivery_it_leaves_because_a_newer_version_exist
         "replaying would undo it"
     ]
     assert [delivery_row(store, d)["state"] for d in (old, newer)] == ["dead", "pending"]
+
+
+# Links and retention
+
+
+def test_links_import_wakes_the_unmatched_reports_bad_rows_by_line_and_export_gives_the_links_back(store):
+    unmatched = seed(store, state="unmatched", merchant_id=1, external_id="ORD-7")
+    (store.folder / "links.csv").write_text(
+        "merchant_id,external_id,inquiry_id\n1,ORD-7,701\n2,ORD-8,not-a-number\n2,ORD-9,709\n"
+    )
+
+    imported = relay(store, "links", "import", "links.csv")
+    exported = relay(store, "links", "export")
+
+    assert imported.returncode == 1  # a bad row: the import says so, the good rows are saved all the same
+    assert imported.stdout == "saved 2 links, woke 1 unmatched deliveries, 1 bad rows\n"
+    [problem] = [line for line in imported.stderr.splitlines() if line.startswith("links.csv:")]
+    assert problem.startswith("links.csv:3: ") and "inquiry_id" in problem
+    assert delivery_row(store, unmatched)["state"] == "pending"
+    assert exported.returncode == 0, exported.stderr
+    assert list(csv.reader(io.StringIO(exported.stdout))) == [
+        ["merchant_id", "external_id", "inquiry_id"],
+        ["1", "ORD-7", "701"],
+        ["2", "ORD-9", "709"],
+    ]
+
+
+def test_prune_deletes_what_finished_before_the_retention_with_its_calls_and_webhook_and_keeps_the_rest(
+    store,
+):
+    long_ago = ago(days=31)  # RELAY_RETENTION_DAYS is 30
+    old_delivered = seed(store, state="delivered", created_at=long_ago)
+    seed_attempt(
+        store,
+        old_delivered,
+        started_at=long_ago,
+        duration_ms=90,
+        status_code=200,
+        outcome="delivered",
+    )
+    old_dead = seed(store, state="dead", created_at=long_ago)
+    recent_delivered = seed(store, state="delivered")
+
+    pruned = relay(store, "prune")
+
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.startswith("pruned 1 deliveries, 1 attempts and 1 webhooks finished before ")
+    assert pruned.stdout.endswith("; dead, unmatched and quarantined kept\n")
+    assert [delivery.id for delivery in every_delivery(store)] == [recent_delivered, old_dead]
+    webhooks = through_store(store, lambda opened: opened.list_webhooks(WebhookFilter(), limit=10))
+    assert len(webhooks) == 2
 
 
 # Bad command lines
