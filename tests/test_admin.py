@@ -278,6 +278,7 @@ async def test_deliveries_are_listed_newest_first_with_their_fields(relay):
     item = answer["items"][1]
     assert set(item) == {
         "id",
+        "tenant",
         "state",
         "merchant_id",
         "rating_id",

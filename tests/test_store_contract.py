@@ -62,7 +62,9 @@ def rating(
     )
 
 
-def inbound(judged: Rating | Judgement, *, at: datetime = T0, body: bytes | None = None) -> InboundWebhook:
+def inbound(
+    judged: Rating | Judgement, *, at: datetime = T0, body: bytes | None = None, tenant: str = "default"
+) -> InboundWebhook:
     judgement = (
         judged
         if isinstance(judged, Judgement)
@@ -85,6 +87,7 @@ def inbound(judged: Rating | Judgement, *, at: datetime = T0, body: bytes | None
         body=raw,
         content_type="application/json",
         judgement=judgement,
+        tenant=tenant,
     )
 
 
@@ -273,6 +276,45 @@ async def test_reprocess_judges_a_quarantined_webhook_again_in_place(store: Stor
     assert await store.reprocess_webhook(10**9, judgement, now=later, recheck_before=LONG_AGO) is None
     again = await store.list_webhooks(WebhookFilter())
     assert [w.id for w in again] == [held.webhook_id]
+
+
+async def test_a_webhook_and_its_delivery_are_stored_under_the_tenant_it_came_in_for(store: Store) -> None:
+    acme = await store.record_webhook(inbound(rating(1), tenant="acme"), recheck_before=LONG_AGO)
+    held = await store.record_webhook(
+        inbound(
+            Judgement("quarantined", errors=("merchant 7 is not one of tenant acme's merchants",)),
+            tenant="acme",
+        ),
+        recheck_before=LONG_AGO,
+    )
+    implicit = await record(store, rating(2))
+    assert acme.delivery_id is not None and implicit.delivery_id is not None
+
+    webhooks = {w.id: w.tenant for w in await store.list_webhooks(WebhookFilter())}
+    assert webhooks == {acme.webhook_id: "acme", held.webhook_id: "acme", implicit.webhook_id: "default"}
+    deliveries = {d.id: d.tenant for d in await store.list_deliveries(DeliveryFilter())}
+    assert deliveries == {acme.delivery_id: "acme", implicit.delivery_id: "default"}
+    webhook = await store.get_webhook(acme.webhook_id)
+    detail = await store.get_delivery(acme.delivery_id)
+    assert webhook is not None and webhook.tenant == "acme"
+    assert detail is not None and detail.delivery.tenant == "acme"
+    claimed = await claim(store, T0)
+    assert {c.id: c.tenant for c in claimed.values()} == deliveries
+
+
+async def test_reprocess_keeps_the_tenant_a_quarantined_webhook_came_in_for(store: Store) -> None:
+    held = await store.record_webhook(
+        inbound(Judgement("quarantined", errors=("stars: missing",)), tenant="acme"), recheck_before=LONG_AGO
+    )
+    judgement = Judgement("accepted", "rating_submitted", 7, 1, rating=rating())
+
+    stored = await store.reprocess_webhook(held.webhook_id, judgement, now=T0, recheck_before=LONG_AGO)
+
+    assert stored is not None and stored.delivery_id is not None
+    webhook = await store.get_webhook(held.webhook_id)
+    detail = await store.get_delivery(stored.delivery_id)
+    assert webhook is not None and webhook.tenant == "acme"
+    assert detail is not None and detail.delivery.tenant == "acme"
 
 
 # The worker -------------------------------------------------------------------------------------------
@@ -1065,7 +1107,7 @@ async def populate(store: Store) -> None:
         store, waiting, "retrying", now=T0 + 2 * SECOND, next_attempt_at=T0 + LEASE, calls=[send(T0, None)]
     )
     await store.record_webhook(
-        inbound(rating(3), at=T0, body=b"\x00\xff binary \xc3"), recheck_before=LONG_AGO
+        inbound(rating(3), at=T0, body=b"\x00\xff binary \xc3", tenant="acme"), recheck_before=LONG_AGO
     )
     await record(store, Judgement("quarantined", errors=("stars: missing",)), at=T0 + 3 * SECOND)
     await record(store, rating(1), at=T0 + 4 * SECOND)  # a duplicate
@@ -1104,6 +1146,10 @@ async def test_rows_copy_from_one_backend_into_the_other_exactly(
 
     assert set(empty) == set(COPIED_TABLES)
     assert all(exported[table] for table in ("webhooks", "deliveries", "attempts", "links", "inquiry_holds"))
+    assert {row["tenant"] for table in ("webhooks", "deliveries") for row in exported[table]} == {
+        "default",
+        "acme",
+    }
     assert await target.row_counts() == await source.row_counts()
     assert {table: await all_rows(target, table) for table in COPIED_TABLES} == exported
     later = await record(target, rating(99), at=T0 + timedelta(hours=1))

@@ -366,6 +366,7 @@ async def test_imported_ids_are_kept_and_new_ids_continue_past_them(store: Postg
         "errors": None,
         "content_type": None,
         "body": b"{}",
+        "tenant": "acme",
     }
     await store.import_rows("webhooks", [row])
     stored = await store.record_webhook(webhook(1), recheck_before=NOW)
@@ -439,12 +440,26 @@ async def test_a_database_made_by_the_first_migration_is_brought_up_to_date_and_
             "applied_at timestamptz NOT NULL DEFAULT now())"
         )
         await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 1, first.name)
+        await conn.execute(
+            "INSERT INTO webhooks (id, received_at, request_id, status, body) "
+            "VALUES (4, $1, 'r', 'accepted', '')",
+            NOW,
+        )
+        await conn.execute(
+            "INSERT INTO deliveries (id, webhook_id, merchant_id, rating_id, version, stars, rating, state, "
+            "created_at, updated_at) VALUES (7, 4, 9, 77, 'v', 5, '{}', 'dead', $1, $1)",
+            NOW,
+        )
     finally:
         await conn.close()
     store = PostgresStore(url, timeout_s=2, pool_size=2)
     await store.open()
     try:
         assert await store.schema_version() == known_migrations()[-1].version
+        old = await store.get_delivery(7)
+        assert old is not None and old.delivery.tenant == "default"
+        before = await store.get_webhook(4)
+        assert before is not None and before.tenant == "default"
         stored = await store.record_webhook(webhook(1), recheck_before=NOW)
         (claimed,) = await store.claim_due(now=NOW, lease_until=NOW + timedelta(minutes=1), limit=5)
         assert claimed.id == stored.delivery_id

@@ -63,8 +63,8 @@ def test_a_0003_database_file_upgrades_to_the_shared_state_tables(tmp_path):
 
     applied = migrate(conn)
 
-    assert applied == ["0004_shared_state"]
-    assert LATEST_VERSION == 4
+    assert applied == [f"{m.version:04d}_{m.name}" for m in known_migrations()[3:]]
+    assert applied[0] == "0004_shared_state"
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"inquiry_holds", "workers", "account_state", "duties"} <= tables
     assert conn.execute("SELECT value FROM meta").fetchall() == [("2026-11-30T10:00:00.000000Z",)]
@@ -111,6 +111,8 @@ async def test_an_old_database_file_opens_and_reads_back_its_instants_exactly(tm
 
     assert version == LATEST_VERSION
     assert listed.id == 7
+    # Rows from before tenants are the implicit tenant's.
+    assert listed.tenant == "default"
     assert listed.created_at == datetime(2026, 11, 30, 9, 59, 59, 1, tzinfo=UTC)
     assert listed.updated_at == datetime(2026, 11, 30, 10, 0, 0, 999999, tzinfo=UTC)
 

@@ -25,6 +25,8 @@ class InboundWebhook:
     body: bytes
     content_type: str | None
     judgement: Judgement
+    # The tenant whose URL and credentials it came in by; its delivery is that tenant's too.
+    tenant: str = "default"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class ClaimedDelivery:
     """A delivery leased to one worker; `unconfirmed` means an earlier send may have reached Quivo."""
 
     id: int
+    tenant: str
     merchant_id: int
     rating_id: int
     rating_json: str
@@ -151,6 +154,7 @@ class DeliverySummary:
     """One line of the delivery listing."""
 
     id: int
+    tenant: str
     state: DeliveryState
     merchant_id: int
     rating_id: int
@@ -215,6 +219,7 @@ class WebhookSummary:
     """One line of the webhook listing; `bytes` is the size of the raw body."""
 
     id: int
+    tenant: str
     received_at: datetime
     request_id: str
     status: WebhookStatus

@@ -11,7 +11,7 @@ from relay.store.postgres.connection import Conn
 from relay.store.records import InboundWebhook, StoredWebhook
 
 # The decision (duplicate, superseded, accepted) is the database function's: see migration 0001.
-_RECORD = f"SELECT * FROM relay_record_webhook({', '.join(f'${n}' for n in range(1, 17))})"
+_RECORD = f"SELECT * FROM relay_record_webhook({', '.join(f'${n}' for n in range(1, 18))})"
 
 Arrival = tuple[InboundWebhook, datetime]
 
@@ -31,7 +31,7 @@ def _arguments(inbound: InboundWebhook, recheck_before: datetime) -> tuple[objec
         inbound.body,
     )
     if rating is None:
-        return (*webhook, None, None, None, None, None, None, None)
+        return (*webhook, None, None, None, None, None, None, None, inbound.tenant)
     # A rating created before `recheck_before` may have been delivered and pruned since: unconfirmed.
     recheck = rating.created_at is not None and rating.created_at < recheck_before
     return (
@@ -43,6 +43,7 @@ def _arguments(inbound: InboundWebhook, recheck_before: datetime) -> tuple[objec
         rating.stars,
         rating.model_dump_json(),
         recheck,
+        inbound.tenant,
     )
 
 
@@ -66,7 +67,8 @@ async def reprocess_webhook(
 ) -> StoredWebhook | None:
     """Judge a quarantined webhook again as if it arrived `now`; it keeps its id, bytes and request id."""
     row = await conn.fetchrow(
-        "SELECT status, request_id, content_type, body FROM webhooks WHERE id = $1 FOR UPDATE", webhook_id
+        "SELECT status, request_id, content_type, body, tenant FROM webhooks WHERE id = $1 FOR UPDATE",
+        webhook_id,
     )
     if row is None or row["status"] != "quarantined":
         return None
@@ -76,6 +78,7 @@ async def reprocess_webhook(
         body=bytes(row["body"]),
         content_type=row["content_type"],
         judgement=judgement,
+        tenant=row["tenant"],
     )
     # Decided as for a new arrival, in a row of its own; that row is folded into the original.
     (stored,) = await record_webhooks(conn, [(inbound, recheck_before)])

@@ -228,7 +228,7 @@ async def cancel_delivery(conn: Conn, delivery_id: int, *, now: datetime) -> Sta
 # Webhooks -----------------------------------------------------------------------------------------
 
 _WEBHOOK_COLUMNS = (
-    "id, received_at, request_id, status, webhook_type, merchant_id, rating_id, errors, "
+    "id, tenant, received_at, request_id, status, webhook_type, merchant_id, rating_id, errors, "
     "octet_length(body) AS bytes"
 )
 

@@ -29,7 +29,7 @@ UPDATE deliveries SET
         SELECT l.inquiry_id FROM links l
         WHERE l.merchant_id = deliveries.merchant_id AND l.external_id = deliveries.external_id))
 FROM due WHERE deliveries.id = due.id
-RETURNING deliveries.id, merchant_id, rating_id, rating, inquiry_id, attempts, unconfirmed,
+RETURNING deliveries.id, tenant, merchant_id, rating_id, rating, inquiry_id, attempts, unconfirmed,
     COALESCE(replayed_at, created_at) AS age_from, due.due_at
 """
 
@@ -40,6 +40,7 @@ async def claim_due(conn: Conn, *, now: datetime, lease_until: datetime, limit: 
     return [
         ClaimedDelivery(
             id=row["id"],
+            tenant=row["tenant"],
             merchant_id=row["merchant_id"],
             rating_id=row["rating_id"],
             rating_json=row["rating"],

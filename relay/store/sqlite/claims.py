@@ -35,7 +35,7 @@ def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[l
                         AND o.version < d.version AND o.state = 'sending')
                 ORDER BY d.next_attempt_at
                 LIMIT :limit)
-            RETURNING id, merchant_id, rating_id, rating, inquiry_id, attempts, unconfirmed,
+            RETURNING id, tenant, merchant_id, rating_id, rating, inquiry_id, attempts, unconfirmed,
                 COALESCE(replayed_at, created_at) AS age_from
             """,
             {"now": to_text(now), "lease_until": to_text(lease_until), "limit": limit},
@@ -43,6 +43,7 @@ def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[l
         return [
             ClaimedDelivery(
                 id=row["id"],
+                tenant=row["tenant"],
                 merchant_id=row["merchant_id"],
                 rating_id=row["rating_id"],
                 rating_json=row["rating"],

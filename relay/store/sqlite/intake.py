@@ -37,7 +37,7 @@ def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> Writ
         # its delivery superseded) but never delivered.
         outdated = any(row["version"] > rating.version for row in versions)
         recheck = rating.created_at is not None and rating.created_at < recheck_before
-        delivery_id = _insert_delivery(conn, webhook_id, rating, inbound.received_at, outdated, recheck)
+        delivery_id = _insert_delivery(conn, webhook_id, inbound, rating, outdated, recheck)
         # With no other version stored there is nothing to supersede: skip the statement.
         if outdated:
             return StoredWebhook(webhook_id, "superseded", delivery_id=delivery_id)
@@ -59,7 +59,7 @@ def reprocess_webhook(
 
     def job(conn: sqlite3.Connection) -> StoredWebhook | None:
         row = conn.execute(
-            "SELECT status, request_id, content_type, body FROM webhooks WHERE id = ?", (webhook_id,)
+            "SELECT status, request_id, content_type, body, tenant FROM webhooks WHERE id = ?", (webhook_id,)
         ).fetchone()
         if row is None or row["status"] != "quarantined":
             return None
@@ -69,6 +69,7 @@ def reprocess_webhook(
             body=bytes(row["body"]),
             content_type=row["content_type"],
             judgement=judgement,
+            tenant=row["tenant"],
         )
         # record_webhook decides as for a new arrival, in a row of its own; that row is folded into this one.
         stored = record_webhook(inbound, recheck_before=recheck_before)(conn)
@@ -102,7 +103,7 @@ def _supersede_older(conn: sqlite3.Connection, rating: Rating, now: datetime) ->
 def _insert_webhook(conn: sqlite3.Connection, inbound: InboundWebhook, status: WebhookStatus) -> int:
     cursor = conn.execute(
         "INSERT INTO webhooks (received_at, request_id, status, webhook_type, merchant_id, rating_id, "
-        "errors, content_type, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "errors, content_type, body, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             to_text(inbound.received_at),
             inbound.request_id,
@@ -113,6 +114,7 @@ def _insert_webhook(conn: sqlite3.Connection, inbound: InboundWebhook, status: W
             json.dumps(list(inbound.judgement.errors)) if inbound.judgement.errors else None,
             inbound.content_type,
             inbound.body,
+            inbound.tenant,
         ),
     )
     assert cursor.lastrowid is not None
@@ -120,15 +122,21 @@ def _insert_webhook(conn: sqlite3.Connection, inbound: InboundWebhook, status: W
 
 
 def _insert_delivery(
-    conn: sqlite3.Connection, webhook_id: int, rating: Rating, now: datetime, outdated: bool, recheck: bool
+    conn: sqlite3.Connection,
+    webhook_id: int,
+    inbound: InboundWebhook,
+    rating: Rating,
+    outdated: bool,
+    recheck: bool,
 ) -> int:
-    stamp = to_text(now)
+    stamp = to_text(inbound.received_at)
     cursor = conn.execute(
-        "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, external_id, stars, rating, "
-        "state, next_attempt_at, unconfirmed, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO deliveries (webhook_id, tenant, merchant_id, rating_id, version, external_id, stars, "
+        "rating, state, next_attempt_at, unconfirmed, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             webhook_id,
+            inbound.tenant,
             rating.merchant_id,
             rating.rating_id,
             rating.version,

@@ -12,7 +12,8 @@ from relay.store.sqlite.instants import to_text
 from relay.store.sqlite.reading import newest_first, one, record
 
 _WEBHOOK_COLUMNS = (
-    "id, received_at, request_id, status, webhook_type, merchant_id, rating_id, errors, length(body) AS bytes"
+    "id, tenant, received_at, request_id, status, webhook_type, merchant_id, rating_id, errors, "
+    "length(body) AS bytes"
 )
 
 
