@@ -326,6 +326,21 @@ async def test_deliveries_filter_by_state_merchant_order_inquiry_and_time(relay)
     assert await listed_ids(relay, "/admin/deliveries", external_id="ORD-9") == [elsewhere, unmatched]
 
 
+async def test_an_order_id_holding_a_nul_matches_no_delivery_to_list_or_replay(relay):
+    # PostgreSQL's text cannot hold a NUL: asked for one, it must still answer, as SQLite does.
+    dead = seed(relay, state="dead", external_id="ORD")
+
+    for params in (
+        {"external_id": "ORD\x00X"},
+        {"merchant_id": 1, "external_id": "ORD\x00", "state": "dead"},
+    ):
+        assert await listed_ids(relay, "/admin/deliveries", **params) == [], params
+    status, answer = await post(relay, "/admin/deliveries/replay", params={"external_id": "ORD\x00X"})
+
+    assert (status, answer["replayed"]) == (200, 0)
+    assert delivery_row(relay, dead)["state"] == "dead"
+
+
 @pytest.mark.parametrize("state", [None, "pending,dead"])
 async def test_pages_walk_every_delivery_once_newest_first(relay, state):
     seeded = {n: seed(relay, state=("dead", "pending", "delivered")[n % 3]) for n in range(23)}
@@ -908,6 +923,25 @@ async def test_links_page_by_cursor_in_key_order(relay):
     assert walked == [(link["merchant_id"], link["external_id"]) for link in links]
     bad = await relay.get("/admin/links", params={"cursor": "WzFd"}, headers=ADMIN)  # a delivery's cursor
     assert (bad.status, (await bad.json())["field"]) == (400, "cursor")
+
+
+async def test_a_links_cursor_holding_a_nul_pages_on_from_just_past_it(relay):
+    # No saved order id holds a NUL (PostgreSQL's text cannot), but a cursor may: the page still follows it.
+    saved = [
+        {"merchant_id": 1, "external_id": external_id, "inquiry_id": 7} for external_id in ("A", "AB", "B")
+    ]
+    await post(relay, "/admin/links", json=[*saved, {"merchant_id": 2, "external_id": "A", "inquiry_id": 8}])
+
+    _, page = await get(relay, "/admin/links", cursor=crafted_cursor('[1, "A\\u0000Z"]'), merchant_id=1)
+    _, rest = await get(relay, "/admin/links", cursor=crafted_cursor('[1, "\\u0000"]'))
+
+    assert [link["external_id"] for link in page["items"]] == ["AB", "B"]
+    assert [(link["merchant_id"], link["external_id"]) for link in rest["items"]] == [
+        (1, "A"),
+        (1, "AB"),
+        (1, "B"),
+        (2, "A"),
+    ]
 
 
 # Stats

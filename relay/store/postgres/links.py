@@ -57,7 +57,8 @@ async def list_links(
         arguments.append(merchant_id)
         conditions.append(f"merchant_id = ${len(arguments)}")
     if after is not None:
-        arguments.extend(after)
+        # Text holds no NUL (the server refuses one), so past the part before it is past the whole key.
+        arguments.extend((after[0], after[1].partition("\x00")[0]))
         conditions.append(f"(merchant_id, external_id) > (${len(arguments) - 1}, ${len(arguments)})")
     where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
     arguments.append(limit)

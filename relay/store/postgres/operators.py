@@ -103,6 +103,8 @@ async def list_deliveries(
     conn: Conn, where: DeliveryFilter, *, after: int | None, limit: int
 ) -> list[DeliverySummary]:
     """Up to `limit` deliveries matching `where`, newest (highest id) first, from below the id `after`."""
+    if where.external_id is not None and "\x00" in where.external_id:
+        return []  # text holds no NUL, so no order id stored here has one (and the server refuses one)
     conditions = _Conditions()
     if where.state:
         conditions.add("state = ANY({}::text[])", list(where.state))
