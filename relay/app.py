@@ -7,10 +7,17 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from relay.bringg.auth import Authenticator
 from relay.bringg.routes import routes as bringg_routes
 from relay.http import guard_malformed_requests, request_context
-from relay.keys import AUTHENTICATOR, NEW_DELIVERY, READINESS_CHECKS, SETTINGS, STORE, WORKER
+from relay.keys import (
+    NEW_DELIVERY,
+    OAUTH_FAILURES,
+    READINESS_CHECKS,
+    SETTINGS,
+    STORE,
+    TENANTS,
+    WORKER,
+)
 from relay.ops.admin import create_admin_app
 from relay.ops.health import READINESS, Readiness
 from relay.ops.health import routes as health_routes
@@ -22,13 +29,15 @@ from relay.quivo.client import QuivoClient
 from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import Store
+from relay.tenants.registry import RunningTenants, load_tenants
+from relay.throttle import FailureThrottle
 from relay.worker import Worker
 
 
 def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
     """The relay: webhook intake, OAuth token endpoint and health, plus the delivery worker when asked."""
-    app = _relay_process(settings, run_worker=run_worker)
-    app[AUTHENTICATOR] = Authenticator(settings)
+    app = _relay_process(settings, run_worker=run_worker, serves_webhooks=True)
+    app[OAUTH_FAILURES] = FailureThrottle()
     app.add_routes(bringg_routes)
     app.add_routes(health_routes)
     app.add_routes(openapi_routes)
@@ -39,19 +48,24 @@ def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
 
 def create_worker_app(settings: Settings) -> web.Application:
     """`relay worker`: the delivery worker, and what probes and scrapers ask of it (no webhooks, no admin)."""
-    app = _relay_process(settings, run_worker=True)
+    app = _relay_process(settings, run_worker=True, serves_webhooks=False)
     app.add_routes(worker_health_routes)
     return app
 
 
-def _relay_process(settings: Settings, *, run_worker: bool) -> web.Application:
-    """What every relay process holds: settings, metrics, the database, the worker if asked, /metrics."""
+def _relay_process(settings: Settings, *, run_worker: bool, serves_webhooks: bool) -> web.Application:
+    """What every relay process holds: settings, tenants, metrics, the database, the worker if asked, and
+    /metrics."""
     guard_malformed_requests()
     app = web.Application(client_max_size=settings.relay_max_body_bytes, middlewares=[request_context])
     app[SETTINGS] = settings
+    # Made once here (the start refused a file that does not validate); a reload replaces them whole.
+    registry = load_tenants(settings, serves_webhooks=serves_webhooks, runs_worker=run_worker)
+    app[TENANTS] = RunningTenants(registry)
     app[NEW_DELIVERY] = asyncio.Event()
     app[READINESS_CHECKS] = []
     app[METRICS] = RelayMetrics()
+    app[METRICS].count_tenants(running.name for running in registry)
     app[READINESS] = Readiness()
     app.cleanup_ctx.append(_store(delivers=run_worker))
     if run_worker:

@@ -2,13 +2,17 @@
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
-from relay.bringg.auth import Authenticator
 from relay.settings import Settings
 from relay.store.api import Store
+from relay.throttle import FailureThrottle
+
+if TYPE_CHECKING:
+    # Typed only: the registry's Authenticators import what imports these keys.
+    from relay.tenants.registry import RunningTenants
 
 ReadinessCheck = Callable[[], Awaitable[list[str]]]
 
@@ -25,7 +29,10 @@ class RunningWorker(Protocol):
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
-AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+# The tenants in force: read at each request, since a reload replaces them.
+TENANTS: web.AppKey["RunningTenants"] = web.AppKey("tenants")
+# Wrong client credentials at /oauth/token, per caller's address, whichever tenant's client they named.
+OAUTH_FAILURES = web.AppKey("oauth_failures", FailureThrottle)
 # Set when a webhook stores a new delivery, so the worker starts on it at once instead of at its next sweep.
 NEW_DELIVERY = web.AppKey("new_delivery", asyncio.Event)
 READINESS_CHECKS = web.AppKey("readiness_checks", list[ReadinessCheck])

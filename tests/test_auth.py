@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
 from relay.app import create_app
-from relay.keys import AUTHENTICATOR, SETTINGS
+from relay.keys import SETTINGS, TENANTS
 from tests.conftest import WEBHOOK_TOKEN, fixture_bytes
 
 BODY = fixture_bytes("bringg/rating_submitted.json")
@@ -227,7 +227,9 @@ async def test_a_token_request_whose_body_stalls_gets_408(aiohttp_client, make_s
 
 async def test_webhook_refuses_tokens_the_relay_did_not_issue_or_that_expired(oauth_relay):
     foreign = jwt.encode({"aud": "relay-webhook", "exp": int(time.time()) + 60}, CLIENT_SECRET, "HS256")
-    expired = oauth_relay.app[AUTHENTICATOR].issue_token(CLIENT_ID, issued_at=time.time() - 200)
+    default = oauth_relay.app[TENANTS].registry.of_bare_url()
+    assert default is not None
+    expired = default.authenticator.issue_token(CLIENT_ID, CLIENT_SECRET, issued_at=time.time() - 200)
 
     for token in (foreign, expired):
         assert await webhook_status(oauth_relay, {"Authorization": f"Bearer {token}"}) == 401

@@ -92,8 +92,8 @@ async def insert_deliveries(
 
 async def test_counters_move_as_work_is_reported(client):
     metrics = client.app[METRICS]
-    metrics.webhook_received("accepted")
-    metrics.webhook_received("accepted")
+    metrics.webhook_received("accepted", tenant="default")
+    metrics.webhook_received("accepted", tenant="default")
     metrics.delivery_finished("dead")
     metrics.quivo_request("send", 201)
     metrics.quivo_request("login", None)
@@ -101,7 +101,7 @@ async def test_counters_move_as_work_is_reported(client):
 
     values = await scrape(client)
 
-    assert values[key("relay_webhooks_received_total", outcome="accepted")] == 2
+    assert values[key("relay_webhooks_received_total", outcome="accepted", tenant="default")] == 2
     assert values[key("relay_delivery_outcomes_total", outcome="dead")] == 1
     assert values[key("relay_quivo_requests_total", action="send", status="201")] == 1
     assert values[key("relay_quivo_requests_total", action="login", status="none")] == 1
@@ -111,10 +111,13 @@ async def test_counters_move_as_work_is_reported(client):
 
 
 async def test_alerted_series_exist_at_zero_from_the_first_scrape(client):
+    client.app[METRICS].count_tenants(["default", "acme"])
+
     values = await scrape(client)
 
-    assert values[key("relay_webhooks_received_total", outcome="quarantined")] == 0
-    assert values[key("relay_webhooks_received_total", outcome="store_failed")] == 0
+    for tenant in ("default", "acme"):
+        assert values[key("relay_webhooks_received_total", outcome="quarantined", tenant=tenant)] == 0
+        assert values[key("relay_webhooks_received_total", outcome="store_failed", tenant=tenant)] == 0
     assert values[key("relay_delivery_outcomes_total", outcome="dead")] == 0
     assert values[key("relay_delivery_outcomes_total", outcome="retry_scheduled")] == 0
 
@@ -195,11 +198,13 @@ async def test_live_workers_gauge_counts_the_workers_that_beat_within_a_minute(c
 def test_two_applications_never_share_counts():
     first, second = RelayMetrics(), RelayMetrics()
 
-    first.webhook_received("accepted")
+    first.webhook_received("accepted", tenant="default")
+    second.count_tenants(["default"])
     first.delivery_latency(0.2)
 
-    assert first.registry.get_sample_value("relay_webhooks_received_total", {"outcome": "accepted"}) == 1
-    assert second.registry.get_sample_value("relay_webhooks_received_total", {"outcome": "accepted"}) == 0
+    accepted = {"outcome": "accepted", "tenant": "default"}
+    assert first.registry.get_sample_value("relay_webhooks_received_total", accepted) == 1
+    assert second.registry.get_sample_value("relay_webhooks_received_total", accepted) == 0
     assert second.registry.get_sample_value("relay_delivery_latency_seconds_count") == 0
 
 

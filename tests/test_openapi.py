@@ -25,7 +25,7 @@ from relay.ops.openapi import routes as openapi_routes
 from relay.settings import Settings
 from relay.store.api import StoreUnavailable
 from relay.throttle import FAILURES_ALLOWED
-from tests.conftest import AUTH, fixture_bytes
+from tests.conftest import AUTH, WEBHOOK_TOKEN, fixture_bytes
 from tests.forwarding import rating_webhook
 
 SPEC: dict[str, Any] = json.loads(DOCUMENT)
@@ -275,7 +275,7 @@ def test_webhook_takes_any_of_three_schemes_and_the_admin_api_a_bearer_token():
         expected: list[dict[str, list[str]]] | None = (
             [{"adminToken": []}] if path.startswith("/admin/") else None
         )
-        if path not in ("/webhooks/bringg", "/oauth/token"):
+        if path not in ("/webhooks/bringg", "/webhooks/bringg/{tenant}", "/oauth/token"):
             assert operation.get("security") == expected, f"{method} {path}"
 
 
@@ -338,6 +338,43 @@ async def test_webhook_answers_fit_the_document(relay, monkeypatch):
     ]
     assert unstored.status == 503
     assert contract.seen == WEBHOOK_ANSWERS
+
+
+TENANT_WEBHOOK_ANSWERS: Answers = {
+    ("post", "/webhooks/bringg/{tenant}"): {200, 202, 401, 404, 408, 413, 503},
+    ("post", "/webhooks/bringg"): {404},
+}
+
+
+async def test_tenant_webhook_answers_fit_the_document(aiohttp_client, make_settings, tmp_path, monkeypatch):
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(
+        f'[tenants.acme]\nmerchants = [1]\n[tenants.acme.bringg]\nwebhook_tokens = ["{WEBHOOK_TOKEN}"]\n'
+    )
+    tenants.chmod(0o600)
+    relay = await aiohttp_client(relay_app(make_settings, relay_tenants_file=tenants))
+    contract = Contract()
+
+    accepted = await contract.check(await relay.post("/webhooks/bringg/acme", data=FIXTURE, headers=AUTH))
+    duplicate = await contract.check(await relay.post("/webhooks/bringg/acme", data=FIXTURE, headers=AUTH))
+    await contract.check(await relay.post("/webhooks/bringg/acme", data=FIXTURE))
+    unknown = await contract.check(await relay.post("/webhooks/bringg/initech", data=FIXTURE, headers=AUTH))
+    bare = await contract.check(await relay.post("/webhooks/bringg", data=FIXTURE, headers=AUTH))
+    await contract.check(await relay.post("/webhooks/bringg/acme", data=TOO_LARGE, headers=AUTH))
+    await contract.check(await relay.post("/webhooks/bringg/acme", data=trickle(FIXTURE), headers=AUTH))
+
+    async def refuse(inbound: object, *, recheck_before: object) -> None:
+        raise StoreUnavailable("database or disk is full")
+
+    monkeypatch.setattr(relay.app[STORE], "record_webhook", refuse)
+    await contract.check(
+        await relay.post("/webhooks/bringg/acme", data=rating_webhook(9, "ORD-9"), headers=AUTH)
+    )
+
+    assert [accepted["status"], duplicate["status"]] == ["accepted", "duplicate"]
+    assert unknown == {"error": "unknown tenant"}
+    assert "/webhooks/bringg/{tenant}" in bare["detail"]
+    assert contract.seen == TENANT_WEBHOOK_ANSWERS
 
 
 OAUTH_ANSWERS: Answers = {
@@ -428,7 +465,7 @@ async def test_health_readiness_metrics_and_the_document_itself_fit_the_document
     assert intake == {"status": "ready"}
     assert any("worker" in problem for problem in unready["problems"])
     assert mistyped["field"] == "scope"
-    assert 'relay_webhooks_received_total{outcome="accepted"}' in metrics
+    assert 'relay_webhooks_received_total{outcome="accepted",tenant="default"}' in metrics
     assert served == SPEC
     assert contract.seen == OPS_ANSWERS
 
@@ -604,6 +641,7 @@ def test_the_scenarios_produce_every_documented_answer_but_the_error_guard_elsew
     exercised: Answers = {}
     for answers in (
         WEBHOOK_ANSWERS,
+        TENANT_WEBHOOK_ANSWERS,
         OAUTH_ANSWERS,
         OPS_ANSWERS,
         DELIVERY_ANSWERS,

@@ -446,9 +446,9 @@ async def test_metrics_move_as_work_happens(start_relay, quivo):
     await wait_for_delivery(db(relay), accepted["delivery_id"])
     _, after = await poll(relay, "/metrics", lambda _, text: metric(text, DELIVERED) == 1)
 
-    assert metric(before, 'relay_webhooks_received_total{outcome="accepted"}') == 0
-    assert metric(after, 'relay_webhooks_received_total{outcome="accepted"}') == 1
-    assert metric(after, 'relay_webhooks_received_total{outcome="duplicate"}') == 1
+    assert metric(before, 'relay_webhooks_received_total{outcome="accepted",tenant="default"}') == 0
+    assert metric(after, 'relay_webhooks_received_total{outcome="accepted",tenant="default"}') == 1
+    assert metric(after, 'relay_webhooks_received_total{outcome="duplicate",tenant="default"}') == 1
     assert metric(after, 'relay_delivery_outcomes_total{outcome="delivered"}') == 1
     assert metric(after, 'relay_quivo_requests_total{action="post_rating",status="200"}') == 1
     assert metric(after, 'relay_quivo_requests_total{action="login",status="200"}') == 1

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import jwt
+from pydantic import SecretStr
 
-from relay.settings import Settings
-from relay.throttle import FailureThrottle
+from relay.tenants.tenant import BringgAuth
 
 # Tokens the relay issues at /oauth/token carry this audience, so no other JWT passes for one.
 OAUTH_AUDIENCE = "relay-webhook"
@@ -30,34 +30,28 @@ class Verdict:
 
 
 class Authenticator:
-    """Checks the webhook's credential against every configured method; any one suffices."""
+    """Checks a webhook's credential against every method one tenant configured; any one secret suffices."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.header = settings.bringg_token_header
-        self.open = settings.bringg_auth == "none"
-        self._token = (
-            settings.bringg_webhook_token.get_secret_value() if settings.bringg_webhook_token else None
+    def __init__(self, auth: BringgAuth) -> None:
+        self.header = auth.token_header
+        self.open = auth.open
+        self._tokens = _values(auth.webhook_tokens)
+        self._jwt_secrets = _values(auth.jwt_secrets)
+        self._jwt_issuer = auth.jwt_issuer
+        self.oauth_client_id = auth.oauth_client_id
+        self.oauth_token_ttl_s = auth.oauth_token_ttl_s
+        # One key per client secret, derived from it: every relay process and restart accepts the same
+        # tokens, and a token dies with the secret it was issued for (removed once rotated out).
+        self._oauth_keys = (
+            tuple(_oauth_key(secret) for secret in _values(auth.oauth_client_secrets))
+            if auth.oauth_client_id is not None
+            else ()
         )
-        self._jwt_secret = (
-            settings.bringg_jwt_secret.get_secret_value() if settings.bringg_jwt_secret else None
-        )
-        self._jwt_issuer = settings.bringg_jwt_issuer
-        self.oauth_client_id = settings.bringg_oauth_client_id
-        secret = settings.bringg_oauth_client_secret
-        self._oauth_secret = secret.get_secret_value() if secret else None
-        self.oauth_token_ttl_s = settings.bringg_oauth_token_ttl_s
-        # Wrong client credentials at /oauth/token, per caller's address.
-        self.client_failures = FailureThrottle()
-        # Derived from the client secret: every relay process and restart accepts the same tokens.
-        self._oauth_key = (
-            hmac.new(self._oauth_secret.encode(), b"relay oauth access token", hashlib.sha256).digest()
-            if self._oauth_secret
-            else None
-        )
+        self._oauth_secrets = _values(auth.oauth_client_secrets) if self._oauth_keys else ()
 
     @property
     def oauth_enabled(self) -> bool:
-        return self._oauth_key is not None
+        return bool(self._oauth_keys)
 
     def check(self, headers: Mapping[str, str]) -> Verdict:
         """Judge the credential in the configured header."""
@@ -68,36 +62,48 @@ class Authenticator:
             return Verdict(False, reason=f"missing {self.header} header")
         presented = _strip_bearer(raw)
         reasons = []
-        if self._token is not None:
-            if _same(presented, self._token) or _same(raw.strip(), self._token):
+        if self._tokens:
+            # Every token compared, whichever matches: the time taken does not tell which one did.
+            if any([_same(presented, token) or _same(raw.strip(), token) for token in self._tokens]):
                 return Verdict(True, "token")
             reasons.append("token does not match")
-        if self._jwt_secret is not None:
-            reason = _jwt_problem(presented, self._jwt_secret, issuer=self._jwt_issuer)
-            if reason is None:
+        if self._jwt_secrets:
+            problems = [_jwt_problem(presented, key, issuer=self._jwt_issuer) for key in self._jwt_secrets]
+            if None in problems:
                 return Verdict(True, "jwt")
-            reasons.append(f"jwt {reason}")
-        if self._oauth_key is not None:
-            reason = _jwt_problem(presented, self._oauth_key, audience=OAUTH_AUDIENCE)
-            if reason is None:
+            reasons.append(f"jwt {_telling(problems)}")
+        if self._oauth_keys:
+            problems = [_jwt_problem(presented, key, audience=OAUTH_AUDIENCE) for key in self._oauth_keys]
+            if None in problems:
                 return Verdict(True, "oauth")
-            reasons.append(f"oauth token {reason}")
+            reasons.append(f"oauth token {_telling(problems)}")
         return Verdict(False, reason="; ".join(reasons))
 
-    def client_matches(self, client_id: str, client_secret: str) -> bool:
-        """Whether OAuth client credentials are the configured ones (constant time)."""
-        if self.oauth_client_id is None or self._oauth_secret is None:
-            return False
-        id_ok = _same(client_id, self.oauth_client_id)
-        secret_ok = _same(client_secret, self._oauth_secret)
-        return id_ok and secret_ok
-
-    def issue_token(self, client_id: str, *, issued_at: float | None = None) -> str:
-        """A short-lived access token for the webhook, signed with the key derived from the client secret."""
-        assert self._oauth_key is not None
+    def issue_token(
+        self, client_id: str, client_secret: str, *, issued_at: float | None = None
+    ) -> str | None:
+        """A short-lived access token for these client credentials, signed with the key of the secret given;
+        None when they are not this tenant's (compared in constant time)."""
+        id_ok = self.oauth_client_id is not None and _same(client_id, self.oauth_client_id)
+        matches = [_same(client_secret, secret) for secret in self._oauth_secrets]
+        if not (id_ok and any(matches)):
+            return None
         now = int(time.time() if issued_at is None else issued_at)
         claims = {"sub": client_id, "aud": OAUTH_AUDIENCE, "iat": now, "exp": now + self.oauth_token_ttl_s}
-        return jwt.encode(claims, self._oauth_key, algorithm="HS256")
+        return jwt.encode(claims, self._oauth_keys[matches.index(True)], algorithm="HS256")
+
+
+def _values(secrets: tuple[SecretStr, ...]) -> tuple[str, ...]:
+    return tuple(secret.get_secret_value() for secret in secrets)
+
+
+def _oauth_key(client_secret: str) -> bytes:
+    return hmac.new(client_secret.encode(), b"relay oauth access token", hashlib.sha256).digest()
+
+
+def _telling(problems: list[str | None]) -> str | None:
+    """Of the reasons each secret gave, one that says more than a signature made with another secret."""
+    return next((problem for problem in problems if problem != "signature invalid"), problems[0])
 
 
 def _strip_bearer(value: str) -> str:

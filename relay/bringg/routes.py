@@ -1,4 +1,4 @@
-"""The inbound routes: `POST /webhooks/bringg` and the OAuth token endpoint Bringg calls first."""
+"""The inbound routes: `POST /webhooks/bringg/{tenant}`, the bare URL, and the OAuth token endpoint."""
 
 import asyncio
 import json
@@ -10,12 +10,15 @@ from aiohttp import BasicAuth, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from relay.bringg.payload import judge
+from relay.bringg.tenancy import judged_for
+from relay.console import printable
 from relay.domain.judgement import Judgement
 from relay.http import REQUEST_ID, elapsed_ms, header_text, problem
-from relay.keys import AUTHENTICATOR, NEW_DELIVERY, SETTINGS, STORE
+from relay.keys import NEW_DELIVERY, OAUTH_FAILURES, SETTINGS, STORE, TENANTS
 from relay.ops.metrics import METRICS
 from relay.store.api import StoreUnavailable
 from relay.store.records import InboundWebhook, StoredWebhook
+from relay.tenants.registry import RunningTenant
 
 log = structlog.get_logger("relay.webhook")
 
@@ -23,28 +26,52 @@ log = structlog.get_logger("relay.webhook")
 STORE_RETRY_AFTER_S = 30
 # The parameters RFC 6749 §2.3.1 keeps out of the URL.
 CLIENT_CREDENTIALS = frozenset({"client_id", "client_secret"})
+# A tenant's name is at most 40 characters: a longer one in a URL is cut so in its log line.
+MAX_LOGGED_NAME = 40
 
 routes = web.RouteTableDef()
 
 
 @routes.post("/webhooks/bringg")
 async def receive_webhook(request: web.Request) -> web.Response:
+    """The URL from before tenants: the tenant named `default` (without a tenants file, the only one)."""
+    running = request.app[TENANTS].registry.of_bare_url()
+    if running is None:
+        detail = "this relay has no tenant named default: send to POST /webhooks/bringg/{tenant}"
+        return _unknown_tenant(request, "default", detail)
+    return await _receive(request, running)
+
+
+@routes.post("/webhooks/bringg/{tenant}")
+async def receive_tenant_webhook(request: web.Request) -> web.Response:
+    """One tenant's URL: only its credentials open it (a tenant unknown here has none to check)."""
+    name = request.match_info["tenant"]
+    running = request.app[TENANTS].registry.named(name)
+    if running is None:
+        return _unknown_tenant(request, name)
+    return await _receive(request, running)
+
+
+async def _receive(request: web.Request, running: RunningTenant) -> web.Response:
     """Authenticate, read within the size limit, commit the raw bytes (and delivery), then answer."""
-    verdict = request.app[AUTHENTICATOR].check(request.headers)
+    tenant = running.tenant.name
+    verdict = running.authenticator.check(request.headers)
     if not verdict.ok:
-        return _unauthorized(request, verdict.reason)
-    body = await _read_body(request)
+        return _unauthorized(request, tenant, verdict.reason)
+    body = await _read_body(request, tenant)
     if isinstance(body, web.Response):
         return body
-    judgement = judge(body)
+    judgement = judged_for(running.tenant, judge(body))
     inbound = InboundWebhook(
         request_id=request[REQUEST_ID],
         received_at=datetime.now(UTC),
         body=body,
         content_type=header_text(request.headers.get("Content-Type")),
         judgement=judgement,
+        tenant=tenant,
     )
     fields: dict[str, Any] = {
+        "tenant": tenant,
         "merchant_id": judgement.merchant_id,
         "rating_id": judgement.rating_id,
         "auth": verdict.method,
@@ -60,11 +87,25 @@ async def receive_webhook(request: web.Request) -> web.Response:
     return _answer(judgement, stored)
 
 
-def _unauthorized(request: web.Request, reason: str | None) -> web.Response:
-    request.app[METRICS].webhook_received("unauthorized")
+def _unknown_tenant(request: web.Request, name: str, detail: str | None = None) -> web.Response:
+    # Counted under no tenant: a label per name a stranger makes up would grow the metrics without bound.
+    request.app[METRICS].webhook_received("unknown_tenant", tenant="")
+    log.warning(
+        "webhook.unknown_tenant",
+        outcome="unknown_tenant",
+        tenant=printable(name[:MAX_LOGGED_NAME]),
+        duration_ms=elapsed_ms(request),
+    )
+    answer = {"error": "unknown tenant"} if detail is None else {"error": "unknown tenant", "detail": detail}
+    return web.json_response(answer, status=404)
+
+
+def _unauthorized(request: web.Request, tenant: str, reason: str | None) -> web.Response:
+    request.app[METRICS].webhook_received("unauthorized", tenant=tenant)
     log.warning(
         "webhook.unauthorized",
         outcome="unauthorized",
+        tenant=tenant,
         reason=reason,
         duration_ms=elapsed_ms(request),
     )
@@ -74,7 +115,7 @@ def _unauthorized(request: web.Request, reason: str | None) -> web.Response:
     return refused
 
 
-async def _read_body(request: web.Request) -> bytes | web.Response:
+async def _read_body(request: web.Request, tenant: str) -> bytes | web.Response:
     """The body, or the refusal when it is over the size limit or slower than the deadline."""
     limit = request.app[SETTINGS].relay_max_body_bytes
     deadline = request.app[SETTINGS].relay_body_timeout_s
@@ -85,14 +126,21 @@ async def _read_body(request: web.Request) -> bytes | web.Response:
         async with asyncio.timeout(deadline):
             return await request.read()
     except TimeoutError:
-        request.app[METRICS].webhook_received("too_slow")
-        log.warning("webhook.too_slow", outcome="too_slow", limit_s=deadline, duration_ms=elapsed_ms(request))
+        request.app[METRICS].webhook_received("too_slow", tenant=tenant)
+        log.warning(
+            "webhook.too_slow",
+            outcome="too_slow",
+            tenant=tenant,
+            limit_s=deadline,
+            duration_ms=elapsed_ms(request),
+        )
         return problem(408, "Request Timeout", f"the body took over {deadline:g} s to arrive; send it again")
     except web.HTTPRequestEntityTooLarge:
-        request.app[METRICS].webhook_received("too_large")
+        request.app[METRICS].webhook_received("too_large", tenant=tenant)
         log.warning(
             "webhook.too_large",
             outcome="too_large",
+            tenant=tenant,
             limit=limit,
             content_length=request.content_length,
             duration_ms=elapsed_ms(request),
@@ -101,7 +149,7 @@ async def _read_body(request: web.Request) -> bytes | web.Response:
 
 
 def _store_failed(request: web.Request, error: StoreUnavailable, fields: dict[str, Any]) -> web.Response:
-    request.app[METRICS].webhook_received("store_failed")
+    request.app[METRICS].webhook_received("store_failed", tenant=fields["tenant"])
     log.error(
         "webhook.store_failed",
         outcome="store_failed",
@@ -118,7 +166,7 @@ def _report_stored(
     request: web.Request, judgement: Judgement, stored: StoredWebhook, fields: dict[str, Any]
 ) -> None:
     """Count and log what storing did, and wake the worker for a new delivery."""
-    request.app[METRICS].webhook_received(stored.status)
+    request.app[METRICS].webhook_received(stored.status, tenant=fields["tenant"])
     if stored.status == "accepted":
         request.app[NEW_DELIVERY].set()
     for delivery_id in stored.superseded:
@@ -148,9 +196,13 @@ def _answer(judgement: Judgement, stored: StoredWebhook) -> web.Response:
 
 @routes.post("/oauth/token")
 async def issue_token(request: web.Request) -> web.Response:
-    """OAuth 2.0 client credentials (RFC 6749 §4.4); credentials by Basic auth, or in a form or JSON body."""
-    authenticator = request.app[AUTHENTICATOR]
-    if not authenticator.oauth_enabled:
+    """OAuth 2.0 client credentials (RFC 6749 §4.4); credentials by Basic auth, or in a form or JSON body.
+
+    The client id picks the tenant; the token is keyed by that tenant's client secret, so it opens only that
+    tenant's URL.
+    """
+    registry = request.app[TENANTS].registry
+    if not registry.oauth_enabled:
         raise web.HTTPNotFound()
     if not CLIENT_CREDENTIALS.isdisjoint(request.query):
         # RFC 6749 §2.3.1: never in the URL, which proxies and access logs keep.
@@ -168,8 +220,10 @@ async def issue_token(request: web.Request) -> web.Response:
         log.warning("oauth.token_refused", reason="unsupported grant_type")
         return _oauth_error(400, "unsupported_grant_type")
     client_id, client_secret = _client_credentials(request, params)
-    if not authenticator.client_matches(client_id, client_secret):
-        throttled = authenticator.client_failures.record_failure(request.remote)
+    running = registry.by_client_id(client_id)
+    token = None if running is None else running.authenticator.issue_token(client_id, client_secret)
+    if running is None or token is None:
+        throttled = request.app[OAUTH_FAILURES].record_failure(request.remote)
         if throttled is not None:
             if throttled.first_of_burst:
                 log.warning("oauth.throttled", client=throttled.client, retry_after_s=throttled.retry_after_s)
@@ -179,10 +233,10 @@ async def issue_token(request: web.Request) -> web.Response:
         # RFC 6749 §5.2: a client that tried HTTP Basic is told which scheme to use.
         refused.headers["WWW-Authenticate"] = 'Basic realm="relay"'
         return refused
-    token = authenticator.issue_token(client_id)
-    log.info("oauth.token_issued", expires_in=authenticator.oauth_token_ttl_s)
+    expires_in = running.authenticator.oauth_token_ttl_s
+    log.info("oauth.token_issued", tenant=running.name, expires_in=expires_in)
     return web.json_response(
-        {"access_token": token, "token_type": "Bearer", "expires_in": authenticator.oauth_token_ttl_s},
+        {"access_token": token, "token_type": "Bearer", "expires_in": expires_in},
         headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
     )
 

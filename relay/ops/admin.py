@@ -24,9 +24,10 @@ from pydantic import (
 )
 
 from relay.bringg.payload import judge
+from relay.bringg.tenancy import judged_for
 from relay.domain.ids import MAX_ID
 from relay.http import Handler, problem
-from relay.keys import NEW_DELIVERY, SETTINGS, STORE
+from relay.keys import NEW_DELIVERY, SETTINGS, STORE, TENANTS
 from relay.linkfile import HeaderProblem, Link, external_id_problem, parse_links_csv
 from relay.ops.answers import json_response
 from relay.store.api import Store
@@ -279,7 +280,11 @@ async def reprocess(request: web.Request) -> web.Response:
     if webhook.status != "quarantined":
         detail = f"webhook {webhook_id} is {webhook.status}: only quarantined ones are reprocessed"
         raise _refusal(409, detail, webhook_status=webhook.status)
-    judgement = judge(webhook.body)
+    # Judged for its tenant as at its arrival: a merchant not of the tenant's stays quarantined.
+    running = request.config_dict[TENANTS].registry.named(webhook.tenant)
+    if running is None:
+        raise _refusal(409, f"webhook {webhook_id} came for tenant {webhook.tenant}, which is not running")
+    judgement = judged_for(running.tenant, judge(webhook.body))
     now = _now()
     # As for a new arrival: past the retention window a delivered version may be gone, so check Quivo first.
     recheck_before = now - timedelta(days=request.config_dict[SETTINGS].relay_retention_days)

@@ -1,7 +1,7 @@
 """Prometheus metrics: counters moved as the relay works, and gauges read from the database when scraped."""
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +25,7 @@ WEBHOOK_OUTCOMES = (
     "too_large",
     "too_slow",
     "store_failed",
+    "unknown_tenant",
 )
 DELIVERY_OUTCOMES = (
     "delivered",
@@ -111,8 +112,9 @@ class RelayMetrics:
         self.registry = CollectorRegistry()
         self._webhooks = Counter(
             "relay_webhooks_received",
-            "Webhooks received, by what became of each.",
-            ["outcome"],
+            "Webhooks received, by what became of each and the tenant whose URL they came to "
+            "('' for a URL naming no tenant).",
+            ["outcome", "tenant"],
             registry=self.registry,
         )
         # Not relay_deliveries_total: relay_deliveries is the gauge of rows by state, another family.
@@ -139,14 +141,20 @@ class RelayMetrics:
         self._store_reads: Fresh[_StoreReading] = Fresh(clock=clock)
         self.registry.register(self._store)
         # Series alerted on exist at 0 from the first scrape, so rate() and increase() see their first rise.
-        for outcome in WEBHOOK_OUTCOMES:
-            self._webhooks.labels(outcome)
+        self._webhooks.labels("unknown_tenant", "")
         for outcome in DELIVERY_OUTCOMES:
             self._deliveries.labels(outcome)
 
-    def webhook_received(self, outcome: str) -> None:
-        """One webhook answered: accepted, duplicate, ignored, quarantined, unauthorized, too_large, ..."""
-        self._webhooks.labels(outcome).inc()
+    def count_tenants(self, tenants: Iterable[str]) -> None:
+        """Each tenant's webhook series exist at 0 from now on (at start, and for a tenant a reload adds)."""
+        for tenant in tenants:
+            for outcome in WEBHOOK_OUTCOMES:
+                if outcome != "unknown_tenant":
+                    self._webhooks.labels(outcome, tenant)
+
+    def webhook_received(self, outcome: str, *, tenant: str) -> None:
+        """One webhook answered on a tenant's URL: accepted, duplicate, quarantined, unauthorized, ..."""
+        self._webhooks.labels(outcome, tenant).inc()
 
     def delivery_finished(self, outcome: str) -> None:
         """One pass over a claimed delivery ended: delivered, retry_scheduled, dead, ..."""
