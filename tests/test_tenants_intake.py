@@ -293,3 +293,22 @@ async def test_each_request_reads_the_tenants_in_force(relay, make_settings, tmp
     )
 
     assert (gone.status, status) == (404, 202)
+
+
+async def test_an_oauth_token_lasts_as_long_as_the_client_secret_it_was_issued_for(
+    relay, make_settings, tmp_path
+):
+    _, old = await oauth_token(relay, GLOBEX_CLIENT_ID, GLOBEX_CLIENT_SECRETS[0])
+    _, new = await oauth_token(relay, GLOBEX_CLIENT_ID, GLOBEX_CLIENT_SECRETS[1])
+    # The rotation's last step: the old secret leaves the file (and the relay reloads it).
+    rotated = TWO_TENANTS.replace(
+        json.dumps(list(GLOBEX_CLIENT_SECRETS)), json.dumps([GLOBEX_CLIENT_SECRETS[1]])
+    )
+    settings = make_settings(relay_tenants_file=tenants_file(tmp_path, rotated))
+    relay.app[TENANTS].replace(load_tenants(settings, serves_webhooks=True, runs_worker=False))
+
+    body = rating_body(GLOBEX_MERCHANT)
+    gone = await relay.post("/webhooks/bringg/globex", data=body, headers=bearer(old["access_token"]))
+    kept = await relay.post("/webhooks/bringg/globex", data=body, headers=bearer(new["access_token"]))
+
+    assert (gone.status, kept.status) == (401, 202)
