@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 from aiohttp import web
 
 from relay.bringg.routes import routes as bringg_routes
@@ -25,7 +24,7 @@ from relay.ops.health import worker_routes as worker_health_routes
 from relay.ops.metrics import METRICS, RelayMetrics
 from relay.ops.metrics import routes as metrics_routes
 from relay.ops.openapi import routes as openapi_routes
-from relay.quivo.client import QuivoClient
+from relay.quivo.sessions import quivo_session
 from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import Store
@@ -98,30 +97,17 @@ def _store(*, delivers: bool) -> Callable[[web.Application], AsyncIterator[None]
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:
-    """The Quivo session and the delivery loop; they stop before the database closes (reverse order)."""
-    settings = app[SETTINGS]
-    timeout = aiohttp.ClientTimeout(
-        total=settings.quivo_timeout_s, connect=min(5.0, settings.quivo_timeout_s)
+    """The delivery loops, a Quivo session each; they stop before the database closes (reverse order)."""
+    settings, metrics = app[SETTINGS], app[METRICS]
+    worker = Worker(
+        settings,
+        app[STORE],
+        metrics,
+        [running.tenant for running in app[TENANTS].registry],
+        lambda tenant: quivo_session(settings, tenant, metrics),
+        wake=app[NEW_DELIVERY],
     )
-    connector = aiohttp.TCPConnector(limit=settings.quivo_max_concurrency + 2)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        client = QuivoClient(
-            session,
-            base_url=settings.quivo_base_url.rstrip("/"),
-            api_key=_secret(settings.quivo_api_key),
-            username=settings.quivo_username or "",
-            password=_secret(settings.quivo_password),
-            auth_prefix=settings.quivo_auth_prefix,
-            token_ttl_s=settings.quivo_token_ttl_s,
-            observe=app[METRICS].quivo_request,
-        )
-        worker = Worker(settings, app[STORE], client, app[METRICS], wake=app[NEW_DELIVERY])
-        app[WORKER] = worker
-        worker.start()
-        yield
-        await worker.stop()
-
-
-def _secret(value: object) -> str:
-    get = getattr(value, "get_secret_value", None)
-    return str(get()) if get else ""
+    app[WORKER] = worker
+    worker.start()
+    yield
+    await worker.stop()

@@ -7,9 +7,6 @@ from datetime import UTC, datetime
 
 from relay.store.api import Store
 
-# The Quivo account the relay calls as: every relay-wide pause and send slot is kept under this name.
-QUIVO_ACCOUNT = "default"
-
 # After a run of failures every call waits a little longer, so an outage is probed, not hammered.
 _STREAK_BASE_S = 0.5
 # ...but never longer than this: Quivo's return is noticed within seconds, and one call in 10 s is nothing to
@@ -71,10 +68,14 @@ class Pacer:
 
 
 class RelayBudget:
-    """QUIVO_MAX_RPS for the whole relay: each call reserves a slot in the store, spaced across workers."""
+    """An account's QUIVO_MAX_RPS for the whole relay: each call reserves a slot in the store, spaced across
+    workers; `account` is the tenant's name, under which its slots are kept."""
 
-    def __init__(self, store: Store, rps: float, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(
+        self, store: Store, rps: float, *, account: str, clock: Callable[[], datetime] = _utc_now
+    ) -> None:
         self._store = store
+        self._account = account
         self._spacing_s = 1.0 / rps
         self._clock = clock
 
@@ -85,7 +86,7 @@ class RelayBudget:
         unused one only makes the relay call Quivo a little less often than it may.
         """
         now = self._clock()
-        slot = await self._store.reserve_send_slot(QUIVO_ACCOUNT, now=now, spacing_s=self._spacing_s)
+        slot = await self._store.reserve_send_slot(self._account, now=now, spacing_s=self._spacing_s)
         if (away_s := (slot - now).total_seconds()) > max_wait_s:
             return away_s
         wait_s = (slot - self._clock()).total_seconds()

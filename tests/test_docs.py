@@ -68,6 +68,8 @@ def logged_events(source: str, where: str = "<source>") -> set[str]:
     tree = ast.parse(source)
     assigned = list(_assignments(tree))
     loggers = {name for name, value in assigned if _factory_call(value)}
+    # A logger bound to context (`self._log = log.bind(tenant=...)`) logs the same events.
+    loggers |= {name for name, value in assigned if _binds(value, loggers)}
     emitters = {name for name, value in assigned if _is_emitter(value, loggers, set())}
     events: set[str] = set()
     passed_on = False
@@ -100,7 +102,11 @@ def logged_events(source: str, where: str = "<source>") -> set[str]:
 def _assignments(tree: ast.AST) -> Iterator[tuple[str, ast.expr]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign):
-            yield from ((target.id, node.value) for target in node.targets if isinstance(target, ast.Name))
+            yield from (
+                (ast.unparse(target), node.value)
+                for target in node.targets
+                if isinstance(target, ast.Name | ast.Attribute)
+            )
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
             yield node.target.id, node.value
 
@@ -113,9 +119,14 @@ def _factory_call(node: ast.expr) -> bool:
     return name in LOGGER_FACTORIES
 
 
+def _binds(node: ast.expr, loggers: set[str]) -> bool:
+    func = node.func if isinstance(node, ast.Call) else None
+    return isinstance(func, ast.Attribute) and func.attr == "bind" and ast.unparse(func.value) in loggers
+
+
 def _is_emitter(node: ast.expr, loggers: set[str], emitters: set[str]) -> bool:
     if isinstance(node, ast.Attribute):
-        return isinstance(node.value, ast.Name) and node.value.id in loggers and node.attr in LOG_METHODS
+        return ast.unparse(node.value) in loggers and node.attr in LOG_METHODS
     if isinstance(node, ast.Name):
         return node.id in emitters
     if isinstance(node, ast.IfExp):
@@ -265,10 +276,17 @@ def record(stored, event, dead):
     emit(f"webhook.{stored.status}")
     emit(event)
     return "example.passed_on", "not an event"
+
+class Loop:
+    def __init__(self):
+        self._log = log.bind(tenant="a")
+
+    def run(self):
+        self._log.warning("example.bound")
 """
     statuses = {f"webhook.{status}" for status in get_args(StoredStatus)}
 
-    assert logged_events(source) == {"example.literal", "example.passed_on", *statuses}
+    assert logged_events(source) == {"example.literal", "example.passed_on", "example.bound", *statuses}
     with pytest.raises(AssertionError, match="DYNAMIC_PARTS"):
         logged_events('import structlog\nlog = structlog.get_logger()\nlog.info(f"example.{unknown}")\n')
 

@@ -8,22 +8,23 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import AbstractAsyncContextManager, ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-import aiohttp
 import pytest
 
 from relay import worker as worker_module
 from relay.ops.metrics import RelayMetrics
 from relay.quivo.client import QuivoClient
+from relay.quivo.sessions import quivo_session
 from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import Store
 from relay.store.records import ClaimedDelivery, PruneResult, UnmatchedSweep
+from relay.tenants.tenant import Tenant, implicit_tenant
 from relay.worker import Worker
 from tests.chaos.harness import http_call, relay_env, wait_for
 from tests.conftest import AUTH
@@ -271,27 +272,29 @@ async def test_retention_and_the_unmatched_sweep_run_on_one_worker_and_pass_on_w
     store = create_store(settings.database_url, timeout_s=5, pool_size=2)
     await store.open()
     first, second = CountingStore(store), CountingStore(store)
-    async with aiohttp.ClientSession() as session:
-        client = QuivoClient(
-            session, base_url=settings.quivo_base_url, api_key="k", username="u", password="p"
-        )
-        holder = Worker(settings, cast(Store, first), client, RelayMetrics())
-        other = Worker(settings, cast(Store, second), client, RelayMetrics())
-        try:
-            holder.start()
-            await until(lambda: first.sweeps >= 1 and first.prunes >= 1, "the first worker's sweep and prune")
-            other.start()
-            # Its loop goes round every 50 ms too: 20 rounds, 20 chances to sweep and prune.
-            await until(lambda: second.claims >= 20, "the second worker's loop going round")
-            assert (second.sweeps, second.prunes) == (0, 0)
-            assert first.sweeps >= 2  # the holder went on meanwhile
+    tenants = [implicit_tenant(settings)]
+    metrics = RelayMetrics()
 
-            await holder.stop()
-            await until(lambda: second.sweeps >= 1 and second.prunes >= 1, "the second worker taking over")
-        finally:
-            for worker in (holder, other):
-                await worker.stop()
-            await store.close()
+    def connect(tenant: Tenant) -> AbstractAsyncContextManager[QuivoClient]:
+        return quivo_session(settings, tenant, metrics)
+
+    holder = Worker(settings, cast(Store, first), metrics, tenants, connect)
+    other = Worker(settings, cast(Store, second), metrics, tenants, connect)
+    try:
+        holder.start()
+        await until(lambda: first.sweeps >= 1 and first.prunes >= 1, "the first worker's sweep and prune")
+        other.start()
+        # Its loop goes round every 50 ms too: 20 rounds, 20 chances to sweep and prune.
+        await until(lambda: second.claims >= 20, "the second worker's loop going round")
+        assert (second.sweeps, second.prunes) == (0, 0)
+        assert first.sweeps >= 2  # the holder went on meanwhile
+
+        await holder.stop()
+        await until(lambda: second.sweeps >= 1 and second.prunes >= 1, "the second worker taking over")
+    finally:
+        for worker in (holder, other):
+            await worker.stop()
+        await store.close()
 
 
 async def until(condition: Callable[[], bool], what: str, within_s: float = 15) -> None:

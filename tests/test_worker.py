@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import structlog
 
+from relay import tenant_worker
 from relay import worker as worker_module
 from relay.app import create_app
 from relay.keys import SETTINGS, STORE, WORKER
@@ -630,7 +631,7 @@ async def test_quivo_answering_reads_while_failing_ratings_frees_held_deliveries
     start_relay, quivo, monkeypatch
 ):
     # Backoff is jittered from 0 s up: pinned at its cap, only a freeing can make a held delivery due here.
-    monkeypatch.setattr(worker_module, "retry_delay", lambda *args, **kwargs: 600.0)
+    monkeypatch.setattr(tenant_worker, "retry_delay", lambda *args, **kwargs: 600.0)
     # One call at a time, so each failed call counts towards the outage.
     relay = await start_relay(quivo_max_concurrency=1, relay_retry_base_s=300, relay_retry_max_s=600)
     quivo.state.outage = True
