@@ -469,7 +469,7 @@ def claims_per_second(url: str, pending: int = 10_000) -> float:
             while True:
                 began = time.perf_counter()
                 leased = now + timedelta(minutes=5)
-                batch = await store.claim_due(now=now, lease_until=leased, limit=64)
+                batch = await store.claim_due("default", now=now, lease_until=leased, limit=64)
                 claiming += time.perf_counter() - began
                 if not batch:
                     return claims / claiming

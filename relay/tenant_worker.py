@@ -196,7 +196,7 @@ class TenantWorker:
         free = CLAIM_AHEAD * self.tenant.quivo.max_concurrency - len(self._in_flight)
         if free <= 0 or self._pacer.paused_for() > 0:
             return 0, [], lease_until
-        claimed = await self.store.claim_due(now=now, lease_until=lease_until, limit=free)
+        claimed = await self.store.claim_due(self.tenant.name, now=now, lease_until=lease_until, limit=free)
         return free, claimed, lease_until
 
     async def _sleep(self, seconds: float) -> None:
@@ -289,7 +289,7 @@ class TenantWorker:
         """
         if self._pacer.paused_for() > 0:
             return
-        inquiry_id = await self.store.inquiry_held_by_outage(now=utc_now())
+        inquiry_id = await self.store.inquiry_held_by_outage(self.tenant.name, now=utc_now())
         if inquiry_id is None:
             return
         async with self._quivo_slots:
@@ -313,7 +313,7 @@ class TenantWorker:
     async def _release_outage_holds(self) -> None:
         """Quivo answers again: what waited out the outage on backoff goes now, not at its next backoff."""
         self._quivo_back = False
-        made_due = await self.store.due_after_outage(now=utc_now())
+        made_due = await self.store.due_after_outage(self.tenant.name, now=utc_now())
         if made_due:
             self._log.info("worker.quivo_back", made_due=made_due)
 

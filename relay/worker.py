@@ -169,9 +169,9 @@ class Worker:
         until = wall + timedelta(seconds=SWEEP_DUTY_S)
         if not await self.store.take_duty("unmatched_sweep", self.worker_id, now=wall, until=until):
             return  # another worker sweeps for the relay
-        swept = await self.store.sweep_unmatched(
-            now=wall, expire_before=wall - self.settings.relay_unmatched_ttl
-        )
+        # Each tenant's deliveries by its own RELAY_UNMATCHED_TTL; a removed tenant's wait for its return.
+        ttls = {tenant.name: wall - tenant.unmatched_ttl for tenant in self._tenants}
+        swept = await self.store.sweep_unmatched(now=wall, expire_before=ttls)
         woken, expired = swept.woken, swept.expired
         if woken or expired:
             log.info("worker.unmatched_swept", woken=len(woken), expired=len(expired))
@@ -182,6 +182,7 @@ class Worker:
             self.metrics.delivery_finished("dead")
             log.error(
                 "delivery.dead",
+                tenant=dead.tenant,
                 delivery_id=dead.id,
                 merchant_id=dead.merchant_id,
                 rating_id=dead.rating_id,

@@ -64,7 +64,9 @@ def test_seeded_backlog_is_claimed_by_the_relay_and_delivered_rows_are_not(backe
     async def claim_all() -> tuple[int, dict[str, int], dict[str, int]]:
         async with opened(url) as store:
             now = datetime.now(UTC) + timedelta(seconds=1)
-            claimed = await store.claim_due(now=now, lease_until=now + timedelta(minutes=1), limit=500)
+            claimed = await store.claim_due(
+                "default", now=now, lease_until=now + timedelta(minutes=1), limit=500
+            )
             return len(claimed), await store.row_counts(), await store.deliveries_by_state()
 
     claimed, counts, states = asyncio.run(claim_all())

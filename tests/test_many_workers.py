@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, ExitStack
 from dataclasses import dataclass
@@ -243,11 +243,15 @@ class CountingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def claim_due(self, *, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
+    async def claim_due(
+        self, tenant: str, *, now: datetime, lease_until: datetime, limit: int
+    ) -> list[ClaimedDelivery]:
         self.claims += 1
-        return await self._store.claim_due(now=now, lease_until=lease_until, limit=limit)
+        return await self._store.claim_due(tenant, now=now, lease_until=lease_until, limit=limit)
 
-    async def sweep_unmatched(self, *, now: datetime, expire_before: datetime) -> UnmatchedSweep:
+    async def sweep_unmatched(
+        self, *, now: datetime, expire_before: Mapping[str, datetime]
+    ) -> UnmatchedSweep:
         self.sweeps += 1
         return await self._store.sweep_unmatched(now=now, expire_before=expire_before)
 

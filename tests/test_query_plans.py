@@ -32,18 +32,20 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
 async def test_claim_walks_the_due_index_without_sorting(database):
     now = datetime.now(UTC)
 
-    statements = await traced(database, claim_due(now=now, lease_until=now + timedelta(seconds=30), limit=8))
+    statements = await traced(
+        database, claim_due("default", now=now, lease_until=now + timedelta(seconds=30), limit=8)
+    )
 
     [claim] = [sql for sql in statements if "UPDATE deliveries" in sql]
     steps = await plan(database, claim)
-    assert "SEARCH d USING INDEX deliveries_due (next_attempt_at<?)" in steps
+    assert "SEARCH d USING INDEX deliveries_due_tenant (tenant=? AND next_attempt_at<?)" in steps
     assert full_scans_and_sorts(steps) == [], steps
 
 
 async def test_unmatched_sweep_reads_only_unmatched_rows(database):
     now = datetime.now(UTC)
 
-    statements = await traced(database, sweep_unmatched(now=now, expire_before=now))
+    statements = await traced(database, sweep_unmatched(now=now, expire_before={"default": now}))
 
     for sql in (sql for sql in statements if sql.lstrip().startswith("UPDATE")):
         steps = await plan(database, sql)
@@ -65,7 +67,7 @@ async def test_backlog_reads_one_entry_of_each_partial_index(database):
 async def test_taking_a_turn_and_recording_an_outcome_walk_their_keys(database):
     now = datetime.now(UTC)
     await database.write(record_webhook(inbound(1, now), recheck_before=now))
-    [claimed] = await database.write(claim_due(now=now, lease_until=now, limit=1))
+    [claimed] = await database.write(claim_due("default", now=now, lease_until=now, limit=1))
     call = AttemptRecord("send", now, 12, 503, "retry")
     outcome = Outcome(claimed.id, "retrying", 1, False, next_attempt_at=now, inquiry_id=5, calls=[call])
 
@@ -75,7 +77,7 @@ async def test_taking_a_turn_and_recording_an_outcome_walk_their_keys(database):
     # The outcome releases the hold by its delivery id: without an index there it would read every hold.
     [release] = [sql for sql in statements if sql.startswith("DELETE FROM inquiry_holds")]
     assert await plan(database, release) == [
-        "SEARCH inquiry_holds USING INDEX inquiry_holds_delivery (delivery_id=?)"
+        "SEARCH inquiry_holds USING COVERING INDEX inquiry_holds_delivery (delivery_id=?)"
     ]
     for sql in statements:
         steps = await plan(database, sql)

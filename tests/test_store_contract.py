@@ -102,10 +102,12 @@ async def accept(store: Store, *, at: datetime = T0, **fields: Any) -> int:
     return stored.delivery_id
 
 
-async def claim(store: Store, now: datetime, limit: int = 100) -> dict[int, ClaimedDelivery]:
+async def claim(
+    store: Store, now: datetime, limit: int = 100, *, tenant: str = "default"
+) -> dict[int, ClaimedDelivery]:
     return {
         claimed.id: claimed
-        for claimed in await store.claim_due(now=now, lease_until=now + LEASE, limit=limit)
+        for claimed in await store.claim_due(tenant, now=now, lease_until=now + LEASE, limit=limit)
     }
 
 
@@ -298,8 +300,61 @@ async def test_a_webhook_and_its_delivery_are_stored_under_the_tenant_it_came_in
     detail = await store.get_delivery(acme.delivery_id)
     assert webhook is not None and webhook.tenant == "acme"
     assert detail is not None and detail.delivery.tenant == "acme"
-    claimed = await claim(store, T0)
+    claimed = {**await claim(store, T0), **await claim(store, T0, tenant="acme")}
     assert {c.id: c.tenant for c in claimed.values()} == deliveries
+
+
+async def accept_for(store: Store, tenant: str, rating_id: int, external_id: str = "ORD-1") -> int:
+    """A new pending delivery of the tenant's, due T0; its id."""
+    judged = rating(rating_id, external_id=external_id)
+    stored = await store.record_webhook(inbound(judged, tenant=tenant), recheck_before=LONG_AGO)
+    assert stored.delivery_id is not None
+    return stored.delivery_id
+
+
+async def test_each_tenant_claims_only_its_own_deliveries(store: Store) -> None:
+    acme = await accept_for(store, "acme", 1)
+    implicit = await accept_for(store, "default", 2)
+
+    assert list(await claim(store, T0, tenant="acme")) == [acme]
+    assert list(await claim(store, T0, tenant="gone")) == []
+    assert list(await claim(store, T0)) == [implicit]
+
+
+async def test_two_tenants_inquiries_of_one_id_are_two_inquiries_each_held_on_its_own(store: Store) -> None:
+    acme = await accept_for(store, "acme", 1)
+    implicit = await accept_for(store, "default", 2)
+    await claim(store, T0, tenant="acme")
+    await claim(store, T0)
+
+    turns = [
+        await store.take_turn(delivery, 42, leased_until=T0 + LEASE, now=T0, until=T0 + LEASE)
+        for delivery in (acme, implicit)
+    ]
+
+    assert turns == ["go", "go"]
+
+
+async def test_the_sweep_expires_each_tenants_unmatched_by_its_own_instant_and_no_others(
+    store: Store,
+) -> None:
+    deliveries = {
+        tenant: await accept_for(store, tenant, n, external_id=f"ORD-{n}")
+        for n, tenant in enumerate(("acme", "default", "gone"), start=1)
+    }
+    for tenant in deliveries:
+        [claimed] = await claim(store, T0, tenant=tenant)
+        unmatched = Outcome(claimed, "unmatched", 0, False)
+        assert await store.record_outcome(unmatched, leased_until=T0 + LEASE, now=T0) == "unmatched"
+
+    sweep = await store.sweep_unmatched(
+        now=T0 + timedelta(days=2),
+        expire_before={"acme": T0 + SECOND, "default": T0 - SECOND},  # "gone" is no tenant now
+    )
+
+    assert [(dead.id, dead.tenant) for dead in sweep.expired] == [(deliveries["acme"], "acme")]
+    states = {tenant: await state_of(store, delivery) for tenant, delivery in deliveries.items()}
+    assert states == {"acme": "dead", "default": "unmatched", "gone": "unmatched"}
 
 
 async def test_reprocess_keeps_the_tenant_a_quarantined_webhook_came_in_for(store: Store) -> None:
@@ -326,9 +381,9 @@ async def test_claim_due_leases_the_oldest_due_first_up_to_the_limit(store: Stor
     second = await accept(store, rating_id=3, at=T0 + SECOND)
     not_yet = await accept(store, rating_id=4, at=T0 + timedelta(hours=1))
 
-    before_due = await store.claim_due(now=T0 - SECOND, lease_until=T0 + LEASE, limit=10)
-    batch = await store.claim_due(now=T0 + 10 * SECOND, lease_until=T0 + LEASE, limit=2)
-    rest = await store.claim_due(now=T0 + 10 * SECOND, lease_until=T0 + LEASE, limit=10)
+    before_due = await store.claim_due("default", now=T0 - SECOND, lease_until=T0 + LEASE, limit=10)
+    batch = await store.claim_due("default", now=T0 + 10 * SECOND, lease_until=T0 + LEASE, limit=2)
+    rest = await store.claim_due("default", now=T0 + 10 * SECOND, lease_until=T0 + LEASE, limit=10)
 
     assert before_due == []
     assert [c.id for c in batch] == [first, second]
@@ -343,7 +398,7 @@ async def test_claim_due_leases_the_oldest_due_first_up_to_the_limit(store: Stor
 
 async def test_a_lease_that_ran_out_comes_back_unconfirmed(store: Store) -> None:
     delivery = await accept(store)
-    await store.claim_due(now=T0, lease_until=T0 + LEASE, limit=1)
+    await store.claim_due("default", now=T0, lease_until=T0 + LEASE, limit=1)
 
     during = await claim(store, T0 + LEASE - SECOND)
     after = await claim(store, T0 + LEASE + SECOND)
@@ -534,7 +589,7 @@ async def test_sweep_wakes_linked_unmatched_deliveries_and_expires_old_ones(stor
     await store.import_rows("links", link_rows)
     now = T0 + timedelta(days=3)
 
-    sweep = await store.sweep_unmatched(now=now, expire_before=T0 + timedelta(days=1))
+    sweep = await store.sweep_unmatched(now=now, expire_before={"default": T0 + timedelta(days=1)})
 
     assert sweep.woken == [linked]
     assert [(e.id, e.merchant_id, e.rating_id, e.attempts) for e in sweep.expired] == [(old, 7, 2, 1)]
@@ -583,13 +638,16 @@ async def test_deliveries_held_only_by_a_quivo_outage_are_due_once_it_is_over(st
             now=T0,
         )
 
-    probe = await store.inquiry_held_by_outage(now=T0 + SECOND)
-    made_due = await store.due_after_outage(now=T0 + 2 * SECOND)
+    # Another tenant's Quivo account has its own outage, or none: these are not its to probe or free.
+    assert await store.inquiry_held_by_outage("acme", now=T0 + SECOND) is None
+    assert await store.due_after_outage("acme", now=T0 + SECOND) == 0
+    probe = await store.inquiry_held_by_outage("default", now=T0 + SECOND)
+    made_due = await store.due_after_outage("default", now=T0 + 2 * SECOND)
 
     assert probe == 102
     assert made_due == 2
     assert sorted(await claim(store, T0 + 2 * SECOND)) == sorted([outage, unreachable])
-    assert await store.inquiry_held_by_outage(now=T0 + 3 * SECOND) is None
+    assert await store.inquiry_held_by_outage("default", now=T0 + 3 * SECOND) is None
 
 
 async def test_new_work_wakes_a_worker_when_another_process_makes_a_delivery_due(
@@ -1169,7 +1227,7 @@ async def test_two_stores_claiming_at_once_never_share_a_delivery(store: Store, 
 
     async def drain(each: Store) -> list[int]:
         taken: list[int] = []
-        while batch := await each.claim_due(now=T0, lease_until=T0 + LEASE, limit=3):
+        while batch := await each.claim_due("default", now=T0, lease_until=T0 + LEASE, limit=3):
             taken += [claimed.id for claimed in batch]
         return taken
 

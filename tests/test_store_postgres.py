@@ -226,7 +226,7 @@ async def test_a_stopped_server_is_unavailable_promptly_and_the_same_store_recov
     try:
         for call in (
             lambda: store.record_webhook(webhook(2), recheck_before=NOW),
-            lambda: store.claim_due(now=NOW, lease_until=NOW, limit=5),
+            lambda: store.claim_due("default", now=NOW, lease_until=NOW, limit=5),
             store.deliveries_by_state,
         ):
             started = time.monotonic()
@@ -307,7 +307,7 @@ async def test_workers_claiming_together_never_get_the_same_delivery(url: str, s
 
     async def drain(worker: PostgresStore) -> None:
         while batch := await worker.claim_due(
-            now=NOW + timedelta(seconds=1), lease_until=NOW + timedelta(hours=1), limit=7
+            "default", now=NOW + timedelta(seconds=1), lease_until=NOW + timedelta(hours=1), limit=7
         ):
             claimed.extend(delivery.id for delivery in batch)
 
@@ -323,7 +323,7 @@ async def test_workers_claiming_together_never_get_the_same_delivery(url: str, s
 async def claimed_together(store: PostgresStore, count: int) -> list[int]:
     """`count` deliveries, all claimed under the lease LEASED: their ids."""
     await asyncio.gather(*(store.record_webhook(webhook(n), recheck_before=NOW) for n in range(count)))
-    return [one.id for one in await store.claim_due(now=NOW, lease_until=LEASED, limit=count)]
+    return [one.id for one in await store.claim_due("default", now=NOW, lease_until=LEASED, limit=count)]
 
 
 # The lease the tests' claims give.
@@ -461,7 +461,9 @@ async def test_a_database_made_by_the_first_migration_is_brought_up_to_date_and_
         before = await store.get_webhook(4)
         assert before is not None and before.tenant == "default"
         stored = await store.record_webhook(webhook(1), recheck_before=NOW)
-        (claimed,) = await store.claim_due(now=NOW, lease_until=NOW + timedelta(minutes=1), limit=5)
+        (claimed,) = await store.claim_due(
+            "default", now=NOW, lease_until=NOW + timedelta(minutes=1), limit=5
+        )
         assert claimed.id == stored.delivery_id
         outcome = Outcome(claimed.id, "delivered", 1, False, inquiry_id=9, last_status=200)
         leased = NOW + timedelta(minutes=1)
@@ -520,7 +522,9 @@ async def test_a_new_merchants_versions_are_looked_up_by_the_rating_key_after_an
             await conn.close()
         before = await index_scans(url)
         stored = await store.record_webhook(webhook(1, merchant_id=7), recheck_before=NOW)
-        (claimed,) = await store.claim_due(now=NOW, lease_until=NOW + timedelta(minutes=1), limit=5)
+        (claimed,) = await store.claim_due(
+            "default", now=NOW, lease_until=NOW + timedelta(minutes=1), limit=5
+        )
         assert claimed.id == stored.delivery_id
         # Going back to retrying, the outcome looks for a newer version of its rating.
         retry = Outcome(claimed.id, "retrying", 1, False, next_attempt_at=NOW)

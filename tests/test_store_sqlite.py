@@ -176,7 +176,7 @@ async def test_export_then_import_keeps_every_row_its_id_and_its_instants_exactl
     for n in (3, 5, 8):
         await sqlite_store.record_webhook(inbound(n, NOW + timedelta(microseconds=n)), recheck_before=recheck)
     [claimed, *_] = await sqlite_store.claim_due(
-        now=NOW + timedelta(seconds=1), lease_until=NOW + timedelta(minutes=1), limit=3
+        "default", now=NOW + timedelta(seconds=1), lease_until=NOW + timedelta(minutes=1), limit=3
     )
     call = AttemptRecord("send", NOW + timedelta(microseconds=7), 12, 201, "delivered")
     leased = NOW + timedelta(minutes=1)

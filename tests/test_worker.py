@@ -153,7 +153,7 @@ async def test_unconfirmed_send_that_did_not_land_is_sent_after_checking(
     accepted = await post(intake, rating_webhook(8, "INQ-80"))
     # As if a worker had died mid-send before its rating reached Quivo: claimed, its lease run out.
     long_ago = datetime(2000, 1, 1, tzinfo=UTC)
-    [claimed] = await db(intake).claim_due(now=datetime.now(UTC), lease_until=long_ago, limit=1)
+    [claimed] = await db(intake).claim_due("default", now=datetime.now(UTC), lease_until=long_ago, limit=1)
     assert claimed.id == accepted["delivery_id"]
 
     relay = await start_relay()
@@ -331,7 +331,9 @@ async def test_deliveries_claimed_again_are_left_to_their_new_holder_unsent_and_
         await wait_for_delivery(db(relay), second, states=frozenset({"sending"}))
         # As another worker does once leases have run out (here the clock is moved, not waited for).
         later = datetime.now(UTC) + timedelta(hours=1)
-        taken = await db(relay).claim_due(now=later, lease_until=later + timedelta(hours=1), limit=5)
+        taken = await db(relay).claim_due(
+            "default", now=later, lease_until=later + timedelta(hours=1), limit=5
+        )
         assert sorted(claimed.id for claimed in taken) == [first, second]
 
         async def both_given_up() -> bool:

@@ -1,6 +1,6 @@
 """The store interface: every read and write the relay makes, in the domain's verbs, on any backend."""
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
@@ -89,8 +89,11 @@ class Store(Protocol):
 
     # The worker ---------------------------------------------------------------------------------------
 
-    async def claim_due(self, *, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
-        """Lease up to `limit` due deliveries, oldest due first, skipping any another worker is claiming.
+    async def claim_due(
+        self, tenant: str, *, now: datetime, lease_until: datetime, limit: int
+    ) -> list[ClaimedDelivery]:
+        """Lease up to `limit` of the tenant's due deliveries, oldest due first, skipping any another worker
+        is claiming.
 
         A delivery whose lease ran out (its worker died mid-send) comes back unconfirmed. A newer version
         of a rating waits while an older one is in flight. The inquiry is filled in from the links.
@@ -117,17 +120,21 @@ class Store(Protocol):
         version arrived meanwhile) or `pending` instead of `unmatched` (a link was saved meanwhile).
         """
 
-    async def sweep_unmatched(self, *, now: datetime, expire_before: datetime) -> UnmatchedSweep:
-        """Unmatched deliveries whose link now exists go back to pending; those waiting too long die."""
+    async def sweep_unmatched(
+        self, *, now: datetime, expire_before: Mapping[str, datetime]
+    ) -> UnmatchedSweep:
+        """Unmatched deliveries whose link now exists go back to pending; those of a tenant named in
+        `expire_before` waiting since before the tenant's instant die (other tenants' go on waiting)."""
 
     async def retry_unmatched(self, *, now: datetime) -> int:
         """Every unmatched delivery is tried again (at start: the inquiry id pattern may have changed)."""
 
-    async def inquiry_held_by_outage(self, *, now: datetime) -> int | None:
-        """The inquiry of the delivery waiting out a Quivo outage that is due soonest: what a probe reads."""
+    async def inquiry_held_by_outage(self, tenant: str, *, now: datetime) -> int | None:
+        """The inquiry of the tenant's delivery waiting out a Quivo outage that is due soonest: what a probe
+        reads."""
 
-    async def due_after_outage(self, *, now: datetime) -> int:
-        """Quivo is back: every delivery held only by the outage is due now (how many)."""
+    async def due_after_outage(self, tenant: str, *, now: datetime) -> int:
+        """The tenant's Quivo is back: its deliveries held only by the outage are due now (how many)."""
 
     def new_work(self) -> AsyncIterator[None]:
         """Yields whenever another process may have made deliveries due (LISTEN/NOTIFY, or a cheap poll).

@@ -98,6 +98,7 @@ class ExpiredDelivery:
     """An unmatched delivery that died of waiting for its inquiry, as its `delivery.dead` line names it."""
 
     id: int
+    tenant: str
     merchant_id: int
     rating_id: int
     attempts: int

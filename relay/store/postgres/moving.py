@@ -12,7 +12,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "deliveries": ("id",),
     "attempts": ("id",),
     "links": ("merchant_id", "external_id"),
-    "inquiry_holds": ("inquiry_id",),
+    "inquiry_holds": ("tenant", "inquiry_id"),
     "account_state": ("account",),
     "meta": ("key",),
 }

@@ -1,5 +1,6 @@
 """Deliveries as workers see them: claims under a lease, one hold per inquiry, outcomes, sweeps, pruning."""
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import cast
 
@@ -12,7 +13,7 @@ from relay.store.records import ClaimedDelivery, ExpiredDelivery, Outcome, Prune
 _CLAIM = """
 WITH due AS (
     SELECT d.id, d.next_attempt_at AS due_at FROM deliveries d
-    WHERE d.state IN ('pending', 'retrying', 'sending') AND d.next_attempt_at <= $1
+    WHERE d.tenant = $4 AND d.state IN ('pending', 'retrying', 'sending') AND d.next_attempt_at <= $1
       AND NOT EXISTS (
           SELECT 1 FROM deliveries o
           WHERE o.merchant_id = d.merchant_id AND o.rating_id = d.rating_id
@@ -34,9 +35,11 @@ RETURNING deliveries.id, tenant, merchant_id, rating_id, rating, inquiry_id, att
 """
 
 
-async def claim_due(conn: Conn, *, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
-    """Lease up to `limit` due deliveries, oldest due first; fill in the inquiry from the links."""
-    rows = await conn.fetch(_CLAIM, now, lease_until, limit)
+async def claim_due(
+    conn: Conn, tenant: str, *, now: datetime, lease_until: datetime, limit: int
+) -> list[ClaimedDelivery]:
+    """Lease up to `limit` of the tenant's due deliveries, oldest due first; the inquiry from the links."""
+    rows = await conn.fetch(_CLAIM, now, lease_until, limit, tenant)
     return [
         ClaimedDelivery(
             id=row["id"],
@@ -61,10 +64,11 @@ _TURN = """
 WITH leased AS (
     UPDATE deliveries SET next_attempt_at = $5
     WHERE id = $1 AND state = 'sending' AND next_attempt_at = $3
-    RETURNING id),
+    RETURNING id, tenant),
 taken AS (
-    INSERT INTO inquiry_holds (inquiry_id, delivery_id, held_until) SELECT $2, id, $5 FROM leased
-    ON CONFLICT (inquiry_id) DO UPDATE
+    INSERT INTO inquiry_holds (tenant, inquiry_id, delivery_id, held_until)
+    SELECT tenant, $2, id, $5 FROM leased
+    ON CONFLICT (tenant, inquiry_id) DO UPDATE
     SET delivery_id = excluded.delivery_id, held_until = excluded.held_until
     WHERE inquiry_holds.held_until <= $4 OR inquiry_holds.delivery_id = excluded.delivery_id
     RETURNING 1)
@@ -118,9 +122,10 @@ async def record_outcomes(conn: Conn, finishes: list[Finish]) -> list[str]:
 
 
 async def sweep_unmatched(
-    conn: Conn, *, now: datetime, expire_before: datetime
+    conn: Conn, *, now: datetime, expire_before: Mapping[str, datetime]
 ) -> tuple[list[int], list[ExpiredDelivery]]:
-    """Unmatched ones whose link now exists go back to pending (their ids); those waiting too long die."""
+    """Unmatched ones whose link now exists go back to pending (their ids); those of the tenants named
+    in `expire_before` waiting since before the tenant's instant die."""
     woken = await conn.fetch(
         """
         UPDATE deliveries SET state = 'pending', next_attempt_at = $1, updated_at = $1
@@ -135,14 +140,17 @@ async def sweep_unmatched(
         """
         UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = $1,
             last_error = 'no Quivo inquiry found for this order within RELAY_UNMATCHED_TTL'
-        WHERE state = 'unmatched' AND COALESCE(replayed_at, created_at) < $2
-        RETURNING id, merchant_id, rating_id, attempts
+        FROM unnest($2::text[], $3::timestamptz[]) AS ttl (tenant, expire_before)
+        WHERE state = 'unmatched' AND deliveries.tenant = ttl.tenant
+          AND COALESCE(replayed_at, created_at) < ttl.expire_before
+        RETURNING id, deliveries.tenant, merchant_id, rating_id, attempts
         """,
         now,
-        expire_before,
+        list(expire_before),
+        list(expire_before.values()),
     )
     return sorted(int(row["id"]) for row in woken), [
-        ExpiredDelivery(row["id"], row["merchant_id"], row["rating_id"], row["attempts"])
+        ExpiredDelivery(row["id"], row["tenant"], row["merchant_id"], row["rating_id"], row["attempts"])
         for row in sorted(expired, key=lambda row: int(row["id"]))
     ]
 
@@ -150,26 +158,27 @@ async def sweep_unmatched(
 # Waiting out a Quivo outage: retrying, not unsure, and its last call found Quivo unreachable (no answer to a
 # send that certainly did not go out) or failing (5xx).
 _HELD_BY_OUTAGE = """
-    state = 'retrying' AND NOT unconfirmed AND next_attempt_at > $1 AND (
+    tenant = $2 AND state = 'retrying' AND NOT unconfirmed AND next_attempt_at > $1 AND (
         SELECT a.status_code IS NULL OR a.status_code >= 500 FROM attempts a
         WHERE a.delivery_id = deliveries.id ORDER BY a.id DESC LIMIT 1)
 """
 
 
-async def inquiry_held_by_outage(conn: Conn, *, now: datetime) -> int | None:
-    """The inquiry of the delivery waiting out an outage that is due soonest: what a probe reads."""
+async def inquiry_held_by_outage(conn: Conn, tenant: str, *, now: datetime) -> int | None:
+    """The inquiry of the tenant's delivery waiting out an outage that is due soonest: what a probe reads."""
     inquiry = await conn.fetchval(
         f"SELECT inquiry_id FROM deliveries WHERE {_HELD_BY_OUTAGE} AND inquiry_id IS NOT NULL "
         "ORDER BY next_attempt_at LIMIT 1",
         now,
+        tenant,
     )
     return None if inquiry is None else int(inquiry)
 
 
-async def due_after_outage(conn: Conn, *, now: datetime) -> int:
-    """Quivo is back: every delivery held only by the outage is due now (how many)."""
+async def due_after_outage(conn: Conn, tenant: str, *, now: datetime) -> int:
+    """The tenant's Quivo is back: each of its deliveries held only by the outage is due now (how many)."""
     status = await conn.execute(
-        f"UPDATE deliveries SET next_attempt_at = $1, updated_at = $1 WHERE {_HELD_BY_OUTAGE}", now
+        f"UPDATE deliveries SET next_attempt_at = $1, updated_at = $1 WHERE {_HELD_BY_OUTAGE}", now, tenant
     )
     return affected(status)
 

@@ -2,7 +2,7 @@
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -170,11 +170,13 @@ class PostgresStore:
 
     # The worker ---------------------------------------------------------------------------------------
 
-    async def claim_due(self, *, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
+    async def claim_due(
+        self, tenant: str, *, now: datetime, lease_until: datetime, limit: int
+    ) -> list[ClaimedDelivery]:
         """Lease up to `limit` due deliveries, skipping rows another worker is claiming (SKIP LOCKED)."""
         # One statement: atomic without a transaction around it, and two round trips shorter.
         return await self._run(
-            lambda conn: outbox.claim_due(conn, now=now, lease_until=lease_until, limit=limit)
+            lambda conn: outbox.claim_due(conn, tenant, now=now, lease_until=lease_until, limit=limit)
         )
 
     async def take_turn(
@@ -188,7 +190,9 @@ class PostgresStore:
         shared with other deliveries finishing now (one going back to pending wakes the workers)."""
         return await _opened(self._outcomes).write((outcome, leased_until, now))
 
-    async def sweep_unmatched(self, *, now: datetime, expire_before: datetime) -> UnmatchedSweep:
+    async def sweep_unmatched(
+        self, *, now: datetime, expire_before: Mapping[str, datetime]
+    ) -> UnmatchedSweep:
         """Unmatched deliveries whose link now exists go back to pending; those waiting too long die."""
 
         async def job(conn: Conn) -> UnmatchedSweep:
@@ -203,13 +207,13 @@ class PostgresStore:
         """Every unmatched delivery is tried again (at start: the inquiry id pattern may have changed)."""
         return await self._waking(lambda conn: outbox.retry_unmatched(conn, now=now), made_due=bool)
 
-    async def inquiry_held_by_outage(self, *, now: datetime) -> int | None:
+    async def inquiry_held_by_outage(self, tenant: str, *, now: datetime) -> int | None:
         """The inquiry of the delivery waiting out a Quivo outage that is due soonest."""
-        return await self._run(lambda conn: outbox.inquiry_held_by_outage(conn, now=now))
+        return await self._run(lambda conn: outbox.inquiry_held_by_outage(conn, tenant, now=now))
 
-    async def due_after_outage(self, *, now: datetime) -> int:
+    async def due_after_outage(self, tenant: str, *, now: datetime) -> int:
         """Quivo is back: every delivery held only by the outage is due now (how many)."""
-        return await self._waking(lambda conn: outbox.due_after_outage(conn, now=now), made_due=bool)
+        return await self._waking(lambda conn: outbox.due_after_outage(conn, tenant, now=now), made_due=bool)
 
     def new_work(self) -> AsyncIterator[None]:
         """Yields on each NOTIFY from any process, and once after the listening connection came back."""

@@ -9,8 +9,10 @@ from relay.store.sqlite.instants import from_text, to_text
 from relay.store.sqlite.writer import WriteJob
 
 
-def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[list[ClaimedDelivery]]:
-    """Lease up to `limit` due deliveries, oldest due first; fill in the inquiry from the links table."""
+def claim_due(
+    tenant: str, *, now: datetime, lease_until: datetime, limit: int
+) -> WriteJob[list[ClaimedDelivery]]:
+    """Lease up to `limit` of the tenant's due deliveries, oldest due first; the inquiry from the links."""
 
     def job(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
         # A row still 'sending' here had its lease expire (a relay died mid-send): its send is unconfirmed.
@@ -27,8 +29,9 @@ def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[l
                     SELECT l.inquiry_id FROM links l
                     WHERE l.merchant_id = deliveries.merchant_id AND l.external_id = deliveries.external_id))
             WHERE id IN (
-                SELECT d.id FROM deliveries d INDEXED BY deliveries_due
-                WHERE d.state IN ('pending', 'retrying', 'sending') AND d.next_attempt_at <= :now
+                SELECT d.id FROM deliveries d INDEXED BY deliveries_due_tenant
+                WHERE d.tenant = :tenant AND d.state IN ('pending', 'retrying', 'sending')
+                  AND d.next_attempt_at <= :now
                   AND NOT EXISTS (
                       SELECT 1 FROM deliveries o
                       WHERE o.merchant_id = d.merchant_id AND o.rating_id = d.rating_id
@@ -38,7 +41,7 @@ def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> WriteJob[l
             RETURNING id, tenant, merchant_id, rating_id, rating, inquiry_id, attempts, unconfirmed,
                 COALESCE(replayed_at, created_at) AS age_from
             """,
-            {"now": to_text(now), "lease_until": to_text(lease_until), "limit": limit},
+            {"tenant": tenant, "now": to_text(now), "lease_until": to_text(lease_until), "limit": limit},
         ).fetchall()
         return [
             ClaimedDelivery(

@@ -31,7 +31,7 @@ _TABLES = {
     ),
     "attempts": _Table(("id",), ("started_at",)),
     "links": _Table(("merchant_id", "external_id"), ("updated_at",)),
-    "inquiry_holds": _Table(("inquiry_id",), ("held_until",)),
+    "inquiry_holds": _Table(("tenant", "inquiry_id"), ("held_until",)),
     "account_state": _Table(("account",), ("next_slot_at", "paused_until")),
     "meta": _Table(("key",)),
 }

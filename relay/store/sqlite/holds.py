@@ -16,22 +16,28 @@ def take_turn(
     def job(conn: sqlite3.Connection) -> Turn:
         renewed = conn.execute(
             "UPDATE deliveries SET next_attempt_at = :until "
-            "WHERE id = :delivery AND state = 'sending' AND next_attempt_at = :leased",
+            "WHERE id = :delivery AND state = 'sending' AND next_attempt_at = :leased RETURNING tenant",
             {"delivery": delivery_id, "leased": to_text(leased_until), "until": to_text(until)},
-        )
-        if not renewed.rowcount:
+        ).fetchone()
+        if renewed is None:
             return "lost"  # a claim took the run-out lease: the delivery is another's now
         # The conflict's WHERE is the rule: a hold that ran out (its worker died) or this delivery's own.
         taken = conn.execute(
             """
-            INSERT INTO inquiry_holds (inquiry_id, delivery_id, held_until)
-            VALUES (:inquiry, :delivery, :until)
-            ON CONFLICT (inquiry_id) DO UPDATE
+            INSERT INTO inquiry_holds (tenant, inquiry_id, delivery_id, held_until)
+            VALUES (:tenant, :inquiry, :delivery, :until)
+            ON CONFLICT (tenant, inquiry_id) DO UPDATE
             SET delivery_id = excluded.delivery_id, held_until = excluded.held_until
             WHERE inquiry_holds.held_until <= :now OR inquiry_holds.delivery_id = excluded.delivery_id
             RETURNING inquiry_id
             """,
-            {"inquiry": inquiry_id, "delivery": delivery_id, "until": to_text(until), "now": to_text(now)},
+            {
+                "tenant": renewed["tenant"],
+                "inquiry": inquiry_id,
+                "delivery": delivery_id,
+                "until": to_text(until),
+                "now": to_text(now),
+            },
         ).fetchall()
         return "go" if taken else "busy"
 

@@ -2,7 +2,7 @@
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
@@ -109,8 +109,12 @@ class SqliteStore:
 
     # The worker ---------------------------------------------------------------------------------------
 
-    async def claim_due(self, *, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
-        return await self.database.write(claims.claim_due(now=now, lease_until=lease_until, limit=limit))
+    async def claim_due(
+        self, tenant: str, *, now: datetime, lease_until: datetime, limit: int
+    ) -> list[ClaimedDelivery]:
+        return await self.database.write(
+            claims.claim_due(tenant, now=now, lease_until=lease_until, limit=limit)
+        )
 
     async def take_turn(
         self, delivery_id: int, inquiry_id: int, *, leased_until: datetime, now: datetime, until: datetime
@@ -122,17 +126,19 @@ class SqliteStore:
     async def record_outcome(self, outcome: Outcome, *, leased_until: datetime, now: datetime) -> str:
         return await self.database.write(claims.record_outcome(outcome, leased_until=leased_until, now=now))
 
-    async def sweep_unmatched(self, *, now: datetime, expire_before: datetime) -> UnmatchedSweep:
+    async def sweep_unmatched(
+        self, *, now: datetime, expire_before: Mapping[str, datetime]
+    ) -> UnmatchedSweep:
         return await self.database.write(unmatched.sweep_unmatched(now=now, expire_before=expire_before))
 
     async def retry_unmatched(self, *, now: datetime) -> int:
         return await self.database.write(unmatched.retry_unmatched(now=now))
 
-    async def inquiry_held_by_outage(self, *, now: datetime) -> int | None:
-        return await self.database.write(outage.inquiry_held_by_outage(now=now))
+    async def inquiry_held_by_outage(self, tenant: str, *, now: datetime) -> int | None:
+        return await self.database.write(outage.inquiry_held_by_outage(tenant, now=now))
 
-    async def due_after_outage(self, *, now: datetime) -> int:
-        return await self.database.write(outage.due_after_outage(now=now))
+    async def due_after_outage(self, tenant: str, *, now: datetime) -> int:
+        return await self.database.write(outage.due_after_outage(tenant, now=now))
 
     async def new_work(self) -> AsyncIterator[None]:
         # data_version on the reader changes whenever another connection commits: a web process, the
