@@ -547,3 +547,45 @@ async def test_a_new_merchants_versions_are_looked_up_by_the_rating_key_after_an
         RATING_KEY: 2,
         "deliveries_external": 0,
     }
+
+
+async def rows_inserted(url: str) -> int:
+    """Rows ever inserted into deliveries, as the server's statistics count them (a session's at its end)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'deliveries'")
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_session_that_began_on_an_empty_table_never_reads_the_whole_table_to_find_versions(
+    url: str,
+) -> None:
+    store = PostgresStore(url, timeout_s=5, pool_size=1)
+    await store.open()
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            # Known to be empty, as after retention pruned everything and a vacuum ran; no analyze after.
+            await conn.execute("ALTER TABLE deliveries SET (autovacuum_enabled = false)")
+            await conn.execute("VACUUM ANALYZE deliveries")
+        finally:
+            await conn.close()
+        # The one session's plan for the lookup is made on the empty table (a session keeps it after 5 calls).
+        for rating_id in range(1, 11):
+            await store.record_webhook(webhook(rating_id), recheck_before=NOW)
+        await store.import_rows("deliveries", [delivered(n, merchant_id=7) for n in range(100, 20_100)])
+        for rating_id in range(20_100, 20_105):
+            await store.record_webhook(webhook(rating_id), recheck_before=NOW)
+    finally:
+        await store.close()
+
+    async def session_counted() -> bool:
+        return await rows_inserted(url) == 10 + 20_000 + 5
+
+    await wait_for(session_counted)
+    # Each of the 15 lookups by the rating's key: any other plan reads the whole table (or a whole index).
+    scans = await index_scans(url)
+    assert (scans[RATING_KEY], scans["deliveries_external"]) == (15, 0)
