@@ -279,6 +279,19 @@ def test_a_postgresql_target_that_holds_data_is_refused_and_left_untouched(
     assert rows_of(back) == rows_of(first)
 
 
+def test_a_postgresql_target_is_left_analysed(tmp_path: Path, postgres_server: PostgresServer):
+    source = seeded_with_a_link(tmp_path / "old", "ORDER-1")
+    name = postgres_server.create_database()
+
+    assert db_copy(sqlite_url(source), postgres_server.url(name), tmp_path).returncode == 0
+
+    # Not left for autovacuum to come by: the relay started on the copy plans on these tables' statistics.
+    analysed = postgres_server.sql(
+        "SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL ORDER BY relname", name
+    )
+    assert analysed.split() == sorted(COPIED_TABLES)
+
+
 def test_a_password_in_a_url_appears_in_no_output(tmp_path: Path, postgres_server: PostgresServer):
     source = seeded_with_a_link(tmp_path / "old", "ORDER-1")
     target = postgres_server.url(postgres_server.create_database())
@@ -331,6 +344,9 @@ class TablesInMemory:
     async def import_rows(self, table: str, rows: list[Row]) -> None:
         if table != self.loses:
             self.rows[table].extend(rows)
+
+    async def refresh_statistics(self) -> None:
+        pass
 
 
 def test_counts_that_differ_at_the_end_are_named_with_exit_1(monkeypatch, capsys):

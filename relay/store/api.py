@@ -239,3 +239,6 @@ class Store(Protocol):
 
     async def import_rows(self, table: str, rows: list[Row]) -> None:
         """Insert rows exported from another store, ids kept; ids issued later continue past them."""
+
+    async def refresh_statistics(self) -> None:
+        """After an import: the statistics the database plans queries with describe the rows it now holds."""

@@ -99,5 +99,6 @@ async def _copy_rows(source: Store, target: Store, progress: Progress) -> CopyCh
             await target.import_rows(table, rows)
             copied += len(rows)
             progress(table, copied, totals[table])
+    await target.refresh_statistics()
     # Counted again, not taken from the start: a source that changed meanwhile shows as a difference.
     return CopyCheck(source=await source.row_counts(), target=await target.row_counts())

@@ -354,6 +354,13 @@ class PostgresStore:
         """Insert rows exported from another store, ids kept; ids issued later continue past them."""
         await self._transaction(lambda conn: moving.import_rows(conn, table, rows))
 
+    async def refresh_statistics(self) -> None:
+        """ANALYZE every copied table, each bounded by its own timeout (see moving.analyze)."""
+        if self._pool is None:
+            raise StoreUnavailable("database is closed")
+        async with failures_as_unavailable(), self._pool.acquire(timeout=self.timeout_s) as conn:
+            await moving.analyze(conn)
+
     # Connections --------------------------------------------------------------------------------------
 
     async def _run(self, work: Work[T]) -> T:

@@ -249,6 +249,9 @@ class SqliteStore:
     async def import_rows(self, table: str, rows: list[Row]) -> None:
         await self.database.write(copying.import_rows(table, rows))
 
+    async def refresh_statistics(self) -> None:
+        """Nothing to refresh: SQLite plans the relay's queries without statistics (no ANALYZE ever ran)."""
+
     # Helpers ------------------------------------------------------------------------------------------
 
     async def _read(self, read: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
