@@ -589,3 +589,9 @@ async def test_a_session_that_began_on_an_empty_table_never_reads_the_whole_tabl
     # Each of the 15 lookups by the rating's key: any other plan reads the whole table (or a whole index).
     scans = await index_scans(url)
     assert (scans[RATING_KEY], scans["deliveries_external"]) == (15, 0)
+
+
+def test_each_migration_has_a_number_of_its_own() -> None:
+    # Two of one number would both be applied, and the second's entry refused: no new database would migrate.
+    versions = [migration.version for migration in known_migrations()]
+    assert len(versions) == len(set(versions)), versions
