@@ -173,6 +173,7 @@ def _filter_options(parser: argparse.ArgumentParser, states: Sequence[str]) -> N
         action="append",
         help=f"one or more of {', '.join(states)}: repeat the option or separate with commas",
     )
+    parser.add_argument("--tenant", metavar="NAME", help="the tenant's only (default without a tenants file)")
     parser.add_argument("--merchant-id", metavar="N", help="the Bringg merchant")
     parser.add_argument(
         "--external-id", metavar="X", help="the order id (at every merchant, without --merchant-id)"

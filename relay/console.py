@@ -212,6 +212,7 @@ def deliveries_table(deliveries: Sequence[DeliverySummary], now: datetime) -> st
         [
             [
                 delivery.id,
+                delivery.tenant,
                 delivery.state,
                 delivery.merchant_id,
                 delivery.rating_id,
@@ -227,6 +228,7 @@ def deliveries_table(deliveries: Sequence[DeliverySummary], now: datetime) -> st
         ],
         [
             "ID",
+            "TENANT",
             "STATE",
             "MERCHANT",
             "RATING",

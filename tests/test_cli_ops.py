@@ -172,10 +172,10 @@ def test_deliveries_list_filters_by_state_and_time_newest_first_and_pages(store)
     assert [item["id"] for item in first["items"] + rest["items"]] == [recent_dead, old_dead]
     assert rest["next_cursor"] is None
     header, *rows = [columns(line) for line in shown.stdout.splitlines()]
-    assert header[:3] == ["ID", "STATE", "MERCHANT"]
-    assert [(row[0], row[1]) for row in rows] == [
-        (str(delivered), "delivered"),
-        (str(unmatched), "unmatched"),
+    assert header[:4] == ["ID", "TENANT", "STATE", "MERCHANT"]
+    assert [(row[0], row[1], row[2]) for row in rows] == [
+        (str(delivered), "default", "delivered"),
+        (str(unmatched), "default", "unmatched"),
     ]
     assert rows[0][header.index("INQUIRY")] == "77"
     assert rows[1][header.index("CREATED")].startswith("1h")

@@ -4,7 +4,15 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+)
 
 from relay.domain.delivery import DELIVERY_STATES, DeliveryState
 from relay.domain.ids import MAX_ID
@@ -79,6 +87,8 @@ def whole_number(value: object) -> object:
 
 Instant = Annotated[datetime, BeforeValidator(_read_instant), AfterValidator(_as_utc)]
 Id = Annotated[int, BeforeValidator(whole_number), Field(ge=0, le=MAX_ID)]
+# A tenant's name as relay/tenants/file.py admits it: a removed tenant's rows are still found by it.
+TenantName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,40}$")]
 
 
 class DeliveryFilter(BaseModel):
@@ -92,6 +102,7 @@ class DeliveryFilter(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    tenant: TenantName | None = None
     state: Annotated[tuple[DeliveryState, ...], _one_or_more_of(DELIVERY_STATES)] = ()
     merchant_id: Id | None = None
     external_id: Annotated[str, Field(min_length=1)] | None = None
@@ -112,7 +123,7 @@ class ReplayFilter(DeliveryFilter):
     def both(self, other: "ReplayFilter") -> "ReplayFilter | None":
         """What both filters match (states in both, the later since, the earlier until); None: nothing."""
         fields: dict[str, Any] = {"state": tuple(state for state in self.state if state in other.state)}
-        for name in ("merchant_id", "external_id", "inquiry_id"):
+        for name in ("tenant", "merchant_id", "external_id", "inquiry_id"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine is not None and theirs is not None and mine != theirs:
                 return None
@@ -123,9 +134,10 @@ class ReplayFilter(DeliveryFilter):
 
 
 class WebhookFilter(BaseModel):
-    """Which stored webhooks to list: by status (one or more) and received since a time or duration."""
+    """Which stored webhooks to list: by tenant, status (one or more), received since a time or duration."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    tenant: TenantName | None = None
     status: Annotated[tuple[WebhookStatus, ...], _one_or_more_of(WEBHOOK_STATUSES)] = ()
     since: Instant | None = None

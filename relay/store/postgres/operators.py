@@ -108,7 +108,7 @@ async def list_deliveries(
     conditions = _Conditions()
     if where.state:
         conditions.add("state = ANY({}::text[])", list(where.state))
-    for column in ("merchant_id", "external_id", "inquiry_id"):
+    for column in ("tenant", "merchant_id", "external_id", "inquiry_id"):
         if (value := getattr(where, column)) is not None:
             conditions.add(f"{column} = {{}}", value)
     if where.since is not None:
@@ -240,6 +240,8 @@ async def list_webhooks(
 ) -> list[WebhookSummary]:
     """Up to `limit` stored webhooks matching `where`, newest first, from below the id `after`."""
     conditions = _Conditions()
+    if where.tenant is not None:
+        conditions.add("tenant = {}", where.tenant)
     if where.status:
         conditions.add("status = ANY({}::text[])", list(where.status))
     if where.since is not None:

@@ -26,6 +26,9 @@ async def list_deliveries(
     """Up to `limit` deliveries matching `where`, newest (highest id) first, from below the id `after`."""
     conditions: list[str] = []
     parameters: list[Any] = []
+    if where.tenant is not None:
+        conditions.append("tenant = ?")
+        parameters.append(where.tenant)
     if where.merchant_id is not None:
         # With an external id, (merchant_id, external_id) yields rows in id order; alone, it would mean
         # sorting all of a merchant's rows, so walk the ids instead (`+` keeps SQLite off that index).

@@ -23,6 +23,9 @@ async def list_webhooks(
     """Up to `limit` stored webhooks matching `where`, newest first, from below the id `after`."""
     conditions: list[str] = []
     parameters: list[Any] = []
+    if where.tenant is not None:
+        conditions.append("tenant = ?")
+        parameters.append(where.tenant)
     if where.since is not None:
         conditions.append("received_at >= ?")
         parameters.append(to_text(where.since))

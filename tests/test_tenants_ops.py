@@ -1,0 +1,133 @@
+"""Tenants for operators, through the real CLI and admin API: filtered by tenant and shown with it."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from relay.app import create_app
+from relay.keys import SETTINGS
+from tests.conftest import BACKENDS
+from tests.processes import run_relay
+from tests.test_tenants_intake import (
+    ACME_MERCHANT,
+    ACME_TOKENS,
+    GLOBEX_JWT_SECRET,
+    GLOBEX_MERCHANT,
+    TWO_TENANTS,
+    bearer,
+    rating_body,
+    signed_jwt,
+    tenants_file,
+)
+
+pytestmark = pytest.mark.backends(*BACKENDS)
+Client = TestClient[web.Request, web.Application]
+
+TOKEN = "admin-token-for-tenants-5e2a9c71"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def relay(aiohttp_client, make_settings, tmp_path) -> Client:
+    settings = make_settings(relay_tenants_file=tenants_file(tmp_path, TWO_TENANTS), relay_admin_token=TOKEN)
+    return await aiohttp_client(create_app(settings, run_worker=False))
+
+
+async def rating_of(relay: Client, tenant: str, rating_id: int) -> int:
+    """A webhook on the tenant's own URL with its own credential; the id of the delivery it made."""
+    merchant, credential = {
+        "acme": (ACME_MERCHANT, ACME_TOKENS[0]),
+        "globex": (GLOBEX_MERCHANT, signed_jwt(GLOBEX_JWT_SECRET)),
+    }[tenant]
+    response = await relay.post(
+        f"/webhooks/bringg/{tenant}", data=rating_body(merchant, rating_id), headers=bearer(credential)
+    )
+    answer = await response.json()
+    assert response.status == 202, answer
+    return int(answer["delivery_id"])
+
+
+def cli(relay: Client, *args: str) -> subprocess.CompletedProcess[str]:
+    """`relay ARGS` on the relay's database, as an operator runs it beside the relay."""
+    settings = relay.app[SETTINGS]
+    env = {"DATABASE_URL": settings.database_url, "RELAY_TENANTS_FILE": str(settings.relay_tenants_file)}
+    return run_relay(*args, env=env, cwd=Path(str(settings.relay_tenants_file)).parent)
+
+
+def cli_json(relay: Client, *args: str) -> Any:
+    result = cli(relay, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+async def admin(relay: Client, method: str, path: str, **kwargs: Any) -> Any:
+    response = await relay.request(method, path, headers=ADMIN, **kwargs)
+    answer = await response.json()
+    assert response.status == 200, answer
+    return answer
+
+
+async def test_deliveries_and_webhooks_list_by_tenant_and_show_it(relay):
+    acme = [await rating_of(relay, "acme", rating_id) for rating_id in (1, 2)]
+    globex = await rating_of(relay, "globex", 3)
+
+    listed = cli_json(relay, "deliveries", "list", "--tenant", "acme")
+    table = cli(relay, "deliveries", "list", "--tenant", "globex")
+    by_api = await admin(relay, "GET", "/admin/deliveries", params={"tenant": "globex"})
+    webhooks = await admin(relay, "GET", "/admin/webhooks", params={"tenant": "acme"})
+    nobody = await admin(relay, "GET", "/admin/deliveries", params={"tenant": "initech"})
+    bad = await relay.get("/admin/deliveries", params={"tenant": "Not A Slug"}, headers=ADMIN)
+
+    assert [(item["id"], item["tenant"]) for item in listed["items"]] == [
+        (acme[1], "acme"),
+        (acme[0], "acme"),
+    ]
+    header, *rows = [re.split(r"\s{2,}", line.strip()) for line in table.stdout.splitlines()]
+    assert header[:3] == ["ID", "TENANT", "STATE"]
+    assert [row[:2] for row in rows] == [[str(globex), "globex"]]
+    assert [(item["id"], item["tenant"]) for item in by_api["items"]] == [(globex, "globex")]
+    assert {item["tenant"] for item in webhooks["items"]} == {"acme"} and len(webhooks["items"]) == 2
+    assert nobody["items"] == []
+    assert (bad.status, (await bad.json())["field"]) == (400, "tenant")
+
+
+async def test_replay_by_tenant_takes_only_that_tenants_deliveries(relay):
+    acme = [await rating_of(relay, "acme", rating_id) for rating_id in (1, 2)]
+    globex = [await rating_of(relay, "globex", rating_id) for rating_id in (3, 4)]
+    for delivery_id in (*acme, *globex):
+        await admin(relay, "POST", f"/admin/deliveries/{delivery_id}/cancel")
+
+    by_cli = cli_json(relay, "replay", "--state", "dead", "--tenant", "acme")
+    after_cli = await states(relay)
+    by_api = await admin(relay, "POST", "/admin/deliveries/replay", params={"tenant": "globex"}, json={})
+
+    assert by_cli["replayed"] == 2 and after_cli == {
+        **dict.fromkeys(acme, "pending"),
+        **dict.fromkeys(globex, "dead"),
+    }
+    assert by_api["replayed"] == 2 and await states(relay) == dict.fromkeys((*acme, *globex), "pending")
+
+
+async def test_a_replay_body_and_query_naming_two_tenants_replays_nothing(relay):
+    acme = await rating_of(relay, "acme", 1)
+    await admin(relay, "POST", f"/admin/deliveries/{acme}/cancel")
+
+    both = await admin(
+        relay, "POST", "/admin/deliveries/replay", params={"tenant": "globex"}, json={"tenant": "acme"}
+    )
+    matching = await admin(
+        relay, "POST", "/admin/deliveries/replay", params={"tenant": "acme"}, json={"tenant": "acme"}
+    )
+
+    assert (both["replayed"], matching["replayed"]) == (0, 1)
+
+
+async def states(relay: Client) -> dict[int, str]:
+    page = await admin(relay, "GET", "/admin/deliveries")
+    return {item["id"]: item["state"] for item in page["items"]}
