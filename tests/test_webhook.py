@@ -200,6 +200,11 @@ async def test_other_webhook_type_is_ignored_and_its_body_kept(relay):
             rating_body(external_id="1" * 201),
             "rating.task.external_id: 201 characters, an order id has at most 200",
         ),
+        (rating_body(external_id="ORD\x001"), "rating.task.external_id: holds a NUL character"),
+        (
+            b'{"webhook_type": "order\\u0000done", "merchant_id": 3}',
+            "webhook_type: holds a NUL character",
+        ),
         (rating_body(stars=None), "stars missing"),
         (rating_body(rating_id=None), "rating.id: missing"),  # type: ignore[arg-type]
         (rating_body(rating_id=2**70), "rating.id"),

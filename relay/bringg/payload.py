@@ -28,6 +28,10 @@ MAX_WEBHOOK_TYPE_CHARS = 64
 # Reasons are a few picks from the merchant's list. The bound keeps a hostile list from costing a reason
 # per item: pydantic then reports one error for the whole list, not one per bad item.
 MAX_REASONS = 100
+# No order id or webhook type holds a NUL, and PostgreSQL's text refuses one: such a webhook is kept for an
+# operator, on every backend alike, instead of failing its commit at each retry of Bringg's.
+NUL = "\x00"
+HOLDS_NUL = "holds a NUL character"
 
 
 class _Wire(BaseModel):
@@ -103,6 +107,8 @@ def _judge_unparsable(body: bytes, error: ValidationError) -> Judgement:
 def _other_type(webhook_type: str | None, merchant_id: int | None) -> Judgement:
     if webhook_type is None:
         return Judgement("quarantined", None, merchant_id, errors=("webhook_type: missing",))
+    if NUL in webhook_type:
+        return Judgement("quarantined", None, merchant_id, errors=(f"webhook_type: {HOLDS_NUL}",))
     if len(webhook_type) > MAX_WEBHOOK_TYPE_CHARS:
         webhook_type = webhook_type[: MAX_WEBHOOK_TYPE_CHARS - 1] + ELLIPSIS
     return Judgement("ignored", webhook_type, merchant_id)
@@ -139,6 +145,8 @@ def _normalize(wire: WireWebhook) -> Judgement:
                 f"rating.task.external_id: {len(external_id)} characters, an order id has at most "
                 f"{MAX_EXTERNAL_ID_CHARS}"
             )
+        elif external_id is not None and NUL in external_id:
+            errors.append(f"rating.task.external_id: {HOLDS_NUL}")
     if errors or rating is None or wire.merchant_id is None or rating.id is None or rating.rating is None:
         return Judgement("quarantined", RATING_SUBMITTED, wire.merchant_id, rating_id, reported(errors))
     task = rating.task or WireTask()
