@@ -746,6 +746,17 @@ async def test_prune_keeps_what_waits_for_an_operator_or_a_worker_however_old(st
     assert before[0] == set(kept) and quarantined.webhook_id in before[1]
 
 
+async def test_prune_takes_workers_silent_since_before_the_cutoff_out_of_the_registry(store: Store) -> None:
+    killed = WorkerBeat("w-killed", "host-a", 101, started_at=OLD, beat_at=OLD)
+    recent = WorkerBeat("w-recent", "host-b", 202, started_at=OLD, beat_at=T0)
+    for beat in (killed, recent):
+        await store.beat(beat)
+
+    await prune_all(store)
+
+    assert [worker.worker_id for worker in await store.live_workers(since=OLD - SECOND)] == ["w-recent"]
+
+
 # Relay-wide decisions ------------------------------------------------------------------------------
 
 

@@ -147,7 +147,7 @@ class Store(Protocol):
 
         Delivered and superseded deliveries last updated before `older_than` go. Duplicate and ignored
         webhooks received before it go, and accepted ones no delivery points at any more; quarantined
-        ones stay for an operator.
+        ones stay for an operator. Workers that last beat before it leave the registry.
         """
 
     # Relay-wide decisions, shared by every worker -----------------------------------------------------

@@ -226,6 +226,8 @@ async def prune_batch(conn: Conn, *, older_than: datetime, batch_size: int) -> P
     assert row is not None
     # After the deliveries, so a webhook whose last delivery went in this batch goes in it too.
     webhooks = await conn.execute(_SPENT_WEBHOOKS, older_than, batch_size)
+    # Workers killed long ago never beat again, nor leave by themselves.
+    await conn.execute("DELETE FROM workers WHERE beat_at < $1", older_than)
     return PruneResult(int(row[0]), int(row[1]), affected(webhooks))
 
 

@@ -39,6 +39,7 @@ def prune_batch(*, older_than: datetime, batch_size: int) -> WriteJob[PruneResul
     Delivered and superseded deliveries last updated before `older_than` go, and every attempt of them.
     Duplicate and ignored webhooks received before it go, and accepted ones whose deliveries are all gone
     (their raw body has served its purpose). No webhook that a delivery still points at is deleted.
+    Workers silent since before `older_than` leave the registry (killed, never to beat again).
     """
 
     def job(conn: sqlite3.Connection) -> PruneResult:
@@ -52,6 +53,7 @@ def prune_batch(*, older_than: datetime, batch_size: int) -> WriteJob[PruneResul
             attempts = cursor.rowcount
         # After the deliveries, so a webhook whose last delivery went in this batch goes in it too.
         webhooks = conn.execute(_SPENT_WEBHOOKS, window)
+        conn.execute("DELETE FROM workers WHERE beat_at < :cutoff", window)
         return PruneResult(len(finished), attempts, webhooks.rowcount)
 
     return job
