@@ -32,6 +32,7 @@ from relay.store.filters import REPLAYABLE_STATES, DeliveryFilter, Id, ReplayFil
 from relay.store.operations import import_links_file, prune, replay_matching
 from relay.store.records import COPIED_TABLES, DeliveryDetail, PruneResult, StateChange
 from relay.tenants.file import read_tenants_file
+from relay.tenants.registry import load_tenants
 
 log = structlog.get_logger("relay")
 
@@ -387,12 +388,19 @@ def _status(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
     now = datetime.now(UTC)
 
+    try:
+        running = frozenset(
+            tenant.name for tenant in load_tenants(settings, serves_webhooks=False, runs_worker=False)
+        )
+    except SettingsError as error:
+        _refuse(error.problems)
+
     async def read(store: Store) -> console.Status:
         stats = await store.stats(now=now)
         beat, workers = await worker_beats(store, now=now)
         if beat is None:
-            return console.Status(stats, None, None, workers)
-        return console.Status(stats, beat.beat_at, beat.paused_reason, workers)
+            return console.Status(stats, None, None, workers, running)
+        return console.Status(stats, beat.beat_at, beat.paused_reason, workers, running)
 
     status = _on_store(settings, read)
     if args.json:

@@ -9,10 +9,19 @@ from datetime import datetime
 from itertools import zip_longest
 from typing import Any
 
+from relay.domain.delivery import DELIVERY_STATES
 from relay.domain.rating import format_instant
 from relay.ops.answers import to_json
 from relay.ops.health import WORKER_SILENT_AFTER_S
-from relay.store.records import DeliveryAttempt, DeliveryDetail, DeliverySummary, Recent, Stats, WorkerBeat
+from relay.store.records import (
+    UNFINISHED_STATES,
+    DeliveryAttempt,
+    DeliveryDetail,
+    DeliverySummary,
+    Recent,
+    Stats,
+    WorkerBeat,
+)
 
 # A listing stays one line a delivery; `relay deliveries show` has the whole error.
 ERROR_WIDTH = 60
@@ -28,6 +37,8 @@ class Status:
     worker_heartbeat: datetime | None
     worker_paused: str | None
     workers: list[WorkerBeat]
+    # The tenants of the running configuration (RELAY_TENANTS_FILE's, or the implicit one).
+    running_tenants: frozenset[str]
 
 
 def printable(text: str) -> str:
@@ -142,12 +153,23 @@ def status_text(status: Status, now: datetime) -> str:
         ("paused", status.worker_paused or "no"),
         ("live workers", len(status.workers)),
     ]
+    for name in stats.waiting_unconfigured(status.running_tenants):
+        waiting = sum(stats.tenants[name][state] for state in UNFINISHED_STATES)
+        summary.append((f"tenant {name}", f"{waiting} waiting, tenant not configured"))
     header = ["DELIVERY STATE", "COUNT", "WEBHOOK STATUS", "COUNT"]
     side_by_side = table([[*delivery, *webhook] for delivery, webhook in counts], header)
     text = f"{side_by_side}\n\n{table(summary)}"
+    if len(stats.tenants) > 1 or not stats.tenants.keys() <= status.running_tenants:
+        text += "\n\n" + tenants_table(stats.tenants)
     if status.workers:
         text += "\n\n" + workers_table(status.workers, now)
     return text
+
+
+def tenants_table(tenants: dict[str, dict[str, int]]) -> str:
+    """One line a tenant, by name: its deliveries in each state."""
+    rows = [[name, *(tenants[name][state] for state in DELIVERY_STATES)] for name in sorted(tenants)]
+    return table(rows, ["TENANT", *(state.upper() for state in DELIVERY_STATES)])
 
 
 def workers_table(workers: Sequence[WorkerBeat], now: datetime) -> str:
@@ -169,11 +191,13 @@ def workers_table(workers: Sequence[WorkerBeat], now: datetime) -> str:
 
 
 def status_document(status: Status, now: datetime) -> dict[str, Any]:
-    """The admin API's stats, a `worker` object (the newest heartbeat, its age, why that worker paused),
-    and `workers`: every live worker, oldest started first."""
+    """The admin API's stats with the tenants not configured whose deliveries wait, a `worker` object
+    (the newest heartbeat, its age, why that worker paused), and `workers`: every live worker, oldest
+    started first."""
     heartbeat = status.worker_heartbeat
     return {
         **asdict(status.stats),
+        "tenants_not_configured": status.stats.waiting_unconfigured(status.running_tenants),
         "worker": {
             "last_heartbeat": None if heartbeat is None else format_instant(heartbeat),
             "heartbeat_age_s": None if heartbeat is None else (now - heartbeat).total_seconds(),

@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from relay.app import create_app
+from relay.domain.delivery import DELIVERY_STATES
 from relay.keys import SETTINGS
 from tests.conftest import BACKENDS
 from tests.processes import run_relay
@@ -53,15 +54,17 @@ async def rating_of(relay: Client, tenant: str, rating_id: int) -> int:
     return int(answer["delivery_id"])
 
 
-def cli(relay: Client, *args: str) -> subprocess.CompletedProcess[str]:
-    """`relay ARGS` on the relay's database, as an operator runs it beside the relay."""
+def cli(relay: Client, *args: str, tenants: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`relay ARGS` on the relay's database, as an operator runs it beside the relay (its tenants file,
+    unless another is given)."""
     settings = relay.app[SETTINGS]
-    env = {"DATABASE_URL": settings.database_url, "RELAY_TENANTS_FILE": str(settings.relay_tenants_file)}
-    return run_relay(*args, env=env, cwd=Path(str(settings.relay_tenants_file)).parent)
+    tenants = tenants or settings.relay_tenants_file
+    env = {"DATABASE_URL": settings.database_url, "RELAY_TENANTS_FILE": str(tenants)}
+    return run_relay(*args, env=env, cwd=Path(str(tenants)).parent)
 
 
-def cli_json(relay: Client, *args: str) -> Any:
-    result = cli(relay, *args, "--json")
+def cli_json(relay: Client, *args: str, tenants: Path | None = None) -> Any:
+    result = cli(relay, *args, "--json", tenants=tenants)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -131,3 +134,43 @@ async def test_a_replay_body_and_query_naming_two_tenants_replays_nothing(relay)
 async def states(relay: Client) -> dict[int, str]:
     page = await admin(relay, "GET", "/admin/deliveries")
     return {item["id"]: item["state"] for item in page["items"]}
+
+
+def by_state(**counts: int) -> dict[str, int]:
+    return {state: counts.get(state, 0) for state in DELIVERY_STATES}
+
+
+async def test_status_shows_each_tenants_deliveries_and_names_a_removed_tenant_whose_wait(
+    relay, aiohttp_client, make_settings, tmp_path
+):
+    for rating_id in (1, 2):
+        await rating_of(relay, "acme", rating_id)
+    globex = await rating_of(relay, "globex", 3)
+    await admin(relay, "POST", f"/admin/deliveries/{globex}/cancel")
+    await rating_of(relay, "globex", 4)
+    acme_only = tmp_path / "acme-only" / "tenants.toml"
+    acme_only.parent.mkdir()
+    acme_only.write_text(TWO_TENANTS.split("[tenants.globex]")[0], encoding="utf-8")
+    acme_only.chmod(0o600)
+    removed = await aiohttp_client(
+        create_app(make_settings(relay_tenants_file=acme_only, relay_admin_token=TOKEN), run_worker=False)
+    )
+
+    both = cli(relay, "status")
+    both_stats = await admin(relay, "GET", "/admin/stats")
+    one = cli(removed, "status")
+    one_document = cli_json(removed, "status")
+    one_stats = await admin(removed, "GET", "/admin/stats")
+
+    tenants = {"acme": by_state(pending=2), "globex": by_state(pending=1, dead=1)}
+    assert both.returncode == 0, both.stderr
+    lines = [re.split(r"\s{2,}", line.strip()) for line in both.stdout.splitlines()]
+    header = lines.index(["TENANT", *(state.upper() for state in DELIVERY_STATES)])
+    assert lines[header + 1 : header + 3] == [
+        [name, *(str(tenants[name][state]) for state in DELIVERY_STATES)] for name in ("acme", "globex")
+    ]
+    assert "not configured" not in both.stdout
+    assert (both_stats["tenants"], both_stats["tenants_not_configured"]) == (tenants, [])
+    assert "tenant globex  1 waiting, tenant not configured" in one.stdout
+    assert (one_document["tenants"], one_document["tenants_not_configured"]) == (tenants, ["globex"])
+    assert (one_stats["tenants"], one_stats["tenants_not_configured"]) == (tenants, ["globex"])

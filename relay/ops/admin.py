@@ -396,7 +396,9 @@ async def import_links(request: web.Request) -> web.Response:
 
 @routes.get("/stats")
 async def stats(request: web.Request) -> web.Response:
-    return json_response(await _store(request).stats(now=_now()))
+    stats = await _store(request).stats(now=_now())
+    running = {tenant.name for tenant in request.config_dict[TENANTS].registry}
+    return json_response({**asdict(stats), "tenants_not_configured": stats.waiting_unconfigured(running)})
 
 
 # Plumbing -----------------------------------------------------------------------------------------

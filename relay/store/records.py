@@ -1,10 +1,11 @@
 """The records the store takes and gives: plain dataclasses with aware UTC datetimes, no SQL, no encoding."""
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from relay.domain.delivery import DeliveryState
+from relay.domain.delivery import WAITING_STATES, DeliveryState
 from relay.domain.judgement import Judgement
 
 WebhookStatus = Literal["accepted", "duplicate", "ignored", "quarantined"]
@@ -284,6 +285,10 @@ class Recent:
     last_day: int
 
 
+# Still to go: owed to Quivo, or waiting for a link.
+UNFINISHED_STATES: tuple[DeliveryState, ...] = (*WAITING_STATES, "unmatched")
+
+
 @dataclass(frozen=True)
 class Stats:
     """The relay at a glance; every state and status is present, 0 when none."""
@@ -294,6 +299,16 @@ class Stats:
     worker_lag_s: float | None
     delivered: Recent
     dead: Recent
+    # Deliveries by state for each tenant that has any, every state present.
+    tenants: dict[str, dict[str, int]]
+
+    def waiting_unconfigured(self, running: Collection[str]) -> list[str]:
+        """Tenants not among `running` with deliveries still to go (a removed tenant's wait), by name."""
+        return sorted(
+            name
+            for name, counts in self.tenants.items()
+            if name not in running and any(counts[state] for state in UNFINISHED_STATES)
+        )
 
 
 @dataclass(frozen=True)

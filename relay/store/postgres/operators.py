@@ -50,6 +50,16 @@ async def deliveries_by_state(conn: Conn) -> dict[str, int]:
     return counts
 
 
+async def deliveries_by_tenant(conn: Conn) -> dict[str, dict[str, int]]:
+    """How many deliveries each tenant that has any holds in each state, every state present."""
+    tenants: dict[str, dict[str, int]] = {}
+    for tenant, state, count in await conn.fetch(
+        "SELECT tenant, state, count(*) FROM deliveries GROUP BY tenant, state"
+    ):
+        tenants.setdefault(tenant, dict.fromkeys(DELIVERY_STATES, 0))[state] = count
+    return tenants
+
+
 async def read_backlog(conn: Conn, *, now: datetime) -> Backlog:
     """The backlog's age and the workers' lag at `now` (each along its partial index)."""
     waiting = await conn.fetchval(
@@ -91,6 +101,7 @@ async def stats(conn: Conn, *, now: datetime) -> Stats:
         worker_lag_s=backlog.worker_lag_s,
         delivered=Recent(last_hour=delivered[1], last_day=delivered[0]),
         dead=Recent(last_hour=dead[1], last_day=dead[0]),
+        tenants=await deliveries_by_tenant(conn),
     )
 
 

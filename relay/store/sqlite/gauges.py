@@ -19,6 +19,17 @@ async def deliveries_by_state(conn: aiosqlite.Connection) -> dict[str, int]:
     return counts
 
 
+async def deliveries_by_tenant(conn: aiosqlite.Connection) -> dict[str, dict[str, int]]:
+    """How many deliveries each tenant that has any holds in each state, every state present."""
+    tenants: dict[str, dict[str, int]] = {}
+    rows = await conn.execute_fetchall(
+        "SELECT tenant, state, COUNT(*) FROM deliveries GROUP BY tenant, state"
+    )
+    for tenant, state, count in rows:
+        tenants.setdefault(tenant, dict.fromkeys(DELIVERY_STATES, 0))[state] = count
+    return tenants
+
+
 async def read_backlog(conn: aiosqlite.Connection, now: datetime) -> Backlog:
     """The backlog's age and the workers' lag at `now`: the one definition every report uses."""
     # INDEXED BY: without ANALYZE statistics the planner would walk deliveries_state for either.
@@ -77,6 +88,7 @@ async def stats(conn: aiosqlite.Connection, *, now: datetime) -> Stats:
         worker_lag_s=backlog.worker_lag_s,
         delivered=Recent(last_hour=delivered[1], last_day=delivered[0]),
         dead=Recent(last_hour=dead[1], last_day=dead[0]),
+        tenants=await deliveries_by_tenant(conn),
     )
 
 
