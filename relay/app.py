@@ -2,8 +2,10 @@
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Callable
 
+import structlog
 from aiohttp import web
 
 from relay.bringg.routes import routes as bringg_routes
@@ -25,12 +27,16 @@ from relay.ops.metrics import METRICS, RelayMetrics
 from relay.ops.metrics import routes as metrics_routes
 from relay.ops.openapi import routes as openapi_routes
 from relay.quivo.sessions import quivo_session
-from relay.settings import Settings
+from relay.settings import Settings, SettingsError
 from relay.store import create_store
 from relay.store.api import Store
-from relay.tenants.registry import RunningTenants, load_tenants
+from relay.tenants.registry import RunningTenants
 from relay.throttle import FailureThrottle
 from relay.worker import Worker
+
+log = structlog.get_logger("relay")
+# The worker itself, for the reload; WORKER shows the other parts only what they may read of it.
+DELIVERY_WORKER = web.AppKey("delivery_worker", Worker)
 
 
 def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
@@ -58,13 +64,12 @@ def _relay_process(settings: Settings, *, run_worker: bool, serves_webhooks: boo
     guard_malformed_requests()
     app = web.Application(client_max_size=settings.relay_max_body_bytes, middlewares=[request_context])
     app[SETTINGS] = settings
-    # Made once here (the start refused a file that does not validate); a reload replaces them whole.
-    registry = load_tenants(settings, serves_webhooks=serves_webhooks, runs_worker=run_worker)
-    app[TENANTS] = RunningTenants(registry)
+    # Made once here; a reload (SIGHUP) replaces them whole.
+    app[TENANTS] = RunningTenants(settings, serves_webhooks=serves_webhooks, runs_worker=run_worker)
     app[NEW_DELIVERY] = asyncio.Event()
     app[READINESS_CHECKS] = []
     app[METRICS] = RelayMetrics()
-    app[METRICS].count_tenants(running.name for running in registry)
+    app[METRICS].count_tenants(running.name for running in app[TENANTS].registry)
     app[READINESS] = Readiness()
     app.cleanup_ctx.append(_store(delivers=run_worker))
     if run_worker:
@@ -107,7 +112,47 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         lambda tenant: quivo_session(settings, tenant, metrics),
         wake=app[NEW_DELIVERY],
     )
-    app[WORKER] = worker
+    app[WORKER] = app[DELIVERY_WORKER] = worker
     worker.start()
     yield
     await worker.stop()
+
+
+async def reload_tenants_on_sighup(app: web.Application) -> AsyncIterator[None]:
+    """SIGHUP reloads the tenants file (reload_tenants), one reload after another, while the process runs.
+
+    The process installs it (relay/cli.py) after its other contexts: the worker is running by then.
+    """
+    loop = asyncio.get_running_loop()
+    one_at_a_time = asyncio.Lock()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        async with one_at_a_time:
+            await reload_tenants(app)
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload(), name="relay-tenants-reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    yield
+    loop.remove_signal_handler(signal.SIGHUP)
+    # A reload under way finishes before the worker stops, so the worker stops the loops it started.
+    await asyncio.gather(*reloads)
+
+
+async def reload_tenants(app: web.Application) -> None:
+    """RELAY_TENANTS_FILE again: if it validates, its tenants replace the running ones whole, at the door
+    and in the worker's loops; if not, one line with its problems and the running tenants stay."""
+    try:
+        registry = app[TENANTS].reload()
+    except SettingsError as error:
+        log.error("tenants.reload_refused", problems=error.problems)
+        return
+    names = [running.name for running in registry]
+    app[METRICS].count_tenants(names)
+    if DELIVERY_WORKER in app:
+        await app[DELIVERY_WORKER].reload([running.tenant for running in registry])
+    log.info("tenants.reloaded", tenants=names)

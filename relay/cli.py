@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from relay import console
-from relay.app import create_app, create_worker_app, store_for
+from relay.app import create_app, create_worker_app, reload_tenants_on_sighup, store_for
 from relay.domain.delivery import DELIVERY_STATES
 from relay.linkfile import links_to_csv
 from relay.listen import CannotListen, listening_sockets
@@ -266,8 +266,10 @@ def _serve(args: argparse.Namespace) -> int:
         auth_methods=settings.auth_methods,
         worker=not args.no_worker,
     )
+    app = create_app(settings, run_worker=not args.no_worker)
+    app.cleanup_ctx.append(reload_tenants_on_sighup)
     web.run_app(
-        create_app(settings, run_worker=not args.no_worker),
+        app,
         sock=sockets,
         print=None,
         shutdown_timeout=settings.relay_shutdown_grace_s,
@@ -292,8 +294,10 @@ def _worker(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         # The delivery worker and its cleanup contexts, as in `relay serve`; it answers probes and scrapes.
+        app = create_worker_app(settings)
+        app.cleanup_ctx.append(reload_tenants_on_sighup)
         runner = web.AppRunner(
-            create_worker_app(settings),
+            app,
             handle_signals=False,
             shutdown_timeout=settings.relay_shutdown_grace_s,
         )

@@ -69,7 +69,10 @@ class Worker:
         # Set by a webhook stored in this process, and by the watch for other processes' work.
         self._wake = wake or asyncio.Event()
         self.tenant_workers: dict[str, TenantWorker] = {}
-        self._sessions = AsyncExitStack()
+        # Each loop's Quivo session, closed when its loop stops (at the end, or when a reload drops it).
+        self._sessions: dict[str, AsyncExitStack] = {}
+        # Loops start, stop and restart one change at a time: the first start, then each reload in turn.
+        self._changing = asyncio.Lock()
         self._identity = _identity()
         self._stopping = asyncio.Event()
         self._beat_now = asyncio.Event()
@@ -114,8 +117,8 @@ class Worker:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        released = sum(await asyncio.gather(*(one.stop() for one in self.tenant_workers.values())))
-        await self._sessions.aclose()
+        async with self._changing:
+            released = await self._stop_loops(list(self.tenant_workers))
         await self._leave()
         log.info("worker.stopped", released=released)
 
@@ -124,17 +127,48 @@ class Worker:
             await self.store.retry_unmatched(now=utc_now())
         except StoreUnavailable as error:
             log.error("worker.store_unavailable", error=str(error))
-        for tenant in self._tenants:
-            client = await self._sessions.enter_async_context(self._connect(tenant))
-            one = TenantWorker(
-                self.settings, tenant, self.store, client, self.metrics, on_pause_change=self._beat_now.set
-            )
-            self.tenant_workers[tenant.name] = one
-            one.start()
+        async with self._changing:
+            for tenant in self._tenants:
+                await self._start_loop(tenant)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._watch_new_work())
             group.create_task(self._pass_on_wakes())
             group.create_task(self._maintain())
+
+    async def reload(self, tenants: Sequence[Tenant]) -> None:
+        """Follow a reloaded tenants file: loops for new tenants, changed ones restarted, removed ones
+        stopped as stop() stops them (a removed tenant's deliveries wait, unclaimed, for its return)."""
+        async with self._changing:
+            if self._stopping.is_set():
+                return  # the process is leaving: its loops stop with it
+            wanted = {tenant.name: tenant for tenant in tenants}
+            running = {tenant.name: tenant for tenant in self._tenants}
+            # A frozen dataclass: any changed value (a secret, a limit, the account) restarts the loop.
+            await self._stop_loops([name for name, tenant in running.items() if wanted.get(name) != tenant])
+            self._tenants = list(tenants)
+            for tenant in self._tenants:
+                if tenant.name not in self.tenant_workers:
+                    await self._start_loop(tenant)
+            self._beat_now.set()  # a stopped loop's pause leaves the beat at once
+
+    async def _start_loop(self, tenant: Tenant) -> None:
+        sessions = AsyncExitStack()
+        client = await sessions.enter_async_context(self._connect(tenant))
+        one = TenantWorker(
+            self.settings, tenant, self.store, client, self.metrics, on_pause_change=self._beat_now.set
+        )
+        self._sessions[tenant.name] = sessions
+        self.tenant_workers[tenant.name] = one
+        one.start()
+
+    async def _stop_loops(self, names: Sequence[str]) -> int:
+        """Stop these tenants' loops together, gracefully, then close their sessions; how many released."""
+        stopping = [self.tenant_workers.pop(name) for name in names if name in self.tenant_workers]
+        released = sum(await asyncio.gather(*(one.stop() for one in stopping)))
+        for name in names:
+            if (sessions := self._sessions.pop(name, None)) is not None:
+                await sessions.aclose()
+        return released
 
     async def _maintain(self) -> None:
         """The heartbeat every few seconds (and at once when a pause begins or ends), and the sweep."""

@@ -4,7 +4,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from relay.bringg.auth import Authenticator
-from relay.settings import Settings
+from relay.settings import Settings, SettingsError
 from relay.tenants.file import read_tenants_file
 from relay.tenants.tenant import IMPLICIT_TENANT, Tenant, implicit_tenant
 
@@ -70,8 +70,11 @@ def load_tenants(settings: Settings, *, serves_webhooks: bool, runs_worker: bool
 class RunningTenants:
     """The registry in force. Read it once per request and keep no tenant from it: a reload replaces it."""
 
-    def __init__(self, registry: TenantRegistry) -> None:
-        self._registry = registry
+    def __init__(self, settings: Settings, *, serves_webhooks: bool, runs_worker: bool) -> None:
+        self._settings = settings
+        self._role = {"serves_webhooks": serves_webhooks, "runs_worker": runs_worker}
+        # The start refused a file that does not validate: this reads one that did.
+        self._registry = load_tenants(settings, **self._role)
 
     @property
     def registry(self) -> TenantRegistry:
@@ -80,3 +83,14 @@ class RunningTenants:
     def replace(self, registry: TenantRegistry) -> None:
         """Every request from now on sees `registry`; those in flight finish with the one they read."""
         self._registry = registry
+
+    def reload(self) -> TenantRegistry:
+        """RELAY_TENANTS_FILE read again and in force from now on; SettingsError (nothing changed) when it
+        does not validate, or when there is no file (the implicit tenant's environment is read at start)."""
+        if self._settings.relay_tenants_file is None:
+            raise SettingsError(
+                ["RELAY_TENANTS_FILE is not set: the one tenant is the environment's, read at start only"]
+            )
+        registry = load_tenants(self._settings, **self._role)
+        self.replace(registry)
+        return registry
