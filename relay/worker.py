@@ -129,7 +129,8 @@ class Worker:
             log.error("worker.store_unavailable", error=str(error))
         async with self._changing:
             for tenant in self._tenants:
-                await self._start_loop(tenant)
+                if tenant.name not in self.tenant_workers:  # a reload may have come first
+                    await self._start_loop(tenant)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._watch_new_work())
             group.create_task(self._pass_on_wakes())
