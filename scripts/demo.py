@@ -1,9 +1,10 @@
-"""`make demo`: the relay end to end, from Bringg webhooks in to ratings on the Quivo stand-in.
+"""`make demo`: the relay end to end, from Bringg webhooks in to ratings on Quivo stand-ins, for two tenants.
 
-Starts `relay sim-quivo` and `relay serve` in a fresh temporary folder (never the developer's
-var/relay.db), links one order to an inquiry, posts the vendor fixtures and a few hand-made webhooks,
-waits for the worker, then shows what Quivo received and where every delivery stands. Exits 0 only
-when every rating that should reach Quivo reached it exactly once and the relay stopped cleanly.
+Starts two `relay sim-quivo` (a Quivo account each) and `relay serve` with a tenants file of two tenants in a
+fresh temporary folder (never the developer's var/relay.db), links one order to an inquiry, posts the vendor
+fixtures and a few hand-made webhooks to each tenant's URL, waits for the worker, then shows what each Quivo
+account received and where every delivery stands. Exits 0 only when every rating that should reach Quivo
+reached its own tenant's account exactly once and the relay stopped cleanly.
 """
 
 import asyncio
@@ -34,6 +35,11 @@ _SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 FIXTURES = _SHARED if _SHARED.is_dir() else Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 WEBHOOK_TOKEN = "demo-webhook-token-0123456789"
 MERCHANT_ID = 1
+# The second tenant: its own merchant, Bringg token, URL and Quivo account (a second stand-in).
+GLOBEX = "globex"
+GLOBEX_MERCHANT_ID = 2
+GLOBEX_TOKEN = "demo-globex-token-9876543210"
+GLOBEX_LOGIN = {"api-key": "globex-key", "username": "globex-user", "password": "globex-pass"}
 # The order in rating_submitted.json, linked to an inquiry through `relay links import`.
 FIXTURE_ORDER = "12443523"
 FIXTURE_INQUIRY = 1001
@@ -53,6 +59,8 @@ MUST_ARRIVE = {
     "[bringg:1:3460]": 2002,
     "[bringg:1:3461:20240502T101500.000000Z]": 2003,
 }
+# The second tenant's ratings, each on its own account's inquiry; none may reach the first account.
+GLOBEX_MUST_ARRIVE = {"[bringg:2:5001]": 3001, "[bringg:2:5002]": 3002}
 UNLINKED_TAG = "[bringg:1:3462]"
 UNLINKED_RATING_ID = 3462
 # Why a delivery in this state is not (or no longer) going to Quivo, when the row has no error.
@@ -75,20 +83,24 @@ class Post:
     body: bytes
     http_status: int
     status: str
+    token: str = WEBHOOK_TOKEN
 
 
 @dataclass
 class Processes:
-    """The two background processes, so whatever happens they are stopped at the end."""
+    """The background processes, so whatever happens they are stopped at the end."""
 
     sim: asyncio.subprocess.Process | None = None
+    globex_sim: asyncio.subprocess.Process | None = None
     relay: asyncio.subprocess.Process | None = None
 
 
 def main() -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="relay-demo-"))
-    print("The relay demo: Bringg rating webhooks in, ratings on Quivo customer inquiries out.")
+    print(
+        "The relay demo: Bringg rating webhooks in, ratings on Quivo customer inquiries out, for two tenants."
+    )
     print(f"Working folder: {workdir} (database and logs; kept for you to look at)\n")
     try:
         problems = asyncio.run(run_demo(workdir))
@@ -102,7 +114,10 @@ def main() -> int:
         for problem in problems:
             print(f"  - {problem}")
         return 1
-    print("\nOK: every rating reached its Quivo inquiry exactly once, and nothing was posted twice.")
+    print(
+        "\nOK: every rating reached its inquiry on its own tenant's Quivo account exactly once; nothing was "
+        "posted twice or to another tenant's account."
+    )
     return 0
 
 
@@ -111,20 +126,21 @@ async def run_demo(workdir: Path) -> list[str]:
     processes = Processes()
     try:
         problems = await exercise(workdir, processes)
-        assert processes.relay is not None and processes.sim is not None
+        assert processes.relay is not None and processes.sim is not None and processes.globex_sim is not None
         relay_code = await stop(processes.relay)
         sim_code = await stop(processes.sim)
+        await stop(processes.globex_sim)
     except aiohttp.ClientError as error:
         raise DemoError(
             f"lost contact: {error}\nrelay.log ends with:\n{tail(workdir / 'relay.log')}"
         ) from None
     finally:
         # Still running here only when the demo broke off; leave nothing behind.
-        for process in (processes.relay, processes.sim):
+        for process in (processes.relay, processes.sim, processes.globex_sim):
             if process is not None and process.returncode is None:
                 process.kill()
                 await process.wait()
-    print(f"\nStopped both with SIGTERM: relay exited {relay_code}, sim-quivo exited {sim_code}.")
+    print(f"\nStopped with SIGTERM: relay exited {relay_code}, sim-quivo exited {sim_code}.")
     if relay_code != 0:
         problems.append(f"the relay exited {relay_code} on SIGTERM, not 0 (see relay.log)")
     return problems
@@ -135,11 +151,20 @@ async def exercise(workdir: Path, processes: Processes) -> list[str]:
     processes.sim = await start_relay_command(
         ["sim-quivo", "--port", "0"], base_env(), workdir, workdir / "sim-quivo.log"
     )
+    processes.globex_sim = await start_relay_command(
+        ["sim-quivo", "--port", "0", *(f"--{option}={value}" for option, value in GLOBEX_LOGIN.items())],
+        base_env(),
+        workdir,
+        workdir / "sim-quivo-globex.log",
+    )
     sim_url = await sim_address(processes.sim, workdir / "sim-quivo.log")
-    print(f"Quivo stand-in (relay sim-quivo): {sim_url}")
+    globex_sim_url = await sim_address(processes.globex_sim, workdir / "sim-quivo-globex.log")
+    print(f"Quivo stand-in of tenant default (relay sim-quivo): {sim_url}")
+    print(f"Quivo stand-in of tenant {GLOBEX} (relay sim-quivo, its own login): {globex_sim_url}")
 
     port = free_port()
     env = relay_env(workdir, sim_url, port)
+    env["RELAY_TENANTS_FILE"] = str(write_tenants_file(workdir, sim_url, globex_sim_url))
     relay_url = f"http://127.0.0.1:{port}"
     processes.relay = await start_relay_command(["serve"], env, workdir, workdir / "relay.log")
     problems: list[str] = []
@@ -151,18 +176,22 @@ async def exercise(workdir: Path, processes: Processes) -> list[str]:
         await store.open()
         try:
             problems += await import_links(workdir, env)
-            print("\nPosting webhooks to POST /webhooks/bringg:")
+            print("\nPosting webhooks to POST /webhooks/bringg (the tenant named default):")
             problems += await post_all(session, f"{relay_url}/webhooks/bringg", webhooks_to_post())
+            print(f"\nPosting webhooks to POST /webhooks/bringg/{GLOBEX} (tenant {GLOBEX}):")
+            problems += await post_all(session, f"{relay_url}/webhooks/bringg/{GLOBEX}", globex_webhooks())
             problems += await wait_for_worker(store)
             received = await quivo_ratings(session, sim_url)
+            globex_received = await quivo_ratings(session, globex_sim_url)
             deliveries = await read_deliveries(store)
             webhooks = (await store.stats(now=datetime.now(UTC))).webhooks
         finally:
             await store.close()
-    print_received(received)
+    print_received("default", received)
+    print_received(GLOBEX, globex_received)
     print_deliveries(deliveries)
     print_webhook_counts(webhooks)
-    return problems + check_outcome(received, deliveries)
+    return problems + check_outcome(received, deliveries) + check_globex(received, globex_received)
 
 
 def base_env() -> dict[str, str]:
@@ -187,6 +216,40 @@ def relay_env(workdir: Path, sim_url: str, port: int) -> dict[str, str]:
         "RELAY_HOST": "127.0.0.1",
         "PORT": str(port),
     }
+
+
+def write_tenants_file(workdir: Path, sim_url: str, globex_sim_url: str) -> Path:
+    """Two tenants, as an operator writes them: `default` is the URL registered before tenants
+    (POST /webhooks/bringg), globex has its own; each its merchant, token and Quivo account. The file
+    holds secrets itself, so its owner alone may read it (the relay refuses it otherwise)."""
+    path = workdir / "tenants.toml"
+    path.write_text(
+        f"""[tenants.default]
+merchants = [{MERCHANT_ID}]
+[tenants.default.bringg]
+webhook_tokens = ["{WEBHOOK_TOKEN}"]
+[tenants.default.quivo]
+base_url = "{sim_url}"
+api_key = {{ env = "QUIVO_API_KEY" }}
+username = "{QUIVO_LOGIN["QUIVO_USERNAME"]}"
+password = {{ env = "QUIVO_PASSWORD" }}
+
+[tenants.{GLOBEX}]
+merchants = [{GLOBEX_MERCHANT_ID}]
+message_template = "Globex rating: {{stars}}/5\\n{{comment}}"
+[tenants.{GLOBEX}.bringg]
+webhook_tokens = ["{GLOBEX_TOKEN}"]
+[tenants.{GLOBEX}.quivo]
+base_url = "{globex_sim_url}"
+api_key = "{GLOBEX_LOGIN["api-key"]}"
+username = "{GLOBEX_LOGIN["username"]}"
+password = "{GLOBEX_LOGIN["password"]}"
+""",
+        encoding="utf-8",
+    )
+    path.chmod(0o600)
+    print(f"Tenants file: {path} (default: merchant {MERCHANT_ID}; {GLOBEX}: merchant {GLOBEX_MERCHANT_ID})")
+    return path
 
 
 def free_port() -> int:
@@ -334,6 +397,39 @@ def webhooks_to_post() -> list[Post]:
     ]
 
 
+def globex_webhooks() -> list[Post]:
+    """The second tenant's ratings on its own URL, and what its URL refuses or holds back."""
+    return [
+        Post(
+            "5 stars, order INQ-3001",
+            rating_webhook(5001, 5, "INQ-3001", comment="Perfect.", merchant_id=GLOBEX_MERCHANT_ID),
+            202,
+            "accepted",
+            GLOBEX_TOKEN,
+        ),
+        Post(
+            "4 stars, order INQ-3002",
+            rating_webhook(5002, 4, "INQ-3002", merchant_id=GLOBEX_MERCHANT_ID),
+            202,
+            "accepted",
+            GLOBEX_TOKEN,
+        ),
+        Post(
+            "the default tenant's token on this URL",
+            rating_webhook(5003, 4, "INQ-3003", merchant_id=GLOBEX_MERCHANT_ID),
+            401,
+            "Unauthorized",
+        ),
+        Post(
+            f"merchant {MERCHANT_ID} (the default tenant's) on this URL",
+            rating_webhook(5004, 3, "INQ-3004"),
+            202,
+            "quarantined",
+            GLOBEX_TOKEN,
+        ),
+    ]
+
+
 def rating_webhook(
     rating_id: int,
     stars: int,
@@ -342,10 +438,11 @@ def rating_webhook(
     comment: str | None = None,
     reasons: Sequence[str] = (),
     updated_at: str | None = None,
+    merchant_id: int = MERCHANT_ID,
 ) -> bytes:
     payload = {
         "webhook_type": "rating_submitted",
-        "merchant_id": MERCHANT_ID,
+        "merchant_id": merchant_id,
         "rating": {
             "id": rating_id,
             "rating": stars,
@@ -367,12 +464,14 @@ def task_done_webhook() -> bytes:
 async def post_all(session: aiohttp.ClientSession, url: str, posts: Sequence[Post]) -> list[str]:
     """Post each webhook in turn, one line per answer; return the answers that were not as expected."""
     problems = []
-    headers = {"Authorization": f"Bearer {WEBHOOK_TOKEN}", "Content-Type": "application/json"}
     width = max(len(post.label) for post in posts)
     for post in posts:
+        headers = {"Authorization": f"Bearer {post.token}", "Content-Type": "application/json"}
         async with session.post(url, data=post.body, headers=headers) as answer:
             try:
-                status = str((await answer.json(content_type=None)).get("status", "?"))
+                # A refusal is a problem document (RFC 9457): its title says what went wrong.
+                field = "title" if answer.status >= 400 else "status"
+                status = str((await answer.json(content_type=None)).get(field, "?"))
             except ValueError:
                 status = "(not JSON)"
             http_status = answer.status
@@ -424,8 +523,8 @@ def tag_of(message: str | None) -> str:
     return lines[-1] if lines else ""
 
 
-def print_received(received: Sequence[dict[str, Any]]) -> None:
-    print("\nWhat Quivo received (GET /_sim/ratings on the stand-in):")
+def print_received(tenant: str, received: Sequence[dict[str, Any]]) -> None:
+    print(f"\nWhat Quivo received on tenant {tenant}'s account (GET /_sim/ratings on its stand-in):")
     rows = [
         [str(item["inquiry_id"]), f"{item['rating']:g}", first_line(item["message"]), tag_of(item["message"])]
         for item in received
@@ -443,6 +542,7 @@ def print_deliveries(deliveries: Sequence[dict[str, Any]]) -> None:
     rows = [
         [
             str(row["id"]),
+            row["tenant"],
             f"{row['merchant_id']}/{row['rating_id']}",
             str(row["stars"]),
             row["external_id"] or "",
@@ -453,7 +553,17 @@ def print_deliveries(deliveries: Sequence[dict[str, Any]]) -> None:
         ]
         for row in deliveries
     ]
-    headers = ["id", "merchant/rating", "stars", "order", "state", "inquiry", "attempts", "why / last error"]
+    headers = [
+        "id",
+        "tenant",
+        "merchant/rating",
+        "stars",
+        "order",
+        "state",
+        "inquiry",
+        "attempts",
+        "why / last error",
+    ]
     print_table(headers, rows or [["(none)"]])
 
 
@@ -497,6 +607,23 @@ def check_outcome(received: Sequence[dict[str, Any]], deliveries: Sequence[dict[
     unlinked = [row["state"] for row in deliveries if row["rating_id"] == UNLINKED_RATING_ID]
     if unlinked and unlinked != ["unmatched"] and "pending" not in unlinked:
         problems.append(f"order ORDER-77's delivery is {unlinked[0]}, expected unmatched")
+    return problems
+
+
+def check_globex(received: Sequence[dict[str, Any]], globex_received: Sequence[dict[str, Any]]) -> list[str]:
+    """The second tenant's ratings reached its own account, once each, and nothing crossed between them."""
+    problems = []
+    arrivals = Counter(tag_of(item["message"]) for item in globex_received)
+    for tag, inquiry_id in GLOBEX_MUST_ARRIVE.items():
+        landed = [item["inquiry_id"] for item in globex_received if tag_of(item["message"]) == tag]
+        if landed != [inquiry_id]:
+            problems.append(
+                f"{tag} reached {GLOBEX}'s Quivo {len(landed)} times, expected once on {inquiry_id}"
+            )
+    if stray := set(arrivals) - set(GLOBEX_MUST_ARRIVE):
+        problems.append(f"{GLOBEX}'s Quivo received ratings not of {GLOBEX}: {sorted(stray)}")
+    if crossed := {tag_of(item["message"]) for item in received} & set(GLOBEX_MUST_ARRIVE):
+        problems.append(f"the default tenant's Quivo received {GLOBEX}'s ratings: {sorted(crossed)}")
     return problems
 
 

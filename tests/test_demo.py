@@ -13,3 +13,5 @@ def test_demo_runs_end_to_end() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "What Quivo received" in result.stdout
     assert "[bringg:1:3452]" in result.stdout
+    assert "What Quivo received on tenant globex's account" in result.stdout
+    assert "[bringg:2:5001]" in result.stdout
