@@ -21,7 +21,15 @@ from relay.domain.delivery import DELIVERY_STATES
 from relay.linkfile import links_to_csv
 from relay.listen import CannotListen, listening_sockets
 from relay.logs import configure_logging
-from relay.ops.admin import DEFAULT_PAGE, MAX_PAGE, MAX_REPORTED, DeliveryListing, page_cursor, replay_answer
+from relay.ops.admin import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    MAX_REPORTED,
+    DeliveryListing,
+    page_cursor,
+    replay_answer,
+    tenant_links,
+)
 from relay.ops.health import WORKER_SILENT_AFTER_S, worker_beats
 from relay.settings import Settings, SettingsError, load_settings
 from relay.sim import cli as sim_cli
@@ -32,7 +40,9 @@ from relay.store.filters import REPLAYABLE_STATES, DeliveryFilter, Id, ReplayFil
 from relay.store.operations import import_links_file, prune, replay_matching
 from relay.store.records import COPIED_TABLES, DeliveryDetail, PruneResult, StateChange
 from relay.tenants.file import read_tenants_file
+from relay.tenants.links import link_refusal
 from relay.tenants.registry import load_tenants
+from relay.tenants.tenant import Tenant
 
 log = structlog.get_logger("relay")
 
@@ -76,9 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     links = commands.add_parser("links", help="the order -> Quivo inquiry links")
     link_commands = links.add_subparsers(required=True, metavar="ACTION")
     link_import = link_commands.add_parser("import", help="upsert links from a CSV file")
-    link_import.add_argument("file", type=Path, help="CSV with header merchant_id,external_id,inquiry_id")
+    link_import.add_argument(
+        "file", type=Path, help="CSV with header merchant_id,external_id,inquiry_id (and tenant, optional)"
+    )
+    link_import.add_argument(
+        "--tenant", metavar="NAME", help="refuse rows whose merchant is not this tenant's"
+    )
     link_import.set_defaults(command=_links_import)
     link_export = link_commands.add_parser("export", help="write every link as CSV to stdout")
+    link_export.add_argument("--tenant", metavar="NAME", help="only the links of this tenant's merchants")
     link_export.set_defaults(command=_links_export)
 
     prune_parser = commands.add_parser(
@@ -327,8 +343,19 @@ def _listening_sockets(host: str, port: int, *, names: tuple[str, str]) -> list[
         _refuse([f"{names[0] if error.part == 'host' else names[1]}: {error}"])
 
 
+def _tenants(settings: Settings) -> list[Tenant]:
+    """The running configuration's tenants, as the relay reads them from the same environment."""
+    try:
+        return [
+            running.tenant for running in load_tenants(settings, serves_webhooks=False, runs_worker=False)
+        ]
+    except SettingsError as error:
+        _refuse(error.problems)
+
+
 def _links_import(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
+    tenants = _tenants(settings)
     if not args.file.is_file():
         print(f"relay: no such file: {args.file}", file=sys.stderr)
         return 1
@@ -339,6 +366,7 @@ def _links_import(args: argparse.Namespace) -> int:
                 store,
                 args.file,
                 now=datetime.now(UTC),
+                check=lambda merchant_id, named: link_refusal(tenants, merchant_id, named, args.tenant),
                 progress=lambda saved: show(f"{saved} links saved"),
             ),
         )
@@ -351,17 +379,26 @@ def _links_import(args: argparse.Namespace) -> int:
 
 def _links_export(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
+    merchants: frozenset[int] | None = None
+    if args.tenant is not None:
+        tenant = next((tenant for tenant in _tenants(settings) if tenant.name == args.tenant), None)
+        if tenant is None:
+            print(
+                f"relay: --tenant: no tenant {console.printable(args.tenant)} is configured", file=sys.stderr
+            )
+            return EXIT_MISCONFIGURED
+        merchants = tenant.merchants
 
     async def export(store: Store) -> None:
         after: tuple[int, str] | None = None
         header = True
-        while page := await store.list_links(after=after, limit=5000):
-            text = links_to_csv(page)
+        while page := await tenant_links(store, merchants, after=after, limit=5000):
+            text = links_to_csv(page, args.tenant)
             sys.stdout.write(text if header else text.split("\n", 1)[1])
             header = False
             after = (page[-1].merchant_id, page[-1].external_id)
         if header:
-            sys.stdout.write(links_to_csv([]))
+            sys.stdout.write(links_to_csv([], args.tenant))
 
     _on_store(settings, export)
     return 0
@@ -392,12 +429,7 @@ def _status(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=False)
     now = datetime.now(UTC)
 
-    try:
-        running = frozenset(
-            tenant.name for tenant in load_tenants(settings, serves_webhooks=False, runs_worker=False)
-        )
-    except SettingsError as error:
-        _refuse(error.problems)
+    running = frozenset(tenant.name for tenant in _tenants(settings))
 
     async def read(store: Store) -> console.Status:
         stats = await store.stats(now=now)

@@ -4,13 +4,17 @@ import csv
 import io
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from relay.domain.ids import MAX_ID
 from relay.domain.rating import MAX_EXTERNAL_ID_CHARS
 
 COLUMNS = ("merchant_id", "external_id", "inquiry_id")
+# Optional: the tenant whose merchant the row's is, checked by the importer.
+TENANT_COLUMN = "tenant"
+# Why a row's merchant may not be linked for the tenant it names (None: it names none), or None.
+LinkCheck = Callable[[int, str | None], str | None]
 
 # OWASP's CSV injection advice: a spreadsheet runs a cell starting with one of these as a formula, so the
 # export writes such an order id behind a `'`. Quotes already in front are counted in, so the import takes
@@ -40,7 +44,12 @@ class HeaderProblem(LinkFileProblem):
     """The file has no usable header, so none of its rows were read."""
 
 
-def parse_links_csv(text: str) -> tuple[list[Link], list[LinkFileProblem]]:
+def unchecked(merchant_id: int, tenant: str | None) -> str | None:
+    """Every row's link may be saved: no tenant is checked."""
+    return None
+
+
+def parse_links_csv(text: str, check: LinkCheck = unchecked) -> tuple[list[Link], list[LinkFileProblem]]:
     """The links in `text` and the problems with the rows that are not links.
 
     The header names the columns `merchant_id`, `external_id` and `inquiry_id`, in any order; other columns
@@ -49,7 +58,8 @@ def parse_links_csv(text: str) -> tuple[list[Link], list[LinkFileProblem]]:
     and yields no links. A bad row yields one problem per bad field and never stops the good rows. When a
     (merchant_id, external_id) appears on more than one row, the later row wins. An external_id whose
     `'`s are followed by `=`, `+`, `-`, `@`, a tab or a carriage return loses one `'`: the one
-    `links_to_csv` put there so that a spreadsheet shows the cell instead of running it.
+    `links_to_csv` put there so that a spreadsheet shows the cell instead of running it. An optional
+    `tenant` column names the row's tenant; `check` refuses a row whose merchant may not be linked so.
     """
     reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
     problems: list[LinkFileProblem] = []
@@ -77,6 +87,10 @@ def parse_links_csv(text: str) -> tuple[list[Link], list[LinkFileProblem]]:
             problems.append(LinkFileProblem(line, f"expected {width} fields, found {len(row)}"))
             continue
         link, reasons = _read_row(row, columns)
+        if link is not None:
+            named = row[columns[TENANT_COLUMN]].strip() or None if TENANT_COLUMN in columns else None
+            if refusal := check(link.merchant_id, named):
+                link, reasons = None, [refusal]
         problems.extend(LinkFileProblem(line, reason) for reason in reasons)
         if link is not None:
             links[link.merchant_id, link.external_id] = link
@@ -85,12 +99,14 @@ def parse_links_csv(text: str) -> tuple[list[Link], list[LinkFileProblem]]:
     return list(links.values()), problems
 
 
-def links_to_csv(links: Iterable[Link]) -> str:
-    """A links file that `parse_links_csv` reads back as `links`, safe to open in a spreadsheet."""
+def links_to_csv(links: Iterable[Link], tenant: str | None = None) -> str:
+    """A links file that `parse_links_csv` reads back as `links`, safe to open in a spreadsheet; with a
+    tenant, its column names it on every row."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(COLUMNS)
-    writer.writerows((link.merchant_id, _inert(link.external_id), link.inquiry_id) for link in links)
+    extra = [] if tenant is None else [tenant]
+    writer.writerow([*COLUMNS, *([] if tenant is None else [TENANT_COLUMN])])
+    writer.writerows([link.merchant_id, _inert(link.external_id), link.inquiry_id, *extra] for link in links)
     return out.getvalue()
 
 
@@ -123,10 +139,11 @@ def _read_header(row: list[str]) -> tuple[dict[str, int], str | None]:
     missing = [column for column in COLUMNS if column not in names]
     if missing:
         return {}, f"missing column {', '.join(missing)}: expected columns {','.join(COLUMNS)}"
-    doubled = [column for column in COLUMNS if names.count(column) > 1]
+    known = (*COLUMNS, TENANT_COLUMN)
+    doubled = [column for column in known if names.count(column) > 1]
     if doubled:
         return {}, f"column {', '.join(doubled)} appears more than once"
-    return {column: names.index(column) for column in COLUMNS}, None
+    return {column: names.index(column) for column in known if column in names}, None
 
 
 def _read_row(row: list[str], columns: dict[str, int]) -> tuple[Link | None, list[str]]:

@@ -654,7 +654,7 @@ class TenantWorker:
             return
         if state == "superseded" and outcome.state != "superseded":
             event = "delivery.superseded"
-        self.metrics.delivery_finished(event.removeprefix("delivery."))
+        self.metrics.delivery_finished(event.removeprefix("delivery."), tenant=self.tenant.name)
         if state == "delivered":
             self.metrics.delivery_latency(_age(delivery).total_seconds())
         last = outcome.calls[-1] if outcome.calls else None
@@ -682,7 +682,7 @@ class TenantWorker:
 
     def _lease_lost(self, delivery: ClaimedDelivery, inquiry_id: int | None, started: float) -> None:
         """The delivery was claimed again after its lease ran out: this pass writes nothing more of it."""
-        self.metrics.delivery_finished("lease_lost")
+        self.metrics.delivery_finished("lease_lost", tenant=self.tenant.name)
         self._log.warning(
             "delivery.lease_lost",
             delivery_id=delivery.id,

@@ -214,7 +214,7 @@ class Worker:
             self._wake.set()
         # One `delivery.dead` per dead delivery, however it died: what an alert on deaths counts.
         for dead in expired:
-            self.metrics.delivery_finished("dead")
+            self.metrics.delivery_finished("dead", tenant=dead.tenant)
             log.error(
                 "delivery.dead",
                 tenant=dead.tenant,

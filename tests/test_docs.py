@@ -503,7 +503,7 @@ async def test_alert_rules_are_a_rule_file_prometheus_reads_as_shown(aiohttp_cli
     relay = await aiohttp_client(create_app(make_settings(), run_worker=False))
     # Series that appear once there is something to count: a worker's beat, a call to Quivo.
     await relay.app[STORE].beat(worker_beat(datetime.now(UTC)))
-    relay.app[METRICS].quivo_request("login", 200)
+    relay.app[METRICS].quivo_requests_of("default")("login", 200)
     exposed = {
         sample.name
         for family in text_string_to_metric_families(await (await relay.get("/metrics")).text())

@@ -94,17 +94,17 @@ async def test_counters_move_as_work_is_reported(client):
     metrics = client.app[METRICS]
     metrics.webhook_received("accepted", tenant="default")
     metrics.webhook_received("accepted", tenant="default")
-    metrics.delivery_finished("dead")
-    metrics.quivo_request("send", 201)
-    metrics.quivo_request("login", None)
+    metrics.delivery_finished("dead", tenant="default")
+    metrics.quivo_requests_of("acme")("send", 201)
+    metrics.quivo_requests_of("default")("login", None)
     metrics.delivery_latency(1.5)
 
     values = await scrape(client)
 
     assert values[key("relay_webhooks_received_total", outcome="accepted", tenant="default")] == 2
-    assert values[key("relay_delivery_outcomes_total", outcome="dead")] == 1
-    assert values[key("relay_quivo_requests_total", action="send", status="201")] == 1
-    assert values[key("relay_quivo_requests_total", action="login", status="none")] == 1
+    assert values[key("relay_delivery_outcomes_total", outcome="dead", tenant="default")] == 1
+    assert values[key("relay_quivo_requests_total", action="send", status="201", tenant="acme")] == 1
+    assert values[key("relay_quivo_requests_total", action="login", status="none", tenant="default")] == 1
     assert values[key("relay_delivery_latency_seconds_count")] == 1
     assert values[key("relay_delivery_latency_seconds_bucket", le="1.0")] == 0
     assert values[key("relay_delivery_latency_seconds_bucket", le="2.5")] == 1
@@ -118,8 +118,8 @@ async def test_alerted_series_exist_at_zero_from_the_first_scrape(client):
     for tenant in ("default", "acme"):
         assert values[key("relay_webhooks_received_total", outcome="quarantined", tenant=tenant)] == 0
         assert values[key("relay_webhooks_received_total", outcome="store_failed", tenant=tenant)] == 0
-    assert values[key("relay_delivery_outcomes_total", outcome="dead")] == 0
-    assert values[key("relay_delivery_outcomes_total", outcome="retry_scheduled")] == 0
+        assert values[key("relay_delivery_outcomes_total", outcome="dead", tenant=tenant)] == 0
+        assert values[key("relay_delivery_outcomes_total", outcome="retry_scheduled", tenant=tenant)] == 0
 
 
 async def test_scrape_is_prometheus_text(client):

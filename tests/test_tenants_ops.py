@@ -1,6 +1,7 @@
 """Tenants for operators, through the real CLI and admin API: filtered by tenant and shown with it."""
 
 import json
+import random
 import re
 import subprocess
 from pathlib import Path
@@ -12,8 +13,11 @@ from aiohttp.test_utils import TestClient
 
 from relay.app import create_app
 from relay.domain.delivery import DELIVERY_STATES
-from relay.keys import SETTINGS
+from relay.keys import SETTINGS, STORE
+from relay.sim.app import create_sim_app
+from relay.sim.state import SimState
 from tests.conftest import BACKENDS
+from tests.forwarding import Quivo, forwarding_settings, rating_webhook, wait_for_delivery
 from tests.processes import run_relay
 from tests.test_tenants_intake import (
     ACME_MERCHANT,
@@ -70,7 +74,8 @@ def cli_json(relay: Client, *args: str, tenants: Path | None = None) -> Any:
 
 
 async def admin(relay: Client, method: str, path: str, **kwargs: Any) -> Any:
-    response = await relay.request(method, path, headers=ADMIN, **kwargs)
+    headers = {**ADMIN, **kwargs.pop("headers", {})}
+    response = await relay.request(method, path, headers=headers, **kwargs)
     answer = await response.json()
     assert response.status == 200, answer
     return answer
@@ -174,3 +179,153 @@ async def test_status_shows_each_tenants_deliveries_and_names_a_removed_tenant_w
     assert "tenant globex  1 waiting, tenant not configured" in one.stdout
     assert (one_document["tenants"], one_document["tenants_not_configured"]) == (tenants, ["globex"])
     assert (one_stats["tenants"], one_stats["tenants_not_configured"]) == (tenants, ["globex"])
+
+
+# Links
+
+
+def links_csv(folder: Path, name: str, rows: str) -> Path:
+    path = folder / name
+    path.write_text(rows, encoding="utf-8")
+    return path
+
+
+def refused(imported: subprocess.CompletedProcess[str]) -> list[str]:
+    """The rows an import refused, by file and line (its progress line aside)."""
+    return [line for line in imported.stderr.splitlines() if ".csv:" in line]
+
+
+async def test_links_import_holds_each_row_to_its_tenant_and_export_filters_by_tenant(relay, tmp_path):
+    mixed = links_csv(
+        tmp_path,
+        "mixed.csv",
+        "merchant_id,external_id,inquiry_id,tenant\n"
+        f"{ACME_MERCHANT},ORD-1,501,acme\n"
+        f"{GLOBEX_MERCHANT},ORD-2,502,acme\n"
+        f"{GLOBEX_MERCHANT},ORD-3,503,\n"
+        "9999,ORD-4,504,\n",
+    )
+    plain = links_csv(
+        tmp_path, "plain.csv", f"merchant_id,external_id,inquiry_id\n{ACME_MERCHANT},ORD-5,505\n"
+    )
+
+    imported = cli(relay, "links", "import", str(mixed))
+    for_globex = cli(relay, "links", "import", str(plain), "--tenant", "globex")
+    for_acme = cli(relay, "links", "import", str(plain), "--tenant", "acme")
+    acme = cli(relay, "links", "export", "--tenant", "acme")
+    everyone = cli(relay, "links", "export")
+    unknown = cli(relay, "links", "export", "--tenant", "initech")
+
+    assert imported.returncode == 1
+    assert refused(imported) == [
+        f"{mixed}:3: merchant {GLOBEX_MERCHANT} is not one of tenant acme's merchants",
+        f"{mixed}:5: merchant 9999 is none of the tenants' merchants",
+    ]
+    assert "saved 2 links" in imported.stdout
+    assert (for_globex.returncode, refused(for_globex)) == (
+        1,
+        [f"{plain}:2: merchant {ACME_MERCHANT} is not one of tenant globex's merchants"],
+    )
+    assert for_acme.returncode == 0, for_acme.stderr
+    assert acme.stdout.splitlines() == [
+        "merchant_id,external_id,inquiry_id,tenant",
+        f"{ACME_MERCHANT},ORD-1,501,acme",
+        f"{ACME_MERCHANT},ORD-5,505,acme",
+    ]
+    assert everyone.stdout.splitlines()[1:] == [
+        f"{ACME_MERCHANT},ORD-1,501",
+        f"{ACME_MERCHANT},ORD-5,505",
+        f"{GLOBEX_MERCHANT},ORD-3,503",
+    ]
+    assert unknown.returncode == 2 and "initech" in unknown.stderr
+
+
+async def test_admin_links_are_held_to_their_tenant_and_listed_by_tenant(relay):
+    csv_rows = f"merchant_id,external_id,inquiry_id\n{ACME_MERCHANT},ORD-1,501\n{GLOBEX_MERCHANT},ORD-2,502\n"
+    by_csv = await admin(
+        relay,
+        "POST",
+        "/admin/links",
+        params={"tenant": "acme"},
+        data=csv_rows,
+        headers={**ADMIN, "Content-Type": "text/csv"},
+    )
+    foreign = await relay.post(
+        "/admin/links",
+        json=[{"merchant_id": GLOBEX_MERCHANT, "external_id": "ORD-3", "inquiry_id": 503, "tenant": "acme"}],
+        headers=ADMIN,
+    )
+    nobodys = await relay.put("/admin/links/9999/ORD-4", json={"inquiry_id": 504}, headers=ADMIN)
+    wrong = await relay.put(
+        f"/admin/links/{GLOBEX_MERCHANT}/ORD-5",
+        params={"tenant": "acme"},
+        json={"inquiry_id": 505},
+        headers=ADMIN,
+    )
+    right = await admin(
+        relay,
+        "PUT",
+        f"/admin/links/{GLOBEX_MERCHANT}/ORD-6",
+        params={"tenant": "globex"},
+        json={"inquiry_id": 506},
+    )
+    globex = await admin(relay, "GET", "/admin/links", params={"tenant": "globex"})
+    acme = await admin(relay, "GET", "/admin/links", params={"tenant": "acme", "limit": 1})
+
+    assert (by_csv["saved"], by_csv["problems"]) == (
+        1,
+        [{"line": 3, "reason": f"merchant {GLOBEX_MERCHANT} is not one of tenant acme's merchants"}],
+    )
+    assert foreign.status == 400
+    assert (await foreign.json())["field"] == "[0].merchant_id"
+    assert (nobodys.status, (await nobodys.json())["detail"]) == (
+        400,
+        "merchant_id: merchant 9999 is none of the tenants' merchants",
+    )
+    assert wrong.status == 400 and right["inquiry_id"] == 506
+    assert [item["external_id"] for item in globex["items"]] == ["ORD-6"]
+    assert [item["external_id"] for item in acme["items"]] == ["ORD-1"] and acme["next_cursor"] is None
+
+
+# Metrics
+
+
+async def test_delivery_outcomes_and_quivo_calls_are_counted_per_tenant(
+    aiohttp_client, aiohttp_server, make_settings, tmp_path
+):
+    sims = {}
+    for name in ("acme", "globex"):
+        state = SimState(rng=random.Random(7))
+        sims[name] = Quivo(state, str((await aiohttp_server(create_sim_app(state))).make_url("")).rstrip("/"))
+    quivo_tables = "".join(
+        f"""
+[tenants.{name}.quivo]
+base_url = "{sim.url}"
+api_key = "{sim.state.api_key}"
+username = "{sim.state.username}"
+password = "{sim.state.password}"
+"""
+        for name, sim in sims.items()
+    )
+    settings = make_settings(
+        **forwarding_settings(sims["acme"]),
+        relay_tenants_file=tenants_file(tmp_path, TWO_TENANTS + quivo_tables),
+    )
+    running = await aiohttp_client(create_app(settings, run_worker=True))
+    response = await running.post(
+        "/webhooks/bringg/acme",
+        data=rating_webhook(5, "INQ-77", merchant_id=ACME_MERCHANT),
+        headers=bearer(ACME_TOKENS[0]),
+    )
+    await wait_for_delivery(running.app[STORE], (await response.json())["delivery_id"])
+
+    metrics = await (await running.get("/metrics")).text()
+
+    assert 'relay_delivery_outcomes_total{outcome="delivered",tenant="acme"} 1.0' in metrics
+    assert 'relay_delivery_outcomes_total{outcome="delivered",tenant="globex"} 0.0' in metrics
+    assert re.search(
+        r'relay_quivo_requests_total\{action="post_rating",status="20\d",tenant="acme"\} 1\.0', metrics
+    )
+    assert 'tenant="globex"' not in "".join(
+        line for line in metrics.splitlines() if line.startswith("relay_quivo_requests_total")
+    )

@@ -452,9 +452,11 @@ async def test_metrics_move_as_work_happens(start_relay, quivo):
     assert metric(before, 'relay_webhooks_received_total{outcome="accepted",tenant="default"}') == 0
     assert metric(after, 'relay_webhooks_received_total{outcome="accepted",tenant="default"}') == 1
     assert metric(after, 'relay_webhooks_received_total{outcome="duplicate",tenant="default"}') == 1
-    assert metric(after, 'relay_delivery_outcomes_total{outcome="delivered"}') == 1
-    assert metric(after, 'relay_quivo_requests_total{action="post_rating",status="200"}') == 1
-    assert metric(after, 'relay_quivo_requests_total{action="login",status="200"}') == 1
+    assert metric(after, 'relay_delivery_outcomes_total{outcome="delivered",tenant="default"}') == 1
+    assert (
+        metric(after, 'relay_quivo_requests_total{action="post_rating",status="200",tenant="default"}') == 1
+    )
+    assert metric(after, 'relay_quivo_requests_total{action="login",status="200",tenant="default"}') == 1
     assert metric(after, DELIVERED) == 1
     assert metric(after, 'relay_deliveries{state="pending"}') == 0
     assert metric(after, "relay_delivery_latency_seconds_count") == 1

@@ -24,7 +24,7 @@ from tests.processes import (
     wait_until_ready,
 )
 
-DELIVERED = 'relay_delivery_outcomes_total{outcome="delivered"}'
+DELIVERED = 'relay_delivery_outcomes_total{outcome="delivered",tenant="default"}'
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20) -> None:
@@ -82,7 +82,8 @@ def test_worker_answers_probes_and_its_metrics_move_with_the_ratings_it_delivers
             wait_for(delivered, "the worker's metrics counting the delivery")
             after = get(f"{worker_url}/metrics")[1]
             assert sample(after, "relay_delivery_latency_seconds_count") == 1
-            assert sample(after, 'relay_quivo_requests_total{action="post_rating",status="200"}') == 1
+            post_rating = 'relay_quivo_requests_total{action="post_rating",status="200",tenant="default"}'
+            assert sample(after, post_rating) == 1
             # The store gauges are read at most once a second: the scrape before the delivery may still show.
             wait_for(
                 lambda: sample(get(f"{worker_url}/metrics")[1], 'relay_deliveries{state="delivered"}') == 1,

@@ -170,7 +170,7 @@ def _report_stored(
     if stored.status == "accepted":
         request.app[NEW_DELIVERY].set()
     for delivery_id in stored.superseded:
-        request.app[METRICS].delivery_finished("superseded")
+        request.app[METRICS].delivery_finished("superseded", tenant=fields["tenant"])
         log.info("delivery.superseded", delivery_id=delivery_id, by=stored.delivery_id, **fields)
     emit = log.warning if stored.status == "quarantined" else log.info
     emit(

@@ -28,12 +28,13 @@ from relay.bringg.tenancy import judged_for
 from relay.domain.ids import MAX_ID
 from relay.http import Handler, problem
 from relay.keys import NEW_DELIVERY, SETTINGS, STORE, TENANTS
-from relay.linkfile import HeaderProblem, Link, external_id_problem, parse_links_csv
+from relay.linkfile import HeaderProblem, Link, LinkCheck, external_id_problem, parse_links_csv
 from relay.ops.answers import json_response
 from relay.store.api import Store
-from relay.store.filters import DeliveryFilter, Id, ReplayFilter, WebhookFilter, whole_number
+from relay.store.filters import DeliveryFilter, Id, ReplayFilter, TenantName, WebhookFilter, whole_number
 from relay.store.operations import replay_matching
 from relay.store.records import BulkReplay, StateChange, WebhookDetail
+from relay.tenants.links import link_refusal
 from relay.throttle import FailureThrottle
 
 if TYPE_CHECKING:
@@ -158,8 +159,17 @@ class LinkListing(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     merchant_id: Id | None = None
+    tenant: TenantName | None = None
     limit: PageSize = DEFAULT_PAGE
     cursor: Annotated[tuple[int, str] | None, _cursor_of(int, str)] = None
+
+
+class LinksFor(BaseModel):
+    """The tenant a request's links are for (`?tenant=`): each link's merchant must be that tenant's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant: TenantName | None = None
 
 
 def _usable_external_id(external_id: str) -> str:
@@ -177,6 +187,7 @@ class LinkInput(BaseModel):
     merchant_id: LinkId
     external_id: Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_usable_external_id)]
     inquiry_id: LinkId
+    tenant: TenantName | None = None
 
     def link(self) -> Link:
         return Link(self.merchant_id, self.external_id, self.inquiry_id)
@@ -331,23 +342,57 @@ def _readable(body: bytes) -> dict[str, str]:
 @routes.get("/links")
 async def links_page(request: web.Request) -> web.Response:
     listing = _validated(LinkListing, _query(request))
-    found = await _store(request).list_links(
-        merchant_id=listing.merchant_id,
-        after=listing.cursor,
-        limit=listing.limit + 1,
-    )
+    merchants = None if listing.merchant_id is None else frozenset({listing.merchant_id})
+    if listing.tenant is not None:
+        running = request.config_dict[TENANTS].registry.named(listing.tenant)
+        if running is None:
+            detail = f"no tenant {listing.tenant} is running"
+            raise _refusal(
+                400, f"tenant: {detail}", field="tenant", errors=[{"field": "tenant", "detail": detail}]
+            )
+        owned = running.tenant.merchants
+        if owned is not None:
+            merchants = owned if merchants is None else merchants & owned
+    found = await tenant_links(_store(request), merchants, after=listing.cursor, limit=listing.limit + 1)
     return _page(found, listing.limit, lambda link: [link.merchant_id, link.external_id])
+
+
+async def tenant_links(
+    store: Store, merchants: frozenset[int] | None, *, after: tuple[int, str] | None, limit: int
+) -> list[Link]:
+    """Up to `limit` links of these merchants (None: of any) in key order, starting past the key `after`."""
+    if merchants is None:
+        return await store.list_links(after=after, limit=limit)
+    found: list[Link] = []
+    for merchant_id in sorted(merchants):
+        if len(found) == limit:
+            break
+        if after is None or merchant_id >= after[0]:
+            found += await store.list_links(merchant_id=merchant_id, after=after, limit=limit - len(found))
+    return found
+
+
+def _link_check(request: web.Request) -> LinkCheck:
+    """What refuses a link whose merchant is not the tenant's that the request (`?tenant=`) or the link
+    names, or is no running tenant's at all."""
+    named = _validated(LinksFor, _query(request)).tenant
+    tenants = [running.tenant for running in request.config_dict[TENANTS].registry]
+    return lambda merchant_id, row: link_refusal(tenants, merchant_id, row, named)
 
 
 @routes.put(r"/links/{merchant_id:\d+}/{external_id}")
 async def put_link(request: web.Request) -> web.Response:
     target = _validated_json(LinkTarget, await request.read())
+    check = _link_check(request)
     given = {
         "merchant_id": _path_id(request, "merchant_id"),
         "external_id": request.match_info["external_id"],
         "inquiry_id": target.inquiry_id,
     }
     link = _validated(LinkInput, given).link()
+    if refusal := check(link.merchant_id, None):
+        errors = [{"field": "merchant_id", "detail": refusal}]
+        raise _refusal(400, f"merchant_id: {refusal}", field="merchant_id", errors=errors)
     saved = await _store(request).save_links([link], now=_now())
     if saved.woken:
         request.config_dict[NEW_DELIVERY].set()
@@ -374,15 +419,26 @@ async def remove_link(request: web.Request) -> web.Response:
 @routes.post("/links")
 async def import_links(request: web.Request) -> web.Response:
     body = await request.read()
+    check = _link_check(request)
     if request.content_type == "text/csv":
         # surrogateescape: bytes that are not UTF-8 become their row's problem, not the whole file's.
-        links, problems = parse_links_csv(body.decode("utf-8", errors="surrogateescape"))
+        links, problems = parse_links_csv(body.decode("utf-8", errors="surrogateescape"), check)
         if problems and isinstance(problems[0], HeaderProblem):
             # Without the columns no row can be read: the file as a whole is wrong, not some of its rows.
             reason = f"line {problems[0].line}: {problems[0].reason}"
             raise _refusal(400, f"body: {reason}", field="body", errors=[{"field": "body", "detail": reason}])
     else:
-        links, problems = [item.link() for item in _checked(lambda: _LINK_LIST.validate_json(body))], []
+        items = _checked(lambda: _LINK_LIST.validate_json(body))
+        refused = [
+            {"field": f"[{index}].merchant_id", "detail": refusal}
+            for index, item in enumerate(items)
+            if (refusal := check(item.merchant_id, item.tenant))
+        ]
+        if refused:
+            first = refused[0]
+            detail = f"{first['field']}: {first['detail']}"
+            raise _refusal(400, detail, field=first["field"], errors=refused[:MAX_REPORTED])
+        links, problems = [item.link() for item in items], []
     saved = await _store(request).save_links(links, now=_now())
     if saved.woken:
         request.config_dict[NEW_DELIVERY].set()

@@ -120,14 +120,15 @@ class RelayMetrics:
         # Not relay_deliveries_total: relay_deliveries is the gauge of rows by state, another family.
         self._deliveries = Counter(
             "relay_delivery_outcomes",
-            "Delivery passes finished, by outcome.",
-            ["outcome"],
+            "Delivery passes finished, by outcome and the delivery's tenant.",
+            ["outcome", "tenant"],
             registry=self.registry,
         )
         self._quivo_requests = Counter(
             "relay_quivo_requests",
-            "Requests made to Quivo, by action and HTTP status ('none' when no answer came).",
-            ["action", "status"],
+            "Requests made to Quivo, by action, HTTP status ('none' when no answer came) and the tenant "
+            "whose account it is.",
+            ["action", "status", "tenant"],
             registry=self.registry,
         )
         self._latency = Histogram(
@@ -142,27 +143,33 @@ class RelayMetrics:
         self.registry.register(self._store)
         # Series alerted on exist at 0 from the first scrape, so rate() and increase() see their first rise.
         self._webhooks.labels("unknown_tenant", "")
-        for outcome in DELIVERY_OUTCOMES:
-            self._deliveries.labels(outcome)
 
     def count_tenants(self, tenants: Iterable[str]) -> None:
-        """Each tenant's webhook series exist at 0 from now on (at start, and for a tenant a reload adds)."""
+        """Each tenant's webhook and delivery series exist at 0 from now on (at start, and for a tenant a
+        reload adds)."""
         for tenant in tenants:
             for outcome in WEBHOOK_OUTCOMES:
                 if outcome != "unknown_tenant":
                     self._webhooks.labels(outcome, tenant)
+            for outcome in DELIVERY_OUTCOMES:
+                self._deliveries.labels(outcome, tenant)
 
     def webhook_received(self, outcome: str, *, tenant: str) -> None:
         """One webhook answered on a tenant's URL: accepted, duplicate, quarantined, unauthorized, ..."""
         self._webhooks.labels(outcome, tenant).inc()
 
-    def delivery_finished(self, outcome: str) -> None:
-        """One pass over a claimed delivery ended: delivered, retry_scheduled, dead, ..."""
-        self._deliveries.labels(outcome).inc()
+    def delivery_finished(self, outcome: str, *, tenant: str) -> None:
+        """One pass over a claimed delivery of the tenant's ended: delivered, retry_scheduled, dead, ..."""
+        self._deliveries.labels(outcome, tenant).inc()
 
-    def quivo_request(self, action: str, status: int | None) -> None:
-        """One call to Quivo (login, post_rating, get_inquiry) and its status; None when none came back."""
-        self._quivo_requests.labels(action, "none" if status is None else str(status)).inc()
+    def quivo_requests_of(self, tenant: str) -> Callable[[str, int | None], None]:
+        """What counts the calls to one tenant's Quivo account: each call (login, post_rating, get_inquiry)
+        and its status, None when none came back."""
+
+        def observe(action: str, status: int | None) -> None:
+            self._quivo_requests.labels(action, "none" if status is None else str(status), tenant).inc()
+
+        return observe
 
     def delivery_latency(self, seconds: float) -> None:
         """How long a rating took from its webhook being accepted to its delivery on Quivo."""

@@ -30,7 +30,7 @@ async def quivo_session(
             password=_secret(account.password),
             auth_prefix=settings.quivo_auth_prefix,
             token_ttl_s=settings.quivo_token_ttl_s,
-            observe=metrics.quivo_request,
+            observe=metrics.quivo_requests_of(tenant.name),
         )
 
 

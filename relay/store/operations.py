@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from relay.linkfile import Link, LinkFileProblem, parse_links_csv
+from relay.linkfile import Link, LinkCheck, LinkFileProblem, parse_links_csv, unchecked
 from relay.store.api import Store
 from relay.store.filters import ReplayFilter
 from relay.store.records import BulkReplay, PruneResult, SkippedReplay
@@ -57,18 +57,20 @@ async def import_links_file(
     path: Path,
     *,
     now: datetime,
+    check: LinkCheck = unchecked,
     batch_size: int = 5000,
     progress: Callable[[int], None] | None = None,
 ) -> LinkImport:
     """Save the good rows of a links CSV file in batches of `batch_size`, one commit each.
 
     `progress` hears the number of links saved so far after each batch. Bad rows are reported, never
-    saved, and never stop the good ones. Saving is idempotent, so an import cut short can be run again.
+    saved, and never stop the good ones; so are rows `check` refuses. Saving is idempotent, so an import
+    cut short can be run again.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     # Off the event loop: a large file takes a while to read and parse, and webhooks keep coming.
-    links, problems = await asyncio.to_thread(_read_links_file, path)
+    links, problems = await asyncio.to_thread(_read_links_file, path, check)
     saved = woken = 0
     for start in range(0, len(links), batch_size):
         result = await store.save_links(links[start : start + batch_size], now=now)
@@ -79,9 +81,9 @@ async def import_links_file(
     return LinkImport(saved=saved, woken=woken, problems=problems)
 
 
-def _read_links_file(path: Path) -> tuple[list[Link], list[LinkFileProblem]]:
+def _read_links_file(path: Path, check: LinkCheck) -> tuple[list[Link], list[LinkFileProblem]]:
     # surrogateescape: a row with bytes that are not UTF-8 becomes that row's problem, not the file's.
-    return parse_links_csv(path.read_bytes().decode("utf-8", errors="surrogateescape"))
+    return parse_links_csv(path.read_bytes().decode("utf-8", errors="surrogateescape"), check)
 
 
 async def prune(
