@@ -276,13 +276,15 @@ async def test_admin_links_are_held_to_their_tenant_and_listed_by_tenant(relay):
         1,
         [{"line": 3, "reason": f"merchant {GLOBEX_MERCHANT} is not one of tenant acme's merchants"}],
     )
-    assert foreign.status == 400
-    assert (await foreign.json())["field"] == "[0].merchant_id"
-    assert (nobodys.status, (await nobodys.json())["detail"]) == (
-        400,
-        "merchant_id: merchant 9999 is none of the tenants' merchants",
+    assert (foreign.status, (await foreign.json())["detail"]) == (
+        409,
+        f"[0]: merchant {GLOBEX_MERCHANT} is not one of tenant acme's merchants",
     )
-    assert wrong.status == 400 and right["inquiry_id"] == 506
+    assert (nobodys.status, (await nobodys.json())["detail"]) == (
+        409,
+        "merchant 9999 is none of the tenants' merchants",
+    )
+    assert wrong.status == 409 and right["inquiry_id"] == 506
     assert [item["external_id"] for item in globex["items"]] == ["ORD-6"]
     assert [item["external_id"] for item in acme["items"]] == ["ORD-1"] and acme["next_cursor"] is None
 

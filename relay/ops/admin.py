@@ -346,10 +346,7 @@ async def links_page(request: web.Request) -> web.Response:
     if listing.tenant is not None:
         running = request.config_dict[TENANTS].registry.named(listing.tenant)
         if running is None:
-            detail = f"no tenant {listing.tenant} is running"
-            raise _refusal(
-                400, f"tenant: {detail}", field="tenant", errors=[{"field": "tenant", "detail": detail}]
-            )
+            raise _refusal(404, f"no tenant {listing.tenant} is running")
         owned = running.tenant.merchants
         if owned is not None:
             merchants = owned if merchants is None else merchants & owned
@@ -391,8 +388,7 @@ async def put_link(request: web.Request) -> web.Response:
     }
     link = _validated(LinkInput, given).link()
     if refusal := check(link.merchant_id, None):
-        errors = [{"field": "merchant_id", "detail": refusal}]
-        raise _refusal(400, f"merchant_id: {refusal}", field="merchant_id", errors=errors)
+        raise _refusal(409, refusal)
     saved = await _store(request).save_links([link], now=_now())
     if saved.woken:
         request.config_dict[NEW_DELIVERY].set()
@@ -429,15 +425,10 @@ async def import_links(request: web.Request) -> web.Response:
             raise _refusal(400, f"body: {reason}", field="body", errors=[{"field": "body", "detail": reason}])
     else:
         items = _checked(lambda: _LINK_LIST.validate_json(body))
-        refused = [
-            {"field": f"[{index}].merchant_id", "detail": refusal}
-            for index, item in enumerate(items)
-            if (refusal := check(item.merchant_id, item.tenant))
-        ]
-        if refused:
-            first = refused[0]
-            detail = f"{first['field']}: {first['detail']}"
-            raise _refusal(400, detail, field=first["field"], errors=refused[:MAX_REPORTED])
+        # All or nothing, as for a bad item: one link held to another tenant refuses them all.
+        for index, item in enumerate(items):
+            if refusal := check(item.merchant_id, item.tenant):
+                raise _refusal(409, f"[{index}]: {refusal}")
         links, problems = [item.link() for item in items], []
     saved = await _store(request).save_links(links, now=_now())
     if saved.woken:
