@@ -550,9 +550,9 @@ async def test_admin_webhook_answers_fit_the_document(relay):
 
 
 LINK_ANSWERS: Answers = {
-    ("get", "/admin/links"): {200, 400},
-    ("post", "/admin/links"): {200, 400, 413},
-    ("put", "/admin/links/{merchant_id}/{external_id}"): {200, 400, 404, 413},
+    ("get", "/admin/links"): {200, 400, 404},
+    ("post", "/admin/links"): {200, 400, 409, 413},
+    ("put", "/admin/links/{merchant_id}/{external_id}"): {200, 400, 404, 409, 413},
     ("delete", "/admin/links/{merchant_id}/{external_id}"): {204, 400, 404},
 }
 
@@ -584,6 +584,14 @@ async def test_admin_link_answers_fit_the_document(relay):
     headerless = await admin("POST", "/admin/links", headers=csv, data=b"3,ORD-6,906\n")
     page = await admin("GET", "/admin/links", params={"limit": 1})
     await admin("GET", "/admin/links", params={"cursor": "not-a-cursor"})
+    # Without a tenants file the one tenant is `default`: a link held to another is refused.
+    await admin("GET", "/admin/links", params={"tenant": "acme"})
+    await admin("PUT", "/admin/links/3/ORD-1", params={"tenant": "acme"}, json={"inquiry_id": 901})
+    await admin(
+        "POST",
+        "/admin/links",
+        json=[{"merchant_id": 3, "external_id": "ORD-2", "inquiry_id": 9, "tenant": "acme"}],
+    )
     await admin("DELETE", "/admin/links/3/ORD-2")
     await admin("DELETE", "/admin/links/3/ORD-2")
     await admin("DELETE", "/admin/links/3/ORD%001")
