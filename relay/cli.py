@@ -236,7 +236,7 @@ def _settings(*, serves_webhooks: bool, runs_worker: bool) -> Settings:
     try:
         settings = load_settings(serves_webhooks=serves_webhooks, runs_worker=runs_worker)
         if settings.relay_tenants_file is not None and (serves_webhooks or runs_worker):
-            # Checked only, for now: routing webhooks and deliveries by tenant comes next (issue 10).
+            # Here, so that a file that does not validate stops the start with one line per problem.
             read_tenants_file(
                 settings.relay_tenants_file,
                 settings,
