@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
@@ -19,7 +19,7 @@ from relay.settings import Settings
 from relay.store.api import Store, StoreUnavailable
 from relay.store.operations import prune
 from relay.store.records import WorkerBeat
-from relay.tenant_worker import UNMATCHED_TOO_LONG, TenantWorker
+from relay.tenant_worker import UNMATCHED_TOO_LONG, TenantWorker, utc_now
 from relay.tenants.tenant import Tenant
 
 log = structlog.get_logger("relay.delivery")
@@ -40,10 +40,6 @@ NEW_WORK_RETRY_S = 1.0
 
 # Opens a tenant's Quivo session for as long as its delivery loop runs.
 Connect = Callable[[Tenant], AbstractAsyncContextManager[QuivoClient]]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Worker:
