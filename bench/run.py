@@ -1,11 +1,11 @@
 """`make bench`: the relay's speed on SQLite and on PostgreSQL against targets, relative or fixed.
 
-A relative target is set by a reference measured in the same run (the bare app, the empty store, one
-worker, the other backend); a fixed one is a limit. Prints the rows as they come and writes a table per
-backend, and one across them, with the commit and machine, to bench/RESULTS.md; exits 1, naming each one,
-when a target is missed. PostgreSQL runs on a throwaway server of the run's own. `--quick` runs every phase
-on small sizes (a smoke test of the harness: its figures are not the ones to report, and a missed target is
-named but does not fail it).
+A relative target is set by a reference measured in the same run (the bare app, the naive receiver, the
+bare client, the empty store, one worker, the other backend); a fixed one is a limit. Prints the rows as
+they come and writes a table per backend, and one across them, with the commit and machine, to
+bench/RESULTS.md; exits 1, naming each one, when a target is missed. PostgreSQL runs on a throwaway server
+of the run's own. `--quick` runs every phase on small sizes (a smoke test of the harness: its figures are
+not the ones to report, and a missed target is named but does not fail it).
 """
 
 import argparse
@@ -21,7 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.backends import Backend, SqliteFiles, postgres_server
-from bench.loadgen import run_at_rate
+from bench.bare_client import post_ratings
+from bench.loadgen import LoadResult, run_at_rate
 from bench.procs import free_port, memory_mb, relay, started
 from bench.results import Row, Target, exit_status, fixed, machine, missed, relative, write_results
 from bench.seed import opened, seed
@@ -33,8 +34,9 @@ from scripts.revision import revision
 HERE = Path(__file__).resolve().parent
 TOKEN = "bench-webhook-token-0123456789"
 SIM_LOGIN = {"QUIVO_API_KEY": "sim-key", "QUIVO_USERNAME": "sim-user", "QUIVO_PASSWORD": "sim-pass"}
-CONCURRENCY = 64  # QUIVO_MAX_CONCURRENCY of each draining worker
-REFERENCE = "Reference: a bare aiohttp app (the ingest ceiling)"
+CONCURRENCY = 64  # QUIVO_MAX_CONCURRENCY of each draining worker, and the bare client's
+RATE_RUNS = 3  # runs at 1,000 req/s: the p99 target holds in each, so one lucky run does not pass it
+REFERENCE = "References: the bare app (the ceiling), the naive receiver, the bare client (drain)"
 ACROSS = "PostgreSQL against SQLite, in this run"
 
 
@@ -53,7 +55,7 @@ FULL = Sizes(
 )
 QUICK = Sizes(saturate_s=3, fixed_rate_s=3, drain=3_000, drain_latency=1_500, scale_rows=50_000, e2e_s=3)
 # Web processes for ingest and workers for the 50 ms drain: SQLite admits one worker per database.
-WEB_PROCESSES = {"SQLite": (1,), "PostgreSQL": (1, 2)}
+WEB_PROCESSES = {"SQLite": (1, 2), "PostgreSQL": (1, 2)}
 WORKERS = {"SQLite": (1,), "PostgreSQL": (1, 2, 3)}
 
 
@@ -106,20 +108,44 @@ class Bench:
             for pid in pids:
                 self.note_memory(table, phase, pid)
 
-    # 0. The reference ---------------------------------------------------------------------------
+    # 0. The references --------------------------------------------------------------------------
 
     def reference(self) -> None:
-        print("\n0. The bare aiohttp app: reads the body, answers 202")
-        port = free_port()
-        bare_cmd = [sys.executable, str(HERE / "bare_app.py"), "--port", str(port)]
-        with started(
-            bare_cmd, env={}, log=self.workdir / "bare.log", ready_url=f"http://127.0.0.1:{port}/healthz"
-        ):
-            wrk([port], 2, run_base=0, token=TOKEN)
-            bare = wrk([port], self.sizes.saturate_s, run_base=0, token=TOKEN)
+        print("\n0. The references: the bare app, the naive receiver, the bare client")
+        bare = self.receiver("bare", [str(HERE / "bare_app.py")])
         self.add(REFERENCE, "bare app throughput (req/s)", f"{bare.rps:,.0f}")
         self.add(REFERENCE, "bare p99 at saturation (ms)", f"{bare.p99_ms:.2f}")
         self.figures["bare_rps"], self.figures["bare_p99_ms"] = bare.rps, bare.p99_ms
+        database = self.workdir / "naive.db"
+        naive_args = [str(HERE / "naive_app.py"), "--database", str(database), "--token", TOKEN]
+        naive = self.receiver("naive", naive_args)
+        self.add(REFERENCE, "naive receiver throughput (req/s)", f"{naive.rps:,.0f}")
+        self.add(REFERENCE, "  ratio naive / bare", f"{naive.rps / bare.rps:.2f}")
+        self.add(REFERENCE, "naive p99 at saturation (ms)", f"{naive.p99_ms:.2f}")
+        self.add(REFERENCE, "naive non-2xx at saturation", str(naive.non_2xx))
+        self.figures["naive_rps"] = naive.rps
+        rate = self.bare_client()
+        self.add(REFERENCE, f"bare client: ratings posted at {CONCURRENCY} at a time (/s)", f"{rate:,.0f}")
+        self.figures["bare_client"] = rate
+
+    def receiver(self, name: str, args: list[str]) -> WrkResult:
+        """Saturation of a reference receiver: a script of bench/ and its arguments but --port."""
+        port = free_port()
+        cmd = [sys.executable, *args, "--port", str(port)]
+        ready = f"http://127.0.0.1:{port}/healthz"
+        with started(cmd, env={}, log=self.workdir / f"{name}.log", ready_url=ready):
+            wrk([port], 2, run_base=0, token=TOKEN)
+            return wrk([port], self.sizes.saturate_s, run_base=10**9, token=TOKEN)
+
+    def bare_client(self) -> float:
+        """Ratings per second the bare client posts to a stand-in with no added latency."""
+        sim_port = free_port()
+        sim_cmd = relay("sim-quivo", "--port", str(sim_port))
+        ready = f"http://127.0.0.1:{sim_port}/_sim/stats"
+        with started(sim_cmd, env={}, log=self.workdir / "sim-bare-client.log", ready_url=ready):
+            base = f"http://127.0.0.1:{sim_port}"
+            count = self.sizes.drain
+            return asyncio.run(post_ratings(base, count, concurrency=CONCURRENCY, login=SIM_LOGIN))
 
     # 1. Ingest ----------------------------------------------------------------------------------
 
@@ -148,25 +174,35 @@ class Bench:
                     result.non_2xx == 0,
                 )
                 continue
-            bare_rps, bare_p99 = self.figures["bare_rps"], self.figures["bare_p99_ms"]
-            self.add(
-                table,
-                "relay throughput (req/s)",
-                f"{result.rps:,.0f}",
-                relative(">= 0.75 x the bare app's"),
-                result.rps >= 0.75 * bare_rps,
-            )
-            self.add(table, "  ratio relay / bare", f"{result.rps / bare_rps:.2f}")
-            self.add(
-                table,
-                "relay p99 at saturation (ms)",
-                f"{result.p99_ms:.2f}",
-                relative("<= 3 x the bare app's p99"),
-                result.p99_ms <= 3 * bare_p99,
-            )
-            self.add(
-                table, "relay non-2xx at saturation", str(result.non_2xx), fixed("0"), result.non_2xx == 0
-            )
+            self.judge_ingest(table, result)
+
+    def judge_ingest(self, table: str, result: WrkResult) -> None:
+        """One web process at saturation against the references of this run (issue 11's targets)."""
+        bare_rps, bare_p99 = self.figures["bare_rps"], self.figures["bare_p99_ms"]
+        naive_rps = self.figures["naive_rps"]
+        self.add(
+            table,
+            "relay throughput (req/s)",
+            f"{result.rps:,.0f}",
+            relative(">= 0.5 x the bare app's"),
+            result.rps >= 0.5 * bare_rps,
+        )
+        self.add(table, "  ratio relay / bare", f"{result.rps / bare_rps:.2f}")
+        self.add(
+            table,
+            "  ratio relay / naive",
+            f"{result.rps / naive_rps:.2f}",
+            relative(">= 1.5 (the naive receiver's)"),
+            result.rps >= 1.5 * naive_rps,
+        )
+        self.add(
+            table,
+            "relay p99 at saturation (ms)",
+            f"{result.p99_ms:.2f}",
+            relative("<= 3 x the bare app's p99"),
+            result.p99_ms <= 3 * bare_p99,
+        )
+        self.add(table, "relay non-2xx at saturation", str(result.non_2xx), fixed("0"), result.non_2xx == 0)
 
     def relay_ingest(self, url: str, processes: int, *, table: str) -> WrkResult:
         """Saturation throughput of `processes` web processes on one database (wrk spreads 64 connections)."""
@@ -176,25 +212,43 @@ class Bench:
             return wrk(ports, self.sizes.saturate_s, run_base=4 * 10**9, token=TOKEN)
 
     def at_rate(self, backend: Backend) -> None:
-        print(f"\n1b. Ingest on {backend.name} at 1,000 req/s (open loop)")
+        print(f"\n1b. Ingest on {backend.name} at 1,000 req/s (open loop), {RATE_RUNS} runs")
         table = backend.name
         with self.web(backend.fresh("fixed"), 1, table=table, phase="ingest") as ports:
             url = f"http://127.0.0.1:{ports[0]}/webhooks/bringg"
             asyncio.run(run_at_rate(url, rate=1000, seconds=1, token=TOKEN, first_rating_id=10**9))
-            load = asyncio.run(
-                run_at_rate(
-                    url, rate=1000, seconds=self.sizes.fixed_rate_s, token=TOKEN, first_rating_id=2 * 10**9
+            loads = [
+                asyncio.run(
+                    run_at_rate(
+                        url,
+                        rate=1000,
+                        seconds=self.sizes.fixed_rate_s,
+                        token=TOKEN,
+                        first_rating_id=(2 + n) * 10**9,
+                    )
                 )
+                for n in range(RATE_RUNS)
+            ]
+        self.judge_at_rate(table, loads)
+
+    def judge_at_rate(self, table: str, loads: list[LoadResult]) -> None:
+        """Each run at 1,000 req/s on its own rows: the p99 and non-2xx targets hold in every one."""
+        for n, load in enumerate(loads, 1):
+            self.add(table, f"relay p50 at 1,000 req/s, run {n} (ms)", f"{load.percentile(0.50):.2f}")
+            self.add(
+                table,
+                f"relay p99 at 1,000 req/s, run {n} (ms)",
+                f"{load.percentile(0.99):.2f}",
+                fixed("<= 10 ms"),
+                load.percentile(0.99) <= 10,
             )
-        self.add(table, "relay p50 at 1,000 req/s (ms)", f"{load.percentile(0.50):.2f}")
-        self.add(
-            table,
-            "relay p99 at 1,000 req/s (ms)",
-            f"{load.percentile(0.99):.2f}",
-            fixed("<= 10 ms"),
-            load.percentile(0.99) <= 10,
-        )
-        self.add(table, "relay non-2xx at 1,000 req/s", str(load.non_2xx), fixed("0"), load.non_2xx == 0)
+            self.add(
+                table,
+                f"relay non-2xx at 1,000 req/s, run {n}",
+                str(load.non_2xx),
+                fixed("0"),
+                load.non_2xx == 0,
+            )
 
     # 2. Drain -----------------------------------------------------------------------------------
 
@@ -202,12 +256,14 @@ class Bench:
         print(f"\n2. Drain on {backend.name}: relay worker against relay sim-quivo")
         table = backend.name
         rate = self.drain_rate(backend, self.sizes.drain, workers=1, latency_ms=0)
+        self.add(table, f"drain, no added latency ({self.sizes.drain:,} deliveries/s)", f"{rate:,.0f}")
+        client = self.figures["bare_client"]
         self.add(
             table,
-            f"drain, no added latency ({self.sizes.drain:,} deliveries/s)",
-            f"{rate:,.0f}",
-            fixed(">= 2,000/s"),
-            rate >= 2000,
+            "  ratio drain, no added latency / bare client",
+            f"{rate / client:.2f}",
+            relative(">= 0.5 (the bare client's)"),
+            rate >= 0.5 * client,
         )
         self.figures[f"{table} drain"] = rate
         for workers in WORKERS[backend.name]:

@@ -9,6 +9,7 @@ import pytest
 
 from bench import run
 from bench.backends import Backend, PostgresDatabases, SqliteFiles
+from bench.loadgen import LoadResult
 from bench.results import Row, exit_status, fixed, missed, relative, write_results
 from bench.run import Bench, accepted_to_delivered_ms, claims_per_second
 from bench.seed import opened, seed
@@ -126,6 +127,7 @@ def test_two_workers_are_judged_against_one_and_each_against_its_concurrency(
         lambda self, backend, count, *, workers, latency_ms: rates[(latency_ms, workers)],
     )
     bench = Bench(run.QUICK, tmp_path)
+    bench.figures["bare_client"] = 6000.0
 
     bench.drain(NoDatabases("PostgreSQL"))
 
@@ -134,6 +136,43 @@ def test_two_workers_are_judged_against_one_and_each_against_its_concurrency(
     assert judged(bench, "drain, 50 ms latency, 3 workers / 1").met is None
     assert judged(bench, "  ratio to 3 x 64 / 50 ms = 3,840/s").value == "0.78"
     assert judged(bench, "drain, 50 ms latency, 1 worker(s) x 64 (1,500 deliveries/s)").met is True
+    against_client = judged(bench, "  ratio drain, no added latency / bare client")
+    assert (against_client.value, against_client.met) == ("0.42", False)
+    assert str(against_client.target) == "relative: >= 0.5 (the bare client's)"
+
+
+def test_one_web_process_is_judged_against_the_bare_app_and_the_naive_receiver(tmp_path: Path):
+    bench = Bench(run.QUICK, tmp_path)
+    bench.figures.update({"bare_rps": 20000.0, "bare_p99_ms": 5.0, "naive_rps": 6000.0})
+
+    bench.judge_ingest("SQLite", WrkResult(8500.0, 14.0, 0))
+
+    assert missed(bench.rows) == [
+        "MISSED SQLite: relay throughput (req/s): 8,500, target relative: >= 0.5 x the bare app's",
+        "MISSED SQLite: ratio relay / naive: 1.42, target relative: >= 1.5 (the naive receiver's)",
+    ]
+    assert judged(bench, "relay p99 at saturation (ms)").met is True  # 14 <= 3 x 5
+    assert judged(bench, "  ratio relay / bare").value == "0.42"
+
+
+def test_each_run_at_a_fixed_rate_is_reported_and_judged_on_its_own(tmp_path: Path):
+    bench = Bench(run.QUICK, tmp_path)
+    loads = [
+        LoadResult(sent=100, statuses={202: 100}, latencies_ms=[1.0] * 100),
+        LoadResult(sent=100, statuses={202: 99, 503: 1}, latencies_ms=[2.0] * 98 + [30.0] * 2),
+        LoadResult(sent=100, statuses={202: 100}, latencies_ms=[3.0] * 100),
+    ]
+
+    bench.judge_at_rate("PostgreSQL", loads)
+
+    assert missed(bench.rows) == [
+        "MISSED PostgreSQL: relay p99 at 1,000 req/s, run 2 (ms): 30.00, target fixed: <= 10 ms",
+        "MISSED PostgreSQL: relay non-2xx at 1,000 req/s, run 2: 1, target fixed: 0",
+    ]
+    assert [judged(bench, f"relay p99 at 1,000 req/s, run {n} (ms)").value for n in (1, 3)] == [
+        "1.00",
+        "3.00",
+    ]
 
 
 def test_ingest_on_postgresql_is_judged_against_sqlite_in_the_same_run(tmp_path: Path):
