@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench bench-quick wrk jq postgresql chaos clean
+.PHONY: install demo test lint typecheck unit bench bench-quick wrk jq postgresql chromium chaos clean
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) jq postgresql
+unit: $(STAMP) jq postgresql chromium
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
@@ -46,6 +46,10 @@ jq:
 # The tests start a throwaway PostgreSQL 15 server of their own from Debian's packages.
 postgresql:
 	@test -x /usr/lib/postgresql/15/bin/postgres || { apt-get update -qq && apt-get install -y -qq postgresql; }
+
+# The console's browser tests drive Debian's Chromium through Playwright (no browser download).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 # SQLite and PostgreSQL (a throwaway server of the run's own). Exits 1, naming each one, when a target is
 # missed; bench/RESULTS.md gets the figures either way.

@@ -26,6 +26,8 @@ from relay.ops.health import worker_routes as worker_health_routes
 from relay.ops.metrics import METRICS, RelayMetrics
 from relay.ops.metrics import routes as metrics_routes
 from relay.ops.openapi import routes as openapi_routes
+from relay.pages import PREFIX as CONSOLE
+from relay.pages import create_console_app
 from relay.quivo.sessions import quivo_session
 from relay.settings import Settings, SettingsError
 from relay.store import create_store
@@ -47,7 +49,9 @@ def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
     app.add_routes(health_routes)
     app.add_routes(openapi_routes)
     if settings.relay_admin_token is not None:
-        app.add_subapp("/admin", create_admin_app(settings.relay_admin_token.get_secret_value()))
+        admin_token = settings.relay_admin_token.get_secret_value()
+        app.add_subapp("/admin", create_admin_app(admin_token))
+        app.add_subapp(CONSOLE, create_console_app(admin_token))
     return app
 
 

@@ -1,0 +1,47 @@
+"""The operators' console at /console: server-rendered pages behind a sign-in with the admin token."""
+
+from pathlib import Path
+from types import ModuleType
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from relay.pages import overview, sign_in
+from relay.pages.guard import KEY, console_guard
+from relay.pages.sessions import signing_key
+from relay.throttle import FailureThrottle
+
+PREFIX = "/console"
+# Each page module's `routes` (paths under /console/...): a new page adds its module here, one line.
+PAGE_MODULES: list[ModuleType] = [
+    sign_in,
+    overview,
+]
+
+_HERE = Path(__file__).parent
+
+
+def create_console_app(admin_token: str) -> web.Application:
+    """The console as a sub-application to mount at PREFIX; only the admin token signs anyone in."""
+    if not admin_token:
+        raise ValueError("an empty admin token would let anyone in")
+    console = web.Application(middlewares=[console_guard()])
+    console[KEY] = signing_key(admin_token)
+    console[sign_in.ADMIN_TOKEN] = admin_token.encode()
+    console[sign_in.SIGN_IN_FAILURES] = FailureThrottle()
+    aiohttp_jinja2.setup(
+        console,
+        loader=jinja2.FileSystemLoader(_HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    for module in PAGE_MODULES:
+        for route in module.routes:
+            if not isinstance(route, web.RouteDef):
+                raise TypeError(f"{module.__name__}: a console page is a route, not {route!r}")
+            console.router.add_route(
+                route.method, route.path.removeprefix(PREFIX), route.handler, **route.kwargs
+            )
+    console.router.add_static("/static", _HERE / "static", name="static")
+    return console
