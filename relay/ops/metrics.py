@@ -1,5 +1,6 @@
 """Prometheus metrics: counters moved as the relay works, and gauges read from the database when scraped."""
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -141,6 +142,11 @@ class RelayMetrics:
         # Anyone can scrape: a flood of scrapes still reads the database once a second (see relay.ops.fresh).
         self._store_reads: Fresh[_StoreReading] = Fresh(clock=clock)
         self.registry.register(self._store)
+        # Each series resolved once: labels() validates, locks and builds its key at every call. Outcomes are
+        # few and tenants those configured (or '' for none), so the caches stay as small as the series.
+        self._webhook_series = functools.cache(self._webhooks.labels)
+        self._delivery_series = functools.cache(self._deliveries.labels)
+        self._quivo_series = functools.cache(self._quivo_requests.labels)
         # Series alerted on exist at 0 from the first scrape, so rate() and increase() see their first rise.
         self._webhooks.labels("unknown_tenant", "")
 
@@ -156,18 +162,18 @@ class RelayMetrics:
 
     def webhook_received(self, outcome: str, *, tenant: str) -> None:
         """One webhook answered on a tenant's URL: accepted, duplicate, quarantined, unauthorized, ..."""
-        self._webhooks.labels(outcome, tenant).inc()
+        self._webhook_series(outcome, tenant).inc()
 
     def delivery_finished(self, outcome: str, *, tenant: str) -> None:
         """One pass over a claimed delivery of the tenant's ended: delivered, retry_scheduled, dead, ..."""
-        self._deliveries.labels(outcome, tenant).inc()
+        self._delivery_series(outcome, tenant).inc()
 
     def quivo_requests_of(self, tenant: str) -> Callable[[str, int | None], None]:
         """What counts the calls to one tenant's Quivo account: each call (login, post_rating, get_inquiry)
         and its status, None when none came back."""
 
         def observe(action: str, status: int | None) -> None:
-            self._quivo_requests.labels(action, "none" if status is None else str(status), tenant).inc()
+            self._quivo_series(action, "none" if status is None else str(status), tenant).inc()
 
         return observe
 
