@@ -122,6 +122,9 @@ async def _read_body(request: web.Request, tenant: str) -> bytes | web.Response:
     try:
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        if request.content.is_eof():
+            # The whole body came with the headers (a webhook's usually does): reading it waits for no one.
+            return await request.read()
         # aiohttp puts no limit on how long a body may take: a trickling client would hold its slot forever.
         async with asyncio.timeout(deadline):
             return await request.read()
@@ -186,12 +189,16 @@ def _report_stored(
 
 
 def _answer(judgement: Judgement, stored: StoredWebhook) -> web.Response:
-    answer: dict[str, Any] = {"status": stored.status, "id": stored.webhook_id}
+    # Spelled as json.dumps spells it (a status word and integer ids need no escaping) at a third of the
+    # cost of json_response; the reasons alone go through json.dumps, which escapes them.
+    text = f'{{"status": "{stored.status}", "id": {stored.webhook_id:d}'
     if stored.delivery_id is not None:
-        answer["delivery_id"] = stored.delivery_id
+        text += f', "delivery_id": {stored.delivery_id:d}'
     if judgement.errors:
-        answer["errors"] = list(judgement.errors)
-    return web.json_response(answer, status=200 if stored.status == "duplicate" else 202)
+        text += f', "errors": {json.dumps(list(judgement.errors))}'
+    return web.Response(
+        text=text + "}", status=200 if stored.status == "duplicate" else 202, content_type="application/json"
+    )
 
 
 @routes.post("/oauth/token")
