@@ -21,6 +21,7 @@ from relay.domain.delivery import DELIVERY_STATES
 from relay.linkfile import links_to_csv
 from relay.listen import CannotListen, listening_sockets
 from relay.logs import configure_logging
+from relay.ops import actions
 from relay.ops.admin import (
     DEFAULT_PAGE,
     MAX_PAGE,
@@ -37,7 +38,7 @@ from relay.store import create_store
 from relay.store.api import DatabaseUnusable, Store, StoreUnavailable
 from relay.store.copy import CopyRefused, copy_store
 from relay.store.filters import REPLAYABLE_STATES, DeliveryFilter, Id, ReplayFilter
-from relay.store.operations import import_links_file, prune, replay_matching
+from relay.store.operations import import_links_file, prune
 from relay.store.records import COPIED_TABLES, DeliveryDetail, PruneResult, StateChange
 from relay.tenants.file import read_tenants_file
 from relay.tenants.links import link_refusal
@@ -195,7 +196,11 @@ def _filter_options(parser: argparse.ArgumentParser, states: Sequence[str]) -> N
     parser.add_argument(
         "--external-id", metavar="X", help="the order id (at every merchant, without --merchant-id)"
     )
+    parser.add_argument("--rating-id", metavar="N", help="the Bringg rating (at every merchant)")
     parser.add_argument("--inquiry-id", metavar="N", help="the Quivo customer inquiry")
+    parser.add_argument(
+        "--search", metavar="TEXT", help="an order id, or a rating or inquiry id: whichever of them it is"
+    )
     parser.add_argument(
         "--since", metavar="WHEN", help="created at or after: an ISO-8601 time, or a duration back (2h, 7d)"
     )
@@ -485,9 +490,10 @@ def _replay(args: argparse.Namespace) -> int:
         print("relay: replay takes a delivery ID or filters, not both", file=sys.stderr)
         return EXIT_MISCONFIGURED
     settings = _settings(serves_webhooks=False, runs_worker=False)
+    _log_actions(settings)
 
     async def replay(store: Store) -> tuple[StateChange, DeliveryDetail | None]:
-        change = await store.replay_delivery(args.delivery_id, now=datetime.now(UTC))
+        change = await actions.replay_delivery(store, args.delivery_id, now=datetime.now(UTC))
         return change, await store.get_delivery(args.delivery_id) if change.moved else None
 
     change, detail = _on_store(settings, replay)
@@ -508,10 +514,11 @@ def _replay_matching(args: argparse.Namespace) -> int:
         return EXIT_MISCONFIGURED
     where = _filter(ReplayFilter, args)
     settings = _settings(serves_webhooks=False, runs_worker=False)
+    _log_actions(settings)
     with console.progress_line() as show:
         done = _on_store(
             settings,
-            lambda store: replay_matching(
+            lambda store: actions.replay_deliveries(
                 store, where, now=datetime.now(UTC), progress=lambda count: show(f"replayed {count}...")
             ),
         )
@@ -524,6 +531,11 @@ def _replay_matching(args: argparse.Namespace) -> int:
     if len(done.skipped) > MAX_REPORTED:
         print(f"... and {len(done.skipped) - MAX_REPORTED} more skipped for the same reasons")
     return 0
+
+
+def _log_actions(settings: Settings) -> None:
+    """An operator's change is logged as the admin API logs it: on stderr, so stdout stays the answer."""
+    configure_logging(settings.log_level, settings.log_format, stream=sys.stderr)
 
 
 def _on_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:

@@ -884,6 +884,47 @@ async def test_listings_filter_and_page_newest_first(store: Store) -> None:
     assert (summary.created_at, summary.updated_at, summary.attempts) == (T0 + 9 * SECOND, at, 1)
 
 
+async def test_a_search_finds_deliveries_by_order_id_rating_id_or_inquiry_id(store: Store) -> None:
+    by_rating = await accept(store, rating_id=4242, external_id="ORD-A")
+    by_order = await accept(store, rating_id=2, merchant_id=8, external_id="4242")
+    by_inquiry = await accept(store, rating_id=3, external_id="ORD-C", at=T0 + SECOND)
+    text_order = await accept(store, rating_id=5, external_id="ORD-4242")
+    await settle(store, by_inquiry, "delivered", now=T0 + SECOND, inquiry_id=4242)
+
+    def found(**where: Any) -> Awaitable[list[Any]]:
+        return store.list_deliveries(DeliveryFilter.model_validate(where))
+
+    assert [d.id for d in await found(search=" 4242 ")] == [by_inquiry, by_order, by_rating]
+    assert [d.id for d in await found(search="ORD-4242")] == [text_order]
+    assert [d.id for d in await found(search="4242", state="delivered")] == [by_inquiry]
+    assert [d.id for d in await found(search="4242", merchant_id=8)] == [by_order]
+    assert [d.id for d in await found(rating_id=4242)] == [by_rating]
+    assert [d.id for d in await found(rating_id=3, external_id="ORD-C")] == [by_inquiry]
+    # Beyond an id's range, or not ASCII digits: an order id only, and one that no delivery has.
+    for unmatched in ("99999999999999999999", "\u0664\u0662", "ORD\x00A"):
+        assert await found(search=unmatched) == []
+
+
+async def test_count_deliveries_counts_what_the_listing_lists(store: Store) -> None:
+    ids = [await accept(store, rating_id=n, merchant_id=7 + n % 2, external_id=f"ORD-{n}") for n in range(6)]
+    await settle(store, ids[0], "dead", now=T0)
+    await settle(store, ids[1], "dead", now=T0)
+    filters = [
+        DeliveryFilter(),
+        DeliveryFilter(state=("dead",)),
+        DeliveryFilter(state=("dead", "pending"), merchant_id=8),
+        DeliveryFilter(search="ORD-3"),
+        DeliveryFilter(search="4"),
+        DeliveryFilter(tenant="acme"),
+        DeliveryFilter(external_id="ORD\x00"),
+    ]
+
+    counts = [await store.count_deliveries(where) for where in filters]
+
+    assert counts == [len(await store.list_deliveries(where, limit=100)) for where in filters]
+    assert counts == [6, 2, 3, 1, 1, 0, 0]
+
+
 async def test_webhook_listing_filters_by_status_and_time_and_pages(store: Store) -> None:
     accepted = [(await record(store, rating(n), at=T0 + n * SECOND)).webhook_id for n in range(1, 4)]
     quarantined = (

@@ -29,10 +29,10 @@ from relay.domain.ids import MAX_ID
 from relay.http import Handler, problem
 from relay.keys import NEW_DELIVERY, SETTINGS, STORE, TENANTS
 from relay.linkfile import HeaderProblem, Link, LinkCheck, external_id_problem, parse_links_csv
+from relay.ops import actions
 from relay.ops.answers import json_response
 from relay.store.api import Store
 from relay.store.filters import DeliveryFilter, Id, ReplayFilter, TenantName, WebhookFilter, whole_number
-from relay.store.operations import replay_matching
 from relay.store.records import BulkReplay, StateChange, WebhookDetail
 from relay.tenants.links import link_refusal
 from relay.throttle import FailureThrottle
@@ -220,10 +220,10 @@ async def show_delivery(request: web.Request) -> web.Response:
 @routes.post(r"/deliveries/{delivery_id:\d+}/replay")
 async def replay_delivery(request: web.Request) -> web.Response:
     delivery_id = _path_id(request, "delivery_id")
-    change = await _store(request).replay_delivery(delivery_id, now=_now())
+    change = await actions.replay_delivery(
+        _store(request), delivery_id, now=_now(), new_delivery=request.config_dict[NEW_DELIVERY]
+    )
     _require_moved(change, delivery_id)
-    request.config_dict[NEW_DELIVERY].set()
-    log.info("admin.delivery_replayed", delivery_id=delivery_id, was=change.before)
     return await _delivery_answer(request, delivery_id)
 
 
@@ -233,14 +233,8 @@ async def replay_deliveries(request: web.Request) -> web.Response:
     queried = _validated(ReplayFilter, _query(request))
     # Both given: a delivery must match both, so neither is silently ignored.
     where = queried.both(_validated_json(ReplayFilter, body)) if body.strip() else queried
-    done = BulkReplay(0, []) if where is None else await replay_matching(_store(request), where, now=_now())
-    if done.replayed:
-        request.config_dict[NEW_DELIVERY].set()
-    log.info(
-        "admin.deliveries_replayed",
-        replayed=done.replayed,
-        skipped=len(done.skipped),
-        filter=None if where is None else where.model_dump(mode="json", exclude_none=True),
+    done = await actions.replay_deliveries(
+        _store(request), where, now=_now(), new_delivery=request.config_dict[NEW_DELIVERY]
     )
     return json_response(replay_answer(done))
 
@@ -248,9 +242,8 @@ async def replay_deliveries(request: web.Request) -> web.Response:
 @routes.post(r"/deliveries/{delivery_id:\d+}/cancel")
 async def cancel_delivery(request: web.Request) -> web.Response:
     delivery_id = _path_id(request, "delivery_id")
-    change = await _store(request).cancel_delivery(delivery_id, now=_now())
+    change = await actions.cancel_delivery(_store(request), delivery_id, now=_now())
     _require_moved(change, delivery_id)
-    log.info("admin.delivery_cancelled", delivery_id=delivery_id, was=change.before)
     return await _delivery_answer(request, delivery_id)
 
 

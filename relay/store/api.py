@@ -195,6 +195,9 @@ class Store(Protocol):
     ) -> list[DeliverySummary]:
         """Up to `limit` deliveries matching `where`, newest (highest id) first, from below the id `after`."""
 
+    async def count_deliveries(self, where: DeliveryFilter) -> int:
+        """How many deliveries match `where` (what a bulk replay's confirmation states)."""
+
     async def get_delivery(self, delivery_id: int) -> DeliveryDetail | None:
         """One delivery with its calls to Quivo and the webhook it came from; None when there is none."""
 

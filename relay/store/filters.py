@@ -25,6 +25,8 @@ CANCELLABLE_STATES: tuple[DeliveryState, ...] = ("pending", "retrying", "unmatch
 CANCELLED = "cancelled by operator"
 
 
+# ASCII digits only: int() would also read "٣" or " 3", which no id is written as.
+_ID_DIGITS = re.compile(r"[0-9]{1,19}")
 _DURATION = re.compile(r"(\d{1,9})\s*([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -97,7 +99,9 @@ class DeliveryFilter(BaseModel):
     `state` takes one or more states (`dead,unmatched` or repeated); `since` and `until` take an ISO-8601
     time or a duration back from now (`2h`), and bound `created_at` as since <= created_at < until (an
     `until` not after `since` matches nothing). An `external_id` without `merchant_id` matches that order
-    id at every merchant. Pass `context={"now": ...}` to `model_validate` to fix what "now" means.
+    id at every merchant. `search` (what an operator pasted: an order id, or a Bringg rating id or Quivo
+    inquiry id) matches a delivery whose order id is that text, or, for a whole number, whose rating id or
+    inquiry id is that number. Pass `context={"now": ...}` to `model_validate` to fix what "now" means.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -106,9 +110,18 @@ class DeliveryFilter(BaseModel):
     state: Annotated[tuple[DeliveryState, ...], _one_or_more_of(DELIVERY_STATES)] = ()
     merchant_id: Id | None = None
     external_id: Annotated[str, Field(min_length=1)] | None = None
+    rating_id: Id | None = None
     inquiry_id: Id | None = None
+    search: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)] | None = None
     since: Instant | None = None
     until: Instant | None = None
+
+    def searched_number(self) -> int | None:
+        """The search as a rating or inquiry id, when it is a whole number ids can be."""
+        if self.search is None or not _ID_DIGITS.fullmatch(self.search):
+            return None
+        number = int(self.search)
+        return number if number <= MAX_ID else None
 
 
 class ReplayFilter(DeliveryFilter):
@@ -123,7 +136,8 @@ class ReplayFilter(DeliveryFilter):
     def both(self, other: "ReplayFilter") -> "ReplayFilter | None":
         """What both filters match (states in both, the later since, the earlier until); None: nothing."""
         fields: dict[str, Any] = {"state": tuple(state for state in self.state if state in other.state)}
-        for name in ("tenant", "merchant_id", "external_id", "inquiry_id"):
+        # Two different searches could both match one delivery; refusing that rare pair replays nothing.
+        for name in ("tenant", "merchant_id", "external_id", "rating_id", "inquiry_id", "search"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine is not None and theirs is not None and mine != theirs:
                 return None

@@ -114,20 +114,45 @@ async def list_deliveries(
     conn: Conn, where: DeliveryFilter, *, after: int | None, limit: int
 ) -> list[DeliverySummary]:
     """Up to `limit` deliveries matching `where`, newest (highest id) first, from below the id `after`."""
-    if where.external_id is not None and "\x00" in where.external_id:
-        return []  # text holds no NUL, so no order id stored here has one (and the server refuses one)
+    conditions = _matching(where)
+    if conditions is None:
+        return []
+    rows = await _newest_first(conn, f"SELECT {_SUMMARY_COLUMNS} FROM deliveries", conditions, after, limit)
+    return [_record(DeliverySummary, row) for row in rows]
+
+
+async def count_deliveries(conn: Conn, where: DeliveryFilter) -> int:
+    """How many deliveries match `where`."""
+    conditions = _matching(where)
+    if conditions is None:
+        return 0
+    clause = f" WHERE {' AND '.join(conditions.clauses)}" if conditions.clauses else ""
+    count: int = await conn.fetchval(f"SELECT count(*) FROM deliveries{clause}", *conditions.arguments)
+    return count
+
+
+def _matching(where: DeliveryFilter) -> "_Conditions | None":
+    """The conditions of `where`; None when nothing can match it."""
+    # text holds no NUL, so no order id stored here has one (and the server refuses one); nor has a number
+    if any(text is not None and "\x00" in text for text in (where.external_id, where.search)):
+        return None
     conditions = _Conditions()
     if where.state:
         conditions.add("state = ANY({}::text[])", list(where.state))
-    for column in ("tenant", "merchant_id", "external_id", "inquiry_id"):
+    for column in ("tenant", "merchant_id", "external_id", "rating_id", "inquiry_id"):
         if (value := getattr(where, column)) is not None:
             conditions.add(f"{column} = {{}}", value)
+    if where.search is not None:
+        number = where.searched_number()
+        if number is None:
+            conditions.add("external_id = {}", where.search)
+        else:
+            conditions.add("(external_id = {0} OR rating_id = {1} OR inquiry_id = {1})", where.search, number)
     if where.since is not None:
         conditions.add("created_at >= {}", where.since)
     if where.until is not None:
         conditions.add("created_at < {}", where.until)
-    rows = await _newest_first(conn, f"SELECT {_SUMMARY_COLUMNS} FROM deliveries", conditions, after, limit)
-    return [_record(DeliverySummary, row) for row in rows]
+    return conditions
 
 
 async def get_delivery(conn: Conn, delivery_id: int) -> DeliveryDetail | None:
@@ -298,9 +323,13 @@ class _Conditions:
         self.clauses: list[str] = []
         self.arguments: list[Any] = []
 
-    def add(self, clause: str, value: Any) -> None:
-        self.arguments.append(value)
-        self.clauses.append(clause.format(f"${len(self.arguments)}"))
+    def add(self, clause: str, *values: Any) -> None:
+        """`clause` with its `{}` placeholders (or `{0}`, `{1}`, ...) numbered for `values`."""
+        numbers = []
+        for value in values:
+            self.arguments.append(value)
+            numbers.append(f"${len(self.arguments)}")
+        self.clauses.append(clause.format(*numbers))
 
 
 async def _newest_first(

@@ -286,6 +286,10 @@ class PostgresStore:
         """Up to `limit` deliveries matching `where`, newest (highest id) first, from below the id `after`."""
         return await self._run(lambda conn: operators.list_deliveries(conn, where, after=after, limit=limit))
 
+    async def count_deliveries(self, where: DeliveryFilter) -> int:
+        """How many deliveries match `where`."""
+        return await self._run(lambda conn: operators.count_deliveries(conn, where))
+
     async def get_delivery(self, delivery_id: int) -> DeliveryDetail | None:
         """One delivery with its calls to Quivo and the webhook it came from; None when there is none."""
         return await self._transaction(lambda conn: operators.get_delivery(conn, delivery_id), readonly=True)

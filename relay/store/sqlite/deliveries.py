@@ -1,4 +1,4 @@
-"""Operators' reads of deliveries: the filtered listing, and one delivery in full."""
+"""Operators' reads of deliveries: the filtered listing and its count, and one delivery in full."""
 
 import json
 from dataclasses import fields
@@ -24,6 +24,33 @@ async def list_deliveries(
     conn: aiosqlite.Connection, where: DeliveryFilter, *, after: int | None = None, limit: int = 50
 ) -> list[DeliverySummary]:
     """Up to `limit` deliveries matching `where`, newest (highest id) first, from below the id `after`."""
+    conditions, parameters = _matching(where)
+    rows = await newest_first(
+        conn,
+        f"SELECT {_SUMMARY_COLUMNS} FROM deliveries",
+        ("state", where.state),
+        conditions,
+        parameters,
+        after,
+        limit,
+    )
+    return [record(DeliverySummary, row) for row in rows]
+
+
+async def count_deliveries(conn: aiosqlite.Connection, where: DeliveryFilter) -> int:
+    """How many deliveries match `where`."""
+    conditions, parameters = _matching(where)
+    if where.state:
+        conditions.append(f"state IN ({', '.join('?' * len(where.state))})")
+        parameters.extend(where.state)
+    sql = "SELECT count(*) FROM deliveries" + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
+    row = await one(conn, sql, parameters)
+    assert row is not None  # count(*) always gives a row
+    return int(row[0])
+
+
+def _matching(where: DeliveryFilter) -> tuple[list[str], list[Any]]:
+    """The conditions (and their parameters) of every part of `where` but its states."""
     conditions: list[str] = []
     parameters: list[Any] = []
     if where.tenant is not None:
@@ -38,25 +65,28 @@ async def list_deliveries(
         # Without its merchant no index leads with the order id: walk the ids, as for a merchant alone.
         conditions.append("external_id = ?" if where.merchant_id is not None else "+external_id = ?")
         parameters.append(where.external_id)
+    if where.rating_id is not None:
+        # No index leads with the rating id (the unique key starts with the merchant): walk the ids.
+        conditions.append("+rating_id = ?")
+        parameters.append(where.rating_id)
     if where.inquiry_id is not None:
         conditions.append("inquiry_id = ?")
         parameters.append(where.inquiry_id)
+    if where.search is not None:
+        number = where.searched_number()
+        if number is None:
+            conditions.append("+external_id = ?")
+            parameters.append(where.search)
+        else:
+            conditions.append("(+external_id = ? OR +rating_id = ? OR +inquiry_id = ?)")
+            parameters.extend([where.search, number, number])
     if where.since is not None:
         conditions.append("created_at >= ?")
         parameters.append(to_text(where.since))
     if where.until is not None:
         conditions.append("created_at < ?")
         parameters.append(to_text(where.until))
-    rows = await newest_first(
-        conn,
-        f"SELECT {_SUMMARY_COLUMNS} FROM deliveries",
-        ("state", where.state),
-        conditions,
-        parameters,
-        after,
-        limit,
-    )
-    return [record(DeliverySummary, row) for row in rows]
+    return conditions, parameters
 
 
 async def get_delivery(conn: aiosqlite.Connection, delivery_id: int) -> DeliveryDetail | None:

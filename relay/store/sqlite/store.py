@@ -201,6 +201,9 @@ class SqliteStore:
             lambda conn: deliveries.list_deliveries(conn, where, after=after, limit=limit)
         )
 
+    async def count_deliveries(self, where: DeliveryFilter) -> int:
+        return await self._read(lambda conn: deliveries.count_deliveries(conn, where))
+
     async def get_delivery(self, delivery_id: int) -> DeliveryDetail | None:
         return await self._read(lambda conn: deliveries.get_delivery(conn, delivery_id))
 
