@@ -2,11 +2,12 @@
 
 import asyncio
 import contextlib
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ import aiosqlite
 import structlog
 
 from relay.store.api import DatabaseUnusable, StoreUnavailable
+from relay.store.batching import MAX_BATCH, Waiting, committed, fail, settle, waiting
 from relay.store.sqlite.instants import instant_plus
 from relay.store.sqlite.migrations import LATEST_VERSION, migrate
 
@@ -24,31 +26,34 @@ WriteJob = Callable[[sqlite3.Connection], T]
 # The name docs/operations.md gives operators for this logger since before the package moved.
 log = structlog.get_logger(__name__)
 
-# Enough to share one fsync among a burst of webhooks, small enough to keep each commit short.
-MAX_BATCH = 256
 
-
-@dataclass
-class _Pending:
+@dataclass(frozen=True)
+class _Order:
     job: WriteJob[Any]
-    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # Outside the batches' transactions (a migration begins its own), after every write queued before it.
+    alone: bool = False
+
+
+_Entry = Waiting[_Order, Any]
+# Tells the writer thread to close its connection and end, once every order queued before it is done.
+_STOP = None
 
 
 class Database:
-    """Opens the file, migrates it, and serializes every write through a group-commit loop.
+    """Opens the file, migrates it, and serializes every write through a group-commit thread.
 
-    A whole batch of write jobs runs on the writer thread in one hop: BEGIN, the jobs, COMMIT. The event
-    loop waits once per batch instead of once per statement, and SQLite's work uses another core.
+    The writer thread takes every write job waiting the moment it is free and runs them as one batch:
+    BEGIN, the jobs, COMMIT. It never waits for the event loop between batches, and the loop hears each
+    batch's outcome in one wake-up; SQLite's work, fsync included, happens off the loop.
     """
 
     def __init__(self, path: Path, *, timeout_s: float) -> None:
         self.path = path
         self.timeout_s = timeout_s
         self._writer: sqlite3.Connection | None = None
-        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db-writer")
         self._reader: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._orders: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self.last_commit_error: str | None = None
         self.commits = 0
 
@@ -63,9 +68,10 @@ class Database:
         except OSError as error:
             raise DatabaseUnusable(f"{self.path}: cannot make its folder: {error.strerror}") from None
         try:
-            self._writer = await self._on_writer(self._connect_writer)
-            await self._on_writer(migrate)
-            await self._on_writer(_check_writable)
+            # Nothing else uses the connection before the writer thread starts.
+            self._writer = writer = await asyncio.to_thread(self._connect_writer)
+            await asyncio.to_thread(migrate, writer)
+            await asyncio.to_thread(_check_writable, writer)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.timeout_s)
             self._reader.row_factory = sqlite3.Row
             await self._reader.create_function("instant_plus", 2, instant_plus, deterministic=True)
@@ -74,7 +80,8 @@ class Database:
             if isinstance(error, DatabaseUnusable):
                 raise
             raise self._refusal(error) from None
-        self._loop_task = asyncio.create_task(self._commit_loop(), name="relay-db-writer")
+        self._thread = threading.Thread(target=self._serve, name="relay-db-writer", daemon=True)
+        self._thread.start()
 
     def _connect_writer(self, _: object = None) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun and ended here, explicitly. timeout: SQLite's busy
@@ -111,7 +118,7 @@ class Database:
 
     async def migrate(self) -> list[str]:
         """Apply missing migrations (names of those applied now); opened or not, as `relay migrate` needs."""
-        if self._writer is not None:
+        if self._thread is not None:
             return await self._on_writer(migrate)
 
         def once(_: object) -> list[str]:
@@ -123,7 +130,7 @@ class Database:
                 conn.close()
 
         try:
-            return await self._on_writer(once)
+            return await asyncio.to_thread(once, None)
         except OSError as error:
             raise DatabaseUnusable(f"{self.path}: cannot make its folder: {error.strerror}") from None
         except sqlite3.Error as error:
@@ -136,25 +143,28 @@ class Database:
         return DatabaseUnusable(f"{self.path}: {error}")
 
     async def _on_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` on the writer thread with the writer connection (outside the commit loop)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer_thread, lambda: work(self._writer))  # type: ignore[arg-type]
+        """Run `work` with the writer connection on the writer thread, alone, after the writes queued now."""
+        if self._thread is None:
+            raise StoreUnavailable("database is closed")
+        entry: _Entry = waiting(_Order(work, alone=True))
+        self._orders.put(entry)
+        result: T = await entry.done
+        return result
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections."""
-        if self._loop_task is not None:
-            await self._queue.join()
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            self._orders.put(_STOP)
+            # The thread finishes what was queued, closes the writer connection and ends.
+            await asyncio.to_thread(thread.join)
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
         if self._writer is not None:
+            # Opened no further than its writer connection: no thread to close it.
             writer, self._writer = self._writer, None
-            await asyncio.get_running_loop().run_in_executor(self._writer_thread, writer.close)
-        self._writer_thread.shutdown(wait=True)
+            writer.close()
 
     @property
     def reader(self) -> aiosqlite.Connection:
@@ -165,55 +175,64 @@ class Database:
 
     async def write(self, job: WriteJob[T]) -> T:
         """Run `job` inside a transaction shared with other concurrent writes; return once committed."""
-        if self._loop_task is None or self._loop_task.done():
+        if self._thread is None:
             raise StoreUnavailable("database is closed")
-        pending = _Pending(job)
-        self._queue.put_nowait(pending)
-        try:
-            # shield: a caller that gives up must not cancel a batch other callers share.
-            async with asyncio.timeout(self.timeout_s):
-                return await asyncio.shield(pending.done)
-        except TimeoutError:
-            raise StoreUnavailable(f"no commit within {self.timeout_s:g}s") from None
-        finally:
-            if not pending.done.done():
-                # The job still runs with its batch, but nobody awaits its outcome now: read it when it
-                # comes, or a failure would surface as asyncio's "Future exception was never retrieved".
-                pending.done.add_done_callback(_outcome_read)
+        entry: _Entry = waiting(_Order(job))
+        self._orders.put(entry)
+        return await committed(entry, self.timeout_s)
 
-    async def _commit_loop(self) -> None:
+    def _serve(self) -> None:
+        """The writer thread: each turn takes every order waiting, up to MAX_BATCH, and commits it."""
+        held: _Entry | None = None
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._commit(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            entry = held if held is not None else self._orders.get()
+            held = None
+            if entry is _STOP:
+                break
+            if entry.item.alone:
+                self._run_alone(entry)
+                continue
+            batch = [entry]
+            while len(batch) < MAX_BATCH:
+                try:
+                    following = self._orders.get_nowait()
+                except queue.Empty:
+                    break
+                if following is _STOP or following.item.alone:
+                    held = following
+                    break
+                batch.append(following)
+            self._commit(batch)
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
-        jobs = [item.job for item in batch]
+    def _run_alone(self, entry: _Entry) -> None:
         try:
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._writer_thread, self._transaction, jobs)
+            if self._writer is None:
+                raise StoreUnavailable("database is closed")
+            result = entry.item.job(self._writer)
+        except Exception as error:
+            _hand_back([entry], error)
+            return
+        _hand_back([entry], [result])
+
+    def _commit(self, batch: list[_Entry]) -> None:
+        """On the writer thread: the batch in one transaction, each caller told its outcome."""
+        try:
+            results = self._transaction([entry.item.job for entry in batch])
         except Exception as error:
             # Storage failures (locked, full, read-only, I/O) fail every job alike; fail the batch at once.
             if len(batch) == 1 or isinstance(error, sqlite3.OperationalError):
-                failure = self._as_store_error(error)
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_exception(failure)
+                _hand_back(batch, self._as_store_error(error))
                 return
             # One bad job must not fail its neighbours: run each alone to find it.
-            for item in batch:
-                await self._commit([item])
+            for entry in batch:
+                self._commit([entry])
             return
         self.last_commit_error = None
         self.commits += 1
-        for item, result in zip(batch, results, strict=True):
-            if not item.done.done():
-                item.done.set_result(result)
+        _hand_back(batch, results)
 
     def _transaction(self, jobs: list[WriteJob[Any]]) -> list[Any]:
         """On the writer thread: one transaction around every job of the batch."""
@@ -257,9 +276,17 @@ class Database:
         return problems
 
 
-def _outcome_read(done: asyncio.Future[Any]) -> None:
-    if not done.cancelled():
-        done.exception()
+def _hand_back(batch: list[_Entry], outcome: list[Any] | Exception) -> None:
+    """From the writer thread: the batch's callers hear its outcome on their loop, in one wake-up."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to hear it
+        batch[0].done.get_loop().call_soon_threadsafe(_settle, batch, outcome)
+
+
+def _settle(batch: list[_Entry], outcome: list[Any] | Exception) -> None:
+    if isinstance(outcome, Exception):
+        fail(batch, outcome)
+    else:
+        settle(batch, outcome)
 
 
 def _check_writable(conn: sqlite3.Connection) -> None:
