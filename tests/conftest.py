@@ -20,6 +20,9 @@ from tests.pg_server import PostgresServer, ServerUnavailable
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 FIXTURES = SHARED_FIXTURES if SHARED_FIXTURES.is_dir() else Path(__file__).resolve().parent / "fixtures"
 
+# The console's browser fixtures (browser, console, page, screenshot), for its flows' modules.
+pytest_plugins = ["tests.console_harness"]
+
 WEBHOOK_TOKEN = "test-webhook-token-0123456789"
 AUTH = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
 
