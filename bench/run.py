@@ -88,24 +88,20 @@ class Bench:
         }
 
     @contextmanager
-    def web(self, url: str, processes: int, *, table: str, phase: str) -> Iterator[list[int]]:
-        """`processes` x `relay serve --no-worker` on one database, each on a port of its own; their ports."""
-        with ExitStack() as stack:
-            ports, pids = [], []
-            for n in range(processes):
-                port = free_port()
-                process = stack.enter_context(
-                    started(
-                        relay("serve", "--no-worker"),
-                        env=self.relay_env(url, port),
-                        log=self.workdir / f"{table}-{phase}-web{n + 1}.log".replace(" ", "-"),
-                        ready_url=f"http://127.0.0.1:{port}/readyz?scope=intake",
-                    )
-                )
-                ports.append(port)
-                pids.append(process.pid)
-            yield ports
-            for pid in pids:
+    def web(self, url: str, processes: int, *, table: str, phase: str) -> Iterator[int]:
+        """`relay serve --no-worker --processes N` on one database, once every process serves; its port."""
+        port = free_port()
+        log = self.workdir / f"{table}-{phase}-web.log".replace(" ", "-")
+        with started(
+            relay("serve", "--no-worker", "--processes", str(processes)),
+            env=self.relay_env(url, port),
+            log=log,
+            ready_url=f"http://127.0.0.1:{port}/readyz?scope=intake",
+        ) as process:
+            if processes > 1:
+                wait_serving(log, processes)
+            yield port
+            for pid in children(process.pid) or {process.pid}:
                 self.note_memory(table, phase, pid)
 
     # 0. The references --------------------------------------------------------------------------
@@ -134,8 +130,8 @@ class Bench:
         cmd = [sys.executable, *args, "--port", str(port)]
         ready = f"http://127.0.0.1:{port}/healthz"
         with started(cmd, env={}, log=self.workdir / f"{name}.log", ready_url=ready):
-            wrk([port], 2, run_base=0, token=TOKEN)
-            return wrk([port], self.sizes.saturate_s, run_base=10**9, token=TOKEN)
+            wrk(port, 2, run_base=0, token=TOKEN)
+            return wrk(port, self.sizes.saturate_s, run_base=10**9, token=TOKEN)
 
     def bare_client(self) -> float:
         """Ratings per second the bare client posts to a stand-in with no added latency."""
@@ -159,7 +155,7 @@ class Bench:
                 one = self.figures[f"{table} ingest rps x1"]
                 self.add(
                     table,
-                    f"relay throughput, {processes} web processes on {processes} ports (req/s)",
+                    f"relay throughput, `relay serve --processes {processes}` on one port (req/s)",
                     f"{result.rps:,.0f}",
                 )
                 self.add(table, f"  ratio {processes} web processes / 1", f"{result.rps / one:.2f}")
@@ -205,17 +201,17 @@ class Bench:
         self.add(table, "relay non-2xx at saturation", str(result.non_2xx), fixed("0"), result.non_2xx == 0)
 
     def relay_ingest(self, url: str, processes: int, *, table: str) -> WrkResult:
-        """Saturation throughput of `processes` web processes on one database (wrk spreads 64 connections)."""
+        """Saturation throughput of `processes` web processes on one port and one database."""
         phase = "ingest" if processes == 1 else f"ingest, {processes} web processes"
-        with self.web(url, processes, table=table, phase=phase) as ports:
-            wrk(ports, 2, run_base=3 * 10**9, token=TOKEN)
-            return wrk(ports, self.sizes.saturate_s, run_base=4 * 10**9, token=TOKEN)
+        with self.web(url, processes, table=table, phase=phase) as port:
+            wrk(port, 2, run_base=3 * 10**9, token=TOKEN)
+            return wrk(port, self.sizes.saturate_s, run_base=4 * 10**9, token=TOKEN)
 
     def at_rate(self, backend: Backend) -> None:
         print(f"\n1b. Ingest on {backend.name} at 1,000 req/s (open loop), {RATE_RUNS} runs")
         table = backend.name
-        with self.web(backend.fresh("fixed"), 1, table=table, phase="ingest") as ports:
-            url = f"http://127.0.0.1:{ports[0]}/webhooks/bringg"
+        with self.web(backend.fresh("fixed"), 1, table=table, phase="ingest") as port:
+            url = f"http://127.0.0.1:{port}/webhooks/bringg"
             asyncio.run(run_at_rate(url, rate=1000, seconds=1, token=TOKEN, first_rating_id=10**9))
             loads = [
                 asyncio.run(
@@ -462,6 +458,19 @@ class Bench:
         ):
             ratio = self.figures[f"PostgreSQL {key}"] / self.figures[f"SQLite {key}"]
             self.add(ACROSS, f"{measure}: PostgreSQL / SQLite", f"{ratio:.2f}")
+
+
+def wait_serving(log: Path, processes: int, deadline_s: float = 30) -> None:
+    """Until `processes` serving processes have each said so in the log."""
+    deadline = time.monotonic() + deadline_s
+    while log.read_text().count('"event": "relay.process_serving"') < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{processes} processes not serving within {deadline_s}s: see {log}")
+        time.sleep(0.05)
+
+
+def children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
 async def delivered(store: Store) -> int:

@@ -1,4 +1,4 @@
-"""Saturating load from Debian's wrk, on one port or side by side on several, and its report read."""
+"""Saturating load from Debian's wrk on one port, and its report read."""
 
 import re
 import subprocess
@@ -16,50 +16,27 @@ class WrkResult:
     non_2xx: int
 
 
-def wrk(ports: list[int], seconds: int, *, run_base: int, token: str) -> WrkResult:
-    """Saturate with wrk, C so the load generator is never the bottleneck: 64 connections in all.
-
-    With several ports (one web process each), one wrk per port takes an equal share of the connections,
-    as a load balancer would spread them.
-    """
-    share = CONNECTIONS // len(ports)
-    runs = [
-        subprocess.Popen(
-            [
-                "wrk",
-                "-t1",
-                f"-c{share}",
-                f"-d{seconds}s",
-                "--latency",
-                "-s",
-                str(HERE / "ratings.lua"),
-                f"http://127.0.0.1:{port}/webhooks/bringg",
-                "--",
-                # Each port's ids 10**7 apart (more than a run sends): every webhook is a new rating.
-                str(run_base + n * 10**7),
-                token,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for n, port in enumerate(ports)
-    ]
-    results = []
-    for process in runs:
-        out, _ = process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"wrk exited with {process.returncode}")
-        results.append(wrk_result(out))
-    return combined(results)
-
-
-def combined(results: list[WrkResult]) -> WrkResult:
-    """Runs side by side as one: throughputs and failures add up, the worst p99 stands for all."""
-    return WrkResult(
-        sum(result.rps for result in results),
-        max(result.p99_ms for result in results),
-        sum(result.non_2xx for result in results),
-    )
+def wrk(port: int, seconds: int, *, run_base: int, token: str) -> WrkResult:
+    """Saturate one port with wrk, C so the load generator is never the bottleneck: 64 connections."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{CONNECTIONS}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(HERE / "ratings.lua"),
+            f"http://127.0.0.1:{port}/webhooks/bringg",
+            "--",
+            str(run_base),  # every webhook a new rating: runs 10**9 apart, more than a run sends
+            token,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout
+    return wrk_result(out)
 
 
 def wrk_result(report: str) -> WrkResult:

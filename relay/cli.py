@@ -19,7 +19,7 @@ from relay import console
 from relay.app import create_app, create_worker_app, reload_tenants_on_sighup, store_for
 from relay.domain.delivery import DELIVERY_STATES
 from relay.linkfile import links_to_csv
-from relay.listen import CannotListen, listening_sockets
+from relay.listen import CannotListen, listening_socket_sets, listening_sockets
 from relay.logs import configure_logging
 from relay.ops import actions
 from relay.ops.admin import (
@@ -32,7 +32,7 @@ from relay.ops.admin import (
     tenant_links,
 )
 from relay.ops.health import WORKER_SILENT_AFTER_S, worker_beats
-from relay.settings import Settings, SettingsError, load_settings
+from relay.settings import MAX_PROCESSES, Settings, SettingsError, load_settings
 from relay.sim import cli as sim_cli
 from relay.store import create_store
 from relay.store.api import DatabaseUnusable, Store, StoreUnavailable
@@ -40,6 +40,7 @@ from relay.store.copy import CopyRefused, copy_store
 from relay.store.filters import REPLAYABLE_STATES, DeliveryFilter, Id, ReplayFilter
 from relay.store.operations import import_links_file, prune
 from relay.store.records import COPIED_TABLES, DeliveryDetail, PruneResult, StateChange
+from relay.supervisor import serving, supervise
 from relay.tenants.file import read_tenants_file
 from relay.tenants.links import link_refusal
 from relay.tenants.registry import load_tenants
@@ -60,7 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the chosen subcommand; return the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    command: Callable[[argparse.Namespace], int] = args.command
+    return _guarded(args.command, args)
+
+
+def _guarded(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; a database it cannot use ends it with exit 2, one that is unavailable with exit 1."""
     try:
         return command(args)
     except DatabaseUnusable as error:
@@ -76,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="take Bringg webhooks (and deliver them, unless --no-worker)")
     serve.add_argument("--no-worker", action="store_true", help="serve webhooks only; run `relay worker` too")
+    serve.add_argument(
+        "--processes",
+        type=_processes,
+        metavar="N",
+        help="serve from N processes on the one port (default RELAY_PROCESSES, 1); the first one delivers",
+    )
     serve.set_defaults(command=_serve)
 
     worker = commands.add_parser("worker", help="deliver stored ratings to Quivo (no webhook intake)")
@@ -207,6 +218,12 @@ def _filter_options(parser: argparse.ArgumentParser, states: Sequence[str]) -> N
     parser.add_argument("--until", metavar="WHEN", help="created before: as --since")
 
 
+def _processes(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"not a number of processes from 1 to {MAX_PROCESSES}: {text!r}")
+    return int(text)
+
+
 def _delivery_id(text: str) -> int:
     try:
         return _DELIVERY_ID.validate_strings(text)
@@ -273,7 +290,8 @@ def _refuse(problems: Sequence[str]) -> NoReturn:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=True, runs_worker=not args.no_worker)
-    sockets = _listening_sockets(settings.relay_host, settings.port, names=("RELAY_HOST", "PORT"))
+    processes = args.processes or settings.relay_processes
+    socket_sets = _listening_socket_sets(settings.relay_host, settings.port, processes)
     configure_logging(settings.log_level, settings.log_format)
     if settings.bringg_auth == "none":
         log.warning(
@@ -286,9 +304,26 @@ def _serve(args: argparse.Namespace) -> int:
         database=store_for(settings).location,
         auth_methods=settings.auth_methods,
         worker=not args.no_worker,
+        processes=processes,
     )
-    app = create_app(settings, run_worker=not args.no_worker)
+    if processes == 1:
+        return _serve_on(socket_sets[0], settings, run_worker=not args.no_worker)
+
+    def serve_one(number: int, sockets: list[socket.socket]) -> int:
+        # The first process delivers too (unless --no-worker): one worker, as with one process.
+        run_worker = number == 0 and not args.no_worker
+        return _guarded(lambda _: _serve_on(sockets, settings, run_worker=run_worker), args)
+
+    status = supervise(socket_sets, serve_one, stop_within_s=2 * settings.relay_shutdown_grace_s + 10)
+    log.info("relay.stopped")
+    return status
+
+
+def _serve_on(sockets: list[socket.socket], settings: Settings, *, run_worker: bool) -> int:
+    """One process of `relay serve`: webhooks (and deliveries) on the bound sockets until SIGTERM."""
+    app = create_app(settings, run_worker=run_worker)
     app.cleanup_ctx.append(reload_tenants_on_sighup)
+    app.on_startup.append(_serving)
     web.run_app(
         app,
         sock=sockets,
@@ -297,6 +332,11 @@ def _serve(args: argparse.Namespace) -> int:
     )
     log.info("relay.stopped")
     return 0
+
+
+async def _serving(app: web.Application) -> None:
+    # Started, its store open (and its worker running): under `--processes`, a death now means a restart.
+    serving()
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -338,6 +378,14 @@ def _worker(args: argparse.Namespace) -> int:
     asyncio.run(run())
     log.info("relay.stopped")
     return 0
+
+
+def _listening_socket_sets(host: str, port: int, count: int) -> list[list[socket.socket]]:
+    """`relay serve`'s: bound before anything starts, as _listening_sockets, a set per process."""
+    try:
+        return listening_socket_sets(host, port, count)
+    except CannotListen as error:
+        _refuse([f"{'RELAY_HOST' if error.part == 'host' else 'PORT'}: {error}"])
 
 
 def _listening_sockets(host: str, port: int, *, names: tuple[str, str]) -> list[socket.socket]:

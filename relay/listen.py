@@ -13,7 +13,32 @@ class CannotListen(Exception):
         self.part = part
 
 
-def listening_sockets(host: str, port: int) -> list[socket.socket]:
+def listening_socket_sets(host: str, port: int, count: int) -> list[list[socket.socket]]:
+    """`count` sets of listening sockets on host:port, one set per serving process.
+
+    Processes sharing one socket take new connections unevenly (whichever wakes first accepts a whole
+    burst), so with several each has its own set and the kernel spreads connections across them
+    (SO_REUSEPORT). A plain bind comes first: an address anyone holds refuses the start, shared or not.
+    """
+    probe = listening_sockets(host, port)
+    if count == 1:
+        return [probe]
+    port = probe[0].getsockname()[1]  # the port the system chose, if asked for port 0
+    for sock in probe:
+        sock.close()
+    sets: list[list[socket.socket]] = []
+    try:
+        for _ in range(count):
+            sets.append(listening_sockets(host, port, reuse_port=True))
+    except CannotListen:
+        for opened in sets:
+            for sock in opened:
+                sock.close()
+        raise
+    return sets
+
+
+def listening_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """TCP sockets bound to every address of host:port and listening, as asyncio's create_server binds."""
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -27,6 +52,8 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
             # As create_server does: a restart binds again while the old connections time out, and an IPv6
             # socket leaves the IPv4 address to its own socket.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)

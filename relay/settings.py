@@ -29,6 +29,8 @@ WEBHOOK_NAMES = ("bringg_oauth_client_id", "bringg_token_header")
 WORKER_NAMES = ("quivo_username",)
 MIN_SECRET_LENGTH = 16
 ADMIN_APART = "(whoever can send webhooks must not also hold the admin API)"
+# Processes of `relay serve` on one port: a few per core; more only add contention for the database.
+MAX_PROCESSES = 64
 
 
 def _seconds_as_number(value: object) -> object:
@@ -87,6 +89,8 @@ class Settings(BaseSettings):
     # `relay worker` listens here for /healthz and /metrics only (`relay serve` answers those on PORT).
     relay_worker_port: int = Field(9101, ge=1, le=65535)
     relay_worker_host: str = "0.0.0.0"
+    # `relay serve` forks this many processes serving on its one port (`--processes` overrides it).
+    relay_processes: int = Field(1, ge=1, le=MAX_PROCESSES)
     database_url: str = "sqlite:///var/relay.db"
     # Several Bringg merchants, each onto its own Quivo account (relay/tenants); unset, one implicit tenant.
     relay_tenants_file: Path | None = None

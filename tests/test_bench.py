@@ -13,7 +13,7 @@ from bench.loadgen import LoadResult
 from bench.results import Row, exit_status, fixed, missed, relative, write_results
 from bench.run import Bench, accepted_to_delivered_ms, claims_per_second
 from bench.seed import opened, seed
-from bench.wrk import WrkResult, combined, wrk_result
+from bench.wrk import WrkResult, wrk_result
 from tests.pg_server import PostgresServer
 
 WRK_REPORT = """Running 10s test @ http://127.0.0.1:40000/webhooks/bringg
@@ -40,12 +40,6 @@ def test_wrk_report_is_read_with_units_and_every_failure_counted():
     assert result.rps == 2898.16
     assert result.p99_ms == 0.85
     assert result.non_2xx == 7  # 4 non-2xx answers and 3 socket errors
-
-
-def test_wrk_runs_side_by_side_add_their_throughput_and_keep_the_worst_p99():
-    both = combined([WrkResult(1500.0, 12.5, 0), WrkResult(1400.0, 30.0, 2)])
-
-    assert both == WrkResult(2900.0, 30.0, 2)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
