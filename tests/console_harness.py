@@ -70,7 +70,7 @@ class ConsoleRelay:
     def wait_for_state(self, delivery_id: int, state: str, timeout: float = 20) -> None:
         """Until the delivery is in `state` (read through the admin API)."""
         wait_for(
-            lambda: self.admin("GET", f"/deliveries/{delivery_id}")[1]["state"] == state,
+            lambda: self.admin("GET", f"/deliveries/{delivery_id}")[1]["delivery"]["state"] == state,
             timeout,
             f"delivery {delivery_id} {state}",
         )

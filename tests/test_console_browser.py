@@ -1,9 +1,12 @@
 """The console's door in a real browser, on each backend: a wrong token, signing in, a form without its
 CSRF token."""
 
+import re
+
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from relay.domain.delivery import DELIVERY_STATES
 from tests.conftest import BACKENDS
 from tests.console_harness import VIEWPORT, ConsoleRelay, sign_in
 
@@ -32,8 +35,22 @@ def test_a_wrong_token_is_refused(browser: Browser, console: ConsoleRelay, scree
 def test_signing_in_shows_the_overview(page: Page, console: ConsoleRelay, screenshot) -> None:
     expect(page).to_have_url(f"{console.url}/console")
     expect(page.get_by_role("navigation", name="Console")).to_contain_text("Overview")
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    delivered = console.rating(1, "INQ-101")["delivery_id"]
+    console.rating(2, "ORDER-2")  # no link, no pattern match: unmatched
+    console.webhook(b'{"webhook_type": "rating_submitted", "merchant_id": 1}')  # quarantined
+    console.wait_for_state(delivered, "delivered")
+    page.reload()
+    states = page.get_by_role("table", name="Deliveries by state")
+    counts = {state: 0 for state in DELIVERY_STATES} | {"delivered": 1, "unmatched": 1}
+    expect(states.get_by_role("row", name="Deliveries").get_by_role("cell")).to_have_text(
+        [str(counts[state]) for state in DELIVERY_STATES]
+    )
+    expect(page.locator("#quarantined-count")).to_have_text("1")
+    expect(page.get_by_role("img", name=re.compile("3 and 1 in all"))).to_be_visible()
+    expect(page.get_by_role("table", name="Workers")).to_contain_text(re.compile(r"\d+s ago"))
     screenshot(page, "overview")
+    page.set_viewport_size({"width": 390, "height": 844})
+    screenshot(page, "overview-phone")
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("status")).to_have_text("Signed out.")
     page.goto("/console")

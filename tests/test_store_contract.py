@@ -13,6 +13,7 @@ from relay.domain.judgement import Judgement
 from relay.domain.rating import Rating
 from relay.linkfile import Link
 from relay.store import create_store
+from relay.store.activity import MinuteActivity
 from relay.store.api import DatabaseUnusable, Store
 from relay.store.filters import CANCELLED, DeliveryFilter, WebhookFilter
 from relay.store.records import (
@@ -1196,6 +1197,29 @@ async def test_stats_and_backlog_count_every_state_and_the_oldest_wait(store: St
     assert (stats.backlog_age_s, stats.worker_lag_s) == (backlog.age_s, backlog.worker_lag_s)
     assert (stats.delivered.last_hour, stats.delivered.last_day) == (1, 2)
     assert (stats.dead.last_hour, stats.dead.last_day) == (1, 1)
+
+
+async def test_activity_counts_webhooks_and_deliveries_minute_by_minute(store: Store) -> None:
+    start = T0.replace(second=0, microsecond=0)  # 12:00
+    first = await accept(store, rating_id=1, at=start + 5 * SECOND)
+    await record(store, rating(1), at=start + 59 * SECOND)  # a duplicate counts as received too
+    second = await accept(store, rating_id=2, at=start + timedelta(minutes=2))
+    await record(store, Judgement("quarantined", errors=("x",)), at=start + timedelta(minutes=2, seconds=30))
+    await accept(store, rating_id=3, at=start - SECOND)  # before the first minute asked
+    await settle(store, first, "delivered", now=start + timedelta(minutes=2, seconds=59))
+    await settle(store, second, "dead", now=start + timedelta(minutes=3))  # dead: not delivered
+
+    minutes = await store.activity(since=start + 10 * SECOND, now=start + timedelta(minutes=3, seconds=1))
+
+    assert [(m.minute, m.webhooks, m.delivered) for m in minutes] == [
+        (start, 2, 0),
+        (start + timedelta(minutes=1), 0, 0),
+        (start + timedelta(minutes=2), 2, 1),
+        (start + timedelta(minutes=3), 0, 0),
+    ]
+    assert await store.activity(since=LONG_AGO, now=LONG_AGO) == [
+        MinuteActivity(LONG_AGO.replace(second=0, microsecond=0), 0, 0)
+    ]
 
 
 async def test_an_empty_store_has_no_backlog(store: Store) -> None:

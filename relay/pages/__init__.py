@@ -1,5 +1,7 @@
 """The operators' console at /console: server-rendered pages behind a sign-in with the admin token."""
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -7,6 +9,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from relay.console import duration, relative
 from relay.pages import overview, sign_in
 from relay.pages.guard import KEY, console_guard
 from relay.pages.sessions import signing_key
@@ -22,6 +25,15 @@ PAGE_MODULES: list[ModuleType] = [
 _HERE = Path(__file__).parent
 
 
+def utc(instant: datetime) -> str:
+    """An instant as pages show it: `2026-12-02 01:30:05 UTC`."""
+    return f"{instant.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+# For every template: `{{ seconds|duration }}`, `{{ instant|relative(now) }}`, `{{ instant|utc }}`.
+FILTERS: dict[str, Callable[..., str]] = {"duration": duration, "relative": relative, "utc": utc}
+
+
 def create_console_app(admin_token: str) -> web.Application:
     """The console as a sub-application to mount at PREFIX; only the admin token signs anyone in."""
     if not admin_token:
@@ -35,6 +47,7 @@ def create_console_app(admin_token: str) -> web.Application:
         loader=jinja2.FileSystemLoader(_HERE / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
+        filters=FILTERS,
     )
     for module in PAGE_MODULES:
         for route in module.routes:

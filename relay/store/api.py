@@ -7,6 +7,7 @@ from typing import Protocol
 
 from relay.domain.judgement import Judgement
 from relay.linkfile import Link
+from relay.store.activity import MinuteActivity
 from relay.store.filters import DeliveryFilter, WebhookFilter
 from relay.store.records import (
     AccountPause,
@@ -189,6 +190,10 @@ class Store(Protocol):
 
     async def stats(self, *, now: datetime) -> Stats:
         """Deliveries by state, webhooks by status, the backlog, deliveries done and dead lately."""
+
+    async def activity(self, *, since: datetime, now: datetime) -> list[MinuteActivity]:
+        """Each minute from the one holding `since` to the one holding `now`, oldest first, every one
+        present: webhooks received in it (any status) and deliveries delivered in it (pruned ones gone)."""
 
     async def list_deliveries(
         self, where: DeliveryFilter, *, after: int | None = None, limit: int = 50

@@ -11,9 +11,10 @@ import asyncpg
 
 from relay.domain.judgement import Judgement
 from relay.linkfile import Link
+from relay.store.activity import MinuteActivity
 from relay.store.api import DatabaseUnusable, StoreUnavailable
 from relay.store.filters import DeliveryFilter, WebhookFilter
-from relay.store.postgres import intake, moving, operators, outbox, relaywide
+from relay.store.postgres import activity, intake, moving, operators, outbox, relaywide
 from relay.store.postgres import links as link_table
 from relay.store.postgres.commits import GroupCommit
 from relay.store.postgres.connection import WORK_CHANNEL, Conn, failures_as_unavailable, read_url
@@ -279,6 +280,10 @@ class PostgresStore:
         """Deliveries by state, webhooks by status, the backlog, deliveries done and dead lately."""
         # One snapshot for every count.
         return await self._transaction(lambda conn: operators.stats(conn, now=now), readonly=True)
+
+    async def activity(self, *, since: datetime, now: datetime) -> list[MinuteActivity]:
+        """Webhooks received and deliveries delivered, minute by minute from `since`'s to `now`'s."""
+        return await self._run(lambda conn: activity.activity(conn, since=since, now=now))
 
     async def list_deliveries(
         self, where: DeliveryFilter, *, after: int | None = None, limit: int = 50

@@ -12,6 +12,7 @@ import aiosqlite
 
 from relay.domain.judgement import Judgement
 from relay.linkfile import Link
+from relay.store.activity import MinuteActivity
 from relay.store.api import StoreUnavailable
 from relay.store.filters import DeliveryFilter, WebhookFilter
 from relay.store.records import (
@@ -37,6 +38,7 @@ from relay.store.records import (
 )
 from relay.store.sqlite import (
     accounts,
+    activity,
     claims,
     copying,
     deliveries,
@@ -193,6 +195,9 @@ class SqliteStore:
 
     async def stats(self, *, now: datetime) -> Stats:
         return await self._read(lambda conn: gauges.stats(conn, now=now))
+
+    async def activity(self, *, since: datetime, now: datetime) -> list[MinuteActivity]:
+        return await self._read(lambda conn: activity.activity(conn, since=since, now=now))
 
     async def list_deliveries(
         self, where: DeliveryFilter, *, after: int | None = None, limit: int = 50
