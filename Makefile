@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench bench-quick wrk jq postgresql chromium chaos clean
+.PHONY: install demo console test lint typecheck unit bench bench-quick wrk jq postgresql chromium chaos clean
 
 install: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
+
+# The demo, then the relay and its stand-ins left running with the console open, until Ctrl-C.
+console: $(STAMP)
+	$(BIN)/python -m scripts.console_demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check relay tests scripts bench

@@ -93,6 +93,7 @@ class Processes:
     sim: asyncio.subprocess.Process | None = None
     globex_sim: asyncio.subprocess.Process | None = None
     relay: asyncio.subprocess.Process | None = None
+    relay_url: str = ""
 
 
 def main() -> int:
@@ -146,8 +147,11 @@ async def run_demo(workdir: Path) -> list[str]:
     return problems
 
 
-async def exercise(workdir: Path, processes: Processes) -> list[str]:
-    """Start both processes, link, post, wait for the worker, show the outcome; return the problems."""
+async def exercise(workdir: Path, processes: Processes, *, admin_token: str | None = None) -> list[str]:
+    """Start both processes, link, post, wait for the worker, show the outcome; return the problems.
+
+    With `admin_token`, the relay serves its admin API and console too (`make console`).
+    """
     processes.sim = await start_relay_command(
         ["sim-quivo", "--port", "0"], base_env(), workdir, workdir / "sim-quivo.log"
     )
@@ -164,8 +168,10 @@ async def exercise(workdir: Path, processes: Processes) -> list[str]:
 
     port = free_port()
     env = relay_env(workdir, sim_url, port)
+    if admin_token is not None:
+        env["RELAY_ADMIN_TOKEN"] = admin_token
     env["RELAY_TENANTS_FILE"] = str(write_tenants_file(workdir, sim_url, globex_sim_url))
-    relay_url = f"http://127.0.0.1:{port}"
+    relay_url = processes.relay_url = f"http://127.0.0.1:{port}"
     processes.relay = await start_relay_command(["serve"], env, workdir, workdir / "relay.log")
     problems: list[str] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
