@@ -14,8 +14,9 @@ import structlog
 
 log = structlog.get_logger("relay")
 
-# A child tells its parent it serves with this signal (the parent reads the sender's pid from it).
-SERVING = signal.SIGUSR1
+# A child tells its parent it serves with this signal, whose sender's pid the parent reads: a real-time
+# one, as the kernel queues each of those, where children sending SIGUSR1 at once would arrive as one.
+SERVING = signal.SIGRTMIN
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, SERVING}
 _PR_SET_PDEATHSIG = 1
 # Set in a forked child: the parent to tell once it serves.

@@ -295,3 +295,18 @@ def test_a_number_of_processes_out_of_range_is_refused_with_one_line(
 
     assert refused.returncode == 2
     assert says in refused.stderr
+
+
+@pytest.mark.backends("sqlite")  # the parent's bookkeeping, the same on any backend
+def test_every_process_starting_at_once_is_known_to_serve(tmp_path: Path, database_url: str):
+    port = free_port()
+    env = relay_env(tmp_path, "http://127.0.0.1:9", port, DATABASE_URL=database_url)
+    with serving(tmp_path, env, "--no-worker", "--processes", "8") as parent:
+        pids = processes(parent, 8)
+        # Eight saying so within milliseconds: none may be missed, or its death would stop them all.
+        wait_for(
+            lambda: {event["pid"] for event in events(tmp_path, "relay.process_serving")} == pids,
+            "each process known to serve",
+        )
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=30) == 0
