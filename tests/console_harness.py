@@ -18,22 +18,13 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
+from scripts.console_screenshots import CHROMIUM, CHROMIUM_ARGS
 from tests.chaos.harness import Sim, http_call, relay_env, wait_for
 from tests.conftest import AUTH
 from tests.forwarding import rating_webhook
 from tests.processes import free_port, relay_process, wait_until_ready
 
 ADMIN_TOKEN = "console-browser-admin-token-0123456789"
-CHROMIUM = Path("/usr/bin/chromium")
-# What keeps Debian's Chromium quiet and able to run as root in a container: no sandbox (root), and none of
-# its calls home (component updates, sync, first-run pages) that these machines cannot make anyway.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SHOTS = Path(__file__).resolve().parents[1] / "var" / "console"
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 
