@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
 import pytest
@@ -17,9 +18,10 @@ from relay.domain.rating import Rating
 from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import DatabaseUnusable, StoreUnavailable
+from relay.store.postgres import intake
 from relay.store.postgres.migrations import known_migrations
 from relay.store.postgres.store import PostgresStore
-from relay.store.records import AttemptRecord, InboundWebhook, Outcome
+from relay.store.records import AttemptRecord, InboundWebhook, Outcome, StoredWebhook
 from tests.pg_server import PASSWORD, PostgresServer
 from tests.processes import free_port
 
@@ -186,6 +188,83 @@ async def test_concurrent_webhooks_share_commits(store: PostgresStore) -> None:
     assert store._commits is not None
     commits = store._commits.commits
     assert 1 <= commits < 64
+
+
+def version_of(rating_id: int, updated_at: datetime | None, request_id: str) -> InboundWebhook:
+    rating = Rating(merchant_id=7, rating_id=rating_id, stars=4, external_id="o", updated_at=updated_at)
+    judgement = Judgement("accepted", "rating_submitted", 7, rating_id, (), rating)
+    return InboundWebhook(request_id, NOW, request_id.encode(), "application/json", judgement)
+
+
+def without_rating(status: Literal["ignored", "quarantined"], request_id: str) -> InboundWebhook:
+    judgement = Judgement(status, "task_created", 7, None, ("stars: missing",), None)
+    return InboundWebhook(request_id, NOW, request_id.encode(), "application/json", judgement)
+
+
+async def one_batch(store: PostgresStore, arrivals: list[InboundWebhook]) -> list[StoredWebhook]:
+    """The arrivals stored by one call of the intake's batch, as its group commit makes it."""
+    return await store._run(lambda conn: intake.record_webhooks(conn, [(one, NOW) for one in arrivals]))
+
+
+async def test_a_batch_of_new_ratings_is_stored_in_its_order(store: PostgresStore) -> None:
+    arrivals = [
+        version_of(1, None, "a"),
+        without_rating("ignored", "b"),
+        version_of(2, None, "c"),
+        without_rating("quarantined", "d"),
+        version_of(3, None, "e"),
+    ]
+
+    stored = await one_batch(store, arrivals)
+
+    assert [one.status for one in stored] == ["accepted", "ignored", "accepted", "quarantined", "accepted"]
+    ids = [one.webhook_id for one in stored]
+    assert ids == sorted(set(ids))
+    for one, arrival in zip(stored, arrivals, strict=True):
+        kept = await store.get_webhook(one.webhook_id)
+        assert kept is not None and (kept.request_id, kept.body) == (arrival.request_id, arrival.body)
+        assert kept.delivery_ids == ([] if one.delivery_id is None else [one.delivery_id])
+    deliveries = [await store.get_delivery(one.delivery_id) for one in stored if one.delivery_id]
+    assert [(d.delivery.rating_id, d.delivery.state) for d in deliveries if d] == [
+        (1, "pending"),
+        (2, "pending"),
+        (3, "pending"),
+    ]
+
+
+async def test_a_batch_holding_known_and_repeated_ratings_decides_each_in_turn(store: PostgresStore) -> None:
+    (known,) = await one_batch(store, [version_of(9, NOW, "known")])
+    later = NOW + timedelta(seconds=1)
+
+    stored = await one_batch(
+        store,
+        [
+            version_of(1, NOW, "first"),
+            version_of(9, NOW, "repeat of the known one"),
+            version_of(1, NOW, "repeat of the first"),
+            version_of(1, later, "newer than the first"),
+            without_rating("ignored", "no rating"),
+            version_of(1, None, "older than both"),
+            version_of(2, None, "new"),
+        ],
+    )
+
+    assert [one.status for one in stored] == [
+        "accepted",
+        "duplicate",
+        "duplicate",
+        "accepted",
+        "ignored",
+        "superseded",
+        "accepted",
+    ]
+    first, repeat_known, repeat_first, newer, _, older, _ = stored
+    assert (repeat_known.delivery_id, repeat_first.delivery_id) == (known.delivery_id, first.delivery_id)
+    assert newer.superseded == [first.delivery_id]
+    for one, state in ((first, "superseded"), (newer, "pending"), (older, "superseded")):
+        assert one.delivery_id is not None
+        detail = await store.get_delivery(one.delivery_id)
+        assert detail is not None and detail.delivery.state == state
 
 
 async def test_a_webhook_the_database_refuses_does_not_fail_the_ones_sharing_its_commit(

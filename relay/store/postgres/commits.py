@@ -3,33 +3,25 @@
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import asyncpg
 import structlog
 
 from relay.store.api import StoreUnavailable
+from relay.store.batching import MAX_BATCH, Waiting, committed, fail, settle, waiting
 from relay.store.postgres.connection import DRIVER_FAILURES, Conn, is_transient, unavailable
 
 A = TypeVar("A")
 R = TypeVar("R")
-# Runs a batch atomically in one round trip (a pipelined executemany or fetchmany is one implicit
-# transaction: all of it commits or none): one result per item, in order.
+# Runs a batch atomically in one round trip (one statement, or a pipelined executemany or fetchmany, is one
+# implicit transaction: all of it commits or none): one result per item, in order.
 Batch = Callable[[Conn, list[A]], Awaitable[list[R]]]
 
 log = structlog.get_logger(__name__)
 
-# Enough to share one flush among a burst of webhooks, small enough to keep each transaction short.
-MAX_BATCH = 256
 # Batches in flight at once: the next one is sent while the last one's commit waits for its flush.
 COMMITTERS = 2
-
-
-@dataclass
-class _Pending(Generic[A, R]):
-    item: A
-    done: asyncio.Future[R] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class GroupCommit(Generic[A, R]):
@@ -39,7 +31,7 @@ class GroupCommit(Generic[A, R]):
         self._pool = pool
         self._run = run
         self._timeout_s = timeout_s
-        self._queue: asyncio.Queue[_Pending[A, R]] = asyncio.Queue()
+        self._queue: asyncio.Queue[Waiting[A, R]] = asyncio.Queue()
         self._tasks = [
             asyncio.create_task(self._loop(), name=f"relay-pg-commits-{n}") for n in range(COMMITTERS)
         ]
@@ -49,14 +41,9 @@ class GroupCommit(Generic[A, R]):
         """Run `item` in a transaction shared with other concurrent ones; return once committed."""
         if not self._tasks:
             raise StoreUnavailable("database is closed")
-        pending: _Pending[A, R] = _Pending(item)
-        self._queue.put_nowait(pending)
-        try:
-            # Batches run in the loop's task: a caller that gives up leaves the batch others share alone.
-            async with asyncio.timeout(self._timeout_s):
-                return await pending.done
-        except TimeoutError:
-            raise StoreUnavailable(f"no commit within {self._timeout_s:g}s") from None
+        entry: Waiting[A, R] = waiting(item)
+        self._queue.put_nowait(entry)
+        return await committed(entry, self._timeout_s)
 
     async def close(self) -> None:
         """Finish the queued writes, then stop."""
@@ -80,28 +67,23 @@ class GroupCommit(Generic[A, R]):
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _commit(self, batch: list[_Pending[A, R]]) -> None:
+    async def _commit(self, batch: list[Waiting[A, R]]) -> None:
         try:
             # Bounded: a server that stops answering fails the batch instead of holding the loop.
             async with asyncio.timeout(self._timeout_s):
                 # No BEGIN and COMMIT of its own: each is a round trip, and the batch is atomic without.
                 async with self._pool.acquire() as conn:
-                    results = await self._run(conn, [pending.item for pending in batch])
+                    results = await self._run(conn, [entry.item for entry in batch])
         except Exception as error:
             # The server failing fails every item alike; an item's own fault must not fail its neighbours.
             if len(batch) == 1 or is_transient(error):
-                failure = _as_store_error(error)
-                for pending in batch:
-                    if not pending.done.done():
-                        pending.done.set_exception(failure)
+                fail(batch, _as_store_error(error))
                 return
-            for pending in batch:
-                await self._commit([pending])
+            for entry in batch:
+                await self._commit([entry])
             return
         self.commits += 1
-        for pending, result in zip(batch, results, strict=True):
-            if not pending.done.done():
-                pending.done.set_result(result)
+        settle(batch, results)
 
 
 def _as_store_error(error: Exception) -> Exception:

@@ -10,8 +10,9 @@ from relay.domain.judgement import Judgement
 from relay.store.postgres.connection import Conn
 from relay.store.records import InboundWebhook, StoredWebhook
 
-# The decision (duplicate, superseded, accepted) is the database function's: see migration 0001.
-_RECORD = f"SELECT * FROM relay_record_webhook({', '.join(f'${n}' for n in range(1, 18))})"
+# The decision (duplicate, superseded, accepted) is the database function's: see migrations 0001 and 0008.
+# Its arguments are the batch's columns: argument k holds the k-th value of every webhook, in order.
+_RECORD = f"SELECT * FROM relay_record_webhooks({', '.join(f'${n}' for n in range(1, 18))})"
 
 Arrival = tuple[InboundWebhook, datetime]
 
@@ -57,8 +58,9 @@ def _stored(row: asyncpg.Record) -> StoredWebhook:
 
 
 async def record_webhooks(conn: Conn, arrivals: list[Arrival]) -> list[StoredWebhook]:
-    """Store each webhook in order, in one pipelined round trip (inside the caller's transaction)."""
-    rows = await conn.fetchmany(_RECORD, [_arguments(inbound, recheck) for inbound, recheck in arrivals])
+    """Store each webhook in order, by one call in one round trip (atomic, in the caller's transaction)."""
+    columns = zip(*(_arguments(inbound, recheck) for inbound, recheck in arrivals), strict=True)
+    rows = await conn.fetch(_RECORD, *(list(column) for column in columns))
     return [_stored(row) for row in rows]
 
 
