@@ -172,6 +172,13 @@ async def test_a_post_without_or_with_a_wrong_csrf_token_is_refused(console):
     assert (await console.get("/console", allow_redirects=False)).status == 200
 
 
+async def test_a_post_without_a_session_changes_nothing_and_asks_to_sign_in(console):
+    answer = await console.post("/console/sign-out", data={"csrf_token": "0" * 64}, allow_redirects=False)
+    assert answer.status == 303
+    assert answer.headers["Location"] == SIGN_IN
+    assert "Set-Cookie" not in answer.headers
+
+
 async def test_a_csrf_token_of_another_session_is_refused(console):
     await signed_in(console)
     old = await csrf_of(console)
