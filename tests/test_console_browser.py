@@ -49,7 +49,12 @@ def test_signing_in_shows_the_overview(page: Page, console: ConsoleRelay, screen
     expect(page.get_by_role("img", name=re.compile("3 and 1 in all"))).to_be_visible()
     expect(page.get_by_role("table", name="Workers")).to_contain_text(re.compile(r"\d+s ago"))
     screenshot(page, "overview")
+    # By keyboard: the first Tab offers to skip the nav.
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    # On a phone: nothing wider than the screen but the tables, which scroll sideways on their own.
     page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(page, "overview-phone")
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("status")).to_have_text("Signed out.")
