@@ -21,7 +21,7 @@ from relay.domain.delivery import DELIVERY_STATES
 from relay.linkfile import links_to_csv
 from relay.listen import CannotListen, listening_socket_sets, listening_sockets
 from relay.logs import configure_logging
-from relay.ops import actions
+from relay.ops import actions, webhook_actions
 from relay.ops.admin import (
     DEFAULT_PAGE,
     MAX_PAGE,
@@ -108,6 +108,30 @@ def _parser() -> argparse.ArgumentParser:
     link_export = link_commands.add_parser("export", help="write every link as CSV to stdout")
     link_export.add_argument("--tenant", metavar="NAME", help="only the links of this tenant's merchants")
     link_export.set_defaults(command=_links_export)
+
+    webhooks = commands.add_parser("webhooks", help="act on quarantined webhooks")
+    webhook_commands = webhooks.add_subparsers(required=True, metavar="ACTION")
+    reprocess = webhook_commands.add_parser(
+        "reprocess",
+        help="judge a quarantined webhook's body again, as if it arrived now",
+        description="Judge a quarantined webhook's stored body again, for the tenant it came in for, as "
+        "if it arrived now: after a release that reads it. A usable rating gets its delivery; a running "
+        "`relay worker` (or `relay serve`) sends it. Exit 1: refused (unknown, not quarantined).",
+    )
+    reprocess.add_argument("webhook_id", type=_webhook_id, metavar="ID", help="the webhook's id")
+    _json_option(reprocess)
+    reprocess.set_defaults(command=_webhooks_reprocess)
+    dismiss = webhook_commands.add_parser(
+        "dismiss",
+        help="close a quarantined webhook without delivering it, saying why",
+        description="Close a quarantined webhook nothing can be delivered from: it is kept with your "
+        "reason, its status becomes dismissed, and it no longer counts as quarantined. A dismissed "
+        "webhook is not reprocessed. Exit 1: refused (unknown, not quarantined).",
+    )
+    dismiss.add_argument("webhook_id", type=_webhook_id, metavar="ID", help="the webhook's id")
+    dismiss.add_argument("--reason", required=True, metavar="TEXT", help="why, in a line: it is kept")
+    _json_option(dismiss)
+    dismiss.set_defaults(command=_webhooks_dismiss)
 
     prune_parser = commands.add_parser(
         "prune", help="delete finished records older than RELAY_RETENTION_DAYS"
@@ -229,6 +253,13 @@ def _delivery_id(text: str) -> int:
         return _DELIVERY_ID.validate_strings(text)
     except ValidationError:
         raise argparse.ArgumentTypeError(f"not a delivery id: {text!r}") from None
+
+
+def _webhook_id(text: str) -> int:
+    try:
+        return _DELIVERY_ID.validate_strings(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"not a webhook id: {text!r}") from None
 
 
 def _database_url(text: str) -> str:
@@ -454,6 +485,58 @@ def _links_export(args: argparse.Namespace) -> int:
             sys.stdout.write(links_to_csv([], args.tenant))
 
     _on_store(settings, export)
+    return 0
+
+
+def _webhooks_reprocess(args: argparse.Namespace) -> int:
+    settings = _settings(serves_webhooks=False, runs_worker=False)
+    _log_actions(settings)
+    tenants = {tenant.name: tenant for tenant in _tenants(settings)}
+    try:
+        done = _on_store(
+            settings,
+            lambda store: webhook_actions.reprocess(
+                store,
+                args.webhook_id,
+                tenant_named=tenants.get,
+                retention_days=settings.relay_retention_days,
+                now=datetime.now(UTC),
+            ),
+        )
+    except webhook_actions.WebhookRefused as refused:
+        print(f"relay: {console.printable(refused.detail)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(console.as_json(done.answer()))
+    elif done.delivery_id is None:
+        reasons = "".join(f"\n  {console.printable(error)}" for error in done.errors)
+        print(f"webhook {args.webhook_id}: {done.status}{reasons}")
+    else:
+        print(f"webhook {args.webhook_id}: {done.status}, delivery {done.delivery_id}; {WORKER_PICKS_UP}")
+    return 0
+
+
+def _webhooks_dismiss(args: argparse.Namespace) -> int:
+    try:
+        dismissal = webhook_actions.Dismissal(reason=args.reason)
+    except ValidationError as error:
+        reason = console.printable(error.errors(include_url=False)[0]["msg"].removeprefix("Value error, "))
+        print(f"relay: --reason: {reason}", file=sys.stderr)
+        return EXIT_MISCONFIGURED
+    settings = _settings(serves_webhooks=False, runs_worker=False)
+    _log_actions(settings)
+    try:
+        webhook = _on_store(
+            settings,
+            lambda store: webhook_actions.dismiss(store, args.webhook_id, dismissal, now=datetime.now(UTC)),
+        )
+    except webhook_actions.WebhookRefused as refused:
+        print(f"relay: {console.printable(refused.detail)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(console.as_json(webhook_actions.webhook_answer(webhook)))
+    else:
+        print(f"webhook {args.webhook_id}: dismissed ({console.printable(dismissal.reason)})")
     return 0
 
 

@@ -967,7 +967,13 @@ async def test_stats_count_what_is_there(relay):
         "delivered": 3,
         "dead": 1,
     }
-    assert stats["webhooks"] == {"accepted": 7, "duplicate": 0, "ignored": 0, "quarantined": 1}
+    assert stats["webhooks"] == {
+        "accepted": 7,
+        "duplicate": 0,
+        "ignored": 0,
+        "quarantined": 1,
+        "dismissed": 0,
+    }
     assert 600 <= stats["worker_lag_s"] < 660
     assert stats["delivered"] == {"last_hour": 1, "last_day": 2}
     assert stats["dead"] == {"last_hour": 0, "last_day": 1}

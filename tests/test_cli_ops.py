@@ -137,7 +137,13 @@ def test_status_shows_counts_backlog_recent_outcomes_and_the_worker(store):
 
     seeded = ("pending", "delivered", "dead", "unmatched")
     assert document["deliveries"] == {state: int(state in seeded) for state in DELIVERY_STATES}
-    assert document["webhooks"] == {"accepted": 4, "duplicate": 0, "ignored": 0, "quarantined": 1}
+    assert document["webhooks"] == {
+        "accepted": 4,
+        "duplicate": 0,
+        "ignored": 0,
+        "quarantined": 1,
+        "dismissed": 0,
+    }
     assert 60 <= document["backlog_age_s"] < 120
     assert 600 <= document["worker_lag_s"] < 660
     assert (document["delivered"], document["dead"]) == (

@@ -549,6 +549,42 @@ async def test_admin_webhook_answers_fit_the_document(relay):
     assert contract.seen == STORED_WEBHOOK_ANSWERS
 
 
+DISMISS_ANSWERS: Answers = {
+    ("post", "/admin/webhooks/{webhook_id}/dismiss"): {200, 400, 404, 409, 413},
+    ("get", "/admin/webhooks"): {200},
+    ("get", "/admin/webhooks/{webhook_id}"): {200},
+    ("post", "/admin/webhooks/{webhook_id}/reprocess"): {409},
+    ("get", "/admin/stats"): {200},
+}
+
+
+async def test_dismiss_answers_fit_the_document(relay):
+    contract = Contract()
+    accepted = await stored(relay, FIXTURE)
+    held = await stored(relay, b"\xff\xfe not utf-8")
+
+    async def admin(method: str, path: str, **kwargs: Any) -> Any:
+        return await contract.check(await relay.request(method, path, headers=ADMIN, **kwargs))
+
+    dismissed = await admin("POST", f"/admin/webhooks/{held['id']}/dismiss", json={"reason": "spam"})
+    await admin("POST", f"/admin/webhooks/{held['id']}/dismiss", json={"reason": ""})
+    await admin("POST", f"/admin/webhooks/{held['id']}/dismiss", data=TOO_LARGE)
+    again = await admin("POST", f"/admin/webhooks/{held['id']}/dismiss", json={"reason": "spam"})
+    refused = await admin("POST", f"/admin/webhooks/{accepted['id']}/dismiss", json={"reason": "spam"})
+    await admin("POST", f"/admin/webhooks/{MISSING}/dismiss", json={"reason": "spam"})
+    listed = await admin("GET", "/admin/webhooks", params={"status": "dismissed"})
+    shown = await admin("GET", f"/admin/webhooks/{held['id']}")
+    not_reprocessed = await admin("POST", f"/admin/webhooks/{held['id']}/reprocess")
+    stats = await admin("GET", "/admin/stats")
+
+    assert (dismissed["status"], dismissed["dismissed_reason"]) == ("dismissed", "spam")
+    assert (again["webhook_status"], refused["webhook_status"]) == ("dismissed", "accepted")
+    assert [item["id"] for item in listed["items"]] == [held["id"]] and shown["status"] == "dismissed"
+    assert not_reprocessed["webhook_status"] == "dismissed"
+    assert (stats["webhooks"]["quarantined"], stats["webhooks"]["dismissed"]) == (0, 1)
+    assert contract.seen == DISMISS_ANSWERS
+
+
 LINK_ANSWERS: Answers = {
     ("get", "/admin/links"): {200, 400, 404},
     ("post", "/admin/links"): {200, 400, 409, 413},
@@ -654,6 +690,7 @@ def test_the_scenarios_produce_every_documented_answer_but_the_error_guard_elsew
         OPS_ANSWERS,
         DELIVERY_ANSWERS,
         STORED_WEBHOOK_ANSWERS,
+        DISMISS_ANSWERS,
         LINK_ANSWERS,
         REFUSAL_ANSWERS,
     ):

@@ -281,6 +281,73 @@ async def test_reprocess_judges_a_quarantined_webhook_again_in_place(store: Stor
     assert [w.id for w in again] == [held.webhook_id]
 
 
+async def test_dismiss_closes_a_quarantined_webhook_which_stays_kept_and_reads_as_dismissed(
+    store: Store,
+) -> None:
+    held = await record(store, Judgement("quarantined", errors=("stars: missing",)), at=T0)
+    accepted = await record(store, rating(1), at=T0)
+    later = T0 + timedelta(hours=1)
+
+    before = await store.dismiss_webhook(held.webhook_id, "test order, never a real rating", now=later)
+    again = await store.dismiss_webhook(held.webhook_id, "a second reason", now=later + SECOND)
+
+    assert (before, again) == ("quarantined", "dismissed")
+    webhook = await store.get_webhook(held.webhook_id)
+    assert webhook is not None
+    assert (webhook.status, webhook.errors, webhook.body) == ("dismissed", ["stars: missing"], b"{}")
+    assert (webhook.dismissed_at, webhook.dismissed_reason) == (later, "test order, never a real rating")
+    assert await store.dismiss_webhook(accepted.webhook_id, "no", now=later) == "accepted"
+    kept = await store.get_webhook(accepted.webhook_id)
+    assert kept is not None and (kept.status, kept.dismissed_at, kept.dismissed_reason) == (
+        "accepted",
+        None,
+        None,
+    )
+    assert await store.dismiss_webhook(10**9, "no", now=later) is None
+
+
+async def test_a_dismissed_webhook_is_not_reprocessed(store: Store) -> None:
+    held = await record(store, Judgement("quarantined", errors=("stars: missing",)), at=T0)
+    await store.dismiss_webhook(held.webhook_id, "spam", now=T0)
+    judgement = Judgement("accepted", "rating_submitted", 7, 1, rating=rating())
+
+    stored = await store.reprocess_webhook(held.webhook_id, judgement, now=T0, recheck_before=LONG_AGO)
+
+    assert stored is None
+    webhook = await store.get_webhook(held.webhook_id)
+    assert webhook is not None and (webhook.status, webhook.delivery_ids) == ("dismissed", [])
+    assert await store.list_deliveries(DeliveryFilter()) == []
+
+
+async def test_dismissed_webhooks_are_listed_when_asked_and_not_counted_as_quarantined(store: Store) -> None:
+    waiting = (await record(store, Judgement("quarantined", errors=("x",)), at=T0)).webhook_id
+    dismissed = (await record(store, Judgement("quarantined", errors=("y",)), at=T0 + SECOND)).webhook_id
+    accepted = (await record(store, rating(1), at=T0 + 2 * SECOND)).webhook_id
+    await store.dismiss_webhook(dismissed, "duplicate of a rating Bringg sent again", now=T0 + 3 * SECOND)
+
+    def ids(found: list[Any]) -> list[int]:
+        return [webhook.id for webhook in found]
+
+    quarantined = await store.list_webhooks(WebhookFilter(status=("quarantined",)))
+    only_dismissed = await store.list_webhooks(WebhookFilter(status=("dismissed",)))
+    both = await store.list_webhooks(WebhookFilter(status=("quarantined", "dismissed")))
+    dismissed_or_accepted = await store.list_webhooks(WebhookFilter(status=("dismissed", "accepted")))
+    everything = await store.list_webhooks(WebhookFilter())
+    stats = await store.stats(now=T0 + 4 * SECOND)
+
+    assert ids(quarantined) == [waiting]
+    assert ids(only_dismissed) == [dismissed]
+    assert only_dismissed[0].dismissed_reason == "duplicate of a rating Bringg sent again"
+    assert ids(both) == [dismissed, waiting]
+    assert ids(dismissed_or_accepted) == [accepted, dismissed]
+    assert [(w.id, w.status) for w in everything] == [
+        (accepted, "accepted"),
+        (dismissed, "dismissed"),
+        (waiting, "quarantined"),
+    ]
+    assert stats.webhooks == {"accepted": 1, "duplicate": 0, "ignored": 0, "quarantined": 1, "dismissed": 1}
+
+
 async def test_a_webhook_and_its_delivery_are_stored_under_the_tenant_it_came_in_for(store: Store) -> None:
     acme = await store.record_webhook(inbound(rating(1), tenant="acme"), recheck_before=LONG_AGO)
     held = await store.record_webhook(
@@ -1193,7 +1260,7 @@ async def test_stats_and_backlog_count_every_state_and_the_oldest_wait(store: St
     assert backlog == Backlog(age_s=(now - T0).total_seconds(), worker_lag_s=(now - T0).total_seconds())
     assert oldest in {d.id for d in await store.list_deliveries(DeliveryFilter(state=("pending",)))}
     assert stats.deliveries == by_state
-    assert stats.webhooks == {"accepted": 6, "duplicate": 1, "ignored": 0, "quarantined": 1}
+    assert stats.webhooks == {"accepted": 6, "duplicate": 1, "ignored": 0, "quarantined": 1, "dismissed": 0}
     assert (stats.backlog_age_s, stats.worker_lag_s) == (backlog.age_s, backlog.worker_lag_s)
     assert (stats.delivered.last_hour, stats.delivered.last_day) == (1, 2)
     assert (stats.dead.last_hour, stats.dead.last_day) == (1, 1)

@@ -446,6 +446,8 @@ async def test_imported_ids_are_kept_and_new_ids_continue_past_them(store: Postg
         "content_type": None,
         "body": b"{}",
         "tenant": "acme",
+        "dismissed_at": None,
+        "dismissed_reason": None,
     }
     await store.import_rows("webhooks", [row])
     stored = await store.record_webhook(webhook(1), recheck_before=NOW)

@@ -3,9 +3,10 @@
 import base64
 import hmac
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -23,13 +24,11 @@ from pydantic import (
     ValidationError,
 )
 
-from relay.bringg.payload import judge
-from relay.bringg.tenancy import judged_for
 from relay.domain.ids import MAX_ID
 from relay.http import Handler, problem
 from relay.keys import NEW_DELIVERY, SETTINGS, STORE, TENANTS
 from relay.linkfile import HeaderProblem, Link, LinkCheck, external_id_problem, parse_links_csv
-from relay.ops import actions
+from relay.ops import actions, webhook_actions
 from relay.ops.answers import json_response
 from relay.store.api import Store
 from relay.store.filters import DeliveryFilter, Id, ReplayFilter, TenantName, WebhookFilter, whole_number
@@ -274,45 +273,40 @@ async def list_webhooks(request: web.Request) -> web.Response:
 @routes.get(r"/webhooks/{webhook_id:\d+}")
 async def show_webhook(request: web.Request) -> web.Response:
     webhook = await _webhook(request, _path_id(request, "webhook_id"))
-    return json_response({**asdict(webhook), **_readable(webhook.body)})
+    return json_response(webhook_actions.webhook_answer(webhook))
 
 
 @routes.post(r"/webhooks/{webhook_id:\d+}/reprocess")
 async def reprocess(request: web.Request) -> web.Response:
+    registry = request.config_dict[TENANTS].registry
+    with _refused_webhook():
+        done = await webhook_actions.reprocess(
+            _store(request),
+            _path_id(request, "webhook_id"),
+            tenant_named=lambda name: None if (running := registry.named(name)) is None else running.tenant,
+            retention_days=request.config_dict[SETTINGS].relay_retention_days,
+            now=_now(),
+            new_delivery=request.config_dict[NEW_DELIVERY],
+        )
+    return json_response(done.answer())
+
+
+@routes.post(r"/webhooks/{webhook_id:\d+}/dismiss")
+async def dismiss(request: web.Request) -> web.Response:
     webhook_id = _path_id(request, "webhook_id")
-    webhook = await _webhook(request, webhook_id)
-    if webhook.status != "quarantined":
-        detail = f"webhook {webhook_id} is {webhook.status}: only quarantined ones are reprocessed"
-        raise _refusal(409, detail, webhook_status=webhook.status)
-    # Judged for its tenant as at its arrival: a merchant not of the tenant's stays quarantined.
-    running = request.config_dict[TENANTS].registry.named(webhook.tenant)
-    if running is None:
-        raise _refusal(409, f"webhook {webhook_id} came for tenant {webhook.tenant}, which is not running")
-    judgement = judged_for(running.tenant, judge(webhook.body))
-    now = _now()
-    # As for a new arrival: past the retention window a delivered version may be gone, so check Quivo first.
-    recheck_before = now - timedelta(days=request.config_dict[SETTINGS].relay_retention_days)
-    stored = await _store(request).reprocess_webhook(
-        webhook_id, judgement, now=now, recheck_before=recheck_before
-    )
-    if stored is None:
-        raise _refusal(409, f"webhook {webhook_id} is no longer quarantined")
-    if stored.status == "accepted":
-        request.config_dict[NEW_DELIVERY].set()
-    log.info(
-        "admin.webhook_reprocessed",
-        webhook_id=webhook_id,
-        outcome=stored.status,
-        delivery_id=stored.delivery_id,
-        superseded=stored.superseded or None,
-        errors=list(judgement.errors) or None,
-    )
-    answer: dict[str, Any] = {"status": stored.status}
-    if stored.delivery_id is not None:
-        answer["delivery_id"] = stored.delivery_id
-    if judgement.errors:
-        answer["errors"] = list(judgement.errors)
-    return json_response(answer)
+    dismissal = _validated_json(webhook_actions.Dismissal, await request.read())
+    with _refused_webhook():
+        webhook = await webhook_actions.dismiss(_store(request), webhook_id, dismissal, now=_now())
+    return json_response(webhook_actions.webhook_answer(webhook))
+
+
+@contextmanager
+def _refused_webhook() -> Iterator[None]:
+    """A webhook action's refusal as the API's problem answer."""
+    try:
+        yield
+    except webhook_actions.WebhookRefused as refused:
+        raise _refusal(refused.status, refused.detail, **refused.extra) from None
 
 
 async def _webhook(request: web.Request, webhook_id: int) -> WebhookDetail:
@@ -320,13 +314,6 @@ async def _webhook(request: web.Request, webhook_id: int) -> WebhookDetail:
     if webhook is None:
         raise _refusal(404, f"no webhook {webhook_id}")
     return webhook
-
-
-def _readable(body: bytes) -> dict[str, str]:
-    try:
-        return {"body": body.decode("utf-8"), "body_encoding": "utf-8"}
-    except UnicodeDecodeError:
-        return {"body": base64.b64encode(body).decode("ascii"), "body_encoding": "base64"}
 
 
 # Links --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from relay.store.records import (
     Turn,
     UnmatchedSweep,
     WebhookDetail,
+    WebhookStatus,
     WebhookSummary,
     WorkerBeat,
 )
@@ -225,6 +226,13 @@ class Store(Protocol):
 
     async def get_webhook(self, webhook_id: int) -> WebhookDetail | None:
         """One stored webhook with its raw body and the ids of the deliveries it created."""
+
+    async def dismiss_webhook(self, webhook_id: int, reason: str, *, now: datetime) -> WebhookStatus | None:
+        """Close a quarantined webhook without delivering it: from `now` it is `dismissed`, with `reason`.
+
+        Its status before (None: no such webhook); only a quarantined one changes. It stays (body, errors
+        and all) and is listed as dismissed; it no longer counts as quarantined, nor can it be reprocessed.
+        """
 
     async def save_links(self, links: Sequence[Link], *, now: datetime) -> LinkUpsert:
         """Save links (the later of two for one order wins), waking their unmatched deliveries; one commit."""

@@ -155,3 +155,12 @@ class WebhookFilter(BaseModel):
     tenant: TenantName | None = None
     status: Annotated[tuple[WebhookStatus, ...], _one_or_more_of(WEBHOOK_STATUSES)] = ()
     since: Instant | None = None
+
+    def stored_statuses(self) -> tuple[tuple[str, ...], bool | None]:
+        """The status column's values to read, and whether a quarantined row must be dismissed (True), must
+        not be (False) or may be either (None): a dismissed webhook is stored as quarantined."""
+        columns = tuple(
+            dict.fromkeys("quarantined" if status == "dismissed" else status for status in self.status)
+        )
+        dismissed, quarantined = "dismissed" in self.status, "quarantined" in self.status
+        return columns, None if dismissed == quarantined else dismissed

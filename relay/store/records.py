@@ -3,12 +3,21 @@
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from relay.domain.delivery import WAITING_STATES, DeliveryState
 from relay.domain.judgement import Judgement
 
-WebhookStatus = Literal["accepted", "duplicate", "ignored", "quarantined"]
+# `dismissed`: a quarantined webhook an operator closed without delivering it. It is stored as quarantined
+# with `dismissed_at` set (SQLite's CHECK on the column names the other four) and read back as dismissed.
+WebhookStatus = Literal["accepted", "duplicate", "ignored", "quarantined", "dismissed"]
+
+
+def webhook_status(stored: str, dismissed: bool) -> WebhookStatus:
+    """A webhook's status as read from its row: a quarantined one an operator dismissed is `dismissed`."""
+    return "dismissed" if stored == "quarantined" and dismissed else cast(WebhookStatus, stored)
+
+
 # What the sender is told: an accepted version that an already known later one outranks is `superseded`,
 # so an answer never says `accepted` for a delivery that will not be sent.
 StoredStatus = Literal["accepted", "superseded", "duplicate", "ignored", "quarantined"]
@@ -230,6 +239,9 @@ class WebhookSummary:
     rating_id: int | None
     errors: list[str]
     bytes: int
+    # When an operator dismissed it, and why (None unless its status is `dismissed`).
+    dismissed_at: datetime | None
+    dismissed_reason: str | None
 
 
 @dataclass(frozen=True)

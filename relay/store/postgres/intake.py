@@ -69,10 +69,12 @@ async def reprocess_webhook(
 ) -> StoredWebhook | None:
     """Judge a quarantined webhook again as if it arrived `now`; it keeps its id, bytes and request id."""
     row = await conn.fetchrow(
-        "SELECT status, request_id, content_type, body, tenant FROM webhooks WHERE id = $1 FOR UPDATE",
+        "SELECT status, request_id, content_type, body, tenant, dismissed_at FROM webhooks WHERE id = $1 "
+        "FOR UPDATE",
         webhook_id,
     )
-    if row is None or row["status"] != "quarantined":
+    # A dismissed one stays as an operator closed it.
+    if row is None or row["status"] != "quarantined" or row["dismissed_at"] is not None:
         return None
     inbound = InboundWebhook(
         request_id=row["request_id"],

@@ -31,7 +31,9 @@ from relay.store.records import (
     Stats,
     WebhookDetail,
     WebhookSource,
+    WebhookStatus,
     WebhookSummary,
+    webhook_status,
 )
 
 if TYPE_CHECKING:
@@ -82,8 +84,10 @@ def _seconds_since(moment: datetime | None, now: datetime) -> float | None:
 async def stats(conn: Conn, *, now: datetime) -> Stats:
     """Deliveries by state, webhooks by status, the backlog, deliveries done and dead lately."""
     statuses: dict[str, int] = dict.fromkeys(WEBHOOK_STATUSES, 0)
-    for row in await conn.fetch("SELECT status, count(*) FROM webhooks GROUP BY status"):
-        statuses[row[0]] = row[1]
+    for row in await conn.fetch(
+        "SELECT status, dismissed_at IS NOT NULL, count(*) FROM webhooks GROUP BY 1, 2"
+    ):
+        statuses[webhook_status(row[0], row[1])] += row[2]
     backlog = await read_backlog(conn, now=now)
     hour, day = now - timedelta(hours=1), now - timedelta(days=1)
     # A delivered row is never touched again, so its updated_at is when it was delivered.
@@ -267,7 +271,7 @@ async def cancel_delivery(conn: Conn, delivery_id: int, *, now: datetime) -> Sta
 
 _WEBHOOK_COLUMNS = (
     "id, tenant, received_at, request_id, status, webhook_type, merchant_id, rating_id, errors, "
-    "octet_length(body) AS bytes"
+    "octet_length(body) AS bytes, dismissed_at, dismissed_reason"
 )
 
 
@@ -278,12 +282,15 @@ async def list_webhooks(
     conditions = _Conditions()
     if where.tenant is not None:
         conditions.add("tenant = {}", where.tenant)
-    if where.status:
-        conditions.add("status = ANY({}::text[])", list(where.status))
+    statuses, dismissed = where.stored_statuses()
+    if statuses:
+        conditions.add("status = ANY({}::text[])", list(statuses))
+    if dismissed is not None:
+        conditions.add("(status <> 'quarantined' OR (dismissed_at IS NOT NULL) = {})", dismissed)
     if where.since is not None:
         conditions.add("received_at >= {}", where.since)
     rows = await _newest_first(conn, f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks", conditions, after, limit)
-    return [_record(WebhookSummary, row, errors=_errors(row)) for row in rows]
+    return [_record(WebhookSummary, row, errors=_errors(row), status=_status(row)) for row in rows]
 
 
 async def get_webhook(conn: Conn, webhook_id: int) -> WebhookDetail | None:
@@ -305,8 +312,17 @@ async def get_webhook(conn: Conn, webhook_id: int) -> WebhookDetail | None:
         )
         delivery_ids = [int(delivery["id"]) for delivery in found]
     return _record(
-        WebhookDetail, row, errors=_errors(row), body=bytes(row["body"]), delivery_ids=delivery_ids
+        WebhookDetail,
+        row,
+        errors=_errors(row),
+        status=_status(row),
+        body=bytes(row["body"]),
+        delivery_ids=delivery_ids,
     )
+
+
+def _status(row: asyncpg.Record) -> WebhookStatus:
+    return webhook_status(row["status"], row["dismissed_at"] is not None)
 
 
 def _errors(row: asyncpg.Record) -> list[str]:

@@ -14,7 +14,7 @@ from relay.linkfile import Link
 from relay.store.activity import MinuteActivity
 from relay.store.api import DatabaseUnusable, StoreUnavailable
 from relay.store.filters import DeliveryFilter, WebhookFilter
-from relay.store.postgres import activity, intake, moving, operators, outbox, relaywide
+from relay.store.postgres import activity, dismissals, intake, moving, operators, outbox, relaywide
 from relay.store.postgres import links as link_table
 from relay.store.postgres.commits import GroupCommit
 from relay.store.postgres.connection import WORK_CHANNEL, Conn, failures_as_unavailable, read_url
@@ -38,6 +38,7 @@ from relay.store.records import (
     Turn,
     UnmatchedSweep,
     WebhookDetail,
+    WebhookStatus,
     WebhookSummary,
     WorkerBeat,
 )
@@ -326,6 +327,12 @@ class PostgresStore:
     async def get_webhook(self, webhook_id: int) -> WebhookDetail | None:
         """One stored webhook with its raw body and the ids of the deliveries it created."""
         return await self._transaction(lambda conn: operators.get_webhook(conn, webhook_id), readonly=True)
+
+    async def dismiss_webhook(self, webhook_id: int, reason: str, *, now: datetime) -> WebhookStatus | None:
+        """Close a quarantined webhook without delivering it: from `now` it is `dismissed`, with `reason`."""
+        return await self._transaction(
+            lambda conn: dismissals.dismiss_webhook(conn, webhook_id, reason, now=now)
+        )
 
     async def save_links(self, links: Sequence[Link], *, now: datetime) -> LinkUpsert:
         """Save links (the later of two for one order wins), waking their unmatched deliveries; one commit."""

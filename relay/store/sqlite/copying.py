@@ -23,7 +23,7 @@ class _Table:
 
 
 _TABLES = {
-    "webhooks": _Table(("id",), ("received_at",)),
+    "webhooks": _Table(("id",), ("received_at", "dismissed_at")),
     "deliveries": _Table(
         ("id",),
         ("next_attempt_at", "created_at", "updated_at", "delivered_at", "replayed_at"),

@@ -6,7 +6,7 @@ import aiosqlite
 
 from relay.domain.delivery import DELIVERY_STATES
 from relay.store.filters import WEBHOOK_STATUSES
-from relay.store.records import Backlog, Recent, Stats
+from relay.store.records import Backlog, Recent, Stats, webhook_status
 from relay.store.sqlite.instants import from_text, to_text
 from relay.store.sqlite.reading import one
 
@@ -62,8 +62,10 @@ async def read_backlog(conn: aiosqlite.Connection, now: datetime) -> Backlog:
 async def stats(conn: aiosqlite.Connection, *, now: datetime) -> Stats:
     """Deliveries by state, webhooks by status, the backlog's age and the workers' lag, recent outcomes."""
     statuses: dict[str, int] = dict.fromkeys(WEBHOOK_STATUSES, 0)
-    for row in await conn.execute_fetchall("SELECT status, COUNT(*) FROM webhooks GROUP BY status"):
-        statuses[row[0]] = row[1]
+    for row in await conn.execute_fetchall(
+        "SELECT status, dismissed_at IS NOT NULL, COUNT(*) FROM webhooks GROUP BY 1, 2"
+    ):
+        statuses[webhook_status(row[0], bool(row[1]))] += row[2]
     backlog = await read_backlog(conn, now)
     window = {"hour": to_text(now - timedelta(hours=1)), "day": to_text(now - timedelta(days=1))}
     # A delivered row is never touched again, so its updated_at is when it was delivered.

@@ -59,9 +59,11 @@ def reprocess_webhook(
 
     def job(conn: sqlite3.Connection) -> StoredWebhook | None:
         row = conn.execute(
-            "SELECT status, request_id, content_type, body, tenant FROM webhooks WHERE id = ?", (webhook_id,)
+            "SELECT status, request_id, content_type, body, tenant, dismissed_at FROM webhooks WHERE id = ?",
+            (webhook_id,),
         ).fetchone()
-        if row is None or row["status"] != "quarantined":
+        # A dismissed one stays as an operator closed it.
+        if row is None or row["status"] != "quarantined" or row["dismissed_at"] is not None:
             return None
         inbound = InboundWebhook(
             request_id=row["request_id"],

@@ -24,6 +24,7 @@ INSTANT_COLUMNS = frozenset(
         "delivered_at",
         "replayed_at",
         "started_at",
+        "dismissed_at",
     }
 )
 

@@ -33,6 +33,7 @@ from relay.store.records import (
     Turn,
     UnmatchedSweep,
     WebhookDetail,
+    WebhookStatus,
     WebhookSummary,
     WorkerBeat,
 )
@@ -42,6 +43,7 @@ from relay.store.sqlite import (
     claims,
     copying,
     deliveries,
+    dismissals,
     duties,
     gauges,
     holds,
@@ -228,6 +230,9 @@ class SqliteStore:
 
     async def get_webhook(self, webhook_id: int) -> WebhookDetail | None:
         return await self._read(lambda conn: webhooks.get_webhook(conn, webhook_id))
+
+    async def dismiss_webhook(self, webhook_id: int, reason: str, *, now: datetime) -> WebhookStatus | None:
+        return await self.database.write(dismissals.dismiss_webhook(webhook_id, reason, now=now))
 
     async def save_links(self, links: Sequence[Link], *, now: datetime) -> LinkUpsert:
         return await self.database.write(link_table.save_links(links, now=now))

@@ -7,13 +7,13 @@ from typing import Any
 import aiosqlite
 
 from relay.store.filters import WebhookFilter
-from relay.store.records import WebhookDetail, WebhookSummary
+from relay.store.records import WebhookDetail, WebhookStatus, WebhookSummary, webhook_status
 from relay.store.sqlite.instants import to_text
 from relay.store.sqlite.reading import newest_first, one, record
 
 _WEBHOOK_COLUMNS = (
     "id, tenant, received_at, request_id, status, webhook_type, merchant_id, rating_id, errors, "
-    "length(body) AS bytes"
+    "length(body) AS bytes, dismissed_at, dismissed_reason"
 )
 
 
@@ -29,16 +29,19 @@ async def list_webhooks(
     if where.since is not None:
         conditions.append("received_at >= ?")
         parameters.append(to_text(where.since))
+    statuses, dismissed = where.stored_statuses()
+    if dismissed is not None:
+        conditions.append(f"(status <> 'quarantined' OR dismissed_at IS {'NOT ' if dismissed else ''}NULL)")
     rows = await newest_first(
         conn,
         f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks",
-        ("status", where.status),
+        ("status", statuses),
         conditions,
         parameters,
         after,
         limit,
     )
-    return [record(WebhookSummary, row, errors=_errors(row)) for row in rows]
+    return [record(WebhookSummary, row, errors=_errors(row), status=_status(row)) for row in rows]
 
 
 async def get_webhook(conn: aiosqlite.Connection, webhook_id: int) -> WebhookDetail | None:
@@ -57,7 +60,18 @@ async def get_webhook(conn: aiosqlite.Connection, webhook_id: int) -> WebhookDet
             (row["merchant_id"], row["rating_id"], webhook_id),
         )
         delivery_ids = [int(delivery["id"]) for delivery in found]
-    return record(WebhookDetail, row, errors=_errors(row), body=bytes(row["body"]), delivery_ids=delivery_ids)
+    return record(
+        WebhookDetail,
+        row,
+        errors=_errors(row),
+        status=_status(row),
+        body=bytes(row["body"]),
+        delivery_ids=delivery_ids,
+    )
+
+
+def _status(row: sqlite3.Row) -> WebhookStatus:
+    return webhook_status(row["status"], row["dismissed_at"] is not None)
 
 
 def _errors(row: sqlite3.Row) -> list[str]:
