@@ -9,6 +9,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import psycopg
+
 from tests.processes import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -46,6 +48,7 @@ class PostgresServer:
         self.sockets = self.root / "sockets"
         self.log = self.root / "server.log"
         self._guard: subprocess.Popen[bytes] | None = None
+        self._admin: psycopg.Connection[tuple[object, ...]] | None = None
 
     def url(self, dbname: str) -> str:
         """A DATABASE_URL for one database of this server, over TCP with the password."""
@@ -112,6 +115,8 @@ class PostgresServer:
 
     def tear_down(self) -> None:
         """Stop the server if it runs and remove its folders; the guard then has nothing left to do."""
+        if self._admin is not None:
+            self._admin.close()
         _stop_and_remove(self.root, self._as_user)
         if self._guard is not None:
             assert self._guard.stdin is not None
@@ -121,11 +126,25 @@ class PostgresServer:
     def create_database(self, template: str = "template1") -> str:
         """A new database copied from `template` (which nobody may be connected to); its name."""
         name = f"test_{uuid.uuid4().hex[:16]}"
-        self.sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        self._administer(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return name
 
     def drop_database(self, name: str) -> None:
-        self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self._administer(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _administer(self, statement: str) -> None:
+        # On one connection kept open over the socket folder: a psql process per statement costs more than
+        # the statement. A connection the server cut (a test stopped and restarted it) is opened again.
+        if self._admin is None or self._admin.closed or self._admin.broken:
+            conninfo = f"host={self.sockets} port={self.port} user={ROLE} dbname=postgres"
+            self._admin = psycopg.connect(conninfo, autocommit=True)
+        try:
+            self._admin.execute(statement.encode())
+        except psycopg.OperationalError:
+            if not self._admin.broken:
+                raise
+            self._admin = None
+            self._administer(statement)
 
     def sql(self, statement: str, dbname: str = "postgres") -> str:
         """Run one statement as the superuser over the socket folder; what psql printed."""
