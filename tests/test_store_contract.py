@@ -973,6 +973,17 @@ async def test_a_search_finds_deliveries_by_order_id_rating_id_or_inquiry_id(sto
         assert await found(search=unmatched) == []
 
 
+async def test_delivery_comments_are_the_ratings_comments_by_delivery_id(store: Store) -> None:
+    worded = await accept(store, rating_id=1)
+    silent = await record(store, rating(2).model_copy(update={"comment": None}))
+    assert silent.delivery_id is not None
+
+    comments = await store.delivery_comments([worded, silent.delivery_id, 999999])
+
+    assert comments == {worded: "quick and friendly", silent.delivery_id: None}
+    assert await store.delivery_comments([]) == {}
+
+
 async def test_count_deliveries_counts_what_the_listing_lists(store: Store) -> None:
     ids = [await accept(store, rating_id=n, merchant_id=7 + n % 2, external_id=f"ORD-{n}") for n in range(6)]
     await settle(store, ids[0], "dead", now=T0)

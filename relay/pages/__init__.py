@@ -10,7 +10,7 @@ import jinja2
 from aiohttp import web
 
 from relay.console import duration, relative
-from relay.pages import overview, sign_in
+from relay.pages import deliveries, overview, sign_in
 from relay.pages.guard import KEY, console_guard
 from relay.pages.sessions import signing_key
 from relay.throttle import FailureThrottle
@@ -20,6 +20,7 @@ PREFIX = "/console"
 PAGE_MODULES: list[ModuleType] = [
     sign_in,
     overview,
+    deliveries,
 ]
 
 _HERE = Path(__file__).parent

@@ -204,6 +204,9 @@ class Store(Protocol):
     async def count_deliveries(self, where: DeliveryFilter) -> int:
         """How many deliveries match `where` (what a bulk replay's confirmation states)."""
 
+    async def delivery_comments(self, delivery_ids: Sequence[int]) -> dict[int, str | None]:
+        """The consumer's comment of each of these deliveries that exists (None: it has none), by id."""
+
     async def get_delivery(self, delivery_id: int) -> DeliveryDetail | None:
         """One delivery with its calls to Quivo and the webhook it came from; None when there is none."""
 

@@ -135,6 +135,15 @@ async def count_deliveries(conn: Conn, where: DeliveryFilter) -> int:
     return count
 
 
+async def delivery_comments(conn: Conn, delivery_ids: Sequence[int]) -> dict[int, str | None]:
+    """The consumer's comment of each of these deliveries (those that exist)."""
+    rows = await conn.fetch(
+        "SELECT id, rating::json ->> 'comment' FROM deliveries WHERE id = ANY($1::bigint[])",
+        list(delivery_ids),
+    )
+    return {row[0]: row[1] for row in rows}
+
+
 def _matching(where: DeliveryFilter) -> "_Conditions | None":
     """The conditions of `where`; None when nothing can match it."""
     # text holds no NUL, so no order id stored here has one (and the server refuses one); nor has a number

@@ -296,6 +296,10 @@ class PostgresStore:
         """How many deliveries match `where`."""
         return await self._run(lambda conn: operators.count_deliveries(conn, where))
 
+    async def delivery_comments(self, delivery_ids: Sequence[int]) -> dict[int, str | None]:
+        """The consumer's comment of each of these deliveries (those that exist)."""
+        return await self._run(lambda conn: operators.delivery_comments(conn, delivery_ids))
+
     async def get_delivery(self, delivery_id: int) -> DeliveryDetail | None:
         """One delivery with its calls to Quivo and the webhook it came from; None when there is none."""
         return await self._transaction(lambda conn: operators.get_delivery(conn, delivery_id), readonly=True)

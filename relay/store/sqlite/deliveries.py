@@ -1,6 +1,7 @@
 """Operators' reads of deliveries: the filtered listing and its count, and one delivery in full."""
 
 import json
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -47,6 +48,18 @@ async def count_deliveries(conn: aiosqlite.Connection, where: DeliveryFilter) ->
     row = await one(conn, sql, parameters)
     assert row is not None  # count(*) always gives a row
     return int(row[0])
+
+
+async def delivery_comments(conn: aiosqlite.Connection, delivery_ids: Sequence[int]) -> dict[int, str | None]:
+    """The consumer's comment of each of these deliveries (those that exist)."""
+    if not delivery_ids:
+        return {}
+    marks = ", ".join("?" * len(delivery_ids))
+    rows = await conn.execute_fetchall(
+        f"SELECT id, json_extract(rating, '$.comment') FROM deliveries WHERE id IN ({marks})",
+        list(delivery_ids),
+    )
+    return {row[0]: row[1] for row in rows}
 
 
 def _matching(where: DeliveryFilter) -> tuple[list[str], list[Any]]:

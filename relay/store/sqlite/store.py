@@ -211,6 +211,9 @@ class SqliteStore:
     async def count_deliveries(self, where: DeliveryFilter) -> int:
         return await self._read(lambda conn: deliveries.count_deliveries(conn, where))
 
+    async def delivery_comments(self, delivery_ids: Sequence[int]) -> dict[int, str | None]:
+        return await self._read(lambda conn: deliveries.delivery_comments(conn, delivery_ids))
+
     async def get_delivery(self, delivery_id: int) -> DeliveryDetail | None:
         return await self._read(lambda conn: deliveries.get_delivery(conn, delivery_id))
 
