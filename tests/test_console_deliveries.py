@@ -102,7 +102,7 @@ def test_a_bulk_replay_states_how_many_match_and_replays_them(
     screenshot(page, "bulk-replay-done")
 
     assert ratings_on(console, 506) == 3
-    assert console.admin("GET", f"/deliveries/{elsewhere}")[1]["state"] == "dead"
+    assert console.admin("GET", f"/deliveries/{elsewhere}")[1]["delivery"]["state"] == "dead"
     [line] = console.events("admin.deliveries_replayed")
     assert (line["replayed"], line["filter"]["merchant_id"]) == (3, 3)
 

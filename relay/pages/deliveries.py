@@ -20,7 +20,7 @@ from relay.ops import actions
 from relay.pages.notices import see_other
 from relay.store.api import Store
 from relay.store.filters import CANCELLABLE_STATES, REPLAYABLE_STATES, DeliveryFilter, Id, ReplayFilter
-from relay.store.records import DeliveryDetail, StateChange
+from relay.store.records import DeliveryDetail, DeliverySummary, StateChange
 
 routes = web.RouteTableDef()
 
@@ -48,7 +48,7 @@ async def delivery_list(request: web.Request) -> web.Response:
     found = await store.list_deliveries(listing, after=listing.before, limit=PAGE_SIZE + 1)
     shown = found[:PAGE_SIZE]
     older = _list_url(given, before=shown[-1].id) if len(found) > PAGE_SIZE else None
-    context = _list_context(request, given, shown, older, replayable=_replayable(listing))
+    context = _list_context(request, given, shown, older, replayable=_replayable(listing, shown))
     context["comments"] = await store.delivery_comments([delivery.id for delivery in shown])
     return aiohttp_jinja2.render_template("deliveries.html", request, context)
 
@@ -198,13 +198,15 @@ def _list_context(
         "newest": _list_url(given) if "before" in given else None,
         "replayable": replayable,
         "problem": problem,
-        "now": _now(),
     }
 
 
-def _replayable(where: DeliveryFilter) -> bool:
-    """Whether a bulk replay can take this filter: it names no state, or only states that replay."""
-    return all(state in REPLAYABLE_STATES for state in where.state)
+def _replayable(where: DeliveryFilter, shown: list[DeliverySummary]) -> bool:
+    """Whether to offer a bulk replay of this filter: it names only states that replay, or it names none
+    and the page shows a delivery that would replay."""
+    if where.state:
+        return all(state in REPLAYABLE_STATES for state in where.state)
+    return any(delivery.state in REPLAYABLE_STATES for delivery in shown)
 
 
 def readable_body(body: bytes) -> str:
