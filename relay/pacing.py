@@ -79,17 +79,20 @@ class RelayBudget:
         self._spacing_s = 1.0 / rps
         self._clock = clock
 
-    async def wait_turn(self, *, max_wait_s: float) -> float:
-        """Wait for this call's slot: 0 once it came, else how far off it is (over max_wait_s), unwaited.
+    async def reserve(self) -> datetime:
+        """Reserve the account's next slot for a call to come (wait for it with wait_for).
 
-        The slot is reserved before its wait is known, so one given up is spent: slots stay spaced, and an
-        unused one only makes the relay call Quivo a little less often than it may.
+        A slot reserved and then not used is spent: slots stay spaced, and an unused one only makes the
+        relay call Quivo a little less often than it may.
         """
         now = self._clock()
-        slot = await self._store.reserve_send_slot(self._account, now=now, spacing_s=self._spacing_s)
-        if (away_s := (slot - now).total_seconds()) > max_wait_s:
-            return away_s
+        return await self._store.reserve_send_slot(self._account, now=now, spacing_s=self._spacing_s)
+
+    async def wait_for(self, slot: datetime, *, max_wait_s: float) -> float:
+        """Wait for a reserved slot: 0 once it came, else how far off it is (over max_wait_s), unwaited."""
         wait_s = (slot - self._clock()).total_seconds()
+        if wait_s > max_wait_s:
+            return wait_s
         if wait_s > 0:
             await asyncio.sleep(wait_s)
         return 0.0

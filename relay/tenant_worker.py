@@ -35,6 +35,12 @@ log = structlog.get_logger("relay.delivery")
 
 # Deliveries claimed per Quivo call slot: the spare ones wait on a slot, their leases far from running out.
 CLAIM_AHEAD = 2
+# A claim waits until this share of the call slots' worth is free: claims (and the turns taken right after
+# them) come in batches sharing a store round trip each, not one round trip per finished delivery.
+CLAIM_BATCH_SHARE = 0.5
+# A turn taken ahead, before the wait for a call slot, leases this share longer than a lease: a call within
+# that time finds a whole lease left, as a renewal would have made it, and goes without one.
+TURN_FRESH_SHARE = 0.05
 # Pauses other workers set (refused credentials, a 429's Retry-After) are read this often, at most.
 PAUSES_READ_INTERVAL_S = 1.0
 # Another worker's send holds the inquiry: look again this much later. A call takes well under a second
@@ -64,6 +70,8 @@ class _Attempt:
     leased_until: datetime
     calls: list[AttemptRecord] = field(default_factory=list)
     send_started: bool = False
+    # The relay's send slot reserved for the first call, with the turn taken ahead; None once used.
+    slot: datetime | None = None
 
 
 class TenantWorker:
@@ -100,10 +108,18 @@ class TenantWorker:
         # Should this worker die mid-send, Quivo may still commit that send up to the settle time later:
         # a lease (from a claim, or renewed before a call) outlasts the calls and then the settle time.
         self._lease = timedelta(seconds=settings.quivo_lease_s + settings.relay_unsure_settle_s)
+        self._turn_ahead = self._lease * (1 + TURN_FRESH_SHARE)
+        self._claim_batch = max(1, round(CLAIM_BATCH_SHARE * account.max_concurrency))
         # Beside other workers, the rate, the holds on inquiries and the pauses are the relay's, in the store;
         # alone on a database (SQLite), the worker's own pacer and lock per inquiry keep them, commit-free.
         self._budget = (
             None if store.single_worker else RelayBudget(store, account.max_rps, account=tenant.name)
+        )
+        # A claim's calls reserve their slots together, ahead, where a claim's worth of slots spans a second
+        # at most. At lower rates the budget, not round trips, bounds the calls, and slots reserved ahead
+        # would push every worker's calls past what a lease can wait.
+        self._slots_ahead = self._budget is not None and (
+            account.max_rps >= CLAIM_AHEAD * account.max_concurrency
         )
         self._in_flight: set[asyncio.Task[None]] = set()
         self._inquiries_in_flight: dict[int, tuple[asyncio.Lock, int]] = {}
@@ -194,7 +210,7 @@ class TenantWorker:
         now = utc_now()
         lease_until = now + self._lease
         free = CLAIM_AHEAD * self.tenant.quivo.max_concurrency - len(self._in_flight)
-        if free <= 0 or self._pacer.paused_for() > 0:
+        if free < self._claim_batch or self._pacer.paused_for() > 0:
             return 0, [], lease_until
         claimed = await self.store.claim_due(self.tenant.name, now=now, lease_until=lease_until, limit=free)
         return free, claimed, lease_until
@@ -348,6 +364,11 @@ class TenantWorker:
         async with self._inquiry_turn(inquiry_id):
             attempt = _Attempt(delivery, rating, inquiry_id, lease_until)
             try:
+                if delivery.unconfirmed or self._exhausted(delivery) is None:
+                    # Now, beside its claim's batch (one round trip for them all), not one at each call.
+                    await self._take_turn(attempt, lease=self._turn_ahead)
+                    if self._slots_ahead and self._budget is not None:
+                        attempt.slot = await self._budget.reserve()
                 outcome, event = await self._attempt(attempt)
                 await self._settle(attempt, outcome)
             except _LeaseLost:
@@ -386,12 +407,12 @@ class TenantWorker:
         if left_s > 0:
             await asyncio.sleep(left_s)
 
-    async def _take_turn(self, attempt: _Attempt) -> None:
-        """Right before a call: renew the lease, so it outlasts this call and the settle time after it,
-        and hold the inquiry as long. A delivery that waited its turn past its lease may have been
-        claimed again meanwhile (by another worker, or this one): then it is no longer this pass's."""
+    async def _take_turn(self, attempt: _Attempt, *, lease: timedelta) -> None:
+        """Renew the lease, so it outlasts the calls to come and the settle time after them, and hold the
+        inquiry as long. A delivery that waited its turn past its lease may have been claimed again
+        meanwhile (by another worker, or this one): then it is no longer this pass's."""
         now = utc_now()
-        until = now + self._lease
+        until = now + lease
         turn = await self.store.take_turn(
             attempt.delivery.id, attempt.inquiry_id, leased_until=attempt.leased_until, now=now, until=until
         )
@@ -510,9 +531,12 @@ class TenantWorker:
             if self.paused_reason is not None:
                 raise _AccountPaused()  # another worker's login was refused: this one's token waits too
             # Before the wait for the rate, whose end the call must follow closely: the lease renewed
-            # here still outlasts that wait (half a lease at most), the call and the settle time.
-            await self._take_turn(attempt)
-            wait_s = await self._turn(max_wait_s=self.settings.quivo_lease_s / 2)
+            # here still outlasts that wait (half a lease at most), the call and the settle time. A turn
+            # taken ahead moments ago left a whole lease still to run: as good as renewed now.
+            if attempt.leased_until - utc_now() < self._lease:
+                await self._take_turn(attempt, lease=self._lease)
+            slot, attempt.slot = attempt.slot, None
+            wait_s = await self._turn(max_wait_s=self.settings.quivo_lease_s / 2, slot=slot)
             if wait_s is not None:
                 raise _PausedTooLong(wait_s)
             if action == "send":
@@ -543,14 +567,16 @@ class TenantWorker:
         attempt.calls.append(record)
         return result
 
-    async def _turn(self, *, max_wait_s: float) -> float | None:
-        """Wait for this call's turn, this worker's and the relay's; None once it came, else how long
-        the call would have had to wait (more than max_wait_s)."""
+    async def _turn(self, *, max_wait_s: float, slot: datetime | None = None) -> float | None:
+        """Wait for this call's turn, this worker's and the relay's (in `slot` when reserved ahead); None
+        once it came, else how long the call would have had to wait (more than max_wait_s)."""
         if not await self._pacer.wait_turn(max_wait_s=max_wait_s):
             return self._pacer.paused_for()
-        if self._budget is not None and (away_s := await self._budget.wait_turn(max_wait_s=max_wait_s)):
-            return away_s
-        return None
+        if self._budget is None:
+            return None
+        if slot is None:
+            slot = await self._budget.reserve()
+        return await self._budget.wait_for(slot, max_wait_s=max_wait_s) or None
 
     def _exhausted(self, delivery: ClaimedDelivery) -> str | None:
         if delivery.attempts >= self.settings.relay_max_attempts:

@@ -21,6 +21,8 @@ from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
 from relay.store.api import Store
 from relay.store.filters import DeliveryFilter
+from relay.store.postgres.store import PostgresStore
+from relay.store.sqlite.store import SqliteStore
 from tests.chaos.harness import Stage, delivered_tags, http_call, stage, wait_for
 from tests.conftest import AUTH, BACKENDS, fixture_bytes
 from tests.forwarding import (
@@ -664,3 +666,46 @@ async def _worker_loop_goes_round(relay, *, times: int) -> None:
         async with asyncio.timeout(10):
             while (worker.last_heartbeat or 0) <= began:  # noqa: ASYNC110 - the loop's own mark
                 await asyncio.sleep(0.01)
+
+
+async def test_a_claims_deliveries_take_their_turns_and_send_slots_together_once_each(
+    aiohttp_client, make_settings, quivo, monkeypatch
+):
+    # Taken together, a claim's turns (and on PostgreSQL its send slots) share a store round trip; taken
+    # at each call, at most QUIVO_MAX_CONCURRENCY of them would be asked for at once.
+    settings = make_settings(**forwarding_settings(quivo, quivo_max_concurrency=4))
+    intake = await aiohttp_client(create_app(settings, run_worker=False))
+    accepted = [await post(intake, rating_webhook(n, f"INQ-{n}")) for n in range(900, 908)]
+    await intake.close()
+    asked = {"take_turn": _Asked(), "reserve_send_slot": _Asked()}
+    for store_class in (SqliteStore, PostgresStore):
+        for method, counter in asked.items():
+            monkeypatch.setattr(store_class, method, counter.counting(getattr(store_class, method)))
+
+    relay = await aiohttp_client(create_app(settings, run_worker=True))
+    for answer in accepted:
+        assert (await wait_for_delivery(db(relay), answer["delivery_id"])).state == "delivered"
+
+    # All 8 claimed at once (two per call slot); each delivery's one call went on its turn taken ahead.
+    assert (asked["take_turn"].calls, asked["take_turn"].most_at_once) == (8, 8)
+    if not db(relay).single_worker:
+        assert (asked["reserve_send_slot"].calls, asked["reserve_send_slot"].most_at_once) == (8, 8)
+
+
+class _Asked:
+    """How often a store method was called, and the most calls of it in flight at once."""
+
+    def __init__(self) -> None:
+        self.calls = self.in_flight = self.most_at_once = 0
+
+    def counting(self, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            self.in_flight += 1
+            self.most_at_once = max(self.most_at_once, self.in_flight)
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                self.in_flight -= 1
+
+        return counted
