@@ -21,7 +21,7 @@ from relay.domain.delivery import DELIVERY_STATES
 from relay.linkfile import links_to_csv
 from relay.listen import CannotListen, listening_socket_sets, listening_sockets
 from relay.logs import configure_logging
-from relay.ops import actions, webhook_actions
+from relay.ops import actions, link_actions, webhook_actions
 from relay.ops.admin import (
     DEFAULT_PAGE,
     MAX_PAGE,
@@ -29,7 +29,6 @@ from relay.ops.admin import (
     DeliveryListing,
     page_cursor,
     replay_answer,
-    tenant_links,
 )
 from relay.ops.health import WORKER_SILENT_AFTER_S, worker_beats
 from relay.settings import MAX_PROCESSES, Settings, SettingsError, load_settings
@@ -42,7 +41,6 @@ from relay.store.operations import import_links_file, prune
 from relay.store.records import COPIED_TABLES, DeliveryDetail, PruneResult, StateChange
 from relay.supervisor import serving, supervise
 from relay.tenants.file import read_tenants_file
-from relay.tenants.links import link_refusal
 from relay.tenants.registry import load_tenants
 from relay.tenants.tenant import Tenant
 
@@ -443,6 +441,7 @@ def _links_import(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         print(f"relay: no such file: {args.file}", file=sys.stderr)
         return 1
+    _log_actions(settings)
     with console.progress_line() as show:
         result = _on_store(
             settings,
@@ -450,10 +449,11 @@ def _links_import(args: argparse.Namespace) -> int:
                 store,
                 args.file,
                 now=datetime.now(UTC),
-                check=lambda merchant_id, named: link_refusal(tenants, merchant_id, named, args.tenant),
+                check=link_actions.link_check(tenants, args.tenant),
                 progress=lambda saved: show(f"{saved} links saved"),
             ),
         )
+    link_actions.imported(result)
     for problem in result.problems:
         print(console.printable(f"{args.file}:{problem.line}: {problem.reason}"), file=sys.stderr)
     bad = len(result.problems)
@@ -476,7 +476,7 @@ def _links_export(args: argparse.Namespace) -> int:
     async def export(store: Store) -> None:
         after: tuple[int, str] | None = None
         header = True
-        while page := await tenant_links(store, merchants, after=after, limit=5000):
+        while page := await link_actions.tenant_links(store, merchants, after=after, limit=5000):
             text = links_to_csv(page, args.tenant)
             sys.stdout.write(text if header else text.split("\n", 1)[1])
             header = False

@@ -18,8 +18,6 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Field,
-    StringConstraints,
     TypeAdapter,
     ValidationError,
 )
@@ -27,13 +25,12 @@ from pydantic import (
 from relay.domain.ids import MAX_ID
 from relay.http import Handler, problem
 from relay.keys import NEW_DELIVERY, SETTINGS, STORE, TENANTS
-from relay.linkfile import HeaderProblem, Link, LinkCheck, external_id_problem, parse_links_csv
-from relay.ops import actions, webhook_actions
+from relay.linkfile import LinkCheck
+from relay.ops import actions, link_actions, webhook_actions
 from relay.ops.answers import json_response
 from relay.store.api import Store
-from relay.store.filters import DeliveryFilter, Id, ReplayFilter, TenantName, WebhookFilter, whole_number
+from relay.store.filters import DeliveryFilter, Id, ReplayFilter, TenantName, WebhookFilter
 from relay.store.records import BulkReplay, StateChange, WebhookDetail
-from relay.tenants.links import link_refusal
 from relay.throttle import FailureThrottle
 
 if TYPE_CHECKING:
@@ -140,8 +137,6 @@ def page_cursor(key: Sequence[int | str]) -> str:
 
 PageSize = Annotated[int, AfterValidator(_page_size)]
 IdCursor = Annotated[int | None, _cursor_of(int)]
-# Strict, so neither `"7"` nor `true` passes for an id; but JSON's `7.0` does.
-LinkId = Annotated[int, BeforeValidator(whole_number), Field(ge=1, le=MAX_ID)]
 
 
 class DeliveryListing(DeliveryFilter):
@@ -171,34 +166,13 @@ class LinksFor(BaseModel):
     tenant: TenantName | None = None
 
 
-def _usable_external_id(external_id: str) -> str:
-    problem = external_id_problem(external_id)
-    if problem:
-        raise ValueError(problem.removeprefix("external_id "))
-    return external_id
-
-
-class LinkInput(BaseModel):
-    """One link as an operator sends it; strict, so neither `"7"` nor `true` passes for an id."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    merchant_id: LinkId
-    external_id: Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_usable_external_id)]
-    inquiry_id: LinkId
-    tenant: TenantName | None = None
-
-    def link(self) -> Link:
-        return Link(self.merchant_id, self.external_id, self.inquiry_id)
-
-
 class LinkTarget(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    inquiry_id: LinkId
+    inquiry_id: link_actions.LinkId
 
 
-_LINK_LIST = TypeAdapter(list[LinkInput])
+_LINK_LIST = TypeAdapter(list[link_actions.LinkInput])
 
 
 # Deliveries ---------------------------------------------------------------------------------------
@@ -330,31 +304,19 @@ async def links_page(request: web.Request) -> web.Response:
         owned = running.tenant.merchants
         if owned is not None:
             merchants = owned if merchants is None else merchants & owned
-    found = await tenant_links(_store(request), merchants, after=listing.cursor, limit=listing.limit + 1)
+    found = await link_actions.tenant_links(
+        _store(request), merchants, after=listing.cursor, limit=listing.limit + 1
+    )
     return _page(found, listing.limit, lambda link: [link.merchant_id, link.external_id])
-
-
-async def tenant_links(
-    store: Store, merchants: frozenset[int] | None, *, after: tuple[int, str] | None, limit: int
-) -> list[Link]:
-    """Up to `limit` links of these merchants (None: of any) in key order, starting past the key `after`."""
-    if merchants is None:
-        return await store.list_links(after=after, limit=limit)
-    found: list[Link] = []
-    for merchant_id in sorted(merchants):
-        if len(found) == limit:
-            break
-        if after is None or merchant_id >= after[0]:
-            found += await store.list_links(merchant_id=merchant_id, after=after, limit=limit - len(found))
-    return found
 
 
 def _link_check(request: web.Request) -> LinkCheck:
     """What refuses a link whose merchant is not the tenant's that the request (`?tenant=`) or the link
     names, or is no running tenant's at all."""
     named = _validated(LinksFor, _query(request)).tenant
-    tenants = [running.tenant for running in request.config_dict[TENANTS].registry]
-    return lambda merchant_id, row: link_refusal(tenants, merchant_id, row, named)
+    return link_actions.link_check(
+        (running.tenant for running in request.config_dict[TENANTS].registry), named
+    )
 
 
 @routes.put(r"/links/{merchant_id:\d+}/{external_id}")
@@ -366,13 +328,11 @@ async def put_link(request: web.Request) -> web.Response:
         "external_id": request.match_info["external_id"],
         "inquiry_id": target.inquiry_id,
     }
-    link = _validated(LinkInput, given).link()
-    if refusal := check(link.merchant_id, None):
-        raise _refusal(409, refusal)
-    saved = await _store(request).save_links([link], now=_now())
-    if saved.woken:
-        request.config_dict[NEW_DELIVERY].set()
-    log.info("admin.link_saved", **asdict(link), woken=len(saved.woken))
+    link = _validated(link_actions.LinkInput, given).link()
+    with _refused_link():
+        saved = await link_actions.save_link(
+            _store(request), link, check=check, now=_now(), new_delivery=request.config_dict[NEW_DELIVERY]
+        )
     return json_response({**asdict(link), "woken": saved.woken})
 
 
@@ -380,15 +340,8 @@ async def put_link(request: web.Request) -> web.Response:
 async def remove_link(request: web.Request) -> web.Response:
     merchant_id = _path_id(request, "merchant_id")
     # Trimmed as PUT and the CSV import trim it, so a link saved through either can be deleted by its URL.
-    external_id = request.match_info["external_id"].strip()
-    problem = external_id_problem(external_id)
-    if problem:
-        detail = problem.removeprefix("external_id ")
-        errors = [{"field": "external_id", "detail": detail}]
-        raise _refusal(400, f"external_id: {detail}", field="external_id", errors=errors)
-    if not await _store(request).delete_link(merchant_id, external_id):
-        raise _refusal(404, f"no link for merchant {merchant_id}'s order {external_id!r}")
-    log.info("admin.link_deleted", merchant_id=merchant_id, external_id=external_id)
+    with _refused_link():
+        await link_actions.delete_link(_store(request), merchant_id, request.match_info["external_id"])
     return web.Response(status=204)
 
 
@@ -396,26 +349,40 @@ async def remove_link(request: web.Request) -> web.Response:
 async def import_links(request: web.Request) -> web.Response:
     body = await request.read()
     check = _link_check(request)
+    new_delivery = request.config_dict[NEW_DELIVERY]
     if request.content_type == "text/csv":
         # surrogateescape: bytes that are not UTF-8 become their row's problem, not the whole file's.
-        links, problems = parse_links_csv(body.decode("utf-8", errors="surrogateescape"), check)
-        if problems and isinstance(problems[0], HeaderProblem):
-            # Without the columns no row can be read: the file as a whole is wrong, not some of its rows.
-            reason = f"line {problems[0].line}: {problems[0].reason}"
-            raise _refusal(400, f"body: {reason}", field="body", errors=[{"field": "body", "detail": reason}])
+        text = body.decode("utf-8", errors="surrogateescape")
+        with _refused_link():
+            done = await link_actions.import_csv(
+                _store(request), text, check=check, now=_now(), new_delivery=new_delivery
+            )
     else:
         items = _checked(lambda: _LINK_LIST.validate_json(body))
         # All or nothing, as for a bad item: one link held to another tenant refuses them all.
         for index, item in enumerate(items):
             if refusal := check(item.merchant_id, item.tenant):
                 raise _refusal(409, f"[{index}]: {refusal}")
-        links, problems = [item.link() for item in items], []
-    saved = await _store(request).save_links(links, now=_now())
-    if saved.woken:
-        request.config_dict[NEW_DELIVERY].set()
-    log.info("admin.links_imported", saved=saved.saved, woken=len(saved.woken), problems=len(problems))
-    answer = {"saved": saved.saved, "woken": len(saved.woken), "problems": [asdict(p) for p in problems]}
+        links = [item.link() for item in items]
+        done = await link_actions.import_links(
+            _store(request), links, [], now=_now(), new_delivery=new_delivery
+        )
+    answer = {"saved": done.saved, "woken": done.woken, "problems": [asdict(p) for p in done.problems]}
     return json_response(answer)
+
+
+@contextmanager
+def _refused_link() -> Iterator[None]:
+    """A link action's refusal as the API's problem answer; a bad part of the request named as a field."""
+    try:
+        yield
+    except link_actions.LinkRefused as refused:
+        if refused.field is None:
+            raise _refusal(refused.status, refused.detail) from None
+        errors = [{"field": refused.field, "detail": refused.detail}]
+        raise _refusal(
+            refused.status, f"{refused.field}: {refused.detail}", field=refused.field, errors=errors
+        ) from None
 
 
 # Stats --------------------------------------------------------------------------------------------
