@@ -1168,6 +1168,21 @@ async def test_links_save_list_page_and_delete(store: Store) -> None:
     assert await store.list_links(merchant_id=7) == [Link(7, "B", 30)]
 
 
+async def test_links_are_found_by_their_order_id_at_one_merchant_or_at_every_one(store: Store) -> None:
+    links = [Link(1, "ORD-1", 11), Link(1, "ORD-2", 12), Link(2, "ORD-1", 21), Link(3, "ORD-10", 31)]
+    await store.save_links(links, now=T0)
+
+    everywhere = await store.list_links(external_id="ORD-1")
+    at_two = await store.list_links(merchant_id=2, external_id="ORD-1")
+    past_the_first = await store.list_links(external_id="ORD-1", after=(1, "ORD-1"))
+    nowhere = await store.list_links(external_id="ORD-\x00")
+
+    assert everywhere == [Link(1, "ORD-1", 11), Link(2, "ORD-1", 21)]
+    assert at_two == [Link(2, "ORD-1", 21)]
+    assert past_the_first == [Link(2, "ORD-1", 21)]
+    assert nowhere == []
+
+
 async def test_a_link_saved_again_names_its_new_inquiry(store: Store) -> None:
     await store.save_links([Link(7, "ORD-1", 101), Link(7, "ORD-2", 102)], now=T0)
 

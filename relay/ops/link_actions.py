@@ -65,17 +65,25 @@ class LinkInput(BaseModel):
 
 
 async def tenant_links(
-    store: Store, merchants: frozenset[int] | None, *, after: tuple[int, str] | None, limit: int
+    store: Store,
+    merchants: frozenset[int] | None,
+    *,
+    after: tuple[int, str] | None,
+    limit: int,
+    external_id: str | None = None,
 ) -> list[Link]:
-    """Up to `limit` links of these merchants (None: of any) in key order, starting past the key `after`."""
+    """Up to `limit` links of these merchants (None: of any) in key order, starting past the key `after`;
+    with an `external_id`, that order's only."""
     if merchants is None:
-        return await store.list_links(after=after, limit=limit)
+        return await store.list_links(after=after, limit=limit, external_id=external_id)
     found: list[Link] = []
     for merchant_id in sorted(merchants):
         if len(found) == limit:
             break
         if after is None or merchant_id >= after[0]:
-            found += await store.list_links(merchant_id=merchant_id, after=after, limit=limit - len(found))
+            found += await store.list_links(
+                merchant_id=merchant_id, after=after, limit=limit - len(found), external_id=external_id
+            )
     return found
 
 

@@ -10,7 +10,7 @@ import jinja2
 from aiohttp import web
 
 from relay.console import duration, relative
-from relay.pages import deliveries, overview, sign_in
+from relay.pages import deliveries, links, overview, quarantine, sign_in
 from relay.pages.guard import KEY, console_guard
 from relay.pages.sessions import signing_key
 from relay.throttle import FailureThrottle
@@ -21,6 +21,8 @@ PAGE_MODULES: list[ModuleType] = [
     sign_in,
     overview,
     deliveries,
+    quarantine,
+    links,
 ]
 
 _HERE = Path(__file__).parent

@@ -244,9 +244,15 @@ class Store(Protocol):
         """Remove one link; True when there was one. Deliveries already matched keep their inquiry."""
 
     async def list_links(
-        self, *, merchant_id: int | None = None, after: tuple[int, str] | None = None, limit: int = 100
+        self,
+        *,
+        merchant_id: int | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 100,
+        external_id: str | None = None,
     ) -> list[Link]:
-        """Up to `limit` links in (merchant_id, external_id) order, starting past the key `after`."""
+        """Up to `limit` links in (merchant_id, external_id) order, starting past the key `after`; with an
+        `external_id`, only that order's links (at every merchant, without `merchant_id`)."""
 
     # Moving house -------------------------------------------------------------------------------------
 

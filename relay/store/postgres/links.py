@@ -46,9 +46,15 @@ async def delete_link(conn: Conn, merchant_id: int, external_id: str) -> bool:
 
 
 async def list_links(
-    conn: Conn, *, merchant_id: int | None, after: tuple[int, str] | None, limit: int
+    conn: Conn,
+    *,
+    merchant_id: int | None,
+    after: tuple[int, str] | None,
+    limit: int,
+    external_id: str | None = None,
 ) -> list[Link]:
-    """Up to `limit` links in (merchant_id, external_id) order, starting past the key `after`."""
+    """Up to `limit` links in (merchant_id, external_id) order, starting past the key `after`; with an
+    `external_id`, only that order's links."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     conditions: list[str] = []
@@ -56,6 +62,11 @@ async def list_links(
     if merchant_id is not None:
         arguments.append(merchant_id)
         conditions.append(f"merchant_id = ${len(arguments)}")
+    if external_id is not None:
+        if "\x00" in external_id:
+            return []  # text holds no NUL, so no link has this order id
+        arguments.append(external_id)
+        conditions.append(f"external_id = ${len(arguments)}")
     if after is not None:
         # Text holds no NUL (the server refuses one), so past the part before it is past the whole key.
         arguments.extend((after[0], after[1].partition("\x00")[0]))

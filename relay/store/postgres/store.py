@@ -349,11 +349,19 @@ class PostgresStore:
         return await self._run(lambda conn: link_table.delete_link(conn, merchant_id, external_id))
 
     async def list_links(
-        self, *, merchant_id: int | None = None, after: tuple[int, str] | None = None, limit: int = 100
+        self,
+        *,
+        merchant_id: int | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 100,
+        external_id: str | None = None,
     ) -> list[Link]:
-        """Up to `limit` links in (merchant_id, external_id) order, starting past the key `after`."""
+        """Up to `limit` links in (merchant_id, external_id) order, starting past the key `after`; with an
+        `external_id`, only that order's links."""
         return await self._run(
-            lambda conn: link_table.list_links(conn, merchant_id=merchant_id, after=after, limit=limit)
+            lambda conn: link_table.list_links(
+                conn, merchant_id=merchant_id, after=after, limit=limit, external_id=external_id
+            )
         )
 
     # Moving house -------------------------------------------------------------------------------------

@@ -62,8 +62,10 @@ async def list_links(
     merchant_id: int | None = None,
     after: tuple[int, str] | None = None,
     limit: int = 100,
+    external_id: str | None = None,
 ) -> list[Link]:
-    """Up to `limit` links in (merchant_id, external_id) order, starting past the key `after`.
+    """Up to `limit` links in (merchant_id, external_id) order, starting past the key `after`; with an
+    `external_id`, only that order's links (at every merchant without `merchant_id`: a scan of the table).
 
     Pass the key of the last link of one page as `after` to get the next; an empty page is the end.
     """
@@ -84,6 +86,9 @@ async def list_links(
     elif after is not None:
         conditions.append("(merchant_id, external_id) > (?, ?)")
         parameters.extend(after)
+    if external_id is not None:
+        conditions.append("external_id = ?")
+        parameters.append(external_id)
     where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
     rows = await conn.execute_fetchall(
         f"SELECT merchant_id, external_id, inquiry_id FROM links {where}"

@@ -244,10 +244,17 @@ class SqliteStore:
         return await self.database.write(link_table.delete_link(merchant_id, external_id))
 
     async def list_links(
-        self, *, merchant_id: int | None = None, after: tuple[int, str] | None = None, limit: int = 100
+        self,
+        *,
+        merchant_id: int | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 100,
+        external_id: str | None = None,
     ) -> list[Link]:
         return await self._read(
-            lambda conn: link_table.list_links(conn, merchant_id=merchant_id, after=after, limit=limit)
+            lambda conn: link_table.list_links(
+                conn, merchant_id=merchant_id, after=after, limit=limit, external_id=external_id
+            )
         )
 
     # Moving house -------------------------------------------------------------------------------------
