@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,7 +122,7 @@ class TenantWorker:
             account.max_rps >= CLAIM_AHEAD * account.max_concurrency
         )
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._inquiries_in_flight: dict[int, tuple[asyncio.Lock, int]] = {}
+        self._inquiries_in_flight: dict[int, _InquiryLock] = {}
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self.paused_reason: str | None = None
@@ -361,7 +361,7 @@ class TenantWorker:
             await self._record(outcome, delivery, lease_until, rating, started, "delivery.unmatched")
             return
         # The lock orders this worker's ratings for one inquiry as claimed; the hold keeps other workers off.
-        async with self._inquiry_turn(inquiry_id):
+        async with _InquiryTurn(self._inquiries_in_flight, inquiry_id):
             attempt = _Attempt(delivery, rating, inquiry_id, lease_until)
             try:
                 if delivery.unconfirmed or self._exhausted(delivery) is None:
@@ -421,21 +421,6 @@ class TenantWorker:
         attempt.leased_until = until
         if turn == "busy":
             raise _InquiryBusy()
-
-    @contextlib.asynccontextmanager
-    async def _inquiry_turn(self, inquiry_id: int) -> AsyncIterator[None]:
-        # Never two calls in flight for one inquiry: its ratings land in the order they were claimed.
-        lock, users = self._inquiries_in_flight.get(inquiry_id, (asyncio.Lock(), 0))
-        self._inquiries_in_flight[inquiry_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._inquiries_in_flight[inquiry_id]
-            if users == 1:
-                del self._inquiries_in_flight[inquiry_id]
-            else:
-                self._inquiries_in_flight[inquiry_id] = (lock, users - 1)
 
     async def _attempt(self, attempt: _Attempt) -> tuple[Outcome, str]:
         delivery = attempt.delivery
@@ -634,15 +619,15 @@ class TenantWorker:
         )
 
     def _outcome(self, attempt: _Attempt, state: DeliveryState, **changes: Any) -> Outcome:
-        base = Outcome(
-            attempt.delivery.id,
-            state,
-            attempts=attempt.delivery.attempts,
-            unconfirmed=attempt.delivery.unconfirmed,
-            inquiry_id=attempt.inquiry_id,
-            calls=attempt.calls,
-        )
-        return replace(base, **changes)
+        delivery = attempt.delivery
+        values: dict[str, Any] = {
+            "attempts": delivery.attempts,
+            "unconfirmed": delivery.unconfirmed,
+            "inquiry_id": attempt.inquiry_id,
+            "calls": attempt.calls,
+        }
+        values.update(changes)
+        return Outcome(delivery.id, state, **values)
 
     def _pause(self, reason: str, *, share: bool = True) -> None:
         """Hold claims and calls until a login goes through; `share`: this worker's own refusal, which
@@ -718,6 +703,46 @@ class TenantWorker:
             attempt=delivery.attempts,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+
+@dataclass(slots=True)
+class _InquiryLock:
+    """One inquiry's lock, and how many of this worker's deliveries hold it or wait for it."""
+
+    lock: asyncio.Lock
+    users: int = 0
+
+
+class _InquiryTurn:
+    """Never two calls in flight for one inquiry: this worker's deliveries for it go one at a time, in the
+    order they were claimed. Its lock lives in `locks` only while some delivery uses it."""
+
+    __slots__ = ("_held", "_inquiry_id", "_locks")
+
+    def __init__(self, locks: dict[int, _InquiryLock], inquiry_id: int) -> None:
+        self._locks = locks
+        self._inquiry_id = inquiry_id
+        held = locks.get(inquiry_id)
+        if held is None:
+            held = locks[inquiry_id] = _InquiryLock(asyncio.Lock())
+        held.users += 1
+        self._held = held
+
+    async def __aenter__(self) -> None:
+        try:
+            await self._held.lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *_: object) -> None:
+        self._held.lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._held.users -= 1
+        if not self._held.users:
+            del self._locks[self._inquiry_id]
 
 
 class _PausedTooLong(Exception):
