@@ -1,18 +1,81 @@
 """Logging: structlog JSON lines on stdout, with stdlib loggers (aiohttp's too) in the same stream."""
 
+import json
 import logging
 import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Literal, TextIO
 
 import structlog
-from structlog.typing import Processor
+from structlog.processors import StackInfoRenderer, format_exc_info
+from structlog.typing import EventDict, Processor, WrappedLogger
 
-_SHARED: list[Processor] = [
+
+class UtcStamper:
+    """Adds `timestamp` as TimeStamper(fmt="iso", utc=True) spells it, at a sixth of its cost: the date and
+    time of day are formatted once a second, the microseconds at each line."""
+
+    def __init__(self) -> None:
+        # One tuple replaced whole: a thread reading it never sees one second's number with another's text.
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        event_dict["timestamp"] = self.spell(time.time_ns())
+        return event_dict
+
+    def spell(self, ns: int) -> str:
+        """ISO 8601 in UTC with a 'Z'; microseconds unless there are none, as datetime.isoformat has it."""
+        second, rest = divmod(ns, 1_000_000_000)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (
+                second,
+                datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+            )
+        micro = rest // 1000
+        return f"{cached[1]}.{micro:06d}Z" if micro else f"{cached[1]}Z"
+
+
+def _fallback(value: object) -> object:
+    # As structlog's JSONRenderer: a value's own __structlog__ spelling, else its repr.
+    try:
+        return value.__structlog__()  # type: ignore[attr-defined]
+    except AttributeError:
+        return repr(value)
+
+
+Step = Callable[[WrappedLogger, str, EventDict], EventDict]
+# What every line gets, the relay's own and other libraries' alike.
+_SHARED: tuple[Step, ...] = (
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
-]
+    UtcStamper(),
+)
+# json.dumps with a `default` (structlog's JSONRenderer passes one) builds a new encoder at every call: one,
+# built once, spells the same.
+_ENCODE = json.JSONEncoder(default=_fallback).encode
+
+
+def _render_json(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
+    return _ENCODE(event_dict)
+
+
+def _relay_line(renderer: Processor) -> Processor:
+    """The relay's own processors as one (structlog calls each processor in turn, at a cost per call): what
+    _SHARED adds, the stack and exception text when a line asks for them, then the renderer."""
+    stack_info = StackInfoRenderer()
+
+    def process(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str | bytes:
+        for step in _SHARED:
+            event_dict = step(logger, method_name, event_dict)
+        if "stack_info" in event_dict or "exc_info" in event_dict:
+            event_dict = format_exc_info(logger, method_name, stack_info(logger, method_name, event_dict))
+        return renderer(logger, method_name, event_dict)  # type: ignore[return-value]
+
+    return process
 
 
 def configure_logging(
@@ -21,9 +84,7 @@ def configure_logging(
     """Route structlog and stdlib records through one pipeline; JSON unless stdout is a terminal."""
     if fmt is None:
         fmt = "console" if sys.stdout.isatty() else "json"
-    renderer: Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
-    )
+    renderer: Processor = _render_json if fmt == "json" else structlog.dev.ConsoleRenderer()
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder()],
         processors=[
@@ -42,12 +103,7 @@ def configure_logging(
     # The relay's own events skip the stdlib machinery (a third of the cost of a line); aiohttp's
     # records still come through the handler above, rendered alike, into the same stream.
     structlog.configure(
-        processors=[
-            *_SHARED,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[_relay_line(renderer)],
         logger_factory=_NamedWriteLoggerFactory(stream or sys.stdout),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         cache_logger_on_first_use=True,

@@ -1,0 +1,105 @@
+"""Log lines spelled as before: JSON as json.dumps writes it, timestamps as structlog's TimeStamper does."""
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import structlog
+
+from relay.logs import UtcStamper, configure_logging
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def lines() -> Iterator[io.StringIO]:
+    """configure_logging's JSON into a string; the configuration before it restored after."""
+    stream = io.StringIO()
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", "json", stream)
+        yield stream
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:], root.level = handlers, level
+        structlog.contextvars.clear_contextvars()
+
+
+def logged(stream: io.StringIO) -> list[str]:
+    return stream.getvalue().splitlines()
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [
+        1_764_640_000_123_456_789,  # nanoseconds dropped, as datetime.now drops them
+        1_764_640_000_000_000_000,  # a whole second: isoformat writes no fraction
+        1_764_640_000_000_001_000,
+        1_764_640_000_999_999_999,
+        1_764_640_001_000_000_000,
+    ],
+)
+def test_the_timestamp_is_spelled_as_timestamper_spells_it(ns):
+    stamper = UtcStamper()
+    expected = (EPOCH + timedelta(microseconds=ns // 1000)).isoformat().replace("+00:00", "Z")
+
+    assert stamper.spell(ns) == expected
+    assert stamper.spell(ns) == expected  # the second's text, now from the cache
+
+
+def test_a_line_is_json_dumps_spelling_in_structlog_order(lines):
+    structlog.contextvars.bind_contextvars(request_id="req-1")
+    structlog.get_logger("relay.webhook").warning(
+        "webhook.quarantined", tenant="tëst", errors=['say "no"'], duration_ms=1.5, delivery_id=None
+    )
+
+    (line,) = logged(lines)
+    fields = json.loads(line)
+    assert line == json.dumps(fields)  # ", " and ": " between, non-ASCII escaped
+    assert list(fields) == [
+        *("tenant", "errors", "duration_ms", "delivery_id", "event"),
+        *("request_id", "level", "logger", "timestamp"),
+    ]
+    assert (fields["level"], fields["logger"], fields["request_id"]) == ("warning", "relay.webhook", "req-1")
+    assert datetime.fromisoformat(fields["timestamp"]).utcoffset() == timedelta(0)
+
+
+def test_a_value_json_cannot_hold_is_written_as_its_repr(lines):
+    structlog.get_logger("relay").info("tenants.reloaded", tenants={"b"}, at=EPOCH)
+
+    fields = json.loads(logged(lines)[0])
+    assert (fields["tenants"], fields["at"]) == ("{'b'}", repr(EPOCH))
+
+
+def test_an_exception_and_a_stack_are_written_out(lines):
+    log = structlog.get_logger("relay")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("http.unhandled_error")
+    log.info("worker.started", stack_info=True)
+
+    failed, stacked = (json.loads(line) for line in logged(lines))
+    assert failed["level"] == "error"
+    assert "RuntimeError: boom" in failed["exception"] and "exc_info" not in failed
+    assert "test_an_exception_and_a_stack_are_written_out" in stacked["stack"]
+    assert "stack_info" not in stacked
+
+
+def test_other_libraries_lines_are_stamped_and_spelled_alike(lines):
+    logging.getLogger("aiohttp.server").error("Error handling request")
+
+    (line,) = logged(lines)
+    fields = json.loads(line)
+    assert line == json.dumps(fields)
+    assert (fields["event"], fields["level"], fields["logger"]) == (
+        "Error handling request",
+        "error",
+        "aiohttp.server",
+    )
+    assert fields["timestamp"].endswith("Z")
