@@ -22,6 +22,7 @@ from relay.app import create_app
 from relay.keys import STORE
 from relay.ops.openapi import DOCUMENT
 from relay.ops.openapi import routes as openapi_routes
+from relay.pages import PREFIX as CONSOLE
 from relay.settings import Settings
 from relay.store.api import StoreUnavailable
 from relay.throttle import FAILURES_ALLOWED
@@ -198,8 +199,10 @@ def app_operations(app: web.Application) -> set[tuple[str, str]]:
     for resource in app.router.resources():
         info = resource.get_info()
         if "app" in info:
-            # A mounted sub-application's routes already carry its prefix (/admin).
-            found |= app_operations(info["app"])
+            # The console's pages are HTML for people (docs/operations.md section 10), not this API.
+            if info["prefix"] != CONSOLE:
+                # A mounted sub-application's routes already carry its prefix (/admin).
+                found |= app_operations(info["app"])
             continue
         for route in resource:
             # aiohttp adds a HEAD beside every GET; the document describes the GET.

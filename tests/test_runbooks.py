@@ -34,6 +34,7 @@ LONG_RUNNING = ("serve", "worker", "sim-quivo")
 NOT_RUN_HERE = {
     "make test": "this test is part of `make test`: it would run itself",
     "make demo": "tests/test_demo.py runs scripts/demo.py, which is what `make demo` runs",
+    "make console": "it runs until Ctrl-C; tests/test_console_demo.py runs its script and stops it",
     "relay db copy sqlite:///var/relay.db postgresql://relay:PASSWORD@db.internal:5432/relay": (
         "its PostgreSQL server is the operator's; tests/test_db_copy.py copies into a test server"
     ),
