@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,11 +56,9 @@ def backend() -> str:
 
 
 @pytest.fixture
-def database_url(backend: str, tmp_path: Path, database_url_for: Callable[[str], str]) -> str:
-    """The DATABASE_URL of the test's relay: tmp_path/relay.db on SQLite, a fresh database on PostgreSQL."""
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'relay.db'}"
-    return database_url_for(backend)
+def database_url(backend: str, tmp_path: Path, database_url_for: Callable[..., str]) -> str:
+    """The DATABASE_URL of the test's relay, a fresh migrated database: tmp_path/relay.db on SQLite."""
+    return database_url_for(backend, tmp_path / "relay.db")
 
 
 @pytest.fixture(autouse=True)
@@ -135,25 +134,38 @@ STORE_POOL_SIZE = 4
 def postgres_template(postgres_server: PostgresServer) -> str:
     """A migrated database each test's database is copied from, so no test waits for the migrations."""
     name = postgres_server.create_database()
-
-    async def migrate() -> None:
-        store = create_store(postgres_server.url(name), timeout_s=STORE_TIMEOUT_S, pool_size=1)
-        await store.open()
-        await store.close()
-
     # In a thread of its own: the test's event loop stays the current one in this thread.
     with ThreadPoolExecutor(1) as thread:
-        thread.submit(asyncio.run, migrate()).result()
+        thread.submit(asyncio.run, _migrate(postgres_server.url(name))).result()
     return name
 
 
-@pytest.fixture
-def database_url_for(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
-    """The URL of a fresh, migrated database of its own on the backend named, gone after the test."""
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file each test's file is copied from: the migrations cost far more than a copy."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "relay.db"
+    # In a thread of its own: the test's event loop stays the current one in this thread.
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, _migrate(f"sqlite:///{path}")).result()
+    return path
 
-    def fresh(backend: str) -> str:
+
+async def _migrate(url: str) -> None:
+    store = create_store(url, timeout_s=STORE_TIMEOUT_S, pool_size=1)
+    await store.open()
+    await store.close()
+
+
+@pytest.fixture
+def database_url_for(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., str]:
+    """The URL of a fresh, migrated database of its own on the backend named, gone after the test; a SQLite
+    file at `path` if given."""
+
+    def fresh(backend: str, path: Path | None = None) -> str:
         if backend == "sqlite":
-            return f"sqlite:///{tmp_path / f'relay-{uuid.uuid4().hex[:8]}.db'}"
+            path = path or tmp_path / f"relay-{uuid.uuid4().hex[:8]}.db"
+            shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+            return f"sqlite:///{path}"
         server: PostgresServer = request.getfixturevalue("postgres_server")
         name = server.create_database(template=request.getfixturevalue("postgres_template"))
         request.addfinalizer(lambda: server.drop_database(name))
