@@ -36,9 +36,10 @@ def test_signing_in_shows_the_overview(page: Page, console: ConsoleRelay, screen
     expect(page).to_have_url(f"{console.url}/console")
     expect(page.get_by_role("navigation", name="Console")).to_contain_text("Overview")
     delivered = console.rating(1, "INQ-101")["delivery_id"]
-    console.rating(2, "ORDER-2")  # no link, no pattern match: unmatched
+    unmatched = console.rating(2, "ORDER-2")["delivery_id"]  # no link, no pattern match
     console.webhook(b'{"webhook_type": "rating_submitted", "merchant_id": 1}')  # quarantined
     console.wait_for_state(delivered, "delivered")
+    console.wait_for_state(unmatched, "unmatched")
     page.reload()
     states = page.get_by_role("table", name="Deliveries by state")
     counts = {state: 0 for state in DELIVERY_STATES} | {"delivered": 1, "unmatched": 1}
