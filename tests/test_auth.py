@@ -83,33 +83,39 @@ async def test_static_token_in_a_custom_header(aiohttp_client, make_settings):
     assert await webhook_status(client, {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}) == 401
 
 
+# Tokens are made when each test runs: made at collection, the valid ones would expire in a slow run.
 @pytest.mark.parametrize(
-    ("token", "status"),
+    ("make_token", "status"),
     [
-        (bringg_jwt(), 202),
-        (f"Bearer {bringg_jwt()}", 202),
-        (bringg_jwt(ttl=-60), 401),  # expired
-        (bringg_jwt("someone-elses-secret-that-is-long-enough"), 401),  # forged
-        (jwt.encode({"sub": "bringg-event", "iss": ISSUER, "exp": int(time.time()) + 60}, None, "none"), 401),
-        (jwt.encode({"sub": "bringg-event", "iss": ISSUER}, JWT_SECRET, "HS256"), 401),  # no exp
-        (bringg_jwt(iss="https://evil.example"), 401),
-        (bringg_jwt(secret=JWT_SECRET, ttl=300)[:-4] + "AAAA", 401),  # tampered signature
-        ("not.a.jwt", 401),
-        (bringg_jwt(ttl=23 * 3600), 202),  # within the 24 h a token may live
-        (bringg_jwt(ttl=25 * 3600), 401),
-        (bringg_jwt(ttl=30 * 365 * 86400), 401),  # decades away: minted to be replayed
-        (bringg_jwt(exp=str(int(time.time()) + 300)), 401),  # a time as a string
-        (bringg_jwt(iat="yesterday"), 401),
-        (bringg_jwt(nbf=[0]), 401),
+        (lambda: bringg_jwt(), 202),
+        (lambda: f"Bearer {bringg_jwt()}", 202),
+        (lambda: bringg_jwt(ttl=-60), 401),  # expired
+        (lambda: bringg_jwt("someone-elses-secret-that-is-long-enough"), 401),  # forged
+        (
+            lambda: jwt.encode(
+                {"sub": "bringg-event", "iss": ISSUER, "exp": int(time.time()) + 60}, None, "none"
+            ),
+            401,
+        ),
+        (lambda: jwt.encode({"sub": "bringg-event", "iss": ISSUER}, JWT_SECRET, "HS256"), 401),  # no exp
+        (lambda: bringg_jwt(iss="https://evil.example"), 401),
+        (lambda: bringg_jwt(secret=JWT_SECRET, ttl=300)[:-4] + "AAAA", 401),  # tampered signature
+        (lambda: "not.a.jwt", 401),
+        (lambda: bringg_jwt(ttl=23 * 3600), 202),  # within the 24 h a token may live
+        (lambda: bringg_jwt(ttl=25 * 3600), 401),
+        (lambda: bringg_jwt(ttl=30 * 365 * 86400), 401),  # decades away: minted to be replayed
+        (lambda: bringg_jwt(exp=str(int(time.time()) + 300)), 401),  # a time as a string
+        (lambda: bringg_jwt(iat="yesterday"), 401),
+        (lambda: bringg_jwt(nbf=[0]), 401),
     ],
 )
-async def test_jwt(aiohttp_client, make_settings, token, status):
+async def test_jwt(aiohttp_client, make_settings, make_token, status):
     settings = make_settings(
         bringg_webhook_token=None, bringg_jwt_secret=JWT_SECRET, bringg_jwt_issuer=ISSUER
     )
     client = await aiohttp_client(create_app(settings, run_worker=False))
 
-    assert await webhook_status(client, {"Authorization": token}) == status
+    assert await webhook_status(client, {"Authorization": make_token()}) == status
     assert stored_webhooks(client) == (1 if status == 202 else 0)
 
 
