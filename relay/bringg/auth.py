@@ -29,6 +29,10 @@ class Verdict:
     reason: str | None = None
 
 
+# A success says no more than its method: one of each, made once, answers every request it admits.
+OPEN, BY_TOKEN, BY_JWT, BY_OAUTH = (Verdict(True, method) for method in ("none", "token", "jwt", "oauth"))
+
+
 class Authenticator:
     """Checks a webhook's credential against every method one tenant configured; any one secret suffices."""
 
@@ -56,7 +60,7 @@ class Authenticator:
     def check(self, headers: Mapping[str, str]) -> Verdict:
         """Judge the credential in the configured header."""
         if self.open:
-            return Verdict(True, "none")
+            return OPEN
         raw = headers.get(self.header)
         if not raw:
             return Verdict(False, reason=f"missing {self.header} header")
@@ -65,17 +69,17 @@ class Authenticator:
         if self._tokens:
             # Every token compared, whichever matches: the time taken does not tell which one did.
             if any([_same(presented, token) or _same(raw.strip(), token) for token in self._tokens]):
-                return Verdict(True, "token")
+                return BY_TOKEN
             reasons.append("token does not match")
         if self._jwt_secrets:
             problems = [_jwt_problem(presented, key, issuer=self._jwt_issuer) for key in self._jwt_secrets]
             if None in problems:
-                return Verdict(True, "jwt")
+                return BY_JWT
             reasons.append(f"jwt {_telling(problems)}")
         if self._oauth_keys:
             problems = [_jwt_problem(presented, key, audience=OAUTH_AUDIENCE) for key in self._oauth_keys]
             if None in problems:
-                return Verdict(True, "oauth")
+                return BY_OAUTH
             reasons.append(f"oauth token {_telling(problems)}")
         return Verdict(False, reason="; ".join(reasons))
 

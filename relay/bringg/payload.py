@@ -133,8 +133,8 @@ def _normalize(wire: WireWebhook) -> Judgement:
             if moment is not None and not _fits_utc(moment):
                 errors.append(f"rating.{name}: out of range once converted to UTC")
         updated_at = _utc(rating.updated_at) if rating.updated_at and _fits_utc(rating.updated_at) else None
-        latest = datetime.now(UTC) + MAX_VERSION_AHEAD
-        if updated_at is not None and updated_at > latest:
+        # The clock is read only for a version to compare with it (an original rating has none).
+        if updated_at is not None and updated_at > datetime.now(UTC) + MAX_VERSION_AHEAD:
             errors.append(
                 f"rating.updated_at: {format_instant(updated_at)} is more than {MAX_VERSION_AHEAD.days} day "
                 "ahead of the relay's clock, not a plausible version"
@@ -175,8 +175,10 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 def _fits_utc(moment: datetime) -> bool:
     # An offset can carry a valid local time past year 9999 or before year 1 in UTC, where versions live.
+    if not moment.utcoffset():
+        return True  # none (read as UTC) or zero, as Bringg's `Z` is: nothing to convert
     try:
-        moment.replace(tzinfo=moment.tzinfo or UTC).astimezone(UTC)
+        moment.astimezone(UTC)
     except OverflowError:
         return False
     return True
