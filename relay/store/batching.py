@@ -29,16 +29,12 @@ def waiting(item: A) -> Waiting[A, Any]:
 async def committed(entry: Waiting[A, R], timeout_s: float) -> R:
     """The item's result once its batch committed; StoreUnavailable past `timeout_s` (the batch goes on)."""
     try:
-        # shield: a caller that gives up must not cancel the outcome of a batch others share.
+        # A caller that gives up cancels its own future only: its batch, which others share, goes on, and
+        # the outcome finds that future done and leaves it.
         async with asyncio.timeout(timeout_s):
-            return await asyncio.shield(entry.done)
+            return await entry.done
     except TimeoutError:
         raise StoreUnavailable(f"no commit within {timeout_s:g}s") from None
-    finally:
-        if not entry.done.done():
-            # Nobody awaits the outcome now: read it when it comes, or a failure would surface as
-            # asyncio's "Future exception was never retrieved".
-            entry.done.add_done_callback(_outcome_read)
 
 
 def settle(batch: list[Waiting[A, R]], results: list[R]) -> None:
@@ -53,8 +49,3 @@ def fail(batch: list[Waiting[A, R]], error: BaseException) -> None:
     for entry in batch:
         if not entry.done.done():
             entry.done.set_exception(error)
-
-
-def _outcome_read(done: asyncio.Future[Any]) -> None:
-    if not done.cancelled():
-        done.exception()
