@@ -3,7 +3,7 @@
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from relay.store.api import Store
 
@@ -79,14 +79,15 @@ class RelayBudget:
         self._spacing_s = 1.0 / rps
         self._clock = clock
 
-    async def reserve(self) -> datetime:
-        """Reserve the account's next slot for a call to come (wait for it with wait_for).
+    async def reserve(self, count: int = 1) -> list[datetime]:
+        """Reserve the account's next `count` slots for calls to come (wait for each with wait_for).
 
         A slot reserved and then not used is spent: slots stay spaced, and an unused one only makes the
         relay call Quivo a little less often than it may.
         """
-        now = self._clock()
-        return await self._store.reserve_send_slot(self._account, now=now, spacing_s=self._spacing_s)
+        now, spacing_s = self._clock(), self._spacing_s
+        first = await self._store.reserve_send_slot(self._account, now=now, spacing_s=spacing_s, count=count)
+        return [first + timedelta(seconds=n * spacing_s) for n in range(count)]
 
     async def wait_for(self, slot: datetime, *, max_wait_s: float) -> float:
         """Wait for a reserved slot: 0 once it came, else how far off it is (over max_wait_s), unwaited."""

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
 from relay.domain.delivery import DeliveryState
 from relay.domain.matching import inquiry_id_from_external_id
@@ -28,6 +29,8 @@ from relay.store.records import (
     AttemptRecord,
     ClaimedDelivery,
     Outcome,
+    Turn,
+    TurnAsk,
 )
 from relay.tenants.tenant import Tenant
 
@@ -57,6 +60,19 @@ UNMATCHED_TOO_LONG = "no Quivo inquiry found for this order within RELAY_UNMATCH
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass
+class _Claim:
+    """A claimed delivery as its pass begins: read, and its turn and send slot when taken ahead."""
+
+    delivery: ClaimedDelivery
+    # The claim's lease, or the turn's when one was taken (and not lost).
+    leased_until: datetime
+    rating: Rating | None = None
+    inquiry_id: int | None = None
+    turn: Turn | None = None
+    slot: datetime | None = None
 
 
 @dataclass
@@ -164,10 +180,8 @@ class TenantWorker:
                 self._log.exception("worker.loop_error")
                 await self._sleep(self.settings.relay_sweep_interval_s)
                 continue
-            for delivery in claimed:
-                task = asyncio.create_task(
-                    self._deliver(delivery, lease_until), name=f"delivery-{delivery.id}"
-                )
+            for claim in await self._ahead(claimed, lease_until):
+                task = asyncio.create_task(self._deliver(claim), name=f"delivery-{claim.delivery.id}")
                 self._in_flight.add(task)
                 task.add_done_callback(self._finished)
             if wanted and len(claimed) == wanted:
@@ -333,22 +347,59 @@ class TenantWorker:
         if made_due:
             self._log.info("worker.quivo_back", made_due=made_due)
 
+    async def _ahead(self, claimed: list[ClaimedDelivery], lease_until: datetime) -> list[_Claim]:
+        """The claimed deliveries read, and the turns of those that call Quivo first for their inquiry
+        taken together: one store round trip for them all, and one for their send slots, instead of one
+        each at its call. A delivery whose turn is not taken here (its inquiry is in use in this worker, or
+        the store failed) takes it once its inquiry is free."""
+        claims = [_Claim(delivery, lease_until) for delivery in claimed]
+        asking: dict[int, _Claim] = {}
+        for claim in claims:
+            with contextlib.suppress(ValidationError):  # the delivery's own pass meets and reports it
+                claim.rating = Rating.model_validate_json(claim.delivery.rating_json)
+                claim.inquiry_id = claim.delivery.inquiry_id or inquiry_id_from_external_id(
+                    claim.rating.external_id, self.tenant.inquiry_id_pattern
+                )
+            inquiry_id = claim.inquiry_id
+            if inquiry_id is None or inquiry_id in asking or inquiry_id in self._inquiries_in_flight:
+                continue
+            if claim.delivery.unconfirmed or self._exhausted(claim.delivery) is None:
+                asking[inquiry_id] = claim
+        if not asking:
+            return claims
+        now = utc_now()
+        until = now + self._turn_ahead
+        asks = [TurnAsk(claim.delivery.id, inquiry_id, lease_until) for inquiry_id, claim in asking.items()]
+        try:
+            turns = await self.store.take_turns(asks, now=now, until=until)
+            going = []
+            for claim, turn in zip(asking.values(), turns, strict=True):
+                claim.turn = turn
+                if turn != "lost":
+                    claim.leased_until = until
+                if turn == "go":
+                    going.append(claim)
+            if self._slots_ahead and self._budget is not None and going:
+                for claim, slot in zip(going, await self._budget.reserve(len(going)), strict=True):
+                    claim.slot = slot
+        except StoreUnavailable as error:
+            self._log.error("worker.store_unavailable", error=str(error))
+        return claims
+
     # One delivery -----------------------------------------------------------------------------------
 
-    async def _deliver(self, delivery: ClaimedDelivery, lease_until: datetime) -> None:
+    async def _deliver(self, claim: _Claim) -> None:
         try:
-            await self._deliver_once(delivery, lease_until)
+            await self._deliver_once(claim)
         except StoreUnavailable as error:
             # The outcome could not be written (a full or locked disk): the lease runs out and the delivery
             # is claimed again, read back first if a send went out. A store fault, not a bug in the relay.
-            self._log.error("worker.store_unavailable", delivery_id=delivery.id, error=str(error))
+            self._log.error("worker.store_unavailable", delivery_id=claim.delivery.id, error=str(error))
 
-    async def _deliver_once(self, delivery: ClaimedDelivery, lease_until: datetime) -> None:
+    async def _deliver_once(self, claim: _Claim) -> None:
         started = time.perf_counter()
-        rating = Rating.model_validate_json(delivery.rating_json)
-        inquiry_id = delivery.inquiry_id or inquiry_id_from_external_id(
-            rating.external_id, self.tenant.inquiry_id_pattern
-        )
+        delivery, lease_until, inquiry_id = claim.delivery, claim.leased_until, claim.inquiry_id
+        rating = claim.rating or Rating.model_validate_json(delivery.rating_json)
         if inquiry_id is None:
             if _age(delivery) > self.tenant.unmatched_ttl:
                 reason = UNMATCHED_TOO_LONG
@@ -362,13 +413,13 @@ class TenantWorker:
             return
         # The lock orders this worker's ratings for one inquiry as claimed; the hold keeps other workers off.
         async with _InquiryTurn(self._inquiries_in_flight, inquiry_id):
-            attempt = _Attempt(delivery, rating, inquiry_id, lease_until)
+            attempt = _Attempt(delivery, rating, inquiry_id, lease_until, slot=claim.slot)
             try:
-                if delivery.unconfirmed or self._exhausted(delivery) is None:
-                    # Now, beside its claim's batch (one round trip for them all), not one at each call.
+                if claim.turn is not None:
+                    self._follow_turn(attempt, claim.turn, lease_until)
+                elif delivery.unconfirmed or self._exhausted(delivery) is None:
+                    # Before the wait for a call slot: then a call right after it needs no renewal.
                     await self._take_turn(attempt, lease=self._turn_ahead)
-                    if self._slots_ahead and self._budget is not None:
-                        attempt.slot = await self._budget.reserve()
                 outcome, event = await self._attempt(attempt)
                 await self._settle(attempt, outcome)
             except _LeaseLost:
@@ -416,6 +467,10 @@ class TenantWorker:
         turn = await self.store.take_turn(
             attempt.delivery.id, attempt.inquiry_id, leased_until=attempt.leased_until, now=now, until=until
         )
+        self._follow_turn(attempt, turn, until)
+
+    def _follow_turn(self, attempt: _Attempt, turn: Turn, until: datetime) -> None:
+        """The turn taken: the attempt goes on under the lease until `until`, or stops here."""
         if turn == "lost":
             raise _LeaseLost()
         attempt.leased_until = until
@@ -560,7 +615,7 @@ class TenantWorker:
         if self._budget is None:
             return None
         if slot is None:
-            slot = await self._budget.reserve()
+            [slot] = await self._budget.reserve()
         return await self._budget.wait_for(slot, max_wait_s=max_wait_s) or None
 
     def _exhausted(self, delivery: ClaimedDelivery) -> str | None:

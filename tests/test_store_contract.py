@@ -30,6 +30,7 @@ from relay.store.records import (
     SkippedReplay,
     StateChange,
     StoredWebhook,
+    TurnAsk,
     WorkerBeat,
 )
 from tests.pg_server import PostgresServer, ServerUnavailable
@@ -530,6 +531,28 @@ async def test_take_turn_admits_one_delivery_per_inquiry_at_a_time(store: Store)
     )
 
 
+async def test_take_turns_answers_each_delivery_in_order_in_one_call(store: Store) -> None:
+    first = await accept(store, rating_id=1)
+    second = await accept(store, rating_id=2)
+    third = await accept(store, rating_id=3)
+    await claim(store, T0)
+    until = T0 + 2 * LEASE
+
+    turns = await store.take_turns(
+        [
+            TurnAsk(first, 101, T0 + LEASE),
+            TurnAsk(second, 101, T0 + LEASE),  # after the first in the same call: it holds 101 now
+            TurnAsk(third, 103, T0 + SECOND),  # not the lease it holds
+        ],
+        now=T0,
+        until=until,
+    )
+
+    assert turns == ["go", "busy", "lost"]
+    leases = [(await store.get_delivery(each)) for each in (first, second, third)]
+    assert [detail.delivery.next_attempt_at for detail in leases if detail] == [until, until, T0 + LEASE]
+
+
 async def test_a_lease_claimed_again_after_it_ran_out_is_lost_to_its_first_holder(store: Store) -> None:
     delivery = await accept(store)
     other = await accept(store, rating_id=2, at=T0 + LEASE + 2 * SECOND)
@@ -888,6 +911,13 @@ async def test_send_slots_are_spaced_across_every_caller(store: Store, second_st
     gaps = [(b - a).total_seconds() for a, b in pairwise(ordered)]
     assert all(gap >= spacing - 1e-6 for gap in gaps), gaps
     assert other_account == T0
+
+
+async def test_send_slots_reserved_together_are_the_next_ones_in_a_row(store: Store) -> None:
+    first = await store.reserve_send_slot("quivo-a", now=T0, spacing_s=0.25, count=3)
+    after_them = await store.reserve_send_slot("quivo-a", now=T0, spacing_s=0.25)
+
+    assert (first, after_them) == (T0, T0 + timedelta(seconds=0.75))
 
 
 async def test_an_account_pause_holds_until_it_runs_out_or_is_lifted(store: Store) -> None:

@@ -25,6 +25,7 @@ from relay.store.records import (
     Stats,
     StoredWebhook,
     Turn,
+    TurnAsk,
     UnmatchedSweep,
     WebhookDetail,
     WebhookStatus,
@@ -114,6 +115,9 @@ class Store(Protocol):
         over, and the same delivery taking it again extends it.
         """
 
+    async def take_turns(self, asks: Sequence[TurnAsk], *, now: datetime, until: datetime) -> list[Turn]:
+        """take_turn for each delivery asking, in order, in one commit: its answer for each, in order."""
+
     async def record_outcome(self, outcome: Outcome, *, leased_until: datetime, now: datetime) -> str:
         """Store where a claimed delivery went, its calls, and release its inquiry; its state now.
 
@@ -169,8 +173,11 @@ class Store(Protocol):
         The same holder taking it again extends its hold; a hold past its `until` may be taken over.
         """
 
-    async def reserve_send_slot(self, account: str, *, now: datetime, spacing_s: float) -> datetime:
-        """The instant this call to a Quivo account may go: slots `spacing_s` apart across every worker."""
+    async def reserve_send_slot(
+        self, account: str, *, now: datetime, spacing_s: float, count: int = 1
+    ) -> datetime:
+        """The instant this call to a Quivo account may go: slots `spacing_s` apart across every worker.
+        With `count`, the first of that many slots reserved together, each `spacing_s` after the last."""
 
     async def pause_account(self, pause: AccountPause) -> None:
         """Every worker holds calls to the account until the pause's `until` (or until it is lifted)."""

@@ -96,6 +96,15 @@ class Outcome:
     calls: list[AttemptRecord] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class TurnAsk:
+    """A claimed delivery asking for its inquiry's turn, under the lease it holds (see Store.take_turns)."""
+
+    delivery_id: int
+    inquiry_id: int
+    leased_until: datetime
+
+
 # Right before a call to Quivo: "go"; "busy": another delivery's send holds the inquiry; "lost": the lease ran
 # out and a claim took the delivery again, so no call may go out for it from here.
 Turn = Literal["go", "busy", "lost"]

@@ -51,19 +51,19 @@ async def take_duty(conn: Conn, duty: str, holder: str, *, now: datetime, until:
 # row's lock and the flush) serves many calls.
 _RESERVE = """
 INSERT INTO account_state (account, next_slot_at)
-VALUES ($1, $2::timestamptz + make_interval(secs => $3::float8))
+VALUES ($1, $2::timestamptz + make_interval(secs => $3::float8 * $4::int))
 ON CONFLICT (account) DO UPDATE SET next_slot_at =
-    GREATEST(account_state.next_slot_at, $2::timestamptz) + make_interval(secs => $3::float8)
-RETURNING next_slot_at - make_interval(secs => $3::float8)
+    GREATEST(account_state.next_slot_at, $2::timestamptz) + make_interval(secs => $3::float8 * $4::int)
+RETURNING next_slot_at - make_interval(secs => $3::float8 * $4::int)
 """
 
-# The account, now, and the spacing between its calls.
-SlotRequest = tuple[str, datetime, float]
+# The account, now, the spacing between its calls, and how many slots are reserved together.
+SlotRequest = tuple[str, datetime, float, int]
 
 
 async def reserve_send_slots(conn: Conn, requests: list[SlotRequest]) -> list[datetime]:
-    """For each request in order, the next free slot at or after its `now`; the one after it starts
-    `spacing_s` later, for every worker. One pipelined round trip."""
+    """For each request in order, the next free slot at or after its `now` (the first of its `count`);
+    the one after them starts `spacing_s` later, for every worker. One pipelined round trip."""
     slots = [row[0] for row in await conn.fetchmany(_RESERVE, requests)]
     assert all(isinstance(slot, datetime) for slot in slots)
     return slots

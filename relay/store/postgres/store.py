@@ -36,6 +36,7 @@ from relay.store.records import (
     Stats,
     StoredWebhook,
     Turn,
+    TurnAsk,
     UnmatchedSweep,
     WebhookDetail,
     WebhookStatus,
@@ -187,6 +188,11 @@ class PostgresStore:
         """Renew the lease and take the inquiry, in one statement; shares a commit with other turns now."""
         return await _opened(self._turns).write((delivery_id, inquiry_id, leased_until, now, until))
 
+    async def take_turns(self, asks: Sequence[TurnAsk], *, now: datetime, until: datetime) -> list[Turn]:
+        """Every turn asked, in order, in one pipelined round trip (one implicit transaction)."""
+        requests = [(ask.delivery_id, ask.inquiry_id, ask.leased_until, now, until) for ask in asks]
+        return await self._run(lambda conn: outbox.take_turns(conn, requests))
+
     async def record_outcome(self, outcome: Outcome, *, leased_until: datetime, now: datetime) -> str:
         """Store where a claimed delivery went, its calls, and release its inquiry, in one transaction
         shared with other deliveries finishing now (one going back to pending wakes the workers)."""
@@ -245,10 +251,12 @@ class PostgresStore:
         """Hold a relay-wide duty until `until`; False: another holds it."""
         return await self._run(lambda conn: relaywide.take_duty(conn, duty, holder, now=now, until=until))
 
-    async def reserve_send_slot(self, account: str, *, now: datetime, spacing_s: float) -> datetime:
-        """The instant this call to a Quivo account may go: slots `spacing_s` apart across every worker.
-        Shares a commit with other calls reserving now."""
-        return await _opened(self._slots).write((account, now, spacing_s))
+    async def reserve_send_slot(
+        self, account: str, *, now: datetime, spacing_s: float, count: int = 1
+    ) -> datetime:
+        """The instant this call to a Quivo account may go (the first of `count` slots reserved together):
+        slots `spacing_s` apart across every worker. Shares a commit with other calls reserving now."""
+        return await _opened(self._slots).write((account, now, spacing_s, count))
 
     async def pause_account(self, pause: AccountPause) -> None:
         """Every worker holds calls to the account until the pause's `until` (or until it is lifted)."""

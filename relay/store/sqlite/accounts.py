@@ -10,21 +10,23 @@ from relay.store.sqlite.instants import from_text, from_text_or_none, to_text
 from relay.store.sqlite.writer import WriteJob
 
 
-def reserve_send_slot(account: str, *, now: datetime, spacing_s: float) -> WriteJob[datetime]:
-    """A write job giving the account's next slot, max(now, the next free one), and moving that one on."""
+def reserve_send_slot(account: str, *, now: datetime, spacing_s: float, count: int = 1) -> WriteJob[datetime]:
+    """A write job giving the account's next slot, max(now, the next free one), and moving that one on
+    (`count` slots on: the first of them is given, the rest follow `spacing_s` apart)."""
+    span_s = spacing_s * count
 
     def job(conn: sqlite3.Connection) -> datetime:
         # One statement: the slot taken and the next one written together, whatever other workers do.
         (next_slot_at,) = conn.execute(
             """
-            INSERT INTO account_state (account, next_slot_at) VALUES (:account, instant_plus(:now, :spacing))
+            INSERT INTO account_state (account, next_slot_at) VALUES (:account, instant_plus(:now, :span))
             ON CONFLICT (account) DO UPDATE SET next_slot_at = instant_plus(
-                max(:now, COALESCE(account_state.next_slot_at, :now)), :spacing)
+                max(:now, COALESCE(account_state.next_slot_at, :now)), :span)
             RETURNING next_slot_at
             """,
-            {"account": account, "now": to_text(now), "spacing": spacing_s},
+            {"account": account, "now": to_text(now), "span": span_s},
         ).fetchone()
-        return from_text(next_slot_at) - timedelta(seconds=spacing_s)
+        return from_text(next_slot_at) - timedelta(seconds=span_s)
 
     return job
 

@@ -31,6 +31,7 @@ from relay.store.records import (
     Stats,
     StoredWebhook,
     Turn,
+    TurnAsk,
     UnmatchedSweep,
     WebhookDetail,
     WebhookStatus,
@@ -127,6 +128,9 @@ class SqliteStore:
             holds.take_turn(delivery_id, inquiry_id, leased_until=leased_until, now=now, until=until)
         )
 
+    async def take_turns(self, asks: Sequence[TurnAsk], *, now: datetime, until: datetime) -> list[Turn]:
+        return await self.database.write(holds.take_turns(asks, now=now, until=until))
+
     async def record_outcome(self, outcome: Outcome, *, leased_until: datetime, now: datetime) -> str:
         return await self.database.write(claims.record_outcome(outcome, leased_until=leased_until, now=now))
 
@@ -175,8 +179,12 @@ class SqliteStore:
     async def take_duty(self, duty: str, holder: str, *, now: datetime, until: datetime) -> bool:
         return await self.database.write(duties.take_duty(duty, holder, now=now, until=until))
 
-    async def reserve_send_slot(self, account: str, *, now: datetime, spacing_s: float) -> datetime:
-        return await self.database.write(accounts.reserve_send_slot(account, now=now, spacing_s=spacing_s))
+    async def reserve_send_slot(
+        self, account: str, *, now: datetime, spacing_s: float, count: int = 1
+    ) -> datetime:
+        return await self.database.write(
+            accounts.reserve_send_slot(account, now=now, spacing_s=spacing_s, count=count)
+        )
 
     async def pause_account(self, pause: AccountPause) -> None:
         await self.database.write(accounts.pause_account(pause))
