@@ -382,9 +382,10 @@ async def test_sends_are_spaced_to_the_rate_limit(start_relay, quivo):
     )
     assert len(starts) == 6
     # The k-th send goes k/10 s after the first or later. A send a busy event loop started late brings the
-    # next one closer to it, so single gaps may shrink: the schedule holds, less a little of that lateness.
+    # next one closer to it, so single gaps may shrink: the schedule holds, less that lateness (half a slot
+    # at most on a loaded machine). Unpaced, all six would start within a few milliseconds of each other.
     since_first = [(start - starts[0]).total_seconds() for start in starts]
-    assert all(since >= n / 10 - 0.02 for n, since in enumerate(since_first)), since_first
+    assert all(since >= n / 10 - 0.05 for n, since in enumerate(since_first)), since_first
 
 
 async def test_a_new_rating_wakes_the_worker_without_waiting_for_the_sweep(start_relay, quivo):
