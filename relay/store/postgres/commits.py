@@ -9,7 +9,7 @@ import asyncpg
 import structlog
 
 from relay.store.api import StoreUnavailable
-from relay.store.batching import MAX_BATCH, Waiting, committed, fail, settle, waiting
+from relay.store.batching import MAX_BATCH, Deadlines, Waiting, fail, settle, waiting
 from relay.store.postgres.connection import DRIVER_FAILURES, Conn, is_transient, unavailable
 
 A = TypeVar("A")
@@ -31,6 +31,7 @@ class GroupCommit(Generic[A, R]):
         self._pool = pool
         self._run = run
         self._timeout_s = timeout_s
+        self._deadlines = Deadlines(timeout_s)
         self._queue: asyncio.Queue[Waiting[A, R]] = asyncio.Queue()
         self._tasks = [
             asyncio.create_task(self._loop(), name=f"relay-pg-commits-{n}") for n in range(COMMITTERS)
@@ -43,7 +44,7 @@ class GroupCommit(Generic[A, R]):
             raise StoreUnavailable("database is closed")
         entry: Waiting[A, R] = waiting(item)
         self._queue.put_nowait(entry)
-        return await committed(entry, self._timeout_s)
+        return await self._deadlines.committed(entry)
 
     async def close(self) -> None:
         """Finish the queued writes, then stop."""

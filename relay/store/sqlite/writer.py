@@ -15,7 +15,7 @@ import aiosqlite
 import structlog
 
 from relay.store.api import DatabaseUnusable, StoreUnavailable
-from relay.store.batching import MAX_BATCH, Waiting, committed, fail, settle, waiting
+from relay.store.batching import MAX_BATCH, Deadlines, Waiting, fail, settle, waiting
 from relay.store.sqlite.instants import instant_plus
 from relay.store.sqlite.migrations import LATEST_VERSION, migrate
 
@@ -50,6 +50,7 @@ class Database:
     def __init__(self, path: Path, *, timeout_s: float) -> None:
         self.path = path
         self.timeout_s = timeout_s
+        self._deadlines = Deadlines(timeout_s)
         self._writer: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._orders: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
@@ -179,7 +180,7 @@ class Database:
             raise StoreUnavailable("database is closed")
         entry: _Entry = waiting(_Order(job))
         self._orders.put(entry)
-        return await committed(entry, self.timeout_s)
+        return await self._deadlines.committed(entry)
 
     def _serve(self) -> None:
         """The writer thread: each turn takes every order waiting, up to MAX_BATCH, and commits it."""
