@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from relay import console
+from relay import collector, console
 from relay.app import create_app, create_worker_app, reload_tenants_on_sighup, store_for
 from relay.domain.delivery import DELIVERY_STATES
 from relay.linkfile import links_to_csv
@@ -366,6 +366,7 @@ def _serve_on(sockets: list[socket.socket], settings: Settings, *, run_worker: b
 async def _serving(app: web.Application) -> None:
     # Started, its store open (and its worker running): under `--processes`, a death now means a restart.
     serving()
+    collector.settle_after_start()
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -1,0 +1,25 @@
+"""`relay serve` freezes what start-up built: the collector's full passes skip it while serving."""
+
+import asyncio
+import gc
+
+from aiohttp import web
+
+from relay import cli
+
+
+def tracked(thing: object) -> bool:
+    """Whether the collector's passes (any generation, the frozen ones aside) would walk `thing`."""
+    return any(candidate is thing for candidate in gc.get_objects())
+
+
+def test_once_serving_what_start_up_built_is_out_of_the_collectors_reach() -> None:
+    built_at_start_up = {"routes": ["/webhooks/bringg"]}
+    try:
+        asyncio.run(cli._serving(web.Application()))
+        made_while_serving = {"webhook": ["rating"]}
+        assert not tracked(built_at_start_up)
+        assert tracked(made_while_serving)
+    finally:
+        # Give the test process's objects back to the collector, as they were before this test.
+        gc.unfreeze()
