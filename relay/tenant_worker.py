@@ -18,6 +18,7 @@ from relay.domain.message import quivo_rating, render_message
 from relay.domain.rating import Rating
 from relay.domain.retry import Verdict, leaves_send_unsure, retry_delay, verdict_for_status
 from relay.ops.metrics import RelayMetrics
+from relay.outcomes import OutcomeRecorder
 from relay.pacing import Pacer, RelayBudget
 from relay.quivo.client import LoginFailed, QuivoAnswer, QuivoClient, QuivoError, QuivoNoAnswer
 from relay.settings import Settings
@@ -138,6 +139,8 @@ class TenantWorker:
             account.max_rps >= CLAIM_AHEAD * account.max_concurrency
         )
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Deliveries finishing together record their outcomes in one store call.
+        self._outcomes = OutcomeRecorder(store, utc_now)
         self._inquiries_in_flight: dict[int, _InquiryLock] = {}
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -211,6 +214,8 @@ class TenantWorker:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
+        # A pass cancelled while its outcome was being recorded no longer waits for that record: this does.
+        await self._outcomes.wait_recorded()
         return len(late)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
@@ -714,7 +719,7 @@ class TenantWorker:
         started: float,
         event: str,
     ) -> None:
-        state = await self.store.record_outcome(outcome, leased_until=leased_until, now=utc_now())
+        state = await self._outcomes.record(outcome, leased_until=leased_until)
         if state == LEASE_LOST:
             self._lease_lost(delivery, outcome.inquiry_id, started)
             return

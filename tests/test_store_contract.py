@@ -23,6 +23,7 @@ from relay.store.records import (
     AttemptRecord,
     Backlog,
     ClaimedDelivery,
+    Finish,
     InboundWebhook,
     Outcome,
     PruneResult,
@@ -637,6 +638,38 @@ async def test_record_outcome_stores_the_calls_and_where_the_delivery_went(store
         ("send", T0 + 2 * SECOND, 35, 201, "sent"),
     ]
     assert {a.number for a in detail.attempts} == {1}
+
+
+async def test_record_outcomes_answers_each_delivery_in_order_in_one_call(store: Store) -> None:
+    delivered = await accept(store, rating_id=1)
+    lost = await accept(store, rating_id=2)
+    older = await accept(store, rating_id=3, updated_at=T0)
+    await claim(store, T0)
+    assert await store.take_turn(delivered, 101, leased_until=T0 + LEASE, now=T0, until=T0 + LEASE) == "go"
+    await record(store, rating(3, updated_at=T0 + SECOND), at=T0 + SECOND)
+    send = AttemptRecord("send", T0 + SECOND, 35, 201, "sent")
+    done_at = T0 + 2 * SECOND
+
+    states = await store.record_outcomes(
+        [
+            Finish(Outcome(delivered, "delivered", 1, False, inquiry_id=101, calls=[send]), T0 + LEASE),
+            Finish(Outcome(lost, "delivered", 1, False, inquiry_id=102), T0 + SECOND),  # not its lease
+            Finish(Outcome(older, "retrying", 1, False, next_attempt_at=T0 + LEASE), T0 + LEASE),
+        ],
+        now=done_at,
+    )
+
+    assert states == ["delivered", LEASE_LOST, "superseded"]
+    detail = await store.get_delivery(delivered)
+    assert detail is not None
+    assert (detail.delivery.state, detail.delivery.delivered_at) == ("delivered", done_at)
+    assert [(a.action, a.status_code, a.number) for a in detail.attempts] == [("send", 201, 1)]
+    assert [await state_of(store, each) for each in (lost, older)] == ["sending", "superseded"]
+    # Its inquiry is free again: another delivery may take it.
+    other = await accept(store, rating_id=4, at=done_at)
+    await claim(store, done_at)
+    until = done_at + LEASE
+    assert await store.take_turn(other, 101, leased_until=until, now=done_at, until=until) == "go"
 
 
 async def test_an_outcome_going_back_to_wait_is_superseded_by_a_newer_version(store: Store) -> None:

@@ -697,6 +697,55 @@ async def test_a_claims_deliveries_take_their_turns_and_send_slots_together_once
     assert asked["reserve_send_slot"] == ([] if db(relay).single_worker else [8])
 
 
+async def test_outcomes_finishing_together_are_recorded_in_one_store_call(
+    aiohttp_client, make_settings, quivo, monkeypatch
+):
+    # Recorded one store call each, 8 deliveries finishing while their records wait took 8 calls; those
+    # waiting share one. Each record here waits until all 8 ratings went out, so all 8 finish together.
+    settings = make_settings(**forwarding_settings(quivo, quivo_max_concurrency=4))
+    intake = await aiohttp_client(create_app(settings, run_worker=False))
+    accepted = [await post(intake, rating_webhook(n, f"INQ-{n}")) for n in range(910, 918)]
+    await intake.close()
+    recorded: list[int] = []
+
+    def held(
+        method: Callable[..., Awaitable[Any]], size: Callable[..., int]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def record(*args: Any, **kwargs: Any) -> Any:
+            async with asyncio.timeout(10):
+                while _ratings_posted(quivo) < 8:  # noqa: ASYNC110 - another server's count
+                    await asyncio.sleep(0.01)
+            recorded.append(size(*args, **kwargs))
+            return await method(*args, **kwargs)
+
+        return record
+
+    sizes = {
+        "record_outcome": lambda *args, **kwargs: 1,
+        "record_outcomes": lambda self, finishes, **kwargs: len(finishes),
+    }
+    for store_class in (SqliteStore, PostgresStore):
+        for name, size in sizes.items():
+            monkeypatch.setattr(store_class, name, held(getattr(store_class, name), size))
+
+    relay = await aiohttp_client(create_app(settings, run_worker=True))
+    for answer in accepted:
+        assert (await wait_for_delivery(db(relay), answer["delivery_id"])).state == "delivered"
+
+    # The first two records went out as soon as their deliveries finished; the others waited together.
+    assert sum(recorded) == 8
+    assert len(recorded) <= 4, recorded
+
+
+def _ratings_posted(quivo: Quivo) -> int:
+    return sum(
+        count
+        for route, answers in quivo.state.requests_by_route().items()
+        if route == "post_rating"
+        for count in answers.values()
+    )
+
+
 def _counted(
     method: Callable[..., Awaitable[Any]], size: Callable[..., int], asked: list[int]
 ) -> Callable[..., Awaitable[Any]]:

@@ -25,11 +25,11 @@ async def test_an_outcome_the_full_disk_refused_is_logged_as_a_store_fault_not_a
     state = SimState(rng=random.Random(5))
     quivo = Quivo(state, str((await aiohttp_server(create_sim_app(state))).make_url("")).rstrip("/"))
 
-    async def disk_full(outcome: Any, *, leased_until: Any, now: Any) -> str:
+    async def disk_full(finishes: Any, *, now: Any) -> list[str]:
         raise StoreUnavailable("database or disk is full")
 
     relay = await aiohttp_client(create_app(make_settings(**forwarding_settings(quivo)), run_worker=True))
-    monkeypatch.setattr(relay.app[STORE], "record_outcome", disk_full)
+    monkeypatch.setattr(relay.app[STORE], "record_outcomes", disk_full)
     with capture_logs() as logs:
         answer = await relay.post("/webhooks/bringg", data=rating_webhook(71, "INQ-710"), headers=AUTH)
         assert answer.status == 202

@@ -15,6 +15,7 @@ from relay.store.records import (
     ClaimedDelivery,
     DeliveryDetail,
     DeliverySummary,
+    Finish,
     InboundWebhook,
     LinkUpsert,
     Outcome,
@@ -125,6 +126,9 @@ class Store(Protocol):
         and the answer is LEASE_LOST. A delivery going back to wait may come out `superseded` (a newer
         version arrived meanwhile) or `pending` instead of `unmatched` (a link was saved meanwhile).
         """
+
+    async def record_outcomes(self, finishes: Sequence[Finish], *, now: datetime) -> list[str]:
+        """record_outcome for each finish, in order, in one commit (one round trip): each one's answer."""
 
     async def sweep_unmatched(
         self, *, now: datetime, expire_before: Mapping[str, datetime]

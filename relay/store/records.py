@@ -97,6 +97,14 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Finish:
+    """A claimed delivery's outcome, and the lease its worker holds it under (see Store.record_outcomes)."""
+
+    outcome: Outcome
+    leased_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class TurnAsk:
     """A claimed delivery asking for its inquiry's turn, under the lease it holds (see Store.take_turns)."""
 

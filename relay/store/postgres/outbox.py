@@ -89,7 +89,7 @@ async def take_turns(conn: Conn, requests: list[TurnRequest]) -> list[Turn]:
 _RECORD_OUTCOME = f"SELECT relay_record_outcome({', '.join(f'${n}' for n in range(1, 18))})"
 
 # An outcome, the lease its worker holds the delivery under, and now.
-Finish = tuple[Outcome, datetime, datetime]
+Recording = tuple[Outcome, datetime, datetime]
 
 
 def _outcome_arguments(outcome: Outcome, leased_until: datetime, now: datetime) -> tuple[object, ...]:
@@ -115,9 +115,9 @@ def _outcome_arguments(outcome: Outcome, leased_until: datetime, now: datetime) 
     )
 
 
-async def record_outcomes(conn: Conn, finishes: list[Finish]) -> list[str]:
+async def record_outcomes(conn: Conn, recordings: list[Recording]) -> list[str]:
     """Store each outcome in order, in one pipelined round trip; each delivery's state now."""
-    rows = await conn.fetchmany(_RECORD_OUTCOME, [_outcome_arguments(*finish) for finish in finishes])
+    rows = await conn.fetchmany(_RECORD_OUTCOME, [_outcome_arguments(*recording) for recording in recordings])
     return [str(row[0]) for row in rows]
 
 

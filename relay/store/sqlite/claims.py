@@ -1,9 +1,10 @@
 """Deliveries as a worker sees them: claiming due ones under a lease, and recording what became of each."""
 
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 
-from relay.store.records import LEASE_LOST, ClaimedDelivery, Outcome
+from relay.store.records import LEASE_LOST, ClaimedDelivery, Finish, Outcome
 from relay.store.sqlite.holds import release_hold
 from relay.store.sqlite.instants import from_text, to_text
 from relay.store.sqlite.writer import WriteJob
@@ -64,83 +65,91 @@ def claim_due(
 def record_outcome(outcome: Outcome, *, leased_until: datetime, now: datetime) -> WriteJob[str]:
     """Store where the delivery went and release its inquiry; its state (a waiting one may be superseded),
     or LEASE_LOST with nothing written when the delivery is no longer leased until `leased_until`."""
+    return lambda conn: _record(conn, outcome, to_text(leased_until), to_text(now))
 
-    def job(conn: sqlite3.Connection) -> str:
-        stamp = to_text(now)
-        stored = conn.execute(
-            """
-            UPDATE deliveries SET state = ?, attempts = ?, unconfirmed = ?, next_attempt_at = ?,
-                inquiry_id = COALESCE(?, inquiry_id), last_status = COALESCE(?, last_status),
-                last_error = ?, current_rating = COALESCE(?, current_rating), updated_at = ?,
-                delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END
-            WHERE id = ? AND state = 'sending' AND next_attempt_at = ?
-            """,
-            (
-                outcome.state,
-                outcome.attempts,
-                int(outcome.unconfirmed),
-                to_text(outcome.next_attempt_at) if outcome.next_attempt_at else None,
-                outcome.inquiry_id,
-                outcome.last_status,
-                outcome.last_error,
-                outcome.current_rating,
-                stamp,
-                outcome.state,
-                stamp,
-                outcome.delivery_id,
-                to_text(leased_until),
-            ),
+
+def record_outcomes(finishes: Sequence[Finish], *, now: datetime) -> WriteJob[list[str]]:
+    """A write job recording each finish in order, as record_outcome does: each one's answer."""
+    stamp = to_text(now)
+    return lambda conn: [
+        _record(conn, finish.outcome, to_text(finish.leased_until), stamp) for finish in finishes
+    ]
+
+
+def _record(conn: sqlite3.Connection, outcome: Outcome, leased_until: str, stamp: str) -> str:
+    """One outcome, inside a write job; `leased_until` and `stamp` as stored."""
+    stored = conn.execute(
+        """
+        UPDATE deliveries SET state = ?, attempts = ?, unconfirmed = ?, next_attempt_at = ?,
+            inquiry_id = COALESCE(?, inquiry_id), last_status = COALESCE(?, last_status),
+            last_error = ?, current_rating = COALESCE(?, current_rating), updated_at = ?,
+            delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END
+        WHERE id = ? AND state = 'sending' AND next_attempt_at = ?
+        """,
+        (
+            outcome.state,
+            outcome.attempts,
+            int(outcome.unconfirmed),
+            to_text(outcome.next_attempt_at) if outcome.next_attempt_at else None,
+            outcome.inquiry_id,
+            outcome.last_status,
+            outcome.last_error,
+            outcome.current_rating,
+            stamp,
+            outcome.state,
+            stamp,
+            outcome.delivery_id,
+            leased_until,
+        ),
+    )
+    if not stored.rowcount:
+        return LEASE_LOST  # its hold, if any, is the new lessee's now: left alone too
+    if outcome.calls:
+        conn.executemany(
+            "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, "
+            "outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    outcome.delivery_id,
+                    outcome.attempts,
+                    call.action,
+                    to_text(call.started_at),
+                    call.duration_ms,
+                    call.status_code,
+                    call.outcome,
+                    call.error,
+                )
+                for call in outcome.calls
+            ],
         )
-        if not stored.rowcount:
-            return LEASE_LOST  # its hold, if any, is the new lessee's now: left alone too
-        if outcome.calls:
-            conn.executemany(
-                "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, "
-                "outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        outcome.delivery_id,
-                        outcome.attempts,
-                        call.action,
-                        to_text(call.started_at),
-                        call.duration_ms,
-                        call.status_code,
-                        call.outcome,
-                        call.error,
-                    )
-                    for call in outcome.calls
-                ],
-            )
-        # In the same transaction: the inquiry is free exactly when the delivery's outcome is stored.
-        release_hold(conn, outcome.delivery_id)
-        if outcome.state == "unmatched":
-            # A link may have been saved while this delivery was in flight: then it is not unmatched.
-            linked = conn.execute(
-                """
-                UPDATE deliveries SET state = 'pending', next_attempt_at = ?
-                WHERE id = ? AND EXISTS (
-                    SELECT 1 FROM links l
-                    WHERE l.merchant_id = deliveries.merchant_id AND l.external_id = deliveries.external_id)
-                """,
-                (stamp, outcome.delivery_id),
-            )
-            if linked.rowcount:
-                return "pending"
-        if outcome.state in ("pending", "retrying", "unmatched"):
-            # A newer version arrived while this one was in flight: it takes over, this one stops here.
-            superseded = conn.execute(
-                """
-                UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL
-                WHERE id = ? AND EXISTS (
-                    SELECT 1 FROM deliveries n
-                    WHERE n.merchant_id = deliveries.merchant_id AND n.rating_id = deliveries.rating_id
-                      AND n.version > deliveries.version)
-                RETURNING id
-                """,
-                (outcome.delivery_id,),
-            ).fetchall()
-            if superseded:
-                return "superseded"
-        return outcome.state
-
-    return job
+    # In the same transaction: the inquiry is free exactly when the delivery's outcome is stored.
+    release_hold(conn, outcome.delivery_id)
+    if outcome.state == "unmatched":
+        # A link may have been saved while this delivery was in flight: then it is not unmatched.
+        linked = conn.execute(
+            """
+            UPDATE deliveries SET state = 'pending', next_attempt_at = ?
+            WHERE id = ? AND EXISTS (
+                SELECT 1 FROM links l
+                WHERE l.merchant_id = deliveries.merchant_id AND l.external_id = deliveries.external_id)
+            """,
+            (stamp, outcome.delivery_id),
+        )
+        if linked.rowcount:
+            return "pending"
+    if outcome.state in ("pending", "retrying", "unmatched"):
+        # A newer version arrived while this one was in flight: it takes over, this one stops here.
+        superseded = conn.execute(
+            """
+            UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL
+            WHERE id = ? AND EXISTS (
+                SELECT 1 FROM deliveries n
+                WHERE n.merchant_id = deliveries.merchant_id AND n.rating_id = deliveries.rating_id
+                  AND n.version > deliveries.version)
+            RETURNING id
+            """,
+            (outcome.delivery_id,),
+        ).fetchall()
+        if superseded:
+            return "superseded"
+    return outcome.state

@@ -21,6 +21,7 @@ from relay.store.records import (
     ClaimedDelivery,
     DeliveryDetail,
     DeliverySummary,
+    Finish,
     InboundWebhook,
     LinkUpsert,
     Outcome,
@@ -133,6 +134,9 @@ class SqliteStore:
 
     async def record_outcome(self, outcome: Outcome, *, leased_until: datetime, now: datetime) -> str:
         return await self.database.write(claims.record_outcome(outcome, leased_until=leased_until, now=now))
+
+    async def record_outcomes(self, finishes: Sequence[Finish], *, now: datetime) -> list[str]:
+        return await self.database.write(claims.record_outcomes(finishes, now=now))
 
     async def sweep_unmatched(
         self, *, now: datetime, expire_before: Mapping[str, datetime]
