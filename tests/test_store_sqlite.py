@@ -16,6 +16,7 @@ from relay.store import create_store
 from relay.store.api import DatabaseUnusable, Store, StoreUnavailable
 from relay.store.filters import DeliveryFilter
 from relay.store.records import COPIED_TABLES, AccountPause, AttemptRecord, InboundWebhook, Outcome
+from relay.store.sqlite.intake import RecordWebhook
 from relay.store.sqlite.migrations import LATEST_VERSION, known_migrations, migrate
 from relay.store.sqlite.store import SqliteStore
 from tests.test_webhook import rating_body
@@ -211,3 +212,77 @@ async def test_export_then_import_keeps_every_row_its_id_and_its_instants_exactl
     assert delivery["created_at"] == NOW + timedelta(microseconds=3)
     assert delivery["unconfirmed"] is False and isinstance(exported["webhooks"][0]["body"], bytes)
     assert later.webhook_id > max(row["id"] for row in exported["webhooks"])
+
+
+def _intake_file(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    migrate(conn)
+    return conn
+
+
+def _rows(conn: sqlite3.Connection, table: str) -> list[tuple[object, ...]]:
+    return [tuple(row) for row in conn.execute(f"SELECT * FROM {table} ORDER BY id")]
+
+
+def _arrivals(bodies: list[bytes]) -> list[RecordWebhook]:
+    recheck = NOW - timedelta(days=30)
+    received = [NOW + timedelta(microseconds=n) for n in range(len(bodies))]
+    return [
+        RecordWebhook(InboundWebhook(f"req-{n}", at, body, "application/json", judge(body)), recheck)
+        for n, (at, body) in enumerate(zip(received, bodies, strict=True))
+    ]
+
+
+def _stored_both_ways(
+    tmp_path: Path, known: list[bytes], run: list[bytes]
+) -> tuple[sqlite3.Connection, sqlite3.Connection, list[Any], list[Any], int]:
+    """The same run stored job by job in one file and together in another (both holding `known` first);
+    the results of each, and the INSERT statements the run together took."""
+    alone, batched = _intake_file(tmp_path / "alone.db"), _intake_file(tmp_path / "together.db")
+    for conn in (alone, batched):
+        for job in _arrivals(known):
+            job(conn)
+    one_by_one = [job(alone) for job in _arrivals(run)]
+    statements: list[str] = []
+    batched.set_trace_callback(statements.append)
+    together = RecordWebhook.together(batched, _arrivals(run))
+    inserts = sum(statement.startswith("INSERT") for statement in statements)
+    return alone, batched, one_by_one, together, inserts
+
+
+def test_a_run_of_new_ratings_is_stored_in_a_few_statements_as_each_alone_would_be(tmp_path):
+    run = [rating_body(rating_id=n) for n in range(1, 38)]
+    run[5] = b'{"webhook_type": "rating_submitted", "merchant_id": 9, "rating": {"id": "x"}}'  # quarantined
+    run[20] = b'{"webhook_type": "task_done", "merchant_id": 9}'  # ignored
+    alone, batched, one_by_one, together, inserts = _stored_both_ways(tmp_path, [rating_body(900)], run)
+
+    assert together == one_by_one
+    assert [stored.status for stored in together].count("accepted") == 35
+    for table in ("webhooks", "deliveries"):
+        assert _rows(batched, table) == _rows(alone, table)
+    # 37 webhooks (32 + 4 + 1 rows) and 35 deliveries (32 + 2 + 1): six statements, not 72.
+    assert inserts == 6
+
+
+def test_a_run_holding_a_known_or_repeated_rating_is_decided_as_webhook_by_webhook(tmp_path):
+    known = [rating_body(rating_id=1), rating_body(rating_id=2, updated_at="2026-11-21T10:00:00Z")]
+    run = [
+        rating_body(rating_id=3),
+        rating_body(rating_id=1),  # a duplicate of a stored one
+        rating_body(rating_id=2, updated_at="2026-11-22T10:00:00Z"),  # newer: supersedes
+        rating_body(rating_id=2, updated_at="2026-11-20T10:00:00Z"),  # older: kept, superseded
+        rating_body(rating_id=3),  # a duplicate of one earlier in the run
+    ]
+    alone, batched, one_by_one, together, _ = _stored_both_ways(tmp_path, known, run)
+
+    assert together == one_by_one
+    assert [stored.status for stored in together] == [
+        "accepted",
+        "duplicate",
+        "accepted",
+        "superseded",
+        "duplicate",
+    ]
+    for table in ("webhooks", "deliveries"):
+        assert _rows(batched, table) == _rows(alone, table)

@@ -5,7 +5,19 @@ from datetime import UTC, datetime, timedelta
 
 def to_text(moment: datetime) -> str:
     """`2026-12-01T18:45:09.123456Z`: the form every existing database file holds."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # Spelled field by field with %: under half the cost of isoformat or an f-string's format specs, and
+    # every write spells two or three of these.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+        moment.microsecond,
+    )
 
 
 def from_text(text: str) -> datetime:

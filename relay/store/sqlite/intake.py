@@ -1,5 +1,6 @@
 """Inbound webhooks: the raw bytes of each, and for a usable rating its delivery row, in one transaction."""
 
+import functools
 import json
 import sqlite3
 from dataclasses import replace
@@ -12,14 +13,19 @@ from relay.store.sqlite.instants import to_text
 from relay.store.sqlite.writer import WriteJob
 
 
-def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> WriteJob[StoredWebhook]:
+class RecordWebhook:
     """A write job that stores `inbound` and, for a new rating version, its pending delivery.
 
     A rating created before `recheck_before` may have been delivered and pruned since: its delivery
     starts unconfirmed, so the worker reads the inquiry back before it sends.
     """
 
-    def job(conn: sqlite3.Connection) -> StoredWebhook:
+    def __init__(self, inbound: InboundWebhook, recheck_before: datetime) -> None:
+        self.inbound = inbound
+        self.recheck_before = recheck_before
+
+    def __call__(self, conn: sqlite3.Connection) -> StoredWebhook:
+        inbound = self.inbound
         rating = inbound.judgement.rating
         if inbound.judgement.status != "accepted" or rating is None:
             webhook_id = _insert_webhook(conn, inbound, inbound.judgement.status)
@@ -36,15 +42,57 @@ def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> Writ
         # A version older than one already known is kept for the record (the webhook row says accepted,
         # its delivery superseded) but never delivered.
         outdated = any(row["version"] > rating.version for row in versions)
-        recheck = rating.created_at is not None and rating.created_at < recheck_before
-        delivery_id = _insert_delivery(conn, webhook_id, inbound, rating, outdated, recheck)
+        delivery_id = _insert_delivery(conn, _delivery_row(webhook_id, self, outdated=outdated))
         # With no other version stored there is nothing to supersede: skip the statement.
         if outdated:
             return StoredWebhook(webhook_id, "superseded", delivery_id=delivery_id)
         superseded = _supersede_older(conn, rating, inbound.received_at) if versions else []
         return StoredWebhook(webhook_id, "accepted", delivery_id=delivery_id, superseded=superseded)
 
-    return job
+    @staticmethod
+    def together(conn: sqlite3.Connection, jobs: "list[RecordWebhook]") -> list[StoredWebhook]:
+        """A run of webhooks stored in a few statements, each decided as alone in this order would decide it.
+
+        Usually none of the run's ratings is known yet: then every webhook is inserted as it was judged,
+        and every rating gets a pending delivery, with ids chosen as SQLite would (one past the largest,
+        this transaction holding the write lock). A run with a known rating, or one rating twice, is stored
+        webhook by webhook.
+        """
+        ratings = [job.inbound.judgement.rating for job in jobs if _is_rating(job.inbound)]
+        keys = {(rating.merchant_id, rating.rating_id) for rating in ratings if rating is not None}
+        if len(keys) < len(ratings) or (keys and _any_known(conn, keys)):
+            return [job(conn) for job in jobs]
+        last_webhook, last_delivery = conn.execute(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM webhooks), "
+            "(SELECT COALESCE(MAX(id), 0) FROM deliveries)"
+        ).fetchone()
+        webhook_ids = range(last_webhook + 1, last_webhook + 1 + len(jobs))
+        webhook_rows = [
+            (webhook_id, *_webhook_row(job.inbound, job.inbound.judgement.status))
+            for webhook_id, job in zip(webhook_ids, jobs, strict=True)
+        ]
+        _insert_many(conn, "webhooks", _WEBHOOK_COLUMNS, webhook_rows)
+        delivering = [
+            (wid, job) for wid, job in zip(webhook_ids, jobs, strict=True) if _is_rating(job.inbound)
+        ]
+        delivery_ids = range(last_delivery + 1, last_delivery + 1 + len(delivering))
+        delivery_rows = [
+            (delivery_id, *_delivery_row(webhook_id, job, outdated=False))
+            for delivery_id, (webhook_id, job) in zip(delivery_ids, delivering, strict=True)
+        ]
+        _insert_many(conn, "deliveries", _DELIVERY_COLUMNS, delivery_rows)
+        by_webhook = dict(zip((wid for wid, _ in delivering), delivery_ids, strict=True))
+        return [
+            StoredWebhook(wid, "accepted", delivery_id=by_webhook[wid])
+            if wid in by_webhook
+            else StoredWebhook(wid, job.inbound.judgement.status)
+            for wid, job in zip(webhook_ids, jobs, strict=True)
+        ]
+
+
+def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> RecordWebhook:
+    """The write job storing `inbound` (see RecordWebhook)."""
+    return RecordWebhook(inbound, recheck_before)
 
 
 def reprocess_webhook(
@@ -102,55 +150,98 @@ def _supersede_older(conn: sqlite3.Connection, rating: Rating, now: datetime) ->
     return sorted(int(row["id"]) for row in rows)
 
 
-def _insert_webhook(conn: sqlite3.Connection, inbound: InboundWebhook, status: WebhookStatus) -> int:
-    cursor = conn.execute(
-        "INSERT INTO webhooks (received_at, request_id, status, webhook_type, merchant_id, rating_id, "
-        "errors, content_type, body, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            to_text(inbound.received_at),
-            inbound.request_id,
-            status,
-            inbound.judgement.webhook_type,
-            inbound.judgement.merchant_id,
-            inbound.judgement.rating_id,
-            json.dumps(list(inbound.judgement.errors)) if inbound.judgement.errors else None,
-            inbound.content_type,
-            inbound.body,
-            inbound.tenant,
-        ),
+_WEBHOOK_COLUMNS = (
+    "received_at, request_id, status, webhook_type, merchant_id, rating_id, errors, content_type, body, "
+    "tenant"
+)
+_DELIVERY_COLUMNS = (
+    "webhook_id, tenant, merchant_id, rating_id, version, external_id, stars, rating, state, "
+    "next_attempt_at, unconfirmed, created_at, updated_at"
+)
+_INSERT_WEBHOOK = f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+_INSERT_DELIVERY = f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES ({', '.join('?' * 13)})"
+
+
+def _is_rating(inbound: InboundWebhook) -> bool:
+    return inbound.judgement.status == "accepted" and inbound.judgement.rating is not None
+
+
+def _any_known(conn: sqlite3.Connection, keys: set[tuple[int, int]]) -> bool:
+    """Whether any of these (merchant, rating) pairs has a delivery already, in one statement."""
+    # CROSS JOIN keeps the pairs the outer loop, so each is one lookup in the (merchant, rating) index.
+    row = conn.execute(
+        "SELECT 1 FROM json_each(?) AS k CROSS JOIN deliveries AS d "
+        "ON d.merchant_id = json_extract(k.value, '$[0]') AND d.rating_id = json_extract(k.value, '$[1]') "
+        "LIMIT 1",
+        (json.dumps(sorted(keys)),),
+    ).fetchone()
+    return row is not None
+
+
+def _webhook_row(inbound: InboundWebhook, status: WebhookStatus) -> tuple[object, ...]:
+    judgement = inbound.judgement
+    return (
+        to_text(inbound.received_at),
+        inbound.request_id,
+        status,
+        judgement.webhook_type,
+        judgement.merchant_id,
+        judgement.rating_id,
+        json.dumps(list(judgement.errors)) if judgement.errors else None,
+        inbound.content_type,
+        inbound.body,
+        inbound.tenant,
     )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
 
 
-def _insert_delivery(
-    conn: sqlite3.Connection,
-    webhook_id: int,
-    inbound: InboundWebhook,
-    rating: Rating,
-    outdated: bool,
-    recheck: bool,
-) -> int:
+def _delivery_row(webhook_id: int, job: RecordWebhook, *, outdated: bool) -> tuple[object, ...]:
+    inbound, rating = job.inbound, job.inbound.judgement.rating
+    assert rating is not None
     stamp = to_text(inbound.received_at)
-    cursor = conn.execute(
-        "INSERT INTO deliveries (webhook_id, tenant, merchant_id, rating_id, version, external_id, stars, "
-        "rating, state, next_attempt_at, unconfirmed, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            webhook_id,
-            inbound.tenant,
-            rating.merchant_id,
-            rating.rating_id,
-            rating.version,
-            rating.external_id,
-            rating.stars,
-            rating.model_dump_json(),
-            "superseded" if outdated else "pending",
-            None if outdated else stamp,
-            int(recheck),
-            stamp,
-            stamp,
-        ),
+    recheck = rating.created_at is not None and rating.created_at < job.recheck_before
+    return (
+        webhook_id,
+        inbound.tenant,
+        rating.merchant_id,
+        rating.rating_id,
+        rating.version,
+        rating.external_id,
+        rating.stars,
+        rating.model_dump_json(),
+        "superseded" if outdated else "pending",
+        None if outdated else stamp,
+        int(recheck),
+        stamp,
+        stamp,
     )
+
+
+def _insert_webhook(conn: sqlite3.Connection, inbound: InboundWebhook, status: WebhookStatus) -> int:
+    cursor = conn.execute(_INSERT_WEBHOOK, _webhook_row(inbound, status))
     assert cursor.lastrowid is not None
     return cursor.lastrowid
+
+
+def _insert_delivery(conn: sqlite3.Connection, row: tuple[object, ...]) -> int:
+    cursor = conn.execute(_INSERT_DELIVERY, row)
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _insert_many(conn: sqlite3.Connection, table: str, columns: str, rows: list[tuple[object, ...]]) -> None:
+    """Rows, each led by its id, in one statement per power of two in their count (at most 9 for 256)."""
+    start = 0
+    while start < len(rows):
+        size = 1 << ((len(rows) - start).bit_length() - 1)
+        chunk = rows[start : start + size]
+        conn.execute(
+            _insert_rows(table, columns, len(chunk[0]), size), [value for row in chunk for value in row]
+        )
+        start += size
+
+
+@functools.cache
+def _insert_rows(table: str, columns: str, width: int, count: int) -> str:
+    """`INSERT INTO table (id, columns) VALUES (...), ...` for `count` rows: few sizes, so few to prepare."""
+    row = f"({', '.join('?' * width)})"
+    return f"INSERT INTO {table} (id, {columns}) VALUES {', '.join([row] * count)}"
