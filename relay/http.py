@@ -1,5 +1,6 @@
 """HTTP plumbing shared by every route: request ids, problem answers, and the last-resort error guard."""
 
+import os
 import re
 import secrets
 import time
@@ -24,6 +25,20 @@ STARTED = web.RequestKey("started", float)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Request ids are drawn from the system's randomness this many at once: one read serves as many requests.
+IDS_PER_DRAW = 256
+_drawn_ids: list[str] = []
+# A forked process (`relay serve --processes`) draws its own: never the ids its parent had drawn.
+os.register_at_fork(after_in_child=_drawn_ids.clear)
+
+
+def new_request_id() -> str:
+    """32 random hex digits, as uuid4().hex spelled them, without building a UUID at every request."""
+    if not _drawn_ids:
+        drawn = secrets.token_hex(16 * IDS_PER_DRAW)
+        _drawn_ids.extend(drawn[start : start + 32] for start in range(0, len(drawn), 32))
+    return _drawn_ids.pop()
+
 
 def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> web.Response:
     """An RFC 9457 problem answer."""
@@ -40,8 +55,7 @@ def problem(status: int, title: str, detail: str | None = None, **extra: Any) ->
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id (the caller's X-Request-ID when sane) to every log line; echo it back."""
     offered = request.headers.get(REQUEST_ID_HEADER, "")
-    # 32 random hex digits, as uuid4().hex spelled them, without building a UUID at every request.
-    request_id = offered if _SAFE_REQUEST_ID.fullmatch(offered) else secrets.token_hex(16)
+    request_id = offered if _SAFE_REQUEST_ID.fullmatch(offered) else new_request_id()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     request[REQUEST_ID] = request_id

@@ -1,9 +1,9 @@
 """Logging: structlog JSON lines on stdout, with stdlib loggers (aiohttp's too) in the same stream."""
 
-import json
 import logging
 import sys
 import time
+from _json import encode_basestring_ascii, make_encoder
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal, TextIO
@@ -54,13 +54,14 @@ _SHARED: tuple[Step, ...] = (
     structlog.stdlib.add_logger_name,
     UtcStamper(),
 )
-# json.dumps with a `default` (structlog's JSONRenderer passes one) builds a new encoder at every call: one,
-# built once, spells the same.
-_ENCODE = json.JSONEncoder(default=_fallback).encode
+# json.dumps with a `default` (structlog's JSONRenderer passes one) builds a new C encoder at every call: this
+# one is built once, with json.dumps's separators and ASCII escaping. No circular check: a log line's values
+# are not circular, and a shared check's memo would outlive a failed call.
+_ENCODE = make_encoder(None, _fallback, encode_basestring_ascii, None, ": ", ", ", False, False, True)
 
 
 def _render_json(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
-    return _ENCODE(event_dict)
+    return "".join(_ENCODE(event_dict, 0))
 
 
 def _relay_line(renderer: Processor) -> Processor:

@@ -39,7 +39,7 @@ class Authenticator:
     def __init__(self, auth: BringgAuth) -> None:
         self.header = auth.token_header
         self.open = auth.open
-        self._tokens = _values(auth.webhook_tokens)
+        self._tokens = tuple(token.encode() for token in _values(auth.webhook_tokens))
         self._jwt_secrets = _values(auth.jwt_secrets)
         self._jwt_issuer = auth.jwt_issuer
         self.oauth_client_id = auth.oauth_client_id
@@ -68,7 +68,10 @@ class Authenticator:
         reasons = []
         if self._tokens:
             # Every token compared, whichever matches: the time taken does not tell which one did.
-            if any([_same(presented, token) or _same(raw.strip(), token) for token in self._tokens]):
+            bearer = _header_bytes(presented)
+            if any(
+                [_equal(bearer, token) or _equal(_header_bytes(raw.strip()), token) for token in self._tokens]
+            ):
                 return BY_TOKEN
             reasons.append("token does not match")
         if self._jwt_secrets:
@@ -116,8 +119,16 @@ def _strip_bearer(value: str) -> str:
 
 
 def _same(presented: str, expected: str) -> bool:
+    return hmac.compare_digest(_header_bytes(presented), expected.encode())
+
+
+def _header_bytes(presented: str) -> bytes:
     # surrogateescape: a header's bytes that are not UTF-8 reach here as lone surrogates; compare the bytes.
-    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode())
+    return presented.encode("utf-8", "surrogateescape")
+
+
+# Constant time: how long a comparison takes does not tell how much of a token was right.
+_equal = hmac.compare_digest
 
 
 def _jwt_problem(
