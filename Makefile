@@ -27,7 +27,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) jq postgresql chromium
+unit: $(STAMP) jq postgresql chromium wrk
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

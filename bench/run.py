@@ -23,6 +23,7 @@ from pathlib import Path
 from bench.backends import Backend, SqliteFiles, postgres_server
 from bench.bare_client import post_ratings
 from bench.loadgen import LoadResult, run_at_rate
+from bench.paced import run_paced
 from bench.procs import free_port, memory_mb, relay, started
 from bench.results import Row, Target, exit_status, fixed, machine, missed, relative, write_results
 from bench.seed import opened, seed
@@ -208,20 +209,17 @@ class Bench:
             return wrk(port, self.sizes.saturate_s, run_base=4 * 10**9, token=TOKEN)
 
     def at_rate(self, backend: Backend) -> None:
-        print(f"\n1b. Ingest on {backend.name} at 1,000 req/s (open loop), {RATE_RUNS} runs")
+        print(f"\n1b. Ingest on {backend.name} at 1,000 req/s (open loop, wrk paced), {RATE_RUNS} runs")
         table = backend.name
         with self.web(backend.fresh("fixed"), 1, table=table, phase="ingest") as port:
-            url = f"http://127.0.0.1:{port}/webhooks/bringg"
-            asyncio.run(run_at_rate(url, rate=1000, seconds=1, token=TOKEN, first_rating_id=10**9))
+            run_paced(port, rate=1000, seconds=1, token=TOKEN, first_rating_id=10**9)
             loads = [
-                asyncio.run(
-                    run_at_rate(
-                        url,
-                        rate=1000,
-                        seconds=self.sizes.fixed_rate_s,
-                        token=TOKEN,
-                        first_rating_id=(2 + n) * 10**9,
-                    )
+                run_paced(
+                    port,
+                    rate=1000,
+                    seconds=self.sizes.fixed_rate_s,
+                    token=TOKEN,
+                    first_rating_id=(2 + n) * 10**9,
                 )
                 for n in range(RATE_RUNS)
             ]
