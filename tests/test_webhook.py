@@ -375,3 +375,21 @@ async def test_a_refusal_tells_the_caller_nothing_of_the_configuration_and_the_l
         assert word not in json.dumps(answer).lower()
     [line] = [line for line in logs if line["event"] == "webhook.unauthorized"]
     assert line["reason"] == "token does not match; jwt issuer mismatch"
+
+
+async def test_a_chunked_body_over_the_limit_that_came_whole_gets_413(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings(relay_max_body_bytes=2048), run_worker=False))
+    big = rating_body(title="x" * 4096)
+    head = (
+        "POST /webhooks/bringg HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+        f"Authorization: {AUTH['Authorization']}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode()
+    # Headers and every chunk in one write: the body is all there when the handler starts.
+    request = head + f"{len(big):x}\r\n".encode() + big + b"\r\n0\r\n\r\n"
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(request)
+    answer = await reader.read()
+    writer.close()
+
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert await webhooks(client) == []

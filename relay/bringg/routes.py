@@ -79,8 +79,9 @@ async def _receive(request: web.Request, running: RunningTenant) -> web.Response
     }
     try:
         # Past the retention window a delivered version may be gone from the database: check Quivo first.
-        recheck_before = inbound.received_at - timedelta(days=request.app[SETTINGS].relay_retention_days)
-        stored = await request.app[STORE].record_webhook(inbound, recheck_before=recheck_before)
+        app = request.app
+        recheck_before = inbound.received_at - timedelta(days=app[SETTINGS].relay_retention_days)
+        stored = await app[STORE].record_webhook(inbound, recheck_before=recheck_before)
     except StoreUnavailable as error:
         return _store_failed(request, error, fields)
     _report_stored(request, judgement, stored, fields)
@@ -117,14 +118,18 @@ def _unauthorized(request: web.Request, tenant: str, reason: str | None) -> web.
 
 async def _read_body(request: web.Request, tenant: str) -> bytes | web.Response:
     """The body, or the refusal when it is over the size limit or slower than the deadline."""
-    limit = request.app[SETTINGS].relay_max_body_bytes
-    deadline = request.app[SETTINGS].relay_body_timeout_s
+    settings = request.app[SETTINGS]
+    limit, deadline = settings.relay_max_body_bytes, settings.relay_body_timeout_s
     try:
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
         if request.content.is_eof():
-            # The whole body came with the headers (a webhook's usually does): reading it waits for no one.
-            return await request.read()
+            # The whole body came with the headers (a webhook's usually does): taken as it lies, with no wait
+            # and no copy, and so measured here (a chunked one declares no length).
+            body = request.content.read_nowait()
+            if len(body) > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+            return body
         # aiohttp puts no limit on how long a body may take: a trickling client would hold its slot forever.
         async with asyncio.timeout(deadline):
             return await request.read()
@@ -169,11 +174,12 @@ def _report_stored(
     request: web.Request, judgement: Judgement, stored: StoredWebhook, fields: dict[str, Any]
 ) -> None:
     """Count and log what storing did, and wake the worker for a new delivery."""
-    request.app[METRICS].webhook_received(stored.status, tenant=fields["tenant"])
+    app = request.app
+    app[METRICS].webhook_received(stored.status, tenant=fields["tenant"])
     if stored.status == "accepted":
-        request.app[NEW_DELIVERY].set()
+        app[NEW_DELIVERY].set()
     for delivery_id in stored.superseded:
-        request.app[METRICS].delivery_finished("superseded", tenant=fields["tenant"])
+        app[METRICS].delivery_finished("superseded", tenant=fields["tenant"])
         log.info("delivery.superseded", delivery_id=delivery_id, by=stored.delivery_id, **fields)
     emit = log.warning if stored.status == "quarantined" else log.info
     emit(
