@@ -103,3 +103,35 @@ def test_other_libraries_lines_are_stamped_and_spelled_alike(lines):
         "aiohttp.server",
     )
     assert fields["timestamp"].endswith("Z")
+
+
+def test_a_bound_logger_writes_its_keys_then_the_calls_then_the_event_as_structlog_orders_them(lines):
+    structlog.contextvars.bind_contextvars(request_id="req-1")
+    log = structlog.get_logger("relay.worker").bind(worker="w1", tenant="a")
+    log.info("delivery.sent", tenant="b", attempt=2)
+    log.warning("delivery.%s", "late", delay_s=1.5)  # %-style arguments take structlog's own way
+
+    sent, late = (json.loads(line) for line in logged(lines))
+    assert list(sent) == [
+        *("worker", "tenant", "attempt", "event"),
+        *("request_id", "level", "logger", "timestamp"),
+    ]
+    assert (sent["tenant"], sent["level"], late["event"], late["level"]) == (
+        "b",
+        "info",
+        "delivery.late",
+        "warning",
+    )
+    # The bound keys are the logger's own: a call's keys do not stay with it.
+    log.info("delivery.sent")
+    assert json.loads(logged(lines)[-1])["tenant"] == "a"
+
+
+def test_lines_below_the_level_are_not_written(lines):
+    configure_logging("WARNING", "json", lines)
+    log = structlog.get_logger("relay")
+    log.info("worker.started")
+    log.debug("worker.idle")
+    log.warning("worker.slow", lag_s=2)
+
+    assert [json.loads(line)["event"] for line in logged(lines)] == ["worker.slow"]
