@@ -42,8 +42,8 @@ CLAIM_AHEAD = 2
 # A claim waits until this share of the call slots' worth is free: claims (and the turns taken right after
 # them) come in batches sharing a store round trip each, not one round trip per finished delivery.
 CLAIM_BATCH_SHARE = 0.5
-# A turn taken ahead, before the wait for a call slot, leases this share longer than a lease: a call within
-# that time finds a whole lease left, as a renewal would have made it, and goes without one.
+# A claim, and a turn taken ahead of the wait for a call slot, lease this share longer than a lease: a call
+# within that time finds a whole lease left, as a renewal would have made it, and goes without one.
 TURN_FRESH_SHARE = 0.05
 # Pauses other workers set (refused credentials, a 429's Retry-After) are read this often, at most.
 PAUSES_READ_INTERVAL_S = 1.0
@@ -227,7 +227,8 @@ class TenantWorker:
     async def _claim(self) -> tuple[int, list[ClaimedDelivery], datetime]:
         """How many deliveries the worker could take now, those it took, and when their leases end."""
         now = utc_now()
-        lease_until = now + self._lease
+        # As long as a turn taken ahead would make it: that turn, moments from now, need not renew it.
+        lease_until = now + self._turn_ahead
         free = CLAIM_AHEAD * self.tenant.quivo.max_concurrency - len(self._in_flight)
         if free < self._claim_batch or self._pacer.paused_for() > 0:
             return 0, [], lease_until
@@ -372,8 +373,8 @@ class TenantWorker:
                 asking[inquiry_id] = claim
         if not asking:
             return claims
-        now = utc_now()
-        until = now + self._turn_ahead
+        # The claim's lease, taken moments ago, is as long as a turn taken now would make it: kept as it is.
+        now, until = utc_now(), lease_until
         asks = [TurnAsk(claim.delivery.id, inquiry_id, lease_until) for inquiry_id, claim in asking.items()]
         try:
             turns = await self.store.take_turns(asks, now=now, until=until)

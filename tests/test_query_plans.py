@@ -82,3 +82,22 @@ async def test_taking_a_turn_and_recording_an_outcome_walk_their_keys(database):
     for sql in statements:
         steps = await plan(database, sql)
         assert full_scans_and_sorts(steps) == [], (sql, steps)
+
+
+async def test_a_turn_whose_lease_already_lasts_until_then_only_reads_the_delivery(database):
+    # A claim's lease is as long as the turn taken right after it would make it: rewriting the row (and its
+    # due indexes) to the same instant cost more than the rest of the turn.
+    now = datetime.now(UTC)
+    lease = now + timedelta(minutes=5)
+    await database.write(record_webhook(inbound(1, now), recheck_before=now))
+    [claimed] = await database.write(claim_due("default", now=now, lease_until=lease, limit=1))
+
+    statements: list[str] = []
+    turns = []
+    for leased_until in (now, lease):  # not its lease, then its own
+        job = take_turn(claimed.id, 5, leased_until=leased_until, now=now, until=leased_until)
+        statements += await traced(database, job)
+        turns.append(await database.write(job))
+
+    assert turns == ["lost", "go"]
+    assert not [sql for sql in statements if "UPDATE deliveries" in sql], statements

@@ -554,6 +554,28 @@ async def test_take_turns_answers_each_delivery_in_order_in_one_call(store: Stor
     assert [detail.delivery.next_attempt_at for detail in leases if detail] == [until, until, T0 + LEASE]
 
 
+async def test_a_turn_asked_until_the_lease_it_holds_keeps_that_lease_and_takes_the_inquiry(
+    store: Store,
+) -> None:
+    first = await accept(store, rating_id=1)
+    second = await accept(store, rating_id=2)
+    await claim(store, T0)
+    lease = T0 + LEASE
+
+    turns = await store.take_turns(
+        [TurnAsk(first, 101, lease), TurnAsk(second, 101, lease), TurnAsk(second, 102, T0)],
+        now=T0 + SECOND,
+        until=lease,
+    )
+
+    assert turns == ["go", "busy", "lost"]
+    leases = [await store.get_delivery(each) for each in (first, second)]
+    assert [detail.delivery.next_attempt_at for detail in leases if detail] == [lease, lease]
+    # The inquiry is held until that lease ends: another delivery's turn takes it only then.
+    assert await store.take_turn(second, 101, leased_until=lease, now=lease - SECOND, until=lease) == "busy"
+    assert await store.take_turn(second, 101, leased_until=lease, now=lease, until=lease) == "go"
+
+
 async def test_a_lease_claimed_again_after_it_ran_out_is_lost_to_its_first_holder(store: Store) -> None:
     delivery = await accept(store)
     other = await accept(store, rating_id=2, at=T0 + LEASE + 2 * SECOND)

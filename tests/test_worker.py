@@ -22,6 +22,7 @@ from relay.sim.state import SimState
 from relay.store.api import Store
 from relay.store.filters import DeliveryFilter
 from relay.store.postgres.store import PostgresStore
+from relay.store.records import TurnAsk
 from relay.store.sqlite.store import SqliteStore
 from tests.chaos.harness import Stage, delivered_tags, http_call, stage, wait_for
 from tests.conftest import AUTH, BACKENDS, fixture_bytes
@@ -684,9 +685,20 @@ async def test_a_claims_deliveries_take_their_turns_and_send_slots_together_once
         "take_turns": lambda self, asks, **kwargs: len(asks),
         "reserve_send_slot": lambda *args, count=1, **kwargs: count,
     }
+    # The claim leased them as long as their turns would: each turn keeps the lease the claim gave.
+    kept: list[bool] = []
+
+    def keeping(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def take_turns(self: Store, asks: list[TurnAsk], *, now: datetime, until: datetime) -> Any:
+            kept.extend(ask.leased_until == until for ask in asks)
+            return await method(self, asks, now=now, until=until)
+
+        return take_turns
+
     for store_class in (SqliteStore, PostgresStore):
         for name, size in sizes.items():
             monkeypatch.setattr(store_class, name, _counted(getattr(store_class, name), size, asked[name]))
+        monkeypatch.setattr(store_class, "take_turns", keeping(store_class.take_turns))
 
     relay = await aiohttp_client(create_app(settings, run_worker=True))
     for answer in accepted:
@@ -694,6 +706,7 @@ async def test_a_claims_deliveries_take_their_turns_and_send_slots_together_once
 
     # All 8 claimed at once (two per call slot), their turns asked together, none renewed at its call.
     assert (asked["take_turns"], asked["take_turn"]) == ([8], [])
+    assert kept == [True] * 8
     assert asked["reserve_send_slot"] == ([] if db(relay).single_worker else [8])
 
 

@@ -8,6 +8,15 @@ from relay.store.records import Turn, TurnAsk
 from relay.store.sqlite.instants import to_text
 from relay.store.sqlite.writer import WriteJob
 
+# The delivery's tenant while it is still leased until :leased, its lease then lasting until :until.
+_RENEW = (
+    "UPDATE deliveries SET next_attempt_at = :until "
+    "WHERE id = :delivery AND state = 'sending' AND next_attempt_at = :leased RETURNING tenant"
+)
+_LEASED = (
+    "SELECT tenant FROM deliveries WHERE id = :delivery AND state = 'sending' AND next_attempt_at = :leased"
+)
+
 
 def take_turn(
     delivery_id: int, inquiry_id: int, *, leased_until: datetime, now: datetime, until: datetime
@@ -22,10 +31,10 @@ def take_turns(asks: Sequence[TurnAsk], *, now: datetime, until: datetime) -> Wr
 
 
 def _take(conn: sqlite3.Connection, ask: TurnAsk, *, now: datetime, until: datetime) -> Turn:
+    # A lease already lasting until `until` (a claim's, moments ago) is only checked: no row to rewrite.
+    lease = _LEASED if until == ask.leased_until else _RENEW
     renewed = conn.execute(
-        "UPDATE deliveries SET next_attempt_at = :until "
-        "WHERE id = :delivery AND state = 'sending' AND next_attempt_at = :leased RETURNING tenant",
-        {"delivery": ask.delivery_id, "leased": to_text(ask.leased_until), "until": to_text(until)},
+        lease, {"delivery": ask.delivery_id, "leased": to_text(ask.leased_until), "until": to_text(until)}
     ).fetchone()
     if renewed is None:
         return "lost"  # a claim took the run-out lease: the delivery is another's now
