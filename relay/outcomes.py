@@ -11,6 +11,9 @@ from relay.store.records import Finish, Outcome
 # the store at once unless both are running, and then with every other one that finished meanwhile.
 RECORDS_IN_FLIGHT = 2
 
+# An outcome handed over, and the future its delivery's pass awaits.
+_Waiting = tuple[Finish, asyncio.Future[str]]
+
 
 class OutcomeRecorder:
     """Records each outcome it is handed by Store.record_outcomes, batched with those waiting beside it."""
@@ -18,7 +21,7 @@ class OutcomeRecorder:
     def __init__(self, store: Store, clock: Callable[[], datetime]) -> None:
         self._store = store
         self._clock = clock
-        self._waiting: list[tuple[Finish, asyncio.Future[str]]] = []
+        self._waiting: list[_Waiting] = []
         self._records: set[asyncio.Task[None]] = set()
         # A record started but not yet running takes whatever waits when it runs: no second one is needed.
         self._starting = False
@@ -44,14 +47,22 @@ class OutcomeRecorder:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
-                finishes = [finish for finish, _ in batch]
-                answers = await self._store.record_outcomes(finishes, now=self._clock())
-            except Exception as error:
-                # The store failed the whole call (one commit): each delivery's pass hears it, as its own.
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(error)
-                continue
-            for (_, done), answer in zip(batch, answers, strict=True):
-                if not done.done():
-                    done.set_result(answer)
+                await self._record(batch)
+            except Exception:
+                if len(batch) == 1:
+                    continue  # its caller heard it
+                # One outcome the store refuses must not fail its neighbours: each goes again alone, all at
+                # once (a store that is down fails them together again, within its timeout).
+                await asyncio.gather(*(self._record([one]) for one in batch), return_exceptions=True)
+
+    async def _record(self, batch: list[_Waiting]) -> None:
+        """One store call for the batch; each caller hears its answer, or the call's failure when alone."""
+        try:
+            answers = await self._store.record_outcomes([finish for finish, _ in batch], now=self._clock())
+        except Exception as error:
+            if len(batch) == 1 and not batch[0][1].done():
+                batch[0][1].set_exception(error)
+            raise
+        for (_, done), answer in zip(batch, answers, strict=True):
+            if not done.done():
+                done.set_result(answer)
