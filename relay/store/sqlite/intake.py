@@ -1,6 +1,7 @@
 """Inbound webhooks: the raw bytes of each, and for a usable rating its delivery row, in one transaction."""
 
 import functools
+import itertools
 import json
 import sqlite3
 from dataclasses import replace
@@ -66,28 +67,25 @@ class RecordWebhook:
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM webhooks), "
             "(SELECT COALESCE(MAX(id), 0) FROM deliveries)"
         ).fetchone()
-        webhook_ids = range(last_webhook + 1, last_webhook + 1 + len(jobs))
+        next_delivery_id = itertools.count(last_delivery + 1)
+        stored = [
+            StoredWebhook(webhook_id, "accepted", delivery_id=next(next_delivery_id))
+            if _is_rating(job.inbound)
+            else StoredWebhook(webhook_id, job.inbound.judgement.status)
+            for webhook_id, job in enumerate(jobs, start=last_webhook + 1)
+        ]
         webhook_rows = [
-            (webhook_id, *_webhook_row(job.inbound, job.inbound.judgement.status))
-            for webhook_id, job in zip(webhook_ids, jobs, strict=True)
+            (webhook.webhook_id, *_webhook_row(job.inbound, job.inbound.judgement.status))
+            for webhook, job in zip(stored, jobs, strict=True)
         ]
         _insert_many(conn, "webhooks", _WEBHOOK_COLUMNS, webhook_rows)
-        delivering = [
-            (wid, job) for wid, job in zip(webhook_ids, jobs, strict=True) if _is_rating(job.inbound)
-        ]
-        delivery_ids = range(last_delivery + 1, last_delivery + 1 + len(delivering))
         delivery_rows = [
-            (delivery_id, *_delivery_row(webhook_id, job, outdated=False))
-            for delivery_id, (webhook_id, job) in zip(delivery_ids, delivering, strict=True)
+            (webhook.delivery_id, *_delivery_row(webhook.webhook_id, job, outdated=False))
+            for webhook, job in zip(stored, jobs, strict=True)
+            if webhook.delivery_id is not None
         ]
         _insert_many(conn, "deliveries", _DELIVERY_COLUMNS, delivery_rows)
-        by_webhook = dict(zip((wid for wid, _ in delivering), delivery_ids, strict=True))
-        return [
-            StoredWebhook(wid, "accepted", delivery_id=by_webhook[wid])
-            if wid in by_webhook
-            else StoredWebhook(wid, job.inbound.judgement.status)
-            for wid, job in zip(webhook_ids, jobs, strict=True)
-        ]
+        return stored
 
 
 def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> RecordWebhook:

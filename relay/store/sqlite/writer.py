@@ -26,7 +26,6 @@ WriteJob = Callable[[sqlite3.Connection], T]
 # A job may also say how neighbours of its kind run as one, in fewer statements: its `together` attribute
 # takes the connection and a run of such jobs, and returns their results in order. Each statement the
 # writer runs hands the GIL to the event loop and waits to get it back, so fewer statements are faster.
-Together = Callable[[sqlite3.Connection, list[Any]], list[Any]]
 
 # The name docs/operations.md gives operators for this logger since before the package moved.
 log = structlog.get_logger(__name__)
