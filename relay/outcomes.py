@@ -5,6 +5,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from relay.store.api import Store
+from relay.store.batching import Waiting, fail, settle, waiting
 from relay.store.records import Finish, Outcome
 
 # Store calls recording outcomes at once, as many as the store's own group commit runs: an outcome goes to
@@ -12,7 +13,7 @@ from relay.store.records import Finish, Outcome
 RECORDS_IN_FLIGHT = 2
 
 # An outcome handed over, and the future its delivery's pass awaits.
-_Waiting = tuple[Finish, asyncio.Future[str]]
+_Waiting = Waiting[Finish, str]
 
 
 class OutcomeRecorder:
@@ -28,14 +29,14 @@ class OutcomeRecorder:
 
     async def record(self, outcome: Outcome, *, leased_until: datetime) -> str:
         """Store.record_outcome's answer for this outcome, recorded in one store call with its neighbours."""
-        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._waiting.append((Finish(outcome, leased_until), done))
+        entry: _Waiting = waiting(Finish(outcome, leased_until))
+        self._waiting.append(entry)
         if not self._starting and len(self._records) < RECORDS_IN_FLIGHT:
             self._starting = True
             task = asyncio.create_task(self._run(), name="relay-outcomes")
             self._records.add(task)
             task.add_done_callback(self._records.discard)
-        return await done
+        return await entry.done
 
     async def wait_recorded(self) -> None:
         """Until every outcome handed over is recorded (or failed): its caller may have stopped listening."""
@@ -58,11 +59,9 @@ class OutcomeRecorder:
     async def _record(self, batch: list[_Waiting]) -> None:
         """One store call for the batch; each caller hears its answer, or the call's failure when alone."""
         try:
-            answers = await self._store.record_outcomes([finish for finish, _ in batch], now=self._clock())
+            answers = await self._store.record_outcomes([entry.item for entry in batch], now=self._clock())
         except Exception as error:
-            if len(batch) == 1 and not batch[0][1].done():
-                batch[0][1].set_exception(error)
+            if len(batch) == 1:
+                fail(batch, error)
             raise
-        for (_, done), answer in zip(batch, answers, strict=True):
-            if not done.done():
-                done.set_result(answer)
+        settle(batch, answers)
