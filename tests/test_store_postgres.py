@@ -19,6 +19,7 @@ from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import DatabaseUnusable, StoreUnavailable
 from relay.store.postgres import intake
+from relay.store.postgres.connection import Conn
 from relay.store.postgres.migrations import known_migrations
 from relay.store.postgres.store import PostgresStore
 from relay.store.records import AttemptRecord, InboundWebhook, Outcome, StoredWebhook
@@ -190,14 +191,20 @@ async def test_concurrent_webhooks_share_commits(store: PostgresStore) -> None:
     assert 1 <= commits < 64
 
 
-def version_of(rating_id: int, updated_at: datetime | None, request_id: str) -> InboundWebhook:
-    rating = Rating(merchant_id=7, rating_id=rating_id, stars=4, external_id="o", updated_at=updated_at)
-    judgement = Judgement("accepted", "rating_submitted", 7, rating_id, (), rating)
+def version_of(
+    rating_id: int, updated_at: datetime | None, request_id: str, *, merchant_id: int = 7
+) -> InboundWebhook:
+    rating = Rating(
+        merchant_id=merchant_id, rating_id=rating_id, stars=4, external_id="o", updated_at=updated_at
+    )
+    judgement = Judgement("accepted", "rating_submitted", merchant_id, rating_id, (), rating)
     return InboundWebhook(request_id, NOW, request_id.encode(), "application/json", judgement)
 
 
-def without_rating(status: Literal["ignored", "quarantined"], request_id: str) -> InboundWebhook:
-    judgement = Judgement(status, "task_created", 7, None, ("stars: missing",), None)
+def without_rating(
+    status: Literal["ignored", "quarantined"], request_id: str, *, merchant_id: int = 7
+) -> InboundWebhook:
+    judgement = Judgement(status, "task_created", merchant_id, None, ("stars: missing",), None)
     return InboundWebhook(request_id, NOW, request_id.encode(), "application/json", judgement)
 
 
@@ -265,6 +272,68 @@ async def test_a_batch_holding_known_and_repeated_ratings_decides_each_in_turn(s
         assert one.delivery_id is not None
         detail = await store.get_delivery(one.delivery_id)
         assert detail is not None and detail.delivery.state == state
+
+
+def mixed_batches(merchant_id: int) -> list[list[InboundWebhook]]:
+    """A known rating, a batch of new ones only, and one holding every other case: for one merchant."""
+    later = NOW + timedelta(seconds=1)
+
+    def version(rating_id: int, updated_at: datetime | None, request_id: str) -> InboundWebhook:
+        return version_of(rating_id, updated_at, f"{merchant_id}-{request_id}", merchant_id=merchant_id)
+
+    def other(status: Literal["ignored", "quarantined"], request_id: str) -> InboundWebhook:
+        return without_rating(status, f"{merchant_id}-{request_id}", merchant_id=merchant_id)
+
+    return [
+        [version(9, NOW, "known")],
+        [version(1, None, "a"), other("ignored", "b"), other("quarantined", "c"), version(2, NOW, "d")],
+        [
+            version(3, NOW, "first"),
+            version(9, NOW, "repeat of the known one"),
+            version(3, NOW, "repeat of the first"),
+            version(3, later, "newer than the first"),
+            other("quarantined", "unusable"),
+            version(3, None, "older than both"),
+            version(2, later, "newer than one of the last batch"),
+        ],
+    ]
+
+
+async def test_a_batch_sent_as_rows_is_stored_and_answered_as_one_sent_as_columns(
+    store: PostgresStore,
+) -> None:
+    # Columns are how 0008's function takes a batch, still called by the web processes of an older build.
+    columns_call = f"SELECT * FROM relay_record_webhooks({', '.join(f'${n}' for n in range(1, 18))})"
+
+    async def as_columns(conn: Conn, arrivals: list[InboundWebhook]) -> list[StoredWebhook]:
+        values = zip(*(intake._arguments(one, NOW) for one in arrivals), strict=True)
+        return [intake._stored(row) for row in await conn.fetch(columns_call, *map(list, values))]
+
+    async def as_rows(conn: Conn, arrivals: list[InboundWebhook]) -> list[StoredWebhook]:
+        return await intake.record_webhooks(conn, [(one, NOW) for one in arrivals])
+
+    async def stored_by(
+        call: Callable[[Conn, list[InboundWebhook]], Awaitable[list[StoredWebhook]]], merchant_id: int
+    ) -> list[tuple[object, ...]]:
+        seen: list[tuple[object, ...]] = []
+        for batch in mixed_batches(merchant_id):
+            for one in await store._run(lambda conn, batch=batch: call(conn, batch)):  # type: ignore[misc]
+                webhook = await store.get_webhook(one.webhook_id)
+                delivery = await store.get_delivery(one.delivery_id) if one.delivery_id else None
+                assert webhook is not None
+                kept = (webhook.status, webhook.request_id.split("-", 1)[1], webhook.body.split(b"-", 1)[1])
+                state = delivery and (delivery.delivery.rating_id, delivery.delivery.state)
+                seen.append((one.status, len(one.superseded), *kept, state))
+        return seen
+
+    stored = await stored_by(as_rows, 7)
+
+    assert stored == await stored_by(as_columns, 8)
+    assert [status for status, *_ in stored] == [
+        *("accepted",),
+        *("accepted", "ignored", "quarantined", "accepted"),
+        *("accepted", "duplicate", "duplicate", "accepted", "quarantined", "superseded", "accepted"),
+    ]
 
 
 async def test_a_webhook_the_database_refuses_does_not_fail_the_ones_sharing_its_commit(

@@ -11,8 +11,9 @@ from relay.store.postgres.connection import Conn
 from relay.store.records import InboundWebhook, StoredWebhook
 
 # The decision (duplicate, superseded, accepted) is the database function's: see migrations 0001 and 0008.
-# Its arguments are the batch's columns: argument k holds the k-th value of every webhook, in order.
-_RECORD = f"SELECT * FROM relay_record_webhooks({', '.join(f'${n}' for n in range(1, 18))})"
+# Its argument is the batch as an array of rows (migration 0011): the driver encodes a row's fields without
+# the per-element checks it makes on arrays of columns.
+_RECORD = "SELECT * FROM relay_record_webhooks($1::relay_inbound[])"
 
 Arrival = tuple[InboundWebhook, datetime]
 
@@ -59,8 +60,7 @@ def _stored(row: asyncpg.Record) -> StoredWebhook:
 
 async def record_webhooks(conn: Conn, arrivals: list[Arrival]) -> list[StoredWebhook]:
     """Store each webhook in order, by one call in one round trip (atomic, in the caller's transaction)."""
-    columns = zip(*(_arguments(inbound, recheck) for inbound, recheck in arrivals), strict=True)
-    rows = await conn.fetch(_RECORD, *(list(column) for column in columns))
+    rows = await conn.fetch(_RECORD, [_arguments(inbound, recheck) for inbound, recheck in arrivals])
     return [_stored(row) for row in rows]
 
 
