@@ -137,7 +137,7 @@ def test_two_workers_are_judged_against_one_and_each_against_its_concurrency(
 
 def test_one_web_process_is_judged_against_the_bare_app_and_the_naive_receiver(tmp_path: Path):
     bench = Bench(run.QUICK, tmp_path)
-    bench.figures.update({"bare_rps": 20000.0, "bare_p99_ms": 5.0, "naive_rps": 6000.0})
+    bench.figures.update({"bare_rps": 20000.0, "bare_p99_ms": 5.0, "naive_rps": 6000.0, "probe_rps": 10000.0})
 
     bench.judge_ingest("SQLite", WrkResult(8500.0, 14.0, 0))
 
@@ -147,6 +147,7 @@ def test_one_web_process_is_judged_against_the_bare_app_and_the_naive_receiver(t
     ]
     assert judged(bench, "relay p99 at saturation (ms)").met is True  # 14 <= 3 x 5
     assert judged(bench, "  ratio relay / bare").value == "0.42"
+    assert judged(bench, "  ratio relay / group-commit probe").value == "0.85"
 
 
 def test_each_run_at_a_fixed_rate_is_reported_and_judged_on_its_own(tmp_path: Path):
