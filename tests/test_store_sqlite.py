@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -225,44 +226,111 @@ def _rows(conn: sqlite3.Connection, table: str) -> list[tuple[object, ...]]:
     return [tuple(row) for row in conn.execute(f"SELECT * FROM {table} ORDER BY id")]
 
 
-def _arrivals(bodies: list[bytes]) -> list[RecordWebhook]:
+def _arrivals(
+    bodies: list[bytes],
+    tenants: tuple[str, ...] = ("default",),
+    types: tuple[str | None, ...] = ("application/json",),
+) -> list[RecordWebhook]:
+    """Webhooks received a microsecond apart, their tenants and content types taken in turn."""
     recheck = NOW - timedelta(days=30)
-    received = [NOW + timedelta(microseconds=n) for n in range(len(bodies))]
     return [
-        RecordWebhook(InboundWebhook(f"req-{n}", at, body, "application/json", judge(body)), recheck)
-        for n, (at, body) in enumerate(zip(received, bodies, strict=True))
+        RecordWebhook(
+            InboundWebhook(
+                f"req-{n}",
+                NOW + timedelta(microseconds=n),
+                body,
+                types[n % len(types)],
+                judge(body),
+                tenants[n % len(tenants)],
+            ),
+            recheck,
+        )
+        for n, body in enumerate(bodies)
     ]
 
 
 def _stored_both_ways(
-    tmp_path: Path, known: list[bytes], run: list[bytes]
+    tmp_path: Path, known: list[bytes], run: list[bytes], **vary: Any
 ) -> tuple[sqlite3.Connection, sqlite3.Connection, list[Any], list[Any], int]:
     """The same run stored job by job in one file and together in another (both holding `known` first);
-    the results of each, and the INSERT statements the run together took."""
+    the results of each, and the statements the run together took."""
     alone, batched = _intake_file(tmp_path / "alone.db"), _intake_file(tmp_path / "together.db")
     for conn in (alone, batched):
         for job in _arrivals(known):
             job(conn)
-    one_by_one = [job(alone) for job in _arrivals(run)]
+    one_by_one = [job(alone) for job in _arrivals(run, **vary)]
     statements: list[str] = []
     batched.set_trace_callback(statements.append)
-    together = RecordWebhook.together(batched, _arrivals(run))
-    inserts = sum(statement.startswith("INSERT") for statement in statements)
-    return alone, batched, one_by_one, together, inserts
+    together = RecordWebhook.together(batched, _arrivals(run, **vary))
+    batched.set_trace_callback(None)
+    return alone, batched, one_by_one, together, statements
 
 
 def test_a_run_of_new_ratings_is_stored_in_a_few_statements_as_each_alone_would_be(tmp_path):
     run = [rating_body(rating_id=n) for n in range(1, 38)]
     run[5] = b'{"webhook_type": "rating_submitted", "merchant_id": 9, "rating": {"id": "x"}}'  # quarantined
     run[20] = b'{"webhook_type": "task_done", "merchant_id": 9}'  # ignored
-    alone, batched, one_by_one, together, inserts = _stored_both_ways(tmp_path, [rating_body(900)], run)
+    alone, batched, one_by_one, together, statements = _stored_both_ways(tmp_path, [rating_body(900)], run)
 
     assert together == one_by_one
     assert [stored.status for stored in together].count("accepted") == 35
     for table in ("webhooks", "deliveries"):
         assert _rows(batched, table) == _rows(alone, table)
-    # 37 webhooks (32 + 4 + 1 rows) and 35 deliveries (32 + 2 + 1): six statements, not 72.
-    assert inserts == 6
+    # One look-up (known ratings, largest ids), then 37 webhooks (32 + 4 + 1 rows) and 35 deliveries
+    # (32 + 2 + 1): seven statements, not 72.
+    assert [statement.split()[0] for statement in statements] == ["SELECT"] + ["INSERT"] * 6
+
+
+def _odd_rating(rating_id: int, **rating: Any) -> bytes:
+    """A rating whose text needs escaping in JSON, created long ago (its delivery starts unconfirmed)."""
+    return json.dumps(
+        {
+            "webhook_type": "rating_submitted",
+            "merchant_id": 12,
+            "rating": {
+                "id": rating_id,
+                "rating": 4,
+                "created_at": "2025-01-02T03:04:05.678+02:00",
+                "comment": 'Caf\u00e9 "Zum \u00d6chsle" \\ \U0001f355 \t line\nbreak \u2028',
+                "task": {"id": 8, "external_id": "ORD-\u00e9"},
+                **rating,
+            },
+        },
+        ensure_ascii=rating_id % 2 == 0,
+    ).encode()
+
+
+def test_every_kind_of_value_in_a_run_is_stored_together_as_each_alone_would_store_it(tmp_path):
+    run = [
+        _odd_rating(1),
+        _odd_rating(2, updated_at="2026-11-30T23:59:59.999999-05:00"),
+        _odd_rating(3, comment=None, task={"id": None, "title": None, "external_id": None}),
+        rating_body(rating_id=4, updated_at="2026-11-21T10:00:00Z", external_id="INQ-4"),
+        b'{"webhook_type": "rating_submitted", "merchant_id": 9, "rating": {"id": 5}}',  # quarantined
+        b"\xff\xfe not even text",  # quarantined
+        b'{"webhook_type": "task_done", "merchant_id": 9}',  # ignored
+    ]
+    vary = {"tenants": ("default", "acme", "b\u00e9ta"), "types": ("application/json", None)}
+    alone, batched, one_by_one, together, statements = _stored_both_ways(tmp_path, [], run, **vary)
+
+    assert together == one_by_one
+    assert [stored.status for stored in together] == ["accepted"] * 4 + ["quarantined"] * 2 + ["ignored"]
+    for table in ("webhooks", "deliveries"):
+        assert _rows(batched, table) == _rows(alone, table)
+    # The kinds of value this run is meant to hold, as the rows hold them.
+    deliveries = batched.execute("SELECT * FROM deliveries ORDER BY id").fetchall()
+    assert [row["rating"] for row in deliveries] == [
+        job.inbound.judgement.rating.model_dump_json() for job in _arrivals(run[:4])
+    ]
+    assert [row["unconfirmed"] for row in deliveries] == [1, 1, 1, 0]
+    assert {row["tenant"] for row in deliveries} == {"default", "acme", "b\u00e9ta"}
+    assert deliveries[1]["version"] == "2026-12-01T04:59:59.999999Z"
+    assert [row["state"] for row in deliveries] == ["pending"] * 4
+    assert all(row["next_attempt_at"] == row["created_at"] == row["updated_at"] for row in deliveries)
+    webhooks = batched.execute("SELECT * FROM webhooks ORDER BY id").fetchall()
+    assert [row["content_type"] for row in webhooks][:2] == ["application/json", None]
+    assert webhooks[5]["body"] == b"\xff\xfe not even text" and webhooks[5]["errors"]
+    assert len(statements) == 5  # a look-up; 7 webhooks (4 + 2 + 1 rows), 4 deliveries (4 rows)
 
 
 def test_a_run_holding_a_known_or_repeated_rating_is_decided_as_webhook_by_webhook(tmp_path):

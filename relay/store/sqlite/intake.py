@@ -1,10 +1,9 @@
 """Inbound webhooks: the raw bytes of each, and for a usable rating its delivery row, in one transaction."""
 
 import functools
-import itertools
 import json
 import sqlite3
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from relay.domain.judgement import Judgement
@@ -59,32 +58,61 @@ class RecordWebhook:
         this transaction holding the write lock). A run with a known rating, or one rating twice, is stored
         webhook by webhook.
         """
-        ratings = [job.inbound.judgement.rating for job in jobs if _is_rating(job.inbound)]
-        keys = {(rating.merchant_id, rating.rating_id) for rating in ratings if rating is not None}
-        if len(keys) < len(ratings) or (keys and _any_known(conn, keys)):
+        keys = set()
+        ratings = 0
+        for job in jobs:
+            judgement = job.inbound.judgement
+            if judgement.status == "accepted" and judgement.rating is not None:
+                keys.add((judgement.rating.merchant_id, judgement.rating.rating_id))
+                ratings += 1
+        last_ids = _last_ids(conn, keys) if len(keys) == ratings else None
+        if last_ids is None:
             return [job(conn) for job in jobs]
-        last_webhook, last_delivery = conn.execute(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM webhooks), "
-            "(SELECT COALESCE(MAX(id), 0) FROM deliveries)"
-        ).fetchone()
-        next_delivery_id = itertools.count(last_delivery + 1)
-        stored = [
-            StoredWebhook(webhook_id, "accepted", delivery_id=next(next_delivery_id))
-            if _is_rating(job.inbound)
-            else StoredWebhook(webhook_id, job.inbound.judgement.status)
-            for webhook_id, job in enumerate(jobs, start=last_webhook + 1)
-        ]
-        webhook_rows = [
-            (webhook.webhook_id, *_webhook_row(job.inbound, job.inbound.judgement.status))
-            for webhook, job in zip(stored, jobs, strict=True)
-        ]
-        _insert_many(conn, "webhooks", _WEBHOOK_COLUMNS, webhook_rows)
-        delivery_rows = [
-            (webhook.delivery_id, *_delivery_row(webhook.webhook_id, job, outdated=False))
-            for webhook, job in zip(stored, jobs, strict=True)
-            if webhook.delivery_id is not None
-        ]
-        _insert_many(conn, "deliveries", _DELIVERY_COLUMNS, delivery_rows)
+        webhook_id, delivery_id = last_ids
+        # This runs on the writer thread holding the GIL, which the event loop waits for: one pass, each
+        # row's values added to one flat list of parameters, each instant spelled once.
+        stored: list[StoredWebhook] = []
+        webhook_values: list[object] = []
+        delivery_values: list[object] = []
+        for job in jobs:
+            inbound = job.inbound
+            judgement = inbound.judgement
+            rating = judgement.rating
+            webhook_id += 1
+            stamp = to_text(inbound.received_at)
+            webhook_values += (
+                webhook_id,
+                stamp,
+                inbound.request_id,
+                judgement.status,
+                judgement.webhook_type,
+                judgement.merchant_id,
+                judgement.rating_id,
+                json.dumps(list(judgement.errors)) if judgement.errors else None,
+                inbound.content_type,
+                inbound.body,
+                inbound.tenant,
+            )
+            if judgement.status != "accepted" or rating is None:
+                stored.append(StoredWebhook(webhook_id, judgement.status))
+                continue
+            delivery_id += 1
+            delivery_values += (
+                delivery_id,
+                webhook_id,
+                inbound.tenant,
+                rating.merchant_id,
+                rating.rating_id,
+                rating.version,
+                rating.external_id,
+                rating.stars,
+                _rating_json(rating),
+                int(rating.created_at is not None and rating.created_at < job.recheck_before),
+                stamp,
+            )
+            stored.append(StoredWebhook(webhook_id, "accepted", delivery_id=delivery_id))
+        _insert_many(conn, _NEW_WEBHOOK, webhook_values)
+        _insert_many(conn, _NEW_DELIVERY, delivery_values)
         return stored
 
 
@@ -160,20 +188,22 @@ _INSERT_WEBHOOK = f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) VALUES ({', '.join
 _INSERT_DELIVERY = f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES ({', '.join('?' * 13)})"
 
 
-def _is_rating(inbound: InboundWebhook) -> bool:
-    return inbound.judgement.status == "accepted" and inbound.judgement.rating is not None
-
-
-def _any_known(conn: sqlite3.Connection, keys: set[tuple[int, int]]) -> bool:
-    """Whether any of these (merchant, rating) pairs has a delivery already, in one statement."""
+def _last_ids(conn: sqlite3.Connection, keys: set[tuple[int, int]]) -> tuple[int, int] | None:
+    """The largest webhook and delivery ids, unless one of these (merchant, rating) pairs has a delivery
+    already (then None): one statement."""
     # CROSS JOIN keeps the pairs the outer loop, so each is one lookup in the (merchant, rating) index.
-    row = conn.execute(
-        "SELECT 1 FROM json_each(?) AS k CROSS JOIN deliveries AS d "
-        "ON d.merchant_id = json_extract(k.value, '$[0]') AND d.rating_id = json_extract(k.value, '$[1]') "
-        "LIMIT 1",
+    webhook_id, delivery_id, known = conn.execute(
+        "SELECT (SELECT COALESCE(MAX(id), 0) FROM webhooks), (SELECT COALESCE(MAX(id), 0) FROM deliveries), "
+        "EXISTS (SELECT 1 FROM json_each(?) AS k CROSS JOIN deliveries AS d "
+        "ON d.merchant_id = json_extract(k.value, '$[0]') AND d.rating_id = json_extract(k.value, '$[1]'))",
         (json.dumps(sorted(keys)),),
     ).fetchone()
-    return row is not None
+    return None if known else (webhook_id, delivery_id)
+
+
+def _rating_json(rating: Rating) -> str:
+    """The rating as its delivery keeps it: model_dump_json's text, without its keyword handling."""
+    return rating.__pydantic_serializer__.to_json(rating).decode()
 
 
 def _webhook_row(inbound: InboundWebhook, status: WebhookStatus) -> tuple[object, ...]:
@@ -205,7 +235,7 @@ def _delivery_row(webhook_id: int, job: RecordWebhook, *, outdated: bool) -> tup
         rating.version,
         rating.external_id,
         rating.stars,
-        rating.model_dump_json(),
+        _rating_json(rating),
         "superseded" if outdated else "pending",
         None if outdated else stamp,
         int(recheck),
@@ -226,20 +256,46 @@ def _insert_delivery(conn: sqlite3.Connection, row: tuple[object, ...]) -> int:
     return cursor.lastrowid
 
 
-def _insert_many(conn: sqlite3.Connection, table: str, columns: str, rows: list[tuple[object, ...]]) -> None:
-    """Rows, each led by its id, in one statement per power of two in their count (at most 9 for 256)."""
-    start = 0
-    while start < len(rows):
-        size = 1 << ((len(rows) - start).bit_length() - 1)
-        chunk = rows[start : start + size]
-        conn.execute(
-            _insert_rows(table, columns, len(chunk[0]), size), [value for row in chunk for value in row]
-        )
+@dataclass(frozen=True)
+class _Insert:
+    """A multi-row INSERT: the table, its columns (the id first), and what fills them in each row: the
+    row's Nth value for a number N (one value may fill several columns, bound once), else the SQL given."""
+
+    table: str
+    columns: str
+    row: tuple[int | str, ...]
+
+    @property
+    def width(self) -> int:
+        """How many values each row has."""
+        return max(value for value in self.row if isinstance(value, int))
+
+
+def _insert_many(conn: sqlite3.Connection, insert: _Insert, values: list[object]) -> None:
+    """Rows given as one flat list of values, in one statement per power of two in their count (at most 9
+    for 256)."""
+    width = insert.width
+    rows, start = len(values) // width, 0
+    while start < rows:
+        size = 1 << ((rows - start).bit_length() - 1)
+        conn.execute(_statement(insert, size), values[start * width : (start + size) * width])
         start += size
 
 
 @functools.cache
-def _insert_rows(table: str, columns: str, width: int, count: int) -> str:
-    """`INSERT INTO table (id, columns) VALUES (...), ...` for `count` rows: few sizes, so few to prepare."""
-    row = f"({', '.join('?' * width)})"
-    return f"INSERT INTO {table} (id, {columns}) VALUES {', '.join([row] * count)}"
+def _statement(insert: _Insert, count: int) -> str:
+    """`INSERT INTO table (columns) VALUES (...), ...` for `count` rows, their values numbered on row after
+    row: few sizes, so few statements to prepare."""
+    width = insert.width
+    rows = (
+        ", ".join(f"?{n * width + value}" if isinstance(value, int) else value for value in insert.row)
+        for n in range(count)
+    )
+    return f"INSERT INTO {insert.table} ({insert.columns}) VALUES ({'), ('.join(rows)})"
+
+
+_NEW_WEBHOOK = _Insert("webhooks", f"id, {_WEBHOOK_COLUMNS}", tuple(range(1, 12)))
+# A new rating's delivery is pending from its arrival, whose instant (the 11th value) fills three columns.
+_NEW_DELIVERY = _Insert(
+    "deliveries", f"id, {_DELIVERY_COLUMNS}", (1, 2, 3, 4, 5, 6, 7, 8, 9, "'pending'", 11, 10, 11, 11)
+)
