@@ -369,6 +369,11 @@ async def _serving(app: web.Application) -> None:
     collector.settle_after_start()
 
 
+async def _delivering(app: web.Application) -> None:
+    # Started, its store open and its worker running: what start-up built is never walked again.
+    collector.settle_after_start()
+
+
 def _worker(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=True)
     names = ("RELAY_WORKER_HOST", "RELAY_WORKER_PORT")
@@ -387,6 +392,7 @@ def _worker(args: argparse.Namespace) -> int:
         # The delivery worker and its cleanup contexts, as in `relay serve`; it answers probes and scrapes.
         app = create_worker_app(settings)
         app.cleanup_ctx.append(reload_tenants_on_sighup)
+        app.on_startup.append(_delivering)
         runner = web.AppRunner(
             app,
             handle_signals=False,

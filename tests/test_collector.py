@@ -1,8 +1,10 @@
-"""`relay serve` freezes what start-up built: the collector's full passes skip it while serving."""
+"""`relay serve` and `relay worker` freeze what start-up built: full passes of the collector skip it."""
 
 import asyncio
 import gc
+from collections.abc import Awaitable, Callable
 
+import pytest
 from aiohttp import web
 
 from relay import cli
@@ -13,10 +15,13 @@ def tracked(thing: object) -> bool:
     return any(candidate is thing for candidate in gc.get_objects())
 
 
-def test_once_serving_what_start_up_built_is_out_of_the_collectors_reach() -> None:
+@pytest.mark.parametrize("started", [cli._serving, cli._delivering], ids=["serve", "worker"])
+def test_once_serving_what_start_up_built_is_out_of_the_collectors_reach(
+    started: Callable[[web.Application], Awaitable[None]],
+) -> None:
     built_at_start_up = {"routes": ["/webhooks/bringg"]}
     try:
-        asyncio.run(cli._serving(web.Application()))
+        asyncio.run(started(web.Application()))
         made_while_serving = {"webhook": ["rating"]}
         assert not tracked(built_at_start_up)
         assert tracked(made_while_serving)
