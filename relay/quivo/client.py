@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import structlog
 from pydantic import ValidationError
+from yarl import URL
 
 from relay.quivo.models import CustomerInquiry
 from relay.quivo.models import RatedInquiry as _RatedInquiry
@@ -117,7 +118,9 @@ class QuivoClient:
         self._session = session
         # Told of every call (login, post_rating, get_inquiry) and its status, None when no answer came.
         self._observe = observe or (lambda action, status: None)
-        self._base_url = base_url.rstrip("/")
+        # Parsed once: each call's URL is this one with its path, not a string parsed and encoded again.
+        self._base_url = URL(base_url.rstrip("/"))
+        self._base_path = self._base_url.raw_path.rstrip("/")
         self._api_key = api_key
         self._username = username
         self._password = password
@@ -127,6 +130,8 @@ class QuivoClient:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._token: str | None = None
+        # What every call but a login sends, made once per token.
+        self._headers: dict[str, str] = {}
         # Masks our secrets in every excerpt of Quivo's text; the session tokens join it as they come.
         self._redactor = Redactor((api_key, password))
         self._token_issued_at = 0.0
@@ -230,15 +235,16 @@ class QuivoClient:
             # The token before this one may still come back in an answer to a call made with it.
             self._redactor = Redactor((self._api_key, self._password, self._token or "", token))
         self._token = token
+        if token is not None:
+            self._headers = {"X-Api-Key": self._api_key, "Authorization": f"{self._auth_prefix}{token}"}
         self._login_error = error
         self._login_attempts += 1
 
     async def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> QuivoAnswer:
         # ensure_login, or a login this call waited for, left a token (a failed login raises instead).
         assert self._token is not None
-        headers = {"X-Api-Key": self._api_key, "Authorization": f"{self._auth_prefix}{self._token}"}
         try:
-            status, body, retry_after, _ = await self._exchange(method, path, headers, payload)
+            status, body, retry_after, _ = await self._exchange(method, path, self._headers, payload)
         except _TRANSPORT_ERRORS as exc:
             what = self._redactor.text(f"{method} {path}: {_describe(exc)}")
             if isinstance(exc, _NOT_SENT):
@@ -255,7 +261,7 @@ class QuivoClient:
         try:
             async with self._session.request(
                 method,
-                self._base_url + path,
+                self._base_url.with_path(self._base_path + path, encoded=True),
                 headers=headers,
                 json=payload,
                 raise_for_status=False,
