@@ -42,6 +42,8 @@ _CONVERSIONS: dict[str, Callable[[object], str]] = {"s": str, "r": repr, "a": as
 
 # (literal text, field name or None, format spec, conversion) as string.Formatter.parse yields them.
 _Piece = tuple[str, str | None, str, str | None]
+# A template line ready to fill in: its fields, then its pieces, each with whether its field is user text.
+_Line = tuple[frozenset[str], tuple[tuple[str, str | None, str, str | None, bool], ...]]
 
 
 def quivo_rating(stars: int, low: float = 1.0, high: float = 5.0) -> float:
@@ -92,17 +94,19 @@ def render_message(rating: Rating, template: str, *, max_comment_chars: int = 10
     `template_problems`.
     """
     values = _field_values(rating, max_comment_chars)
+    empty = {field for field, value in values.items() if value == ""}
     lines: list[str] = []
-    for pieces in _template_lines(template):
-        fields = [field for _, field, _, _ in pieces if field is not None]
-        if fields and all(values[field] == "" for field in fields):
+    for fields, pieces in _template_lines(template):
+        if fields and fields <= empty:
             continue
         rendered = ""
-        for literal, field, spec, conversion in pieces:
+        for literal, field, spec, conversion, user_text in pieces:
             rendered += literal
             if field is not None:
-                text = _format(values[field], spec, conversion)
-                rendered += _quoted(text, starts_line=not rendered.strip()) if field in _USER_FIELDS else text
+                value = values[field]
+                # Without a spec or conversion, format() is str(): the common case, at a fraction of the cost.
+                text = _format(value, spec, conversion) if spec or conversion else str(value)
+                rendered += _quoted(text, starts_line=not rendered.strip()) if user_text else text
         lines.append(rendered.rstrip())
     body = "\n".join(lines).strip()
     tag = rating.reference_tag
@@ -131,7 +135,7 @@ def _field_values(rating: Rating, max_comment_chars: int) -> dict[str, int | str
 
 
 @functools.lru_cache(maxsize=8)
-def _template_lines(template: str) -> tuple[tuple[_Piece, ...], ...]:
+def _template_lines(template: str) -> tuple[_Line, ...]:
     """The template's pieces grouped by the line they stand on (line breaks live in the literal text)."""
     # Cached: one template serves every delivery, and parsing it cost more than filling it in.
     lines: list[list[_Piece]] = [[]]
@@ -141,7 +145,13 @@ def _template_lines(template: str) -> tuple[tuple[_Piece, ...], ...]:
             lines[-1].append((text, None, "", None))
             lines.append([])
         lines[-1].append((rest, field, spec, conversion))
-    return tuple(tuple(line) for line in lines)
+    return tuple(
+        (
+            frozenset(field for _, field, _, _ in line if field is not None),
+            tuple((*piece, piece[1] in _USER_FIELDS) for piece in line),
+        )
+        for line in lines
+    )
 
 
 def _pieces(template: str) -> list[_Piece]:
@@ -157,6 +167,8 @@ def _format(value: int | str, spec: str, conversion: str | None) -> str:
 
 
 def _quoted(text: str, *, starts_line: bool) -> str:
+    if "\n" not in text:  # one line, the common case
+        return QUOTE + text if starts_line and text.strip() else text
     first, *rest = text.split("\n")
     marked = [QUOTE + first if starts_line and first.strip() else first]
     marked += [(QUOTE + line).rstrip() for line in rest]
@@ -164,6 +176,8 @@ def _quoted(text: str, *, starts_line: bool) -> str:
 
 
 def _lines(text: str | None) -> str:
+    if not text:
+        return ""
     # Every kind of line break (\r, \u2028, ...) becomes \n, which the message is made of, so each is marked.
     return "\n".join(line.rstrip() for line in (text or "").strip().splitlines())
 
