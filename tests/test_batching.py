@@ -5,16 +5,21 @@ import asyncio
 import pytest
 
 from relay.store.api import StoreUnavailable
-from relay.store.batching import Deadlines, fail, settle, waiting
+from relay.store.batching import Deadlines, Waiting, fail, settle, waiting
+
+
+async def caller(deadlines: Deadlines, entry: Waiting[str, str]) -> str:
+    """A caller of a store's write: it awaits what `committed` gives it."""
+    return await deadlines.committed(entry)
 
 
 async def test_each_caller_hears_store_unavailable_its_own_timeout_after_it_began_waiting():
     deadlines = Deadlines(0.2)
     first_entry = waiting("first")
-    first = asyncio.create_task(deadlines.committed(first_entry))
+    first = asyncio.create_task(caller(deadlines, first_entry))
     await asyncio.sleep(0.1)
     second_entry = waiting("second")
-    second = asyncio.create_task(deadlines.committed(second_entry))
+    second = asyncio.create_task(caller(deadlines, second_entry))
 
     with pytest.raises(StoreUnavailable, match=r"no commit within 0\.2s"):
         await first
@@ -28,8 +33,8 @@ async def test_each_caller_hears_store_unavailable_its_own_timeout_after_it_bega
 
 async def test_a_caller_whose_batch_commits_in_time_hears_its_result_and_later_ones_still_time_out():
     deadlines = Deadlines(0.2)
-    entries = [waiting(n) for n in range(3)]
-    callers = [asyncio.create_task(deadlines.committed(entry)) for entry in entries]
+    entries = [waiting(str(n)) for n in range(3)]
+    callers = [asyncio.create_task(caller(deadlines, entry)) for entry in entries]
     await asyncio.sleep(0)
     settle(entries[:2], ["one", "two"])
 
@@ -42,7 +47,7 @@ async def test_a_caller_whose_batch_commits_in_time_hears_its_result_and_later_o
 async def test_a_failed_batch_and_a_cancelled_caller_leave_the_others_waiting():
     deadlines = Deadlines(5)
     failing, cancelled, staying = waiting("a"), waiting("b"), waiting("c")
-    callers = [asyncio.create_task(deadlines.committed(entry)) for entry in (failing, cancelled, staying)]
+    callers = [asyncio.create_task(caller(deadlines, entry)) for entry in (failing, cancelled, staying)]
     await asyncio.sleep(0)
     fail([failing], StoreUnavailable("disk full"))
     callers[1].cancel()
