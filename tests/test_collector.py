@@ -2,7 +2,8 @@
 
 import asyncio
 import gc
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -17,7 +18,7 @@ def tracked(thing: object) -> bool:
 
 @pytest.mark.parametrize("started", [cli._serving, cli._delivering], ids=["serve", "worker"])
 def test_once_serving_what_start_up_built_is_out_of_the_collectors_reach(
-    started: Callable[[web.Application], Awaitable[None]],
+    started: Callable[[web.Application], Coroutine[Any, Any, None]],
 ) -> None:
     built_at_start_up = {"routes": ["/webhooks/bringg"]}
     try:
