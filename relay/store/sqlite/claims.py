@@ -70,10 +70,14 @@ def record_outcome(outcome: Outcome, *, leased_until: datetime, now: datetime) -
 
 def record_outcomes(finishes: Sequence[Finish], *, now: datetime) -> WriteJob[list[str]]:
     """A write job recording each finish in order, as record_outcome does: each one's answer."""
-    stamp = to_text(now)
-    return lambda conn: [
-        _record(conn, finish.outcome, to_text(finish.leased_until), stamp) for finish in finishes
-    ]
+
+    def job(conn: sqlite3.Connection) -> list[str]:
+        stamp = to_text(now)
+        # Each lease spelled once: the deliveries of one claim finish under the same one.
+        leases = {lease: to_text(lease) for lease in {finish.leased_until for finish in finishes}}
+        return [_record(conn, finish.outcome, leases[finish.leased_until], stamp) for finish in finishes]
+
+    return job
 
 
 def _record(conn: sqlite3.Connection, outcome: Outcome, leased_until: str, stamp: str) -> str:

@@ -22,23 +22,32 @@ def take_turn(
     delivery_id: int, inquiry_id: int, *, leased_until: datetime, now: datetime, until: datetime
 ) -> WriteJob[Turn]:
     """A write job renewing the delivery's lease, if still `leased_until`, and taking its inquiry."""
-    return lambda conn: _take(conn, TurnAsk(delivery_id, inquiry_id, leased_until), now=now, until=until)
+    turns = take_turns([TurnAsk(delivery_id, inquiry_id, leased_until)], now=now, until=until)
+    return lambda conn: turns(conn)[0]
 
 
 def take_turns(asks: Sequence[TurnAsk], *, now: datetime, until: datetime) -> WriteJob[list[Turn]]:
     """A write job taking each delivery's turn in order, as take_turn does."""
-    return lambda conn: [_take(conn, ask, now=now, until=until) for ask in asks]
+
+    def job(conn: sqlite3.Connection) -> list[Turn]:
+        # Each instant spelled once for the batch: a claim's deliveries share their lease, and `until`.
+        now_text, until_text = to_text(now), to_text(until)
+        return [_take(conn, ask, now_text, until, until_text) for ask in asks]
+
+    return job
 
 
-def _take(conn: sqlite3.Connection, ask: TurnAsk, *, now: datetime, until: datetime) -> Turn:
+def _take(conn: sqlite3.Connection, ask: TurnAsk, now: str, until: datetime, until_text: str) -> Turn:
     # A lease already lasting until `until` (a claim's, moments ago) is only checked: no row to rewrite.
-    lease = _LEASED if until == ask.leased_until else _RENEW
+    kept = until == ask.leased_until
+    leased = until_text if kept else to_text(ask.leased_until)
     renewed = conn.execute(
-        lease, {"delivery": ask.delivery_id, "leased": to_text(ask.leased_until), "until": to_text(until)}
+        _LEASED if kept else _RENEW, {"delivery": ask.delivery_id, "leased": leased, "until": until_text}
     ).fetchone()
     if renewed is None:
         return "lost"  # a claim took the run-out lease: the delivery is another's now
-    # The conflict's WHERE is the rule: a hold that ran out (its worker died) or this delivery's own.
+    # The conflict's WHERE is the rule: a hold that ran out (its worker died) or this delivery's own. Taken
+    # or not, the change count says (RETURNING would cost a temporary table each time).
     taken = conn.execute(
         """
         INSERT INTO inquiry_holds (tenant, inquiry_id, delivery_id, held_until)
@@ -46,16 +55,15 @@ def _take(conn: sqlite3.Connection, ask: TurnAsk, *, now: datetime, until: datet
         ON CONFLICT (tenant, inquiry_id) DO UPDATE
         SET delivery_id = excluded.delivery_id, held_until = excluded.held_until
         WHERE inquiry_holds.held_until <= :now OR inquiry_holds.delivery_id = excluded.delivery_id
-        RETURNING inquiry_id
         """,
         {
             "tenant": renewed["tenant"],
             "inquiry": ask.inquiry_id,
             "delivery": ask.delivery_id,
-            "until": to_text(until),
-            "now": to_text(now),
+            "until": until_text,
+            "now": now,
         },
-    ).fetchall()
+    ).rowcount
     return "go" if taken else "busy"
 
 
