@@ -2,6 +2,12 @@
 
 import gc
 
+# A delivering process makes and drops thousands of objects a second (each delivery's coroutines, futures and
+# answers). Collected every 10,000 new objects rather than Python's 700, most of them are already gone by
+# reference counting when a pass comes, instead of walked while in flight: 6% fewer instructions per delivery
+# in the worker's loop, measured with callgrind.
+DELIVERING_YOUNG_THRESHOLD = 10_000
+
 
 def settle_after_start() -> None:
     """Collect once, then move every object alive now out of the collector's reach (gc.freeze).
@@ -12,3 +18,10 @@ def settle_after_start() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def settle_for_delivering() -> None:
+    """As settle_after_start, and the youngest generation collected every DELIVERING_YOUNG_THRESHOLD."""
+    settle_after_start()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(DELIVERING_YOUNG_THRESHOLD, middle, oldest)

@@ -2,13 +2,22 @@
 
 import asyncio
 import gc
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from relay import cli
+from relay import cli, collector
+
+
+@pytest.fixture(autouse=True)
+def collector_as_it_was() -> Iterator[None]:
+    """Give the test process's objects and thresholds back to the collector, as they were before a test."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.set_threshold(*thresholds)
+    gc.unfreeze()
 
 
 def tracked(thing: object) -> bool:
@@ -21,11 +30,14 @@ def test_once_serving_what_start_up_built_is_out_of_the_collectors_reach(
     started: Callable[[web.Application], Coroutine[Any, Any, None]],
 ) -> None:
     built_at_start_up = {"routes": ["/webhooks/bringg"]}
-    try:
-        asyncio.run(started(web.Application()))
-        made_while_serving = {"webhook": ["rating"]}
-        assert not tracked(built_at_start_up)
-        assert tracked(made_while_serving)
-    finally:
-        # Give the test process's objects back to the collector, as they were before this test.
-        gc.unfreeze()
+    asyncio.run(started(web.Application()))
+    made_while_serving = {"webhook": ["rating"]}
+    assert not tracked(built_at_start_up)
+    assert tracked(made_while_serving)
+
+
+def test_a_worker_collects_its_youngest_objects_less_often() -> None:
+    thresholds = gc.get_threshold()
+    asyncio.run(cli._delivering(web.Application()))
+    assert gc.get_threshold() == (collector.DELIVERING_YOUNG_THRESHOLD, *thresholds[1:])
+    assert thresholds[0] < collector.DELIVERING_YOUNG_THRESHOLD
