@@ -741,6 +741,64 @@ async def test_a_session_that_began_on_an_empty_table_never_reads_the_whole_tabl
     assert (scans[RATING_KEY], scans["deliveries_external"]) == (15, 0)
 
 
+async def test_a_session_that_began_on_an_empty_table_never_reads_the_whole_table_to_record_outcomes(
+    url: str,
+) -> None:
+    store = PostgresStore(url, timeout_s=5, pool_size=1)
+    await store.open()
+    lease = NOW + timedelta(minutes=1)
+
+    async def retry_new_ratings(rating_ids: range) -> None:
+        for rating_id in rating_ids:
+            await store.record_webhook(webhook(rating_id), recheck_before=NOW)
+        claimed = await store.claim_due("default", now=NOW, lease_until=lease, limit=len(rating_ids))
+        assert len(claimed) == len(rating_ids)
+        for one in claimed:
+            # Back to retrying, an outcome looks for a newer version of its rating; not due again here.
+            retry = Outcome(one.id, "retrying", 1, False, next_attempt_at=NOW + timedelta(hours=1))
+            assert await store.record_outcome(retry, leased_until=lease, now=NOW) == "retrying"
+
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            # Known to be empty, as after retention pruned everything and a vacuum ran; no analyze after.
+            await conn.execute("ALTER TABLE deliveries SET (autovacuum_enabled = false)")
+            await conn.execute("VACUUM ANALYZE deliveries")
+        finally:
+            await conn.close()
+        # The one session's plans are made on the empty table (a session keeps one after 5 calls).
+        await retry_new_ratings(range(1, 11))
+        await store.import_rows("deliveries", [delivered(n, merchant_id=7) for n in range(100, 20_100)])
+
+        async def imported() -> bool:
+            # An idle session sends its counts to the statistics within seconds.
+            return await rows_inserted(url) == 10 + 20_000
+
+        await wait_for(imported, within_s=30)
+        reads = await whole_table_reads(url)
+        await retry_new_ratings(range(20_100, 20_105))
+    finally:
+        await store.close()
+
+    async def session_counted() -> bool:
+        return await rows_inserted(url) == 10 + 20_000 + 5
+
+    await wait_for(session_counted)
+    # Each outcome's row found by its id, its rating's versions by the rating's key: none read all 20,015.
+    assert await whole_table_reads(url) == reads
+
+
+async def whole_table_reads(url: str) -> int:
+    """Sequential scans of deliveries, as the server's statistics count them."""
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'deliveries'")
+        )
+    finally:
+        await conn.close()
+
+
 def test_each_migration_has_a_number_of_its_own() -> None:
     # Two of one number would both be applied, and the second's entry refused: no new database would migrate.
     versions = [migration.version for migration in known_migrations()]
