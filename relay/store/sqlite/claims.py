@@ -31,7 +31,8 @@ def claim_due(
                     WHERE l.merchant_id = deliveries.merchant_id AND l.external_id = deliveries.external_id))
             WHERE id IN (
                 SELECT d.id FROM deliveries d INDEXED BY deliveries_due_tenant
-                WHERE d.tenant = :tenant AND d.state IN ('pending', 'retrying', 'sending')
+                WHERE d.tenant = :tenant
+                  AND (d.state = 'pending' OR d.state = 'retrying' OR d.state = 'sending')
                   AND d.next_attempt_at <= :now
                   AND NOT EXISTS (
                       SELECT 1 FROM deliveries o

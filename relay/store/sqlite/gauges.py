@@ -38,17 +38,17 @@ async def read_backlog(conn: aiosqlite.Connection, now: datetime) -> Backlog:
         conn,
         """
         SELECT MIN(COALESCE(replayed_at, created_at)) FROM deliveries INDEXED BY deliveries_waiting
-        WHERE state IN ('pending', 'retrying', 'sending')
+        WHERE (state = 'pending' OR state = 'retrying' OR state = 'sending')
         """,
         (),
     )
-    # The state list matches deliveries_due's own WHERE, so this reads one entry of that partial index.
+    # The states as deliveries_due's own WHERE spells them, so this reads one entry of that partial index.
     # A 'sending' row is due once its lease ran out (a relay died mid-send), just as claim_due sees it.
     due = await one(
         conn,
         """
         SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due
-        WHERE state IN ('pending', 'retrying', 'sending') AND next_attempt_at <= ?
+        WHERE (state = 'pending' OR state = 'retrying' OR state = 'sending') AND next_attempt_at <= ?
         ORDER BY next_attempt_at LIMIT 1
         """,
         (to_text(now),),
