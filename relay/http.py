@@ -12,6 +12,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
+from relay.logs import bind_request_id
+
 log = structlog.get_logger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -56,8 +58,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Bind a request id (the caller's X-Request-ID when sane) to every log line; echo it back."""
     offered = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = offered if _SAFE_REQUEST_ID.fullmatch(offered) else new_request_id()
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    bind_request_id(request_id)
     request[REQUEST_ID] = request_id
     request[STARTED] = time.perf_counter()
     try:

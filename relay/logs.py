@@ -2,15 +2,27 @@
 
 import logging
 import sys
+import threading
 import time
-from _json import encode_basestring_ascii, make_encoder
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import structlog
 from structlog.processors import StackInfoRenderer, format_exc_info
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+from relay.jsonline import encode, spell
+
+# The one context every line logged while answering a request carries (relay.http binds it).
+_REQUEST_ID: ContextVar[str | None] = ContextVar("relay_request_id", default=None)
+
+
+def bind_request_id(request_id: str | None) -> None:
+    """Lines logged from now on in this context (a request's task, and tasks it starts) carry `request_id`;
+    None: no request id."""
+    _REQUEST_ID.set(request_id)
 
 
 class UtcStamper:
@@ -38,30 +50,32 @@ class UtcStamper:
         return f"{cached[1]}.{micro:06d}Z" if micro else f"{cached[1]}Z"
 
 
-def _fallback(value: object) -> object:
-    # As structlog's JSONRenderer: a value's own __structlog__ spelling, else its repr.
-    try:
-        return value.__structlog__()  # type: ignore[attr-defined]
-    except AttributeError:
-        return repr(value)
+def _add_request_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    request_id = _REQUEST_ID.get()
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
+    return event_dict
 
 
 Step = Callable[[WrappedLogger, str, EventDict], EventDict]
+_STAMPER = UtcStamper()
 # What every line gets, the relay's own and other libraries' alike.
 _SHARED: tuple[Step, ...] = (
-    structlog.contextvars.merge_contextvars,
+    _add_request_id,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
-    UtcStamper(),
+    _STAMPER,
 )
-# json.dumps with a `default` (structlog's JSONRenderer passes one) builds a new C encoder at every call: this
-# one is built once, with json.dumps's separators and ASCII escaping. No circular check: a log line's values
-# are not circular, and a shared check's memo would outlive a failed call.
-_ENCODE = make_encoder(None, _fallback, encode_basestring_ascii, None, ": ", ", ", False, False, True)
+# The keys those steps (and the stack and exception steps) set or read: a line whose own keys include one
+# goes through the steps, which know where each then stands.
+_STEPS_KEYS = frozenset(
+    {"event", "request_id", "level", "logger", "timestamp", "_record", "stack_info", "exc_info"}
+)
+_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _render_json(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
-    return "".join(_ENCODE(event_dict, 0))
+    return encode(event_dict)
 
 
 def _relay_line(renderer: Processor) -> Step:
@@ -79,14 +93,28 @@ def _relay_line(renderer: Processor) -> Step:
     return process
 
 
-def _direct_bound_logger(min_level: int, line: Step) -> type[FilteringBoundLogger]:
+def _json_line(fields: EventDict, event: object, tail: str) -> str:
+    """What _relay_line and _render_json write for `fields` and `event`, spelled straight from them: their
+    order, then `event`, `request_id`, `level`, `logger`, `timestamp`, as the steps add them (`tail` spells
+    the level's and logger's)."""
+    text = encode(fields)[:-1] + ', "event": ' if fields else '{"event": '
+    text += spell(event)
+    request_id = _REQUEST_ID.get()
+    if request_id is not None:
+        text += ', "request_id": ' + spell(request_id)
+    # The timestamp's characters (digits, "-", ":", "T", ".", "Z") need no escaping.
+    return text + tail + _STAMPER.spell(time.time_ns()) + '"}\n'
+
+
+def _direct_bound_logger(min_level: int, line: Step, json: bool) -> type[FilteringBoundLogger]:
     """structlog's filtering bound logger whose level methods, while `line` is the configured chain, make the
     line in one call: the same dict in the same order (context, the call's keys, `event`) through `line`,
-    without structlog's three calls and two copies of the keys between. Any other chain (a test's
-    capture_logs) goes structlog's way."""
+    without structlog's three calls and two copies of the keys between; in JSON, a line whose keys the steps
+    leave alone is spelled straight from them (_json_line). Any other chain (a test's capture_logs) goes
+    structlog's way."""
     base = structlog.make_filtering_bound_logger(min_level)
 
-    def direct(level: int, name: str) -> Callable[..., Any]:
+    def direct(name: str) -> Callable[..., Any]:
         structlogs = getattr(base, name)
 
         def log(self: Any, event: str, *args: Any, **kw: Any) -> Any:
@@ -94,18 +122,17 @@ def _direct_bound_logger(min_level: int, line: Step) -> type[FilteringBoundLogge
             if args or len(processors) != 1 or processors[0] is not line:
                 return structlogs(self, event, *args, **kw)
             event_dict = {**self._context, **kw} if self._context else kw
+            writer = self._logger
+            if json and type(writer) is _LineWriter and _STEPS_KEYS.isdisjoint(event_dict):
+                return writer.write(_json_line(event_dict, event, writer.tails[name]))
             event_dict["event"] = event
-            return getattr(self._logger, name)(line(self._logger, name, event_dict))
+            return getattr(writer, name)(line(writer, name, event_dict))
 
         log.__name__ = name
         return log
 
     levels = logging.getLevelNamesMapping()
-    methods = {
-        name: direct(levels[name.upper()], name)
-        for name in ("debug", "info", "warning", "error", "critical")
-        if levels[name.upper()] >= min_level
-    }
+    methods = {name: direct(name) for name in _LEVELS if levels[name.upper()] >= min_level}
     return type(f"Relay{base.__name__}", (base,), methods)
 
 
@@ -136,19 +163,41 @@ def configure_logging(
     line = _relay_line(renderer)
     structlog.configure(
         processors=[line],
-        logger_factory=_NamedWriteLoggerFactory(stream or sys.stdout),
-        wrapper_class=_direct_bound_logger(logging.getLevelName(level), line),
+        logger_factory=_LineWriterFactory(stream or sys.stdout),
+        wrapper_class=_direct_bound_logger(logging.getLevelName(level), line, renderer is _render_json),
         cache_logger_on_first_use=True,
     )
 
 
-class _NamedWriteLoggerFactory:
-    """structlog's WriteLogger, named after get_logger's argument so each line says which part spoke."""
+class _LineWriter:
+    """structlog's WriteLogger, named after get_logger's argument so each line says which part spoke; it also
+    writes a line spelled whole, the spelling of its level, logger and timestamp keys at hand (`tails`)."""
+
+    def __init__(self, stream: TextIO, lock: threading.Lock, name: str) -> None:
+        self.name = name
+        self._write, self._flush, self._lock = stream.write, stream.flush, lock
+        self.tails = {
+            level: f', "level": "{level}", "logger": {spell(name)}, "timestamp": "' for level in _LEVELS
+        }
+
+    def write(self, text: str) -> None:
+        """Write `text` (whole lines) and flush it, one writer at a time."""
+        with self._lock:
+            self._write(text)
+            self._flush()
+
+    def msg(self, message: str) -> None:
+        self.write(message + "\n")
+
+    log = debug = info = warn = warning = fatal = failure = err = error = critical = exception = msg
+
+
+class _LineWriterFactory:
+    """A _LineWriter per get_logger name, every one writing into `stream` under one lock."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+        self._lock = threading.Lock()
 
-    def __call__(self, *args: object) -> structlog.WriteLogger:
-        logger = structlog.WriteLogger(self._stream)
-        logger.name = str(args[0]) if args else "relay"  # type: ignore[attr-defined]
-        return logger
+    def __call__(self, *args: object) -> _LineWriter:
+        return _LineWriter(self._stream, self._lock, str(args[0]) if args else "relay")

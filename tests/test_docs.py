@@ -33,7 +33,7 @@ from relay import cli
 from relay.app import create_app
 from relay.domain.delivery import DELIVERY_STATES
 from relay.keys import STORE
-from relay.logs import configure_logging
+from relay.logs import bind_request_id, configure_logging
 from relay.ops.metrics import DELIVERY_OUTCOMES, METRICS, WEBHOOK_OUTCOMES, RelayMetrics
 from relay.settings import Settings
 from relay.store.records import StoredStatus
@@ -306,9 +306,9 @@ def test_every_line_carries_the_common_fields():
     handlers, level = root.handlers[:], root.level
     try:
         configure_logging("INFO", "json", stream)
-        structlog.contextvars.bind_contextvars(request_id="req-1")
+        bind_request_id("req-1")
         structlog.get_logger("relay.docs_check").warning("webhook.quarantined", webhook_id=1)
-        structlog.contextvars.clear_contextvars()
+        bind_request_id(None)
         structlog.get_logger("relay.docs_check").info("worker.started")
     finally:
         structlog.configure(**saved)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import structlog
 
-from relay.logs import UtcStamper, configure_logging
+from relay.logs import UtcStamper, bind_request_id, configure_logging
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -27,7 +27,7 @@ def lines() -> Iterator[io.StringIO]:
     finally:
         structlog.configure(**saved)
         root.handlers[:], root.level = handlers, level
-        structlog.contextvars.clear_contextvars()
+        bind_request_id(None)
 
 
 def logged(stream: io.StringIO) -> list[str]:
@@ -53,7 +53,7 @@ def test_the_timestamp_is_spelled_as_timestamper_spells_it(ns):
 
 
 def test_a_line_is_json_dumps_spelling_in_structlog_order(lines):
-    structlog.contextvars.bind_contextvars(request_id="req-1")
+    bind_request_id("req-1")
     structlog.get_logger("relay.webhook").warning(
         "webhook.quarantined", tenant="tëst", errors=['say "no"'], duration_ms=1.5, delivery_id=None
     )
@@ -106,7 +106,7 @@ def test_other_libraries_lines_are_stamped_and_spelled_alike(lines):
 
 
 def test_a_bound_logger_writes_its_keys_then_the_calls_then_the_event_as_structlog_orders_them(lines):
-    structlog.contextvars.bind_contextvars(request_id="req-1")
+    bind_request_id("req-1")
     log = structlog.get_logger("relay.worker").bind(worker="w1", tenant="a")
     log.info("delivery.sent", tenant="b", attempt=2)
     log.warning("delivery.%s", "late", delay_s=1.5)  # %-style arguments take structlog's own way
