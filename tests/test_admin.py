@@ -6,7 +6,7 @@ import random
 import sqlite3
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -1000,7 +1000,7 @@ async def test_a_body_quarantined_by_an_older_rule_is_accepted_on_reprocess_and_
 
     def older_release(body: bytes) -> Judgement:
         # As if the relay of last month had refused ratings with a comment: the rule 5.3 waits out.
-        return replace(judge(body), status="quarantined", errors=("rating.comment: not allowed",))
+        return judge(body)._replace(status="quarantined", errors=("rating.comment: not allowed",))
 
     monkeypatch.setattr(webhook_routes, "judge", older_release)
     refused = await relay.post("/webhooks/bringg", data=rating_webhook(61, "INQ-610"), headers=AUTH)

@@ -3,7 +3,8 @@
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
 
 from relay.domain.ids import MAX_ID
 from relay.domain.judgement import ELLIPSIS, Judgement, reported
@@ -34,36 +35,44 @@ NUL = "\x00"
 HOLDS_NUL = "holds a NUL character"
 
 
-class _Wire(BaseModel):
-    # Bringg is loose: unknown fields come and go, numbers arrive where strings are documented.
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+# TypedDicts, not models: pydantic validates into plain dicts at about 0.7 of a model's cost, and judging
+# reads each once. Every key may be absent (total=False): Bringg is loose, and a missing one is judged below;
+# unknown fields come and go (ignored), numbers arrive where strings are documented (kept as text).
+_WIRE = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
 
 
-class WireReason(_Wire):
-    text: str | None = None
+@with_config(_WIRE)
+class WireReason(TypedDict, total=False):
+    text: str | None
 
 
-class WireTask(_Wire):
-    id: Id | None = None
-    status: int | None = None
-    title: str | None = None
-    external_id: str | None = None
+@with_config(_WIRE)
+class WireTask(TypedDict, total=False):
+    id: Id | None
+    status: int | None
+    title: str | None
+    external_id: str | None
 
 
-class WireRating(_Wire):
-    id: Id | None = None
-    rating: Stars | None = None
-    comment: str | None = None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-    task: WireTask | None = None
-    rating_reasons: Annotated[list[WireReason | None], Field(max_length=MAX_REASONS)] | None = None
+@with_config(_WIRE)
+class WireRating(TypedDict, total=False):
+    id: Id | None
+    rating: Stars | None
+    comment: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    task: WireTask | None
+    rating_reasons: Annotated[list[WireReason | None], Field(max_length=MAX_REASONS)] | None
 
 
-class WireWebhook(_Wire):
-    webhook_type: str | None = None
-    merchant_id: Id | None = None
-    rating: WireRating | None = None
+@with_config(_WIRE)
+class WireWebhook(TypedDict, total=False):
+    webhook_type: str | None
+    merchant_id: Id | None
+    rating: WireRating | None
+
+
+_WEBHOOK = TypeAdapter(WireWebhook)
 
 
 class WireEnvelope(BaseModel):
@@ -81,12 +90,13 @@ def judge(body: bytes) -> Judgement:
     `updated_at` more than MAX_VERSION_AHEAD beyond the relay's clock now is no plausible version.
     """
     try:
-        wire = WireWebhook.model_validate_json(body)
+        wire = _WEBHOOK.validate_json(body)
     except ValidationError as error:
         return _judge_unparsable(body, error)
-    if wire.webhook_type != RATING_SUBMITTED:
-        return _other_type(wire.webhook_type, wire.merchant_id)
-    return _normalize(wire)
+    webhook_type, merchant_id = wire.get("webhook_type"), wire.get("merchant_id")
+    if webhook_type != RATING_SUBMITTED:
+        return _other_type(webhook_type, merchant_id)
+    return _normalize(merchant_id, wire.get("rating"))
 
 
 def _judge_unparsable(body: bytes, error: ValidationError) -> Judgement:
@@ -114,69 +124,75 @@ def _other_type(webhook_type: str | None, merchant_id: int | None) -> Judgement:
     return Judgement("ignored", webhook_type, merchant_id)
 
 
-def _normalize(wire: WireWebhook) -> Judgement:
-    rating = wire.rating
-    rating_id = rating.id if rating else None
-    errors = []
-    if wire.merchant_id is None:
-        errors.append("merchant_id: missing")
+def _normalize(merchant_id: int | None, rating: WireRating | None) -> Judgement:
     if rating is None:
-        errors.append("rating: missing")
-    else:
-        if rating.id is None:
-            errors.append("rating.id: missing")
-        if rating.rating is None:
-            errors.append("rating.rating: stars missing")
-        elif not 1 <= rating.rating <= 5:
-            errors.append(f"rating.rating: stars must be 1..5, got {rating.rating}")
-        for name, moment in (("created_at", rating.created_at), ("updated_at", rating.updated_at)):
-            if moment is not None and not _fits_utc(moment):
-                errors.append(f"rating.{name}: out of range once converted to UTC")
-        updated_at = _utc(rating.updated_at) if rating.updated_at and _fits_utc(rating.updated_at) else None
+        errors = ["merchant_id: missing", "rating: missing"] if merchant_id is None else ["rating: missing"]
+        return Judgement("quarantined", RATING_SUBMITTED, merchant_id, None, reported(errors))
+    rating_id, stars = rating.get("id"), rating.get("rating")
+    created_at, updated_at = rating.get("created_at"), rating.get("updated_at")
+    task = rating.get("task") or {}
+    external_id = task.get("external_id")
+    errors = [] if merchant_id is not None else ["merchant_id: missing"]
+    if rating_id is None:
+        errors.append("rating.id: missing")
+    if stars is None:
+        errors.append("rating.rating: stars missing")
+    elif not 1 <= stars <= 5:
+        errors.append(f"rating.rating: stars must be 1..5, got {stars}")
+    # Bringg's `Z` (or no offset, read as UTC) needs no conversion: only another offset is checked.
+    if created_at is not None and created_at.utcoffset() and not _fits_utc(created_at):
+        errors.append("rating.created_at: out of range once converted to UTC")
+    if updated_at is not None and updated_at.utcoffset() and not _fits_utc(updated_at):
+        errors.append("rating.updated_at: out of range once converted to UTC")
+    elif updated_at is not None:
+        updated_at = _utc(updated_at)
         # The clock is read only for a version to compare with it (an original rating has none).
-        if updated_at is not None and updated_at > datetime.now(UTC) + MAX_VERSION_AHEAD:
+        if updated_at > datetime.now(UTC) + MAX_VERSION_AHEAD:
             errors.append(
                 f"rating.updated_at: {format_instant(updated_at)} is more than {MAX_VERSION_AHEAD.days} day "
                 "ahead of the relay's clock, not a plausible version"
             )
-        external_id = rating.task.external_id if rating.task else None
-        if external_id is not None and len(external_id) > MAX_EXTERNAL_ID_CHARS:
-            errors.append(
-                f"rating.task.external_id: {len(external_id)} characters, an order id has at most "
-                f"{MAX_EXTERNAL_ID_CHARS}"
-            )
-        elif external_id is not None and NUL in external_id:
-            errors.append(f"rating.task.external_id: {HOLDS_NUL}")
-    if errors or rating is None or wire.merchant_id is None or rating.id is None or rating.rating is None:
-        return Judgement("quarantined", RATING_SUBMITTED, wire.merchant_id, rating_id, reported(errors))
-    task = rating.task or WireTask()
-    normalized = Rating(
-        merchant_id=wire.merchant_id,
-        rating_id=rating.id,
-        stars=rating.rating,
-        comment=rating.comment,
-        reasons=tuple(reason.text for reason in rating.rating_reasons or () if reason and reason.text),
-        task_id=task.id,
-        external_id=task.external_id,
-        task_title=task.title,
-        task_status=task.status,
-        created_at=_utc(rating.created_at),
-        updated_at=_utc(rating.updated_at),
+    if external_id is not None and len(external_id) > MAX_EXTERNAL_ID_CHARS:
+        errors.append(
+            f"rating.task.external_id: {len(external_id)} characters, an order id has at most "
+            f"{MAX_EXTERNAL_ID_CHARS}"
+        )
+    elif external_id is not None and NUL in external_id:
+        errors.append(f"rating.task.external_id: {HOLDS_NUL}")
+    if errors or merchant_id is None or rating_id is None or stars is None:
+        return Judgement("quarantined", RATING_SUBMITTED, merchant_id, rating_id, reported(errors))
+    normalized = Rating.model_validate(
+        {
+            "merchant_id": merchant_id,
+            "rating_id": rating_id,
+            "stars": stars,
+            "comment": rating.get("comment"),
+            # A list: the model keeps it as its tuple.
+            "reasons": [
+                reason["text"]
+                for reason in rating.get("rating_reasons") or ()
+                if reason and reason.get("text")
+            ],
+            "task_id": task.get("id"),
+            "external_id": external_id,
+            "task_title": task.get("title"),
+            "task_status": task.get("status"),
+            "created_at": None if created_at is None else _utc(created_at),
+            "updated_at": updated_at,
+        }
     )
-    return Judgement("accepted", RATING_SUBMITTED, wire.merchant_id, rating.id, rating=normalized)
+    return Judgement("accepted", RATING_SUBMITTED, merchant_id, rating_id, rating=normalized)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
+def _utc(moment: datetime) -> datetime:
     # Bringg documents UTC; a timestamp without an offset is read as UTC rather than local time.
-    if moment is None or moment.tzinfo is not None:
+    if moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
 
 
 def _fits_utc(moment: datetime) -> bool:
     # An offset can carry a valid local time past year 9999 or before year 1 in UTC, where versions live.
-    if not moment.utcoffset():
-        return True  # none (read as UTC) or zero, as Bringg's `Z` is: nothing to convert
     try:
         moment.astimezone(UTC)
     except OverflowError:

@@ -1,8 +1,7 @@
 """What an inbound webhook's raw bytes turned out to be, before anything is stored."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from relay.domain.rating import Rating
 
@@ -13,10 +12,10 @@ MAX_ERROR_CHARS = 200
 ELLIPSIS = "…"
 
 
-@dataclass(frozen=True)
-class Judgement:
+class Judgement(NamedTuple):
     """A usable rating, another webhook type, or unusable with reasons (as `reported` keeps them)."""
 
+    # A NamedTuple: as immutable as a frozen dataclass, and built (once a webhook) at under half its cost.
     status: Literal["accepted", "ignored", "quarantined"]
     webhook_type: str | None = None
     merchant_id: int | None = None
