@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from relay.store.records import LEASE_LOST, ClaimedDelivery, Finish, Outcome
-from relay.store.sqlite.holds import release_hold
+from relay.store.sqlite.holds import release_holds
 from relay.store.sqlite.instants import from_text, to_text
 from relay.store.sqlite.writer import WriteJob
 
@@ -66,7 +66,8 @@ def claim_due(
 def record_outcome(outcome: Outcome, *, leased_until: datetime, now: datetime) -> WriteJob[str]:
     """Store where the delivery went and release its inquiry; its state (a waiting one may be superseded),
     or LEASE_LOST with nothing written when the delivery is no longer leased until `leased_until`."""
-    return lambda conn: _record(conn, outcome, to_text(leased_until), to_text(now))
+    job = record_outcomes([Finish(outcome, leased_until)], now=now)
+    return lambda conn: job(conn)[0]
 
 
 def record_outcomes(finishes: Sequence[Finish], *, now: datetime) -> WriteJob[list[str]]:
@@ -76,13 +77,41 @@ def record_outcomes(finishes: Sequence[Finish], *, now: datetime) -> WriteJob[li
         stamp = to_text(now)
         # Each lease spelled once: the deliveries of one claim finish under the same one.
         leases = {lease: to_text(lease) for lease in {finish.leased_until for finish in finishes}}
-        return [_record(conn, finish.outcome, leases[finish.leased_until], stamp) for finish in finishes]
+        answers = [_record(conn, finish.outcome, leases[finish.leased_until], stamp) for finish in finishes]
+        stored = [
+            finish.outcome for finish, answer in zip(finishes, answers, strict=True) if answer != LEASE_LOST
+        ]
+        # The calls of every outcome stored, and the release of their inquiries, a statement each for the
+        # batch. In the same transaction: an inquiry is free exactly when its delivery's outcome is stored.
+        calls = [
+            (
+                outcome.delivery_id,
+                outcome.attempts,
+                call.action,
+                to_text(call.started_at),
+                call.duration_ms,
+                call.status_code,
+                call.outcome,
+                call.error,
+            )
+            for outcome in stored
+            for call in outcome.calls
+        ]
+        if calls:
+            conn.executemany(
+                "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, "
+                "outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                calls,
+            )
+        release_holds(conn, [outcome.delivery_id for outcome in stored])
+        return answers
 
     return job
 
 
 def _record(conn: sqlite3.Connection, outcome: Outcome, leased_until: str, stamp: str) -> str:
-    """One outcome, inside a write job; `leased_until` and `stamp` as stored."""
+    """One outcome's delivery row, inside a write job; `leased_until` and `stamp` as stored. Its calls
+    and its inquiry's release are the caller's (its hold, if lost, is the new lessee's: left alone)."""
     stored = conn.execute(
         """
         UPDATE deliveries SET state = ?, attempts = ?, unconfirmed = ?, next_attempt_at = ?,
@@ -108,27 +137,7 @@ def _record(conn: sqlite3.Connection, outcome: Outcome, leased_until: str, stamp
         ),
     )
     if not stored.rowcount:
-        return LEASE_LOST  # its hold, if any, is the new lessee's now: left alone too
-    if outcome.calls:
-        conn.executemany(
-            "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, "
-            "outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    outcome.delivery_id,
-                    outcome.attempts,
-                    call.action,
-                    to_text(call.started_at),
-                    call.duration_ms,
-                    call.status_code,
-                    call.outcome,
-                    call.error,
-                )
-                for call in outcome.calls
-            ],
-        )
-    # In the same transaction: the inquiry is free exactly when the delivery's outcome is stored.
-    release_hold(conn, outcome.delivery_id)
+        return LEASE_LOST
     if outcome.state == "unmatched":
         # A link may have been saved while this delivery was in flight: then it is not unmatched.
         linked = conn.execute(

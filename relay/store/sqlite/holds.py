@@ -67,6 +67,6 @@ def _take(conn: sqlite3.Connection, ask: TurnAsk, now: str, until: datetime, unt
     return "go" if taken else "busy"
 
 
-def release_hold(conn: sqlite3.Connection, delivery_id: int) -> None:
-    """Inside a write job: the delivery's inquiry is free for the next send."""
-    conn.execute("DELETE FROM inquiry_holds WHERE delivery_id = ?", (delivery_id,))
+def release_holds(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> None:
+    """Inside a write job: these deliveries' inquiries are free for the next send."""
+    conn.executemany("DELETE FROM inquiry_holds WHERE delivery_id = ?", [(one,) for one in delivery_ids])
