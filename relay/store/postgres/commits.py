@@ -20,17 +20,24 @@ Batch = Callable[[Conn, list[A]], Awaitable[list[R]]]
 
 log = structlog.get_logger(__name__)
 
-# Batches in flight at once: the next one is sent while the last one's commit waits for its flush.
+# Batches in flight at once: the next one may be sent while the last one's commit waits for its flush.
 COMMITTERS = 2
 
 
 class GroupCommit(Generic[A, R]):
     """A queue and loops: each turn takes every waiting item and runs them in one transaction."""
 
-    def __init__(self, pool: asyncpg.Pool, run: Batch[A, R], *, timeout_s: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, run: Batch[A, R], *, timeout_s: float, overlap_at: int = 1
+    ) -> None:
         self._pool = pool
         self._run = run
         self._timeout_s = timeout_s
+        # A batch sent while another is in flight commits only after that one's flush, and then waits for a
+        # flush of its own: it gains its own running time only. Below `overlap_at` items, it waits instead.
+        self._overlap_at = overlap_at
+        self._in_flight = 0
+        self._changed = asyncio.Event()  # an item queued, or a batch done
         self._deadlines = Deadlines(timeout_s)
         self._queue: asyncio.Queue[Waiting[A, R]] = asyncio.Queue()
         self._tasks = [
@@ -44,6 +51,7 @@ class GroupCommit(Generic[A, R]):
             raise StoreUnavailable("database is closed")
         entry: Waiting[A, R] = waiting(item)
         self._queue.put_nowait(entry)
+        self._changed.set()
         return await self._deadlines.committed(entry)
 
     async def close(self) -> None:
@@ -60,13 +68,23 @@ class GroupCommit(Generic[A, R]):
     async def _loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            self._take_waiting(batch)
+            while self._in_flight and len(batch) < self._overlap_at:
+                self._changed.clear()
+                await self._changed.wait()
+                self._take_waiting(batch)
+            self._in_flight += 1
             try:
                 await self._commit(batch)
             finally:
+                self._in_flight -= 1
+                self._changed.set()
                 for _ in batch:
                     self._queue.task_done()
+
+    def _take_waiting(self, batch: list[Waiting[A, R]]) -> None:
+        while len(batch) < MAX_BATCH and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
 
     async def _commit(self, batch: list[Waiting[A, R]]) -> None:
         try:

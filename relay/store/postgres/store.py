@@ -102,7 +102,9 @@ class PostgresStore:
             await self._close_pool()
             # A 2xx must mean committed: with it off, a crash loses webhooks already acknowledged.
             raise DatabaseUnusable(f"{self.location}: synchronous_commit is off; the relay needs it on")
-        self._commits = GroupCommit(self._pool, intake.record_webhooks, timeout_s=self.timeout_s)
+        self._commits = GroupCommit(
+            self._pool, intake.record_webhooks, timeout_s=self.timeout_s, overlap_at=intake.OVERLAP_AT
+        )
         self._outcomes = GroupCommit(self._pool, outbox.record_outcomes, timeout_s=self.timeout_s)
         self._turns = GroupCommit(self._pool, outbox.take_turns, timeout_s=self.timeout_s)
         self._slots = GroupCommit(self._pool, relaywide.reserve_send_slots, timeout_s=self.timeout_s)
