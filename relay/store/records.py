@@ -3,7 +3,7 @@
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 from relay.domain.delivery import WAITING_STATES, DeliveryState
 from relay.domain.judgement import Judgement
@@ -26,10 +26,10 @@ AttemptAction = Literal["send", "reconcile"]
 # Intake -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class InboundWebhook:
+class InboundWebhook(NamedTuple):
     """A webhook as received and judged by the inbound edge, before it is stored."""
 
+    # A NamedTuple: as immutable as a frozen dataclass, and built (once a webhook) at under half its cost.
     request_id: str
     received_at: datetime
     body: bytes
