@@ -69,9 +69,10 @@ class Authenticator:
         if self._tokens:
             # Every token compared, whichever matches: the time taken does not tell which one did.
             bearer = _header_bytes(presented)
-            if any(
-                [_equal(bearer, token) or _equal(_header_bytes(raw.strip()), token) for token in self._tokens]
-            ):
+            matched = False
+            for token in self._tokens:
+                matched |= _equal(bearer, token) or _equal(_header_bytes(raw.strip()), token)
+            if matched:
                 return BY_TOKEN
             reasons.append("token does not match")
         if self._jwt_secrets:
