@@ -3,13 +3,14 @@
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
 
-from relay.logs import UtcStamper, bind_request_id, configure_logging
+from relay.logs import UtcStamper, bind_request_id, configure_logging, get_logger
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -135,3 +136,29 @@ def test_lines_below_the_level_are_not_written(lines):
     log.warning("worker.slow", lag_s=2)
 
     assert [json.loads(line)["event"] for line in logged(lines)] == ["worker.slow"]
+
+
+def test_a_kept_logger_writes_as_structlogs_does_and_is_captured_as_it_is(lines, monkeypatch):
+    monkeypatch.setattr(time, "time_ns", lambda: 1_764_640_000_123_456_789)
+    log = get_logger("relay.webhook")
+    log.info("webhook.accepted", webhook_id=1)
+    with structlog.testing.capture_logs() as captured:
+        log.warning("webhook.quarantined", webhook_id=2)
+    log.bind(tenant="a").info("webhook.accepted", webhook_id=3)
+    structlog.get_logger("relay.webhook").info("webhook.accepted", webhook_id=4)
+
+    first, third, fourth = logged(lines)
+    assert first == fourth.replace('"webhook_id": 4', '"webhook_id": 1')
+    assert json.loads(third)["tenant"] == "a"
+    assert captured == [{"webhook_id": 2, "event": "webhook.quarantined", "log_level": "warning"}]
+
+
+def test_a_kept_logger_keeps_nothing_while_structlog_keeps_no_loggers(lines, capsys):
+    structlog.reset_defaults()  # cache_logger_on_first_use=False: each call resolves the logger anew
+    log = get_logger("relay")
+    log.info("worker.started")
+    configure_logging("INFO", "json", lines)
+    log.info("worker.stopped")
+
+    assert "worker.started" in capsys.readouterr().out
+    assert [json.loads(line)["event"] for line in logged(lines)] == ["worker.stopped"]

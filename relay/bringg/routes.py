@@ -6,7 +6,6 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import structlog
 from aiohttp import BasicAuth, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
@@ -17,12 +16,13 @@ from relay.console import printable
 from relay.domain.judgement import Judgement
 from relay.http import REQUEST_ID, elapsed_ms, header_text, problem
 from relay.keys import NEW_DELIVERY, OAUTH_FAILURES, SETTINGS, STORE, TENANTS
+from relay.logs import get_logger
 from relay.ops.metrics import METRICS
 from relay.store.api import StoreUnavailable
 from relay.store.records import InboundWebhook, StoredWebhook
 from relay.tenants.registry import RunningTenant
 
-log = structlog.get_logger("relay.webhook")
+log = get_logger("relay.webhook")
 
 # Long enough for a locked or full disk to be noticed by someone, short enough for Bringg's few resends.
 STORE_RETRY_AFTER_S = 30
