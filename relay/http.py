@@ -22,7 +22,8 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _PARSER_REASON = re.compile(r"([A-Za-z][A-Za-z -]{0,79}):\n\n")
 
 REQUEST_ID = web.RequestKey("request_id", str)
-STARTED = web.RequestKey("started", float)
+# perf_counter_ns() when the request reached the relay.
+STARTED = web.RequestKey("started", int)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,11 +56,11 @@ def problem(status: int, title: str, detail: str | None = None, **extra: Any) ->
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id (the caller's X-Request-ID when sane) to every log line; echo it back."""
-    offered = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = offered if _SAFE_REQUEST_ID.fullmatch(offered) else new_request_id()
+    offered = request.headers.get(REQUEST_ID_HEADER)
+    request_id = offered if offered is not None and _SAFE_REQUEST_ID.fullmatch(offered) else new_request_id()
     bind_request_id(request_id)
     request[REQUEST_ID] = request_id
-    request[STARTED] = time.perf_counter()
+    request[STARTED] = time.perf_counter_ns()
     try:
         response = await handler(request)
     except web.RequestPayloadError as error:
@@ -100,8 +101,9 @@ def header_text(value: str | None) -> str | None:
 
 
 def elapsed_ms(request: web.Request) -> float:
-    """Milliseconds since the request reached the relay."""
-    return round((time.perf_counter() - request[STARTED]) * 1000, 2)
+    """Milliseconds since the request reached the relay, to the hundredth."""
+    # Whole nanoseconds rounded half up: round(seconds * 1000, 2) on a float costs twice as much.
+    return (time.perf_counter_ns() - request[STARTED] + 5_000) // 10_000 / 100
 
 
 def guard_malformed_requests() -> None:
