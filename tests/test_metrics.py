@@ -110,6 +110,26 @@ async def test_counters_move_as_work_is_reported(client):
     assert values[key("relay_delivery_latency_seconds_bucket", le="2.5")] == 1
 
 
+async def test_each_scrape_shows_every_count_so_far_once(client):
+    metrics = client.app[METRICS]
+    accepted = key("relay_webhooks_received_total", outcome="accepted", tenant="default")
+    sent = key("relay_quivo_requests_total", action="send", status="201", tenant="acme")
+    observe = metrics.quivo_requests_of("acme")
+    metrics.webhook_received("accepted", tenant="default")
+    observe("send", 201)
+
+    first = await scrape(client)
+    again = await scrape(client)
+    for _ in range(3):
+        metrics.webhook_received("accepted", tenant="default")
+        observe("send", 201)
+    later = await scrape(client)
+
+    assert (first[accepted], again[accepted], later[accepted]) == (1, 1, 4)
+    assert (first[sent], again[sent], later[sent]) == (1, 1, 4)
+    assert metrics.registry.get_sample_value(accepted[0], dict(accepted[1])) == 4
+
+
 async def test_alerted_series_exist_at_zero_from_the_first_scrape(client):
     client.app[METRICS].count_tenants(["default", "acme"])
 

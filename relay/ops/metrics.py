@@ -106,11 +106,43 @@ class _StoreGauges:
         yield from (by_state, backlog_age, worker_lag, heartbeat, live)
 
 
+class _Tallies:
+    """Counts kept as plain integers, added to their counters whenever the registry is read (it reads this
+    collector first): a counter's inc() validates, checks and locks at every call, most of what counting a
+    webhook cost. Counted and read in the event loop's thread, as the relay counts and answers scrapes."""
+
+    def __init__(self) -> None:
+        self._tallies: list[tuple[Counter, list[int]]] = []
+
+    def counting(self, counter: Counter) -> Callable[..., list[int]]:
+        """The tally of each series of `counter`, by its label values: a one-item list whose item counts for
+        the series until the registry is next read."""
+
+        def tally_of(*labels: str) -> list[int]:
+            tally = [0]
+            self._tallies.append((counter.labels(*labels), tally))
+            return tally
+
+        return functools.cache(tally_of)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        for series, tally in self._tallies:
+            if tally[0]:
+                series.inc(tally[0])
+                tally[0] = 0
+        return iter(())
+
+
 class RelayMetrics:
     """The relay's metrics, in a registry of their own so that two applications never share counts."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry()
+        self._tallies = _Tallies()
+        self.registry.register(self._tallies)
         self._webhooks = Counter(
             "relay_webhooks_received",
             "Webhooks received, by what became of each and the tenant whose URL they came to "
@@ -142,11 +174,12 @@ class RelayMetrics:
         # Anyone can scrape: a flood of scrapes still reads the database once a second (see relay.ops.fresh).
         self._store_reads: Fresh[_StoreReading] = Fresh(clock=clock)
         self.registry.register(self._store)
-        # Each series resolved once: labels() validates, locks and builds its key at every call. Outcomes are
-        # few and tenants those configured (or '' for none), so the caches stay as small as the series.
-        self._webhook_series = functools.cache(self._webhooks.labels)
-        self._delivery_series = functools.cache(self._deliveries.labels)
-        self._quivo_series = functools.cache(self._quivo_requests.labels)
+        # Each series resolved once, and counted in its tally: labels() validates, locks and builds its key at
+        # every call. Outcomes are few and tenants those configured (or '' for none), so the caches stay as
+        # small as the series.
+        self._webhook_tally = self._tallies.counting(self._webhooks)
+        self._delivery_tally = self._tallies.counting(self._deliveries)
+        self._quivo_tally = self._tallies.counting(self._quivo_requests)
         # Series alerted on exist at 0 from the first scrape, so rate() and increase() see their first rise.
         self._webhooks.labels("unknown_tenant", "")
 
@@ -162,18 +195,18 @@ class RelayMetrics:
 
     def webhook_received(self, outcome: str, *, tenant: str) -> None:
         """One webhook answered on a tenant's URL: accepted, duplicate, quarantined, unauthorized, ..."""
-        self._webhook_series(outcome, tenant).inc()
+        self._webhook_tally(outcome, tenant)[0] += 1
 
     def delivery_finished(self, outcome: str, *, tenant: str) -> None:
         """One pass over a claimed delivery of the tenant's ended: delivered, retry_scheduled, dead, ..."""
-        self._delivery_series(outcome, tenant).inc()
+        self._delivery_tally(outcome, tenant)[0] += 1
 
     def quivo_requests_of(self, tenant: str) -> Callable[[str, int | None], None]:
         """What counts the calls to one tenant's Quivo account: each call (login, post_rating, get_inquiry)
         and its status, None when none came back."""
 
         def observe(action: str, status: int | None) -> None:
-            self._quivo_series(action, "none" if status is None else str(status), tenant).inc()
+            self._quivo_tally(action, "none" if status is None else str(status), tenant)[0] += 1
 
         return observe
 
