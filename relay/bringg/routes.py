@@ -131,8 +131,9 @@ async def _read_body(request: web.Request, tenant: str) -> bytes | web.Response:
     settings = request.app[SETTINGS]
     limit, deadline = settings.relay_max_body_bytes, settings.relay_body_timeout_s
     try:
-        if request.content_length is not None and request.content_length > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        # Read once: aiohttp parses the header again at every read of content_length.
+        if (declared := request.content_length) is not None and declared > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
         if request.content.is_eof():
             # The whole body came with the headers (a webhook's usually does): taken as it lies, with no wait
             # and no copy, and so measured here (a chunked one declares no length).
