@@ -96,21 +96,23 @@ def test_patterns_operators_write_cost_little_on_any_order_id(pattern: str) -> N
 
 
 @pytest.mark.parametrize(
-    ("pattern", "probe"),
+    "pattern",
     [
-        (r"(a|a)*$", "'aaa"),  # overlapping alternatives
-        (r"^INQ-(a|a)*$", "'INQ-aaa"),  # the same behind a literal prefix
-        (r"(?:0-|0|-)*(\d)$", "'0-0-0-"),  # overlapping alternatives, slow on a run of two characters
-        (r"(?:ab|a|b)*(\d)$", "'ababab"),
-        (r"(\d+)\d+\d+\d+$", "'000"),  # adjacent repeats: a polynomial of high degree
+        r"(a|a)*$",  # overlapping alternatives
+        r"^INQ-(a|a)*$",  # the same behind a literal prefix
+        r"(?:0-|0|-)*(\d)$",  # overlapping alternatives, slow on a run of two characters
+        r"(?:ab|a|b)*(\d)$",
+        r"(\d+)\d+\d+\d+$",  # adjacent repeats: a polynomial of high degree
     ],
 )
-def test_patterns_that_backtrack_wildly_are_refused_naming_the_probe(pattern: str, probe: str) -> None:
+def test_patterns_that_backtrack_wildly_are_refused_naming_a_probe(pattern: str) -> None:
     problem = pattern_cost_problem(re.compile(pattern))
 
+    # Which probe trips first depends on how fast this machine is at the moment: any one is named.
     assert problem is not None
-    assert problem.startswith("too slow: one search of a ")
-    assert probe in problem
+    assert re.match(
+        r"too slow: one search of a \d+-character order id \('.+'\.\.\.\) took over 10 ms", problem
+    )
 
 
 # The structural check reads `re`'s private parser: these pin what it sees, so a Python that changes the
