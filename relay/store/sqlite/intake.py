@@ -79,20 +79,10 @@ class RecordWebhook:
             judgement = inbound.judgement
             rating = judgement.rating
             webhook_id += 1
-            stamp = to_text(inbound.received_at)
-            webhook_values += (
-                webhook_id,
-                stamp,
-                inbound.request_id,
-                judgement.status,
-                judgement.webhook_type,
-                judgement.merchant_id,
-                judgement.rating_id,
-                json.dumps(list(judgement.errors)) if judgement.errors else None,
-                inbound.content_type,
-                inbound.body,
-                inbound.tenant,
-            )
+            webhook_row = _webhook_row(inbound, judgement.status)
+            stamp = webhook_row[0]  # the arrival instant, spelled once for both rows
+            webhook_values.append(webhook_id)
+            webhook_values += webhook_row
             if judgement.status != "accepted" or rating is None:
                 stored.append(StoredWebhook(webhook_id, judgement.status))
                 continue
