@@ -49,17 +49,11 @@ function delay()
   return wait_ms > 0 and math.floor(wait_ms) or 0
 end
 
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+local rating_request = dofile(here .. "rating.lua")
+
 local function rating(id)
-  local body = string.format(
-    '{"webhook_type":"rating_submitted","merchant_id":8,"rating":{"id":%d,"rating":%d,' ..
-    '"created_at":"2026-11-20T10:00:00.000Z","comment":"Quick and friendly",' ..
-    '"task":{"id":%d,"status":4,"title":"Groceries","external_id":"INQ-%d"},' ..
-    '"rating_reasons":[{"text":"On time"}]}}',
-    id, 1 + id % 5, id, id)
-  return wrk.format("POST", "/webhooks/bringg", {
-    ["Content-Type"] = "application/json",
-    ["Authorization"] = "Bearer " .. token,
-  }, body)
+  return rating_request(id, 8, token)
 end
 
 request = function()

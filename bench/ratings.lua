@@ -1,6 +1,9 @@
 -- wrk script: every request a distinct Bringg rating (ids unique across threads and runs).
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+local rating = dofile(here .. "rating.lua")
 local counter = 0
-local thread_base = 0
+-- Each thread's own range of ids: a global, so setup() in wrk's main state can set it per thread.
+thread_base = 0
 local threads = {}
 
 function setup(thread)
@@ -17,15 +20,5 @@ end
 
 request = function()
   counter = counter + 1
-  local id = run_base + thread_base + counter
-  local body = string.format(
-    '{"webhook_type":"rating_submitted","merchant_id":7,"rating":{"id":%d,"rating":%d,' ..
-    '"created_at":"2026-11-20T10:00:00.000Z","updated_at":null,"comment":"Quick and friendly",' ..
-    '"task":{"id":%d,"status":4,"title":"Groceries","external_id":"INQ-%d"},' ..
-    '"rating_reasons":[{"text":"On time"}]}}',
-    id, 1 + id % 5, id, id)
-  return wrk.format("POST", "/webhooks/bringg", {
-    ["Content-Type"] = "application/json",
-    ["Authorization"] = "Bearer " .. token,
-  }, body)
+  return rating(run_base + thread_base + counter, 7, token)
 end
