@@ -27,12 +27,13 @@ def test_the_backlog_and_claim_indexes_cover_exactly_the_waiting_states():
     migrate(conn)
     indexes = dict(
         conn.execute(
-            "SELECT name, sql FROM sqlite_master WHERE name IN ('deliveries_waiting', 'deliveries_due')"
+            "SELECT name, sql FROM sqlite_master "
+            "WHERE name IN ('deliveries_waiting', 'deliveries_due_tenant')"
         ).fetchall()
     )
     conn.close()
 
-    assert sorted(indexes) == ["deliveries_due", "deliveries_waiting"]
+    assert sorted(indexes) == ["deliveries_due_tenant", "deliveries_waiting"]
     for sql in indexes.values():
         where = re.search(r"WHERE (state = '[a-z_]+'(?: OR state = '[a-z_]+')*)$", sql)
         assert where is not None, sql

@@ -243,7 +243,9 @@ async def test_gauge_reads_walk_indexes(client, store):
     # The registry of workers holds a row per worker process, not per rating: read whole, it costs nothing.
     for sql in (sql for sql in statements if "FROM workers" not in sql):
         plan = [row[3] for row in await reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}")]
-        assert all(
-            "INDEX" in step or "PRIMARY KEY" in step for step in plan if step.startswith(("SCAN", "SEARCH"))
-        ), (sql, plan)
+        # The lag's `tenants`, a row per tenant each found by a seek, is no table.
+        walks = [
+            step for step in plan if step.startswith(("SCAN", "SEARCH")) and step.split()[1] != "tenants"
+        ]
+        assert all("INDEX" in step or "PRIMARY KEY" in step for step in walks), (sql, plan)
         assert not [step for step in plan if "TEMP B-TREE" in step], (sql, plan)

@@ -1,12 +1,19 @@
 """The SQLite schema's constraints and indexes: what each write costs, and upgrades that keep every row."""
 
+import random
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from relay.domain.delivery import DELIVERY_STATES
+from relay.store.sqlite.gauges import read_backlog
+from relay.store.sqlite.instants import to_text
 from relay.store.sqlite.migrations import known_migrations, migrate
+from relay.store.sqlite.store import SqliteStore
+
+T0 = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 
 _NEW_DELIVERY = (
     "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, stars, rating, state, created_at, "
@@ -51,6 +58,24 @@ def test_writing_a_delivery_or_a_webhook_builds_no_temporary_table(tmp_path):
     assert _temporary_tables(conn, _STATE_CHANGE) == 0
 
 
+def test_a_new_delivery_is_written_into_these_indexes_and_no_other(tmp_path):
+    conn = _file(tmp_path / "relay.db")
+
+    indexes = conn.execute("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'deliveries'")
+
+    # The workers' lag reads deliveries_due_tenant, the claim's index: no index on next_attempt_at alone.
+    assert sorted(name for (name,) in indexes) == [
+        "deliveries_due_tenant",
+        "deliveries_external",
+        "deliveries_finished",
+        "deliveries_inquiry",
+        "deliveries_state",
+        "deliveries_unmatched",
+        "deliveries_waiting",
+        "sqlite_autoindex_deliveries_1",
+    ]
+
+
 def test_the_checks_admit_exactly_the_known_states_and_statuses(tmp_path):
     conn = _file(tmp_path / "relay.db")
 
@@ -82,7 +107,7 @@ def test_a_0010_file_upgrades_keeping_every_row_and_other_connections_see_the_ne
     other.execute("SELECT count(*) FROM deliveries").fetchone()
     assert _temporary_tables(old, _NEW_DELIVERY) == 1
 
-    assert migrate(old) == ["0011_state_checks_without_in_lists"]
+    assert "0011_state_checks_without_in_lists" in migrate(old)
 
     assert old.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     for table, rows in before.items():
@@ -93,3 +118,40 @@ def test_a_0010_file_upgrades_keeping_every_row_and_other_connections_see_the_ne
         assert _temporary_tables(conn, _NEW_WEBHOOK) == 0
         with pytest.raises(sqlite3.IntegrityError, match="state = 'pending' OR"):
             conn.execute(_NEW_DELIVERY, (101, "bogus"))
+
+
+async def test_the_workers_lag_is_the_soonest_due_waiting_row_of_any_tenant(tmp_path):
+    store = SqliteStore(tmp_path / "relay.db", timeout_s=5)
+    await store.open()
+    draw = random.Random(11)
+    rows = [
+        (
+            n,
+            draw.choice(("default", "acme", "b\u00e9ta", "zed")),
+            draw.choice(DELIVERY_STATES),
+            draw.randrange(1000),
+        )
+        for n in range(400)
+    ]
+
+    def fill(conn: sqlite3.Connection) -> None:
+        for n, tenant, state, due in rows:
+            conn.execute(
+                "INSERT INTO deliveries (webhook_id, tenant, merchant_id, rating_id, version, stars, rating, "
+                "state, next_attempt_at, created_at, updated_at) VALUES (1, ?, 7, ?, '', 5, '', ?, ?, ?, ?)",
+                (tenant, n, state, to_text(T0 + timedelta(seconds=due)), to_text(T0), to_text(T0)),
+            )
+
+    try:
+        await store.database.write(fill)
+        for seconds in (-1, 0, 3, 250, 999, 2000):
+            now = T0 + timedelta(seconds=seconds)
+            due = [
+                T0 + timedelta(seconds=due)
+                for _, _, state, due in rows
+                if state in ("pending", "retrying", "sending") and T0 + timedelta(seconds=due) <= now
+            ]
+            backlog = await read_backlog(store.database.reader, now)
+            assert backlog.worker_lag_s == ((now - min(due)).total_seconds() if due else None), seconds
+    finally:
+        await store.close()

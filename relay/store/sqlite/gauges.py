@@ -10,6 +10,9 @@ from relay.store.records import Backlog, Recent, Stats, webhook_status
 from relay.store.sqlite.instants import from_text, to_text
 from relay.store.sqlite.reading import one
 
+# The waiting states as the partial indexes spell them: SQLite uses one only for a WHERE implying it.
+_WAITING = "(state = 'pending' OR state = 'retrying' OR state = 'sending')"
+
 
 async def deliveries_by_state(conn: aiosqlite.Connection) -> dict[str, int]:
     """How many deliveries are in each state, every state present (0 when none)."""
@@ -42,14 +45,23 @@ async def read_backlog(conn: aiosqlite.Connection, now: datetime) -> Backlog:
         """,
         (),
     )
-    # The states as deliveries_due's own WHERE spells them, so this reads one entry of that partial index.
-    # A 'sending' row is due once its lease ran out (a relay died mid-send), just as claim_due sees it.
+    # The soonest due of each tenant's first entry in deliveries_due_tenant, the claim's index, found tenant
+    # by tenant (each next tenant one seek past the last): no index of its own to write for every delivery.
+    # The states as the index's own WHERE spells them. A 'sending' row is due once its lease ran out (a
+    # relay died mid-send), just as claim_due sees it.
     due = await one(
         conn,
-        """
-        SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due
-        WHERE (state = 'pending' OR state = 'retrying' OR state = 'sending') AND next_attempt_at <= ?
-        ORDER BY next_attempt_at LIMIT 1
+        f"""
+        WITH RECURSIVE tenants (tenant) AS (
+            SELECT MIN(tenant) FROM deliveries INDEXED BY deliveries_due_tenant WHERE {_WAITING}
+            UNION ALL
+            SELECT (SELECT MIN(d.tenant) FROM deliveries d INDEXED BY deliveries_due_tenant
+                    WHERE {_WAITING} AND d.tenant > tenants.tenant)
+            FROM tenants WHERE tenant IS NOT NULL)
+        SELECT MIN((SELECT d.next_attempt_at FROM deliveries d INDEXED BY deliveries_due_tenant
+                    WHERE {_WAITING} AND d.tenant = tenants.tenant AND d.next_attempt_at <= ?
+                    ORDER BY d.next_attempt_at LIMIT 1))
+        FROM tenants WHERE tenant IS NOT NULL
         """,
         (to_text(now),),
     )
