@@ -97,7 +97,15 @@ def _json_line(fields: EventDict, event: object, tail: str) -> str:
     """What _relay_line and _render_json write for `fields` and `event`, spelled straight from them: their
     order, then `event`, `request_id`, `level`, `logger`, `timestamp`, as the steps add them (`tail` spells
     the level's and logger's)."""
-    text = encode(fields)[:-1] + ', "event": ' if fields else '{"event": '
+    return _ended(encode(fields)[:-1] + ', "event": ' if fields else '{"event": ', event, tail)
+
+
+def _members_line(members: str, event: object, tail: str) -> str:
+    """_json_line's line for the keys and values `members` spells (JSON object members, without braces)."""
+    return _ended("{" + members + ', "event": ' if members else '{"event": ', event, tail)
+
+
+def _ended(text: str, event: object, tail: str) -> str:
     text += spell(event)
     request_id = _REQUEST_ID.get()
     if request_id is not None:
@@ -131,9 +139,35 @@ def _direct_bound_logger(min_level: int, line: Step, json: bool) -> type[Filteri
         log.__name__ = name
         return log
 
+    def spelled_writer(self: Any, name: str) -> Callable[[object, str], None] | None:
+        """What writes this logger's lines at level `name` spelled by the caller (see spelled_writer)."""
+        writer = self._logger
+        if (
+            json
+            and not self._context
+            and type(writer) is _LineWriter
+            and len(self._processors) == 1
+            and self._processors[0] is line
+            and name in methods
+        ):
+            tail = writer.tails[name]
+            return lambda event, members: writer.write(_members_line(members, event, tail))
+        return None
+
     levels = logging.getLevelNamesMapping()
-    methods = {name: direct(name) for name in _LEVELS if levels[name.upper()] >= min_level}
-    return type(f"Relay{base.__name__}", (base,), methods)
+    methods: dict[str, Any] = {name: direct(name) for name in _LEVELS if levels[name.upper()] >= min_level}
+    return type(f"Relay{base.__name__}", (base,), {**methods, "spelled_writer": spelled_writer})
+
+
+def spelled_writer(logger: Any, level: str) -> Callable[[object, str], None] | None:
+    """For a line the caller spells itself, the function that writes it (`event`, then its keys and values as
+    JSON object members, `"key": value, ...`, in the order the call would pass them, none of the keys the
+    steps set or read), as `logger`'s `level` method would write that call; None when that method would not
+    spell the line straight (another format or chain, a bound context, the level filtered out): the caller
+    then calls the method."""
+    written = getattr(getattr(logger, level), "__self__", None)
+    spelled = getattr(written, "spelled_writer", None)
+    return None if spelled is None else spelled(level)
 
 
 def configure_logging(

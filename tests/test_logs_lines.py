@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from structlog.typing import EventDict, WrappedLogger
 
 from relay import jsonline
-from relay.logs import UtcStamper, bind_request_id, configure_logging
+from relay.logs import UtcStamper, bind_request_id, configure_logging, get_logger, spelled_writer
 
 NOW_NS = 1_764_640_000_123_456_789
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -73,6 +73,8 @@ VALUES = st.recursive(
 # The keys the steps set or read are drawn often, so that lines taking structlog's way are checked too.
 KEYS = TEXT | st.sampled_from(["request_id", "level", "logger", "timestamp", "tenant", "duration_ms"])
 CALL_KEYS = KEYS.filter(lambda key: key not in ("self", "event"))
+# The keys the steps set or read: a caller spelling its own line passes none of them.
+STEPS_KEYS = ("request_id", "level", "logger", "timestamp", "_record", "stack_info", "exc_info")
 
 
 def _reference_request_id(request_id: str | None) -> Any:
@@ -163,3 +165,38 @@ def test_a_value_is_spelled_as_json_dumps_spells_it(value: object) -> None:
 
     assert jsonline.spell(value) == expected
     assert jsonline.encode(value) == expected
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    level=st.sampled_from(LEVELS),
+    name=TEXT.filter(bool),
+    event=TEXT,
+    call=st.dictionaries(CALL_KEYS.filter(lambda key: key not in STEPS_KEYS), VALUES, max_size=12),
+    request_id=st.none() | TEXT,
+)
+def test_a_line_spelled_by_its_caller_is_the_level_methods_line(
+    restored: None, level: str, name: str, event: str, call: dict[str, Any], request_id: str | None
+) -> None:
+    stream = io.StringIO()
+    bind_request_id(request_id)
+    configure_logging("DEBUG", "json", stream)
+    logger = get_logger(name)
+    write = spelled_writer(logger, level)
+    assert write is not None
+
+    getattr(logger, level)(event, **call)
+    write(event, jsonline.encode(call)[1:-1])
+    first, second = stream.getvalue().splitlines()
+    assert first == second
+
+
+def test_a_line_goes_the_level_methods_way_when_it_would_not_be_spelled_straight(restored: None) -> None:
+    configure_logging("WARNING", "json", io.StringIO())
+    assert spelled_writer(get_logger("relay.a"), "warning") is not None
+    assert spelled_writer(get_logger("relay.b"), "info") is None  # below the level
+    assert spelled_writer(structlog.get_logger("relay.c").bind(tenant="a"), "warning") is None
+    with structlog.testing.capture_logs():
+        assert spelled_writer(structlog.get_logger("relay.d"), "warning") is None
+    configure_logging("INFO", "console", io.StringIO())
+    assert spelled_writer(get_logger("relay.e"), "info") is None
