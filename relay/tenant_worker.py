@@ -38,7 +38,11 @@ from relay.tenants.tenant import Tenant
 log = structlog.get_logger("relay.delivery")
 
 # Deliveries claimed per Quivo call slot: the spare ones wait on a slot, their leases far from running out.
-CLAIM_AHEAD = 2
+# Three, not two: the spare ones keep every slot busy while the next claim and its turns (two store round
+# trips, each behind a commit) come back; with two, the slots stood idle 19% of a drain waiting for them.
+# One whose calls are done and whose outcome waits for its commit holds no slot: it takes no room here,
+# up to as many again (what a store slow to commit outcomes lets pile up stays bounded).
+CLAIM_AHEAD = 3
 # A claim waits until this share of the call slots' worth is free: claims (and the turns taken right after
 # them) come in batches sharing a store round trip each, not one round trip per finished delivery.
 CLAIM_BATCH_SHARE = 0.5
@@ -126,6 +130,7 @@ class TenantWorker:
         # a lease (from a claim, or renewed before a call) outlasts the calls and then the settle time.
         self._lease = timedelta(seconds=settings.quivo_lease_s + settings.relay_unsure_settle_s)
         self._turn_ahead = self._lease * (1 + TURN_FRESH_SHARE)
+        self._claim_cap = CLAIM_AHEAD * account.max_concurrency
         self._claim_batch = max(1, round(CLAIM_BATCH_SHARE * account.max_concurrency))
         # Beside other workers, the rate, the holds on inquiries and the pauses are the relay's, in the store;
         # alone on a database (SQLite), the worker's own pacer and lock per inquiry keep them, commit-free.
@@ -139,6 +144,8 @@ class TenantWorker:
             account.max_rps >= CLAIM_AHEAD * account.max_concurrency
         )
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Of those, the passes whose outcome waits for its commit.
+        self._settling = 0
         # Deliveries finishing together record their outcomes in one store call.
         self._outcomes = OutcomeRecorder(store, utc_now)
         self._inquiries_in_flight: dict[int, _InquiryLock] = {}
@@ -220,7 +227,8 @@ class TenantWorker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        self._wake.set()
+        if not self._in_flight or self._room() >= self._claim_batch:
+            self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             self._log.error("worker.delivery_crashed", error=repr(task.exception()))
 
@@ -229,11 +237,15 @@ class TenantWorker:
         now = utc_now()
         # As long as a turn taken ahead would make it: that turn, moments from now, need not renew it.
         lease_until = now + self._turn_ahead
-        free = CLAIM_AHEAD * self.tenant.quivo.max_concurrency - len(self._in_flight)
+        free = self._room()
         if free < self._claim_batch or self._pacer.paused_for() > 0:
             return 0, [], lease_until
         claimed = await self.store.claim_due(self.tenant.name, now=now, lease_until=lease_until, limit=free)
         return free, claimed, lease_until
+
+    def _room(self) -> int:
+        """How many more deliveries the worker may claim now."""
+        return self._claim_cap - len(self._in_flight) + min(self._settling, self._claim_cap)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -720,7 +732,13 @@ class TenantWorker:
         started: float,
         event: str,
     ) -> None:
-        state = await self._outcomes.record(outcome, leased_until=leased_until)
+        self._settling += 1
+        if self._room() == self._claim_batch:
+            self._wake.set()  # room enough for a claim now
+        try:
+            state = await self._outcomes.record(outcome, leased_until=leased_until)
+        finally:
+            self._settling -= 1
         if state == LEASE_LOST:
             self._lease_lost(delivery, outcome.inquiry_id, started)
             return

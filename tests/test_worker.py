@@ -1,6 +1,7 @@
 """Forwarding through HTTP: a relay with its worker against the Quivo stand-in, one outcome per test."""
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -704,7 +705,7 @@ async def test_a_claims_deliveries_take_their_turns_and_send_slots_together_once
     for answer in accepted:
         assert (await wait_for_delivery(db(relay), answer["delivery_id"])).state == "delivered"
 
-    # All 8 claimed at once (two per call slot), their turns asked together, none renewed at its call.
+    # All 8 claimed at once, their turns asked together, none renewed at its call.
     assert (asked["take_turns"], asked["take_turn"]) == ([8], [])
     assert kept == [True] * 8
     assert asked["reserve_send_slot"] == ([] if db(relay).single_worker else [8])
@@ -748,6 +749,43 @@ async def test_outcomes_finishing_together_are_recorded_in_one_store_call(
     # The first two records went out as soon as their deliveries finished; the others waited together.
     assert sum(recorded) == 8
     assert len(recorded) <= 4, recorded
+
+
+async def test_deliveries_waiting_for_their_outcomes_commit_leave_room_for_the_next_claim(
+    aiohttp_client, make_settings, quivo, monkeypatch
+):
+    # Counted against the claim ahead until their outcomes committed, deliveries whose calls were done held
+    # the next claim back while the store committed, and the call slots stood idle meanwhile. Here no
+    # outcome commits until more ratings went out than one claim ahead holds.
+    concurrency = 2
+    room = tenant_worker.CLAIM_AHEAD * concurrency
+    settings = make_settings(**forwarding_settings(quivo, quivo_max_concurrency=concurrency))
+    intake = await aiohttp_client(create_app(settings, run_worker=False))
+    accepted = [await post(intake, rating_webhook(n, f"INQ-{n}")) for n in range(930, 930 + 2 * room)]
+    await intake.close()
+    posted_before_any_outcome: list[int] = []
+
+    def held(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def record_outcomes(*args: Any, **kwargs: Any) -> Any:
+            if not posted_before_any_outcome:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        while _ratings_posted(quivo) <= room:  # noqa: ASYNC110 - another server's count
+                            await asyncio.sleep(0.01)
+                posted_before_any_outcome.append(_ratings_posted(quivo))
+            return await method(*args, **kwargs)
+
+        return record_outcomes
+
+    for store_class in (SqliteStore, PostgresStore):
+        monkeypatch.setattr(store_class, "record_outcomes", held(store_class.record_outcomes))
+
+    relay = await aiohttp_client(create_app(settings, run_worker=True))
+    for answer in accepted:
+        assert (await wait_for_delivery(db(relay), answer["delivery_id"])).state == "delivered"
+
+    assert posted_before_any_outcome[0] > room
+    assert _ratings_posted(quivo) == 2 * room
 
 
 def _ratings_posted(quivo: Quivo) -> int:
