@@ -10,12 +10,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
+from multidict import istr
 
 from relay.logs import bind_request_id, get_logger
 
 log = get_logger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-ID"
+# An istr: a case-insensitive look-up spells it in lower case once, not at every request.
+REQUEST_ID_HEADER = istr("X-Request-ID")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 # llhttp's account of a malformation opens the parser's message, before the bytes it quotes.
@@ -95,8 +97,9 @@ def _client_gone(request: web.Request) -> bool:
 def header_text(value: str | None) -> str | None:
     """A header value as text SQLite and JSON can hold: bytes that are not UTF-8 are spelled `\\xNN`."""
     # aiohttp decodes header bytes as UTF-8 with surrogateescape; those surrogates cannot be encoded again.
-    if value is None:
-        return None
+    # ASCII text (a header's usual value) holds none of them and comes back as it went.
+    if value is None or value.isascii():
+        return value
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 

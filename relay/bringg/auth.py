@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import jwt
+from multidict import istr
 from pydantic import SecretStr
 
 from relay.tenants.tenant import BringgAuth
@@ -37,7 +38,8 @@ class Authenticator:
     """Checks a webhook's credential against every method one tenant configured; any one secret suffices."""
 
     def __init__(self, auth: BringgAuth) -> None:
-        self.header = auth.token_header
+        # An istr, as aiohttp's own header names: a look-up need not spell it in lower case again.
+        self.header = istr(auth.token_header)
         self.open = auth.open
         self._tokens = tuple(token.encode() for token in _values(auth.webhook_tokens))
         self._jwt_secrets = _values(auth.jwt_secrets)
