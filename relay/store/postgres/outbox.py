@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import cast
 
 from relay.store.postgres.connection import Conn
+from relay.store.postgres.instants import micros
 from relay.store.records import ClaimedDelivery, ExpiredDelivery, Outcome, PruneResult, Turn
 
 # Rows locked by another worker's claim are skipped, not waited for: claims from many workers never queue.
@@ -85,39 +86,47 @@ async def take_turns(conn: Conn, requests: list[TurnRequest]) -> list[Turn]:
     return [cast(Turn, row[0]) for row in await conn.fetchmany(_TURN, requests)]
 
 
-# Where each delivery went, its calls and the release of its inquiry: see migration 0002.
-_RECORD_OUTCOME = f"SELECT relay_record_outcome({', '.join(f'${n}' for n in range(1, 18))})"
+# Where each delivery went, its calls and the release of its inquiry: see migrations 0002 and 0013.
+_RECORD_OUTCOMES = "SELECT * FROM relay_record_outcomes($1::relay_outcome[], $2::relay_call[])"
 
 # An outcome, the lease its worker holds the delivery under, and now.
 Recording = tuple[Outcome, datetime, datetime]
 
 
-def _outcome_arguments(outcome: Outcome, leased_until: datetime, now: datetime) -> tuple[object, ...]:
-    calls = outcome.calls
+def _outcome_row(outcome: Outcome, leased_until: datetime, now: datetime) -> tuple[object, ...]:
+    next_attempt_at = outcome.next_attempt_at
     return (
         outcome.delivery_id,
-        leased_until,
+        micros(leased_until),
         outcome.state,
         outcome.attempts,
         outcome.unconfirmed,
-        outcome.next_attempt_at,
+        None if next_attempt_at is None else micros(next_attempt_at),
         outcome.inquiry_id,
         outcome.last_status,
         outcome.last_error,
         outcome.current_rating,
-        now,
-        [call.action for call in calls],
-        [call.started_at for call in calls],
-        [call.duration_ms for call in calls],
-        [call.status_code for call in calls],
-        [call.outcome for call in calls],
-        [call.error for call in calls],
+        micros(now),
     )
 
 
 async def record_outcomes(conn: Conn, recordings: list[Recording]) -> list[str]:
-    """Store each outcome in order, in one pipelined round trip; each delivery's state now."""
-    rows = await conn.fetchmany(_RECORD_OUTCOME, [_outcome_arguments(*recording) for recording in recordings])
+    """Store each outcome in order, by one call in one round trip; each delivery's state now."""
+    outcomes = [_outcome_row(*recording) for recording in recordings]
+    calls = [
+        (
+            place,
+            call.action,
+            micros(call.started_at),
+            call.duration_ms,
+            call.status_code,
+            call.outcome,
+            call.error,
+        )
+        for place, (outcome, _, _) in enumerate(recordings, start=1)
+        for call in outcome.calls
+    ]
+    rows = await conn.fetch(_RECORD_OUTCOMES, outcomes, calls)
     return [str(row[0]) for row in rows]
 
 
