@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.keys import STORE
 from relay.ops.fresh import FRESH_FOR_S
-from relay.ops.metrics import METRICS, RelayMetrics, routes
+from relay.ops.metrics import LATENCY_BUCKETS_S, METRICS, RelayMetrics, routes
 from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import Store
@@ -226,6 +227,31 @@ def test_two_applications_never_share_counts():
     assert first.registry.get_sample_value("relay_webhooks_received_total", accepted) == 1
     assert second.registry.get_sample_value("relay_webhooks_received_total", accepted) == 0
     assert second.registry.get_sample_value("relay_delivery_latency_seconds_count") == 0
+
+
+def test_latency_reads_as_a_histogram_observed_one_value_at_a_time():
+    # Values on, between, below and beyond the bounds, with sums whose float rounding depends on the order.
+    batches = [[0.05, 0.050001, 0.0, 2.5, 86400.0, 86400.5, 1e9], [0.1, 0.2, 0.3, 7.0, -1.0], [], [1 / 3] * 5]
+    reference = CollectorRegistry()
+    histogram = Histogram("relay_delivery_latency_seconds", "", buckets=LATENCY_BUCKETS_S, registry=reference)
+    metrics = RelayMetrics()
+
+    def latency(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name, sample.labels.get("le", "")): sample.value
+            for family in registry.collect()
+            if family.name == "relay_delivery_latency_seconds"
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    for batch in batches:
+        for seconds in batch:
+            histogram.observe(seconds)
+            metrics.delivery_latency(seconds)
+        # Compared to the bit, after each batch: every scrape shows what observe() would have shown.
+        assert latency(metrics.registry) == latency(reference)
+    assert latency(reference)[("relay_delivery_latency_seconds_count", "")] == 17
 
 
 # Query plans are SQLite's to show.

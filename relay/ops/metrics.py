@@ -1,5 +1,6 @@
 """Prometheus metrics: counters moved as the relay works, and gauges read from the database when scraped."""
 
+import bisect
 import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -113,6 +114,7 @@ class _Tallies:
 
     def __init__(self) -> None:
         self._tallies: list[tuple[Counter, list[int]]] = []
+        self._histograms: list[_HistogramTally] = []
 
     def counting(self, counter: Counter) -> Callable[..., list[int]]:
         """The tally of each series of `counter`, by its label values: a one-item list whose item counts for
@@ -125,6 +127,12 @@ class _Tallies:
 
         return functools.cache(tally_of)
 
+    def observing(self, histogram: Histogram) -> Callable[[float], None]:
+        """What observes a value into `histogram` (one without labels) at a fraction of observe()'s cost."""
+        tally = _HistogramTally(histogram)
+        self._histograms.append(tally)
+        return tally.observe
+
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
@@ -133,7 +141,33 @@ class _Tallies:
             if tally[0]:
                 series.inc(tally[0])
                 tally[0] = 0
+        for histogram in self._histograms:
+            histogram.flush()
         return iter(())
+
+
+class _HistogramTally:
+    """A histogram's observations kept as counts per bucket and a running sum, moved onto it when read."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._bounds = histogram._upper_bounds
+        self._counts = [0] * len(self._bounds)
+        # The sum of every value so far, added in the order observe() would have: the same float to the bit.
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """As Histogram.observe: counted in the first bucket whose bound is at least `value` (a number)."""
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def flush(self) -> None:
+        buckets = self._histogram._buckets
+        for index, count in enumerate(self._counts):
+            if count:
+                buckets[index].inc(count)
+                self._counts[index] = 0
+        self._histogram._sum.set(self._sum)
 
 
 class RelayMetrics:
@@ -170,6 +204,7 @@ class RelayMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._observe_latency = self._tallies.observing(self._latency)
         self._store = _StoreGauges()
         # Anyone can scrape: a flood of scrapes still reads the database once a second (see relay.ops.fresh).
         self._store_reads: Fresh[_StoreReading] = Fresh(clock=clock)
@@ -212,7 +247,7 @@ class RelayMetrics:
 
     def delivery_latency(self, seconds: float) -> None:
         """How long a rating took from its webhook being accepted to its delivery on Quivo."""
-        self._latency.observe(seconds)
+        self._observe_latency(seconds)
 
     async def refresh_from(self, store: Store) -> None:
         """The gauges' values from the store, read at most once a second whoever asks."""
