@@ -60,18 +60,18 @@ async def claim_due(
 # Right before a call: the lease is renewed only if it is still the one this worker was given (a claim of
 # the run-out lease wrote another), and only then is the inquiry taken. The primary key admits one holder
 # per inquiry; a hold run out, or this delivery's own, is taken. One row whatever happens, so a batch's
-# answers line up with its turns.
+# answers line up with its turns. Instants come as microseconds (see migration 0013).
 _TURN = """
 WITH leased AS (
-    UPDATE deliveries SET next_attempt_at = $5
-    WHERE id = $1 AND state = 'sending' AND next_attempt_at = $3
+    UPDATE deliveries SET next_attempt_at = relay_instant($5)
+    WHERE id = $1 AND state = 'sending' AND next_attempt_at = relay_instant($3)
     RETURNING id, tenant),
 taken AS (
     INSERT INTO inquiry_holds (tenant, inquiry_id, delivery_id, held_until)
-    SELECT tenant, $2, id, $5 FROM leased
+    SELECT tenant, $2, id, relay_instant($5) FROM leased
     ON CONFLICT (tenant, inquiry_id) DO UPDATE
     SET delivery_id = excluded.delivery_id, held_until = excluded.held_until
-    WHERE inquiry_holds.held_until <= $4 OR inquiry_holds.delivery_id = excluded.delivery_id
+    WHERE inquiry_holds.held_until <= relay_instant($4) OR inquiry_holds.delivery_id = excluded.delivery_id
     RETURNING 1)
 SELECT CASE WHEN NOT EXISTS (SELECT FROM leased) THEN 'lost'
     WHEN EXISTS (SELECT FROM taken) THEN 'go' ELSE 'busy' END
@@ -83,7 +83,11 @@ TurnRequest = tuple[int, int, datetime, datetime, datetime]
 
 async def take_turns(conn: Conn, requests: list[TurnRequest]) -> list[Turn]:
     """Renew each lease and take its inquiry, in order, in one pipelined round trip."""
-    return [cast(Turn, row[0]) for row in await conn.fetchmany(_TURN, requests)]
+    arguments = [
+        (delivery_id, inquiry_id, micros(leased_until), micros(now), micros(until))
+        for delivery_id, inquiry_id, leased_until, now, until in requests
+    ]
+    return [cast(Turn, row[0]) for row in await conn.fetchmany(_TURN, arguments)]
 
 
 # Where each delivery went, its calls and the release of its inquiry: see migrations 0002 and 0013.
