@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from relay.domain.delivery import DELIVERY_STATES
+from relay.domain.delivery import DELIVERY_STATES, DeliveryState
+from relay.store.records import LEASE_LOST, AttemptRecord, ClaimedDelivery, Finish, Outcome
+from relay.store.sqlite.claims import claim_due, record_outcome, record_outcomes
 from relay.store.sqlite.gauges import read_backlog
-from relay.store.sqlite.instants import to_text
+from relay.store.sqlite.instants import instant_plus, to_text
 from relay.store.sqlite.migrations import known_migrations, migrate
 from relay.store.sqlite.store import SqliteStore
 
@@ -155,3 +157,85 @@ async def test_the_workers_lag_is_the_soonest_due_waiting_row_of_any_tenant(tmp_
             assert backlog.worker_lag_s == ((now - min(due)).total_seconds() if due else None), seconds
     finally:
         await store.close()
+
+
+def _leased_file(path: Path) -> tuple[sqlite3.Connection, list[ClaimedDelivery]]:
+    """Twelve deliveries claimed under one lease: ratings 1-12, rating 3 and 4 each with a newer version
+    waiting behind, and a link for the order of rating 5."""
+    conn = _file(path)
+    conn.row_factory = sqlite3.Row
+    conn.create_function("instant_plus", 2, instant_plus, deterministic=True)
+    for n in range(1, 13):
+        for version in ("", "2026-12-02T09:00:00.000000Z") if n in (3, 4) else ("",):
+            conn.execute(
+                "INSERT INTO deliveries (webhook_id, merchant_id, rating_id, version, external_id, stars, "
+                "rating, state, next_attempt_at, created_at, updated_at) "
+                "VALUES (?1, 7, ?1, ?2, ?3, 5, '{}', 'pending', ?4, ?4, ?4)",
+                (n, version, f"ORD-{n}", to_text(T0 if version == "" else T0 + timedelta(hours=1))),
+            )
+    conn.execute("INSERT INTO links VALUES (7, 'ORD-5', 55, ?)", (to_text(T0),))
+    claimed = claim_due("default", now=T0, lease_until=T0 + timedelta(seconds=30), limit=20)(conn)
+    return conn, claimed
+
+
+def _finishes(claimed: list[ClaimedDelivery]) -> list[Finish]:
+    lease = T0 + timedelta(seconds=30)
+    call = AttemptRecord("send", T0, 12, 503, "retry", "boom")
+    plans: list[tuple[DeliveryState, datetime | None, int | None]] = [
+        ("delivered", None, 101),
+        ("dead", None, None),
+        ("retrying", T0 + timedelta(minutes=5), 103),  # a newer version waits: superseded
+        ("unmatched", None, None),  # a newer version waits: superseded
+        ("unmatched", None, None),  # its order is linked now: pending
+        ("pending", T0 + timedelta(minutes=1), None),
+    ]
+    finishes = []
+    for delivery in claimed:
+        state, due, inquiry = plans[(delivery.rating_id - 1) % len(plans)]
+        outcome = Outcome(
+            delivery.id, state, 1, delivery.id % 2 == 0, due, inquiry, 503, "boom", 4.5, calls=[call]
+        )
+        # Rating 9's finishes under another lease than its own: lost.
+        finishes.append(Finish(outcome, lease + timedelta(seconds=1) if delivery.rating_id == 9 else lease))
+    return finishes
+
+
+def test_a_batch_of_outcomes_is_stored_as_each_recorded_alone_would_be(tmp_path):
+    alone, claimed = _leased_file(tmp_path / "alone.db")
+    together, _ = _leased_file(tmp_path / "together.db")
+    finishes = _finishes(claimed)
+    later = T0 + timedelta(seconds=10)
+
+    one_by_one = [record_outcome(f.outcome, leased_until=f.leased_until, now=later)(alone) for f in finishes]
+    statements: list[str] = []
+    together.set_trace_callback(statements.append)
+    batched = record_outcomes(finishes, now=later)(together)
+    together.set_trace_callback(None)
+
+    assert batched == one_by_one
+    assert batched[:6] == ["delivered", "dead", "superseded", "superseded", "pending", "pending"]
+    assert batched[8] == LEASE_LOST
+    for table in ("deliveries", "attempts", "inquiry_holds"):
+        assert _rows(together, table) == _rows(alone, table), table
+    # Twelve deliveries' rows in two statements (eight, then four), not twelve.
+    assert sum("UPDATE deliveries SET state = o.state" in sql for sql in statements) == 2, statements
+
+
+def test_a_delivery_finished_twice_in_one_batch_is_stored_once(tmp_path):
+    alone, claimed = _leased_file(tmp_path / "alone.db")
+    together, _ = _leased_file(tmp_path / "together.db")
+    finishes = _finishes(claimed)
+    twice = [finishes[0], *finishes, finishes[4]]
+    later = T0 + timedelta(seconds=10)
+
+    one_by_one = [record_outcome(f.outcome, leased_until=f.leased_until, now=later)(alone) for f in twice]
+    batched = record_outcomes(twice, now=later)(together)
+
+    assert batched == one_by_one
+    assert (batched[1], batched[-1]) == (LEASE_LOST, LEASE_LOST)
+    for table in ("deliveries", "attempts", "inquiry_holds"):
+        assert _rows(together, table) == _rows(alone, table), table
+
+
+def _rows(conn: sqlite3.Connection, table: str) -> list[tuple[object, ...]]:
+    return [tuple(row) for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2")]

@@ -1,5 +1,6 @@
 """Deliveries as a worker sees them: claiming due ones under a lease, and recording what became of each."""
 
+import functools
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
@@ -77,7 +78,17 @@ def record_outcomes(finishes: Sequence[Finish], *, now: datetime) -> WriteJob[li
         stamp = to_text(now)
         # Each lease spelled once: the deliveries of one claim finish under the same one.
         leases = {lease: to_text(lease) for lease in {finish.leased_until for finish in finishes}}
-        answers = [_record(conn, finish.outcome, leases[finish.leased_until], stamp) for finish in finishes]
+        ids = [finish.outcome.delivery_id for finish in finishes]
+        if len(set(ids)) == len(ids):
+            kept = _store(conn, finishes, leases, stamp)
+            held = [delivery_id in kept for delivery_id in ids]
+        else:
+            # One delivery twice: the first finish to store it ends its lease for the next, so one by one.
+            held = [bool(_store(conn, [finish], leases, stamp)) for finish in finishes]
+        answers = [
+            _follow_up(conn, finish.outcome, stamp) if leased else LEASE_LOST
+            for finish, leased in zip(finishes, held, strict=True)
+        ]
         stored = [
             finish.outcome for finish, answer in zip(finishes, answers, strict=True) if answer != LEASE_LOST
         ]
@@ -109,18 +120,17 @@ def record_outcomes(finishes: Sequence[Finish], *, now: datetime) -> WriteJob[li
     return job
 
 
-def _record(conn: sqlite3.Connection, outcome: Outcome, leased_until: str, stamp: str) -> str:
-    """One outcome's delivery row, inside a write job; `leased_until` and `stamp` as stored. Its calls
-    and its inquiry's release are the caller's (its hold, if lost, is the new lessee's: left alone)."""
-    stored = conn.execute(
-        """
-        UPDATE deliveries SET state = ?, attempts = ?, unconfirmed = ?, next_attempt_at = ?,
-            inquiry_id = COALESCE(?, inquiry_id), last_status = COALESCE(?, last_status),
-            last_error = ?, current_rating = COALESCE(?, current_rating), updated_at = ?,
-            delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END
-        WHERE id = ? AND state = 'sending' AND next_attempt_at = ?
-        """,
-        (
+def _store(
+    conn: sqlite3.Connection, finishes: Sequence[Finish], leases: dict[datetime, str], stamp: str
+) -> set[int]:
+    """The finishes' delivery rows, each still leased as its finish says, in one statement per power of two
+    in their count; the ids stored. Their calls and their inquiries' release are the caller's (a hold lost
+    with its lease is the new lessee's: left alone). Each finish's delivery appears once."""
+    values: list[object] = [stamp]
+    for finish in finishes:
+        outcome = finish.outcome
+        values += (
+            outcome.delivery_id,
             outcome.state,
             outcome.attempts,
             int(outcome.unconfirmed),
@@ -129,15 +139,44 @@ def _record(conn: sqlite3.Connection, outcome: Outcome, leased_until: str, stamp
             outcome.last_status,
             outcome.last_error,
             outcome.current_rating,
-            stamp,
-            outcome.state,
-            stamp,
-            outcome.delivery_id,
-            leased_until,
-        ),
+            leases[finish.leased_until],
+        )
+    stored: set[int] = set()
+    start = 0
+    while start < len(finishes):
+        size = 1 << ((len(finishes) - start).bit_length() - 1)
+        rows = values[1 + start * _WIDTH : 1 + (start + size) * _WIDTH]
+        stored.update(row[0] for row in conn.execute(_update_statement(size), [stamp, *rows]))
+        start += size
+    return stored
+
+
+_WIDTH = 10  # the values of each finish's row in _update_statement
+
+
+@functools.cache
+def _update_statement(count: int) -> str:
+    """The UPDATE storing `count` finishes' rows, its values numbered: ?1 the instant, then each row's."""
+    rows = ", ".join(
+        "(" + ", ".join(f"?{2 + n * _WIDTH + column}" for column in range(_WIDTH)) + ")" for n in range(count)
     )
-    if not stored.rowcount:
-        return LEASE_LOST
+    # Each row's outcome joins its delivery by id (a seek on the primary key), while still leased as it was.
+    return f"""
+        WITH o (id, state, attempts, unconfirmed, next_attempt_at, inquiry_id, last_status, last_error,
+            current_rating, leased_until) AS (VALUES {rows})
+        UPDATE deliveries SET state = o.state, attempts = o.attempts, unconfirmed = o.unconfirmed,
+            next_attempt_at = o.next_attempt_at, inquiry_id = COALESCE(o.inquiry_id, deliveries.inquiry_id),
+            last_status = COALESCE(o.last_status, deliveries.last_status), last_error = o.last_error,
+            current_rating = COALESCE(o.current_rating, deliveries.current_rating), updated_at = ?1,
+            delivered_at = CASE WHEN o.state = 'delivered' THEN ?1 ELSE deliveries.delivered_at END
+        FROM o WHERE deliveries.id = o.id
+            AND deliveries.state = 'sending' AND deliveries.next_attempt_at = o.leased_until
+        RETURNING deliveries.id
+        """
+
+
+def _follow_up(conn: sqlite3.Connection, outcome: Outcome, stamp: str) -> str:
+    """What a stored outcome's delivery became: its state, unless a link or a newer version changed it."""
     if outcome.state == "unmatched":
         # A link may have been saved while this delivery was in flight: then it is not unmatched.
         linked = conn.execute(
