@@ -97,21 +97,19 @@ def _json_line(fields: EventDict, event: object, tail: str) -> str:
     """What _relay_line and _render_json write for `fields` and `event`, spelled straight from them: their
     order, then `event`, `request_id`, `level`, `logger`, `timestamp`, as the steps add them (`tail` spells
     the level's and logger's)."""
-    return _ended(encode(fields)[:-1] + ', "event": ' if fields else '{"event": ', event, tail)
+    return _members_line(encode(fields)[1:-1] if fields else "", event, tail)
 
 
 def _members_line(members: str, event: object, tail: str) -> str:
     """_json_line's line for the keys and values `members` spells (JSON object members, without braces)."""
-    return _ended("{" + members + ', "event": ' if members else '{"event": ', event, tail)
-
-
-def _ended(text: str, event: object, tail: str) -> str:
-    text += spell(event)
     request_id = _REQUEST_ID.get()
-    if request_id is not None:
-        text += ', "request_id": ' + spell(request_id)
-    # The timestamp's characters (digits, "-", ":", "T", ".", "Z") need no escaping.
-    return text + tail + _STAMPER.spell(time.time_ns()) + '"}\n'
+    said = "" if request_id is None else ', "request_id": ' + spell(request_id)
+    # The timestamp's characters (digits, "-", ":", "T", ".", "Z") need no escaping. One f-string: the line
+    # is copied once, not at each piece added.
+    stamp = _STAMPER.spell(time.time_ns())
+    if members:
+        return f'{{{members}, "event": {spell(event)}{said}{tail}{stamp}"}}\n'
+    return f'{{"event": {spell(event)}{said}{tail}{stamp}"}}\n'
 
 
 def _direct_bound_logger(min_level: int, line: Step, json: bool) -> type[FilteringBoundLogger]:
