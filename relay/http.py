@@ -59,7 +59,11 @@ def problem(status: int, title: str, detail: str | None = None, **extra: Any) ->
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id (the caller's X-Request-ID when sane) to every log line; echo it back."""
     offered = request.headers.get(REQUEST_ID_HEADER)
-    request_id = offered if offered is not None and _SAFE_REQUEST_ID.fullmatch(offered) else new_request_id()
+    if offered is not None and _SAFE_REQUEST_ID.fullmatch(offered):
+        request_id = offered
+    else:
+        # One drawn already, without a call (new_request_id draws the next ones).
+        request_id = _drawn_ids.pop() if _drawn_ids else new_request_id()
     bind_request_id(request_id)
     request[REQUEST_ID] = request_id
     request[STARTED] = time.perf_counter_ns()

@@ -22,6 +22,10 @@ def encode(value: object) -> str:
     return "".join(_ENCODE(value, 0))
 
 
+# A str as json.dumps spells it (quoted, ASCII escapes): for text known to be a str, without spell's test.
+quoted = encode_basestring_ascii
+
+
 def spell(value: object) -> str:
     """One value as json.dumps spells it; a string (a line's event, its request id) straight by the escaping
     the encoder would call."""
