@@ -28,6 +28,7 @@ from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
 
 
 def webhook(rating_id: int, *, request_id: str = "req", merchant_id: int = 7) -> InboundWebhook:
@@ -302,12 +303,21 @@ def mixed_batches(merchant_id: int) -> list[list[InboundWebhook]]:
 async def test_a_batch_sent_as_rows_is_stored_and_answered_as_one_sent_as_columns(
     store: PostgresStore,
 ) -> None:
-    # Columns are how 0008's function takes a batch, still called by the web processes of an older build.
+    # Columns are how 0008's function takes a batch, and rows with timestamps how 0011's does: both still
+    # called by the web processes of older builds. This build sends rows with microseconds (0014).
     columns_call = f"SELECT * FROM relay_record_webhooks({', '.join(f'${n}' for n in range(1, 18))})"
+    timestamped_rows_call = "SELECT * FROM relay_record_webhooks($1::relay_inbound[])"
+
+    def with_timestamps(arrivals: list[InboundWebhook]) -> list[tuple[object, ...]]:
+        return [(one.received_at, *intake._arguments(one, NOW)[1:]) for one in arrivals]
 
     async def as_columns(conn: Conn, arrivals: list[InboundWebhook]) -> list[StoredWebhook]:
-        values = zip(*(intake._arguments(one, NOW) for one in arrivals), strict=True)
+        values = zip(*with_timestamps(arrivals), strict=True)
         return [intake._stored(row) for row in await conn.fetch(columns_call, *map(list, values))]
+
+    async def as_timestamped_rows(conn: Conn, arrivals: list[InboundWebhook]) -> list[StoredWebhook]:
+        rows = await conn.fetch(timestamped_rows_call, with_timestamps(arrivals))
+        return [intake._stored(row) for row in rows]
 
     async def as_rows(conn: Conn, arrivals: list[InboundWebhook]) -> list[StoredWebhook]:
         return await intake.record_webhooks(conn, [(one, NOW) for one in arrivals])
@@ -317,18 +327,26 @@ async def test_a_batch_sent_as_rows_is_stored_and_answered_as_one_sent_as_column
     ) -> list[tuple[object, ...]]:
         seen: list[tuple[object, ...]] = []
         for batch in mixed_batches(merchant_id):
+            # Each arrival at an instant of its own, not on a whole second.
+            batch = [one._replace(received_at=NOW + (7 * n + 1) * MICROSECOND) for n, one in enumerate(batch)]
             for one in await store._run(lambda conn, batch=batch: call(conn, batch)):  # type: ignore[misc]
                 webhook = await store.get_webhook(one.webhook_id)
                 delivery = await store.get_delivery(one.delivery_id) if one.delivery_id else None
                 assert webhook is not None
                 kept = (webhook.status, webhook.request_id.split("-", 1)[1], webhook.body.split(b"-", 1)[1])
-                state = delivery and (delivery.delivery.rating_id, delivery.delivery.state)
-                seen.append((one.status, len(one.superseded), *kept, state))
+                state = delivery and (
+                    delivery.delivery.rating_id,
+                    delivery.delivery.state,
+                    delivery.delivery.created_at,
+                    delivery.delivery.next_attempt_at,
+                )
+                seen.append((one.status, len(one.superseded), *kept, webhook.received_at, state))
         return seen
 
     stored = await stored_by(as_rows, 7)
 
     assert stored == await stored_by(as_columns, 8)
+    assert stored == await stored_by(as_timestamped_rows, 9)
     assert [status for status, *_ in stored] == [
         *("accepted",),
         *("accepted", "ignored", "quarantined", "accepted"),
