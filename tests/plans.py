@@ -40,15 +40,10 @@ async def plan(database: Database, sql: str) -> list[str]:
 
 def full_scans_and_sorts(steps: list[str]) -> list[str]:
     """Steps that read a whole table or sort in a temporary B-tree: what an indexed query avoids. Rows the
-    statement itself spells (a VALUES list, and a WITH that materializes one) are no table."""
-    spelled = {step.split()[1] for step in steps if step.startswith("MATERIALIZE ")}
+    statement is given (a VALUES list, a WITH materializing one, json_each of a parameter) are no table."""
+    given = {"CONSTANT", "json_each"} | {step.split()[1] for step in steps if step.startswith("MATERIALIZE ")}
     return [
         step
         for step in steps
-        if (
-            step.startswith("SCAN")
-            and not step.startswith("SCAN CONSTANT ROW")
-            and step.split()[1] not in spelled
-        )
-        or "TEMP B-TREE" in step
+        if (step.startswith("SCAN") and step.split()[1] not in given) or "TEMP B-TREE" in step
     ]

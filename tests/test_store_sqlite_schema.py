@@ -217,8 +217,11 @@ def test_a_batch_of_outcomes_is_stored_as_each_recorded_alone_would_be(tmp_path)
     assert batched[8] == LEASE_LOST
     for table in ("deliveries", "attempts", "inquiry_holds"):
         assert _rows(together, table) == _rows(alone, table), table
-    # Twelve deliveries' rows in two statements (eight, then four), not twelve.
+    # Twelve deliveries' rows in two statements (eight, then four), not twelve; so are the eleven stored
+    # ones' calls (eight, two, one), and their holds are released in one.
     assert sum("UPDATE deliveries SET state = o.state" in sql for sql in statements) == 2, statements
+    assert sum(sql.startswith("INSERT INTO attempts") for sql in statements) == 3, statements
+    assert sum(sql.startswith("DELETE FROM inquiry_holds") for sql in statements) == 1, statements
 
 
 def test_a_delivery_finished_twice_in_one_batch_is_stored_once(tmp_path):

@@ -8,6 +8,7 @@ from datetime import datetime
 from relay.store.records import LEASE_LOST, ClaimedDelivery, Finish, Outcome
 from relay.store.sqlite.holds import release_holds
 from relay.store.sqlite.instants import from_text, to_text
+from relay.store.sqlite.many import Insert, insert_many
 from relay.store.sqlite.writer import WriteJob
 
 
@@ -92,28 +93,22 @@ def record_outcomes(finishes: Sequence[Finish], *, now: datetime) -> WriteJob[li
         stored = [
             finish.outcome for finish, answer in zip(finishes, answers, strict=True) if answer != LEASE_LOST
         ]
-        # The calls of every outcome stored, and the release of their inquiries, a statement each for the
-        # batch. In the same transaction: an inquiry is free exactly when its delivery's outcome is stored.
-        calls = [
-            (
-                outcome.delivery_id,
-                outcome.attempts,
-                call.action,
-                to_text(call.started_at),
-                call.duration_ms,
-                call.status_code,
-                call.outcome,
-                call.error,
-            )
-            for outcome in stored
-            for call in outcome.calls
-        ]
-        if calls:
-            conn.executemany(
-                "INSERT INTO attempts (delivery_id, number, action, started_at, duration_ms, status_code, "
-                "outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                calls,
-            )
+        # The calls of every outcome stored (a statement per power of two in their count), and the release of
+        # their inquiries. In the same transaction: an inquiry is free exactly when its delivery's outcome is.
+        calls: list[object] = []
+        for outcome in stored:
+            for call in outcome.calls:
+                calls += (
+                    outcome.delivery_id,
+                    outcome.attempts,
+                    call.action,
+                    to_text(call.started_at),
+                    call.duration_ms,
+                    call.status_code,
+                    call.outcome,
+                    call.error,
+                )
+        insert_many(conn, _NEW_ATTEMPT, calls)
         release_holds(conn, [outcome.delivery_id for outcome in stored])
         return answers
 
@@ -151,6 +146,11 @@ def _store(
     return stored
 
 
+_NEW_ATTEMPT = Insert(
+    "attempts",
+    "delivery_id, number, action, started_at, duration_ms, status_code, outcome, error",
+    tuple(range(1, 9)),
+)
 _WIDTH = 10  # the values of each finish's row in _update_statement
 
 

@@ -1,5 +1,6 @@
 """One send in flight per inquiry across every worker: a hold row per inquiry, its primary key the guard."""
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
@@ -69,4 +70,9 @@ def _take(conn: sqlite3.Connection, ask: TurnAsk, now: str, until: datetime, unt
 
 def release_holds(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> None:
     """Inside a write job: these deliveries' inquiries are free for the next send."""
-    conn.executemany("DELETE FROM inquiry_holds WHERE delivery_id = ?", [(one,) for one in delivery_ids])
+    if delivery_ids:
+        # One statement for them all: each statement hands the GIL to the event loop and waits for it back.
+        conn.execute(
+            "DELETE FROM inquiry_holds WHERE delivery_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(delivery_ids)),),
+        )

@@ -1,15 +1,15 @@
 """Inbound webhooks: the raw bytes of each, and for a usable rating its delivery row, in one transaction."""
 
-import functools
 import json
 import sqlite3
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 
 from relay.domain.judgement import Judgement
 from relay.domain.rating import Rating
 from relay.store.records import InboundWebhook, StoredWebhook, WebhookStatus
 from relay.store.sqlite.instants import to_text
+from relay.store.sqlite.many import Insert, insert_many
 from relay.store.sqlite.writer import WriteJob
 
 
@@ -101,8 +101,8 @@ class RecordWebhook:
                 stamp,
             )
             stored.append(StoredWebhook(webhook_id, "accepted", delivery_id=delivery_id))
-        _insert_many(conn, _NEW_WEBHOOK, webhook_values)
-        _insert_many(conn, _NEW_DELIVERY, delivery_values)
+        insert_many(conn, _NEW_WEBHOOK, webhook_values)
+        insert_many(conn, _NEW_DELIVERY, delivery_values)
         return stored
 
 
@@ -246,46 +246,8 @@ def _insert_delivery(conn: sqlite3.Connection, row: tuple[object, ...]) -> int:
     return cursor.lastrowid
 
 
-@dataclass(frozen=True)
-class _Insert:
-    """A multi-row INSERT: the table, its columns (the id first), and what fills them in each row: the
-    row's Nth value for a number N (one value may fill several columns, bound once), else the SQL given."""
-
-    table: str
-    columns: str
-    row: tuple[int | str, ...]
-
-    @property
-    def width(self) -> int:
-        """How many values each row has."""
-        return max(value for value in self.row if isinstance(value, int))
-
-
-def _insert_many(conn: sqlite3.Connection, insert: _Insert, values: list[object]) -> None:
-    """Rows given as one flat list of values, in one statement per power of two in their count (at most 9
-    for 256)."""
-    width = insert.width
-    rows, start = len(values) // width, 0
-    while start < rows:
-        size = 1 << ((rows - start).bit_length() - 1)
-        conn.execute(_statement(insert, size), values[start * width : (start + size) * width])
-        start += size
-
-
-@functools.cache
-def _statement(insert: _Insert, count: int) -> str:
-    """`INSERT INTO table (columns) VALUES (...), ...` for `count` rows, their values numbered on row after
-    row: few sizes, so few statements to prepare."""
-    width = insert.width
-    rows = (
-        ", ".join(f"?{n * width + value}" if isinstance(value, int) else value for value in insert.row)
-        for n in range(count)
-    )
-    return f"INSERT INTO {insert.table} ({insert.columns}) VALUES ({'), ('.join(rows)})"
-
-
-_NEW_WEBHOOK = _Insert("webhooks", f"id, {_WEBHOOK_COLUMNS}", tuple(range(1, 12)))
+_NEW_WEBHOOK = Insert("webhooks", f"id, {_WEBHOOK_COLUMNS}", tuple(range(1, 12)))
 # A new rating's delivery is pending from its arrival, whose instant (the 11th value) fills three columns.
-_NEW_DELIVERY = _Insert(
+_NEW_DELIVERY = Insert(
     "deliveries", f"id, {_DELIVERY_COLUMNS}", (1, 2, 3, 4, 5, 6, 7, 8, 9, "'pending'", 11, 10, 11, 11)
 )
