@@ -2,15 +2,17 @@
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from http import HTTPStatus
-from typing import Any
+from json.encoder import encode_basestring_ascii
 
 import aiohttp
 import structlog
+from aiohttp.payload import BytesPayload, JsonPayload
 from pydantic import ValidationError
 from yarl import URL
 
@@ -143,8 +145,9 @@ class QuivoClient:
 
     async def post_rating(self, inquiry_id: int, rating: float, message: str) -> QuivoAnswer:
         """Rate an inquiry. Quivo has no idempotency key: resending after QuivoNoAnswer may rate twice."""
-        payload = {"rating": rating, "ratingMessage": message}
-        return await self._call("POST", f"/customerInquiries/{inquiry_id}/ratings", payload)
+        return await self._call(
+            "POST", f"/customerInquiries/{inquiry_id}/ratings", _rating_body(rating, message)
+        )
 
     async def get_inquiry(self, inquiry_id: int) -> QuivoAnswer:
         """Read a customer inquiry back, with its current rating and rating messages."""
@@ -159,15 +162,17 @@ class QuivoClient:
         """Log in now, even with a fresh token at hand: whether Quivo takes the credentials today."""
         await self._login_unless_tried_since(self._login_attempts)
 
-    async def _call(self, method: str, path: str, payload: dict[str, Any] | None) -> QuivoAnswer:
-        await self.ensure_login()
+    async def _call(self, method: str, path: str, body: bytes | None) -> QuivoAnswer:
+        # As ensure_login, without a coroutine of its own at every call.
+        if not self._token_is_fresh():
+            await self._login_unless_tried_since(self._login_attempts)
         attempts_seen = self._login_attempts
-        answer = await self._request(method, path, payload)
+        answer = await self._request(method, path, body)
         if answer.status != HTTPStatus.UNAUTHORIZED:
             return answer
         # The token was refused before expiry: renew it (once for all callers) and repeat this call once.
         await self._login_unless_tried_since(attempts_seen)
-        return await self._request(method, path, payload)
+        return await self._request(method, path, body)
 
     def _token_is_fresh(self) -> bool:
         if self._token is None:
@@ -187,11 +192,11 @@ class QuivoClient:
         issued_at = self._clock()
         started = time.monotonic()
         try:
-            status, body, _, content_type = await self._exchange(
+            response, body = await self._exchange(
                 "POST",
                 "/login",
                 {"X-Api-Key": self._api_key},
-                {"username": self._username, "password": self._password},
+                JsonPayload({"username": self._username, "password": self._password}),
             )
         except _TRANSPORT_ERRORS as exc:
             # Whatever the phase, the call this login serves was not sent; credentials are not judged.
@@ -199,6 +204,7 @@ class QuivoClient:
             self._end_login(None, unreachable)
             raise unreachable from exc
         duration_ms = round((time.monotonic() - started) * 1000, 1)
+        status = response.status
         token = _token_from(body) if 200 <= status < 300 else None
         if token is None:
             # What Quivo said to a login is not ours to repeat, not even masked: it may echo the password in
@@ -215,7 +221,7 @@ class QuivoClient:
                 status=status,
                 credentials_refused=refused,
                 reason=str(error),
-                content_type=self._redactor.text(content_type),
+                content_type=self._redactor.text(response.content_type),
                 body_bytes=len(body),
                 duration_ms=duration_ms,
             )
@@ -240,21 +246,28 @@ class QuivoClient:
         self._login_error = error
         self._login_attempts += 1
 
-    async def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> QuivoAnswer:
+    async def _request(self, method: str, path: str, body: bytes | None) -> QuivoAnswer:
         # ensure_login, or a login this call waited for, left a token (a failed login raises instead).
         assert self._token is not None
+        # As json= would send it: the same bytes, the same Content-Type, in the same place among the headers.
+        data = None if body is None else BytesPayload(body, content_type="application/json", encoding="utf-8")
         try:
-            status, body, retry_after, _ = await self._exchange(method, path, self._headers, payload)
+            response, answer = await self._exchange(method, path, self._headers, data)
         except _TRANSPORT_ERRORS as exc:
             what = self._redactor.text(f"{method} {path}: {_describe(exc)}")
             if isinstance(exc, _NOT_SENT):
                 raise QuivoUnreachable(what) from exc
             raise QuivoNoAnswer(what) from exc
-        return QuivoAnswer(status=status, retry_after=retry_after, body=body, redactor=self._redactor)
+        return QuivoAnswer(
+            status=response.status,
+            retry_after=response.headers.get("Retry-After"),
+            body=answer,
+            redactor=self._redactor,
+        )
 
     async def _exchange(
-        self, method: str, path: str, headers: dict[str, str], payload: dict[str, Any] | None
-    ) -> tuple[int, bytes, str | None, str]:
+        self, method: str, path: str, headers: dict[str, str], data: BytesPayload | None
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
         # raise_for_status and redirects are switched off per call: the session is the caller's, and a
         # redirect would carry our credentials elsewhere or turn a POST into a GET.
         action = "login" if path == "/login" else "post_rating" if method == "POST" else "get_inquiry"
@@ -263,7 +276,7 @@ class QuivoClient:
                 method,
                 self._base_url.with_path(self._base_path + path, encoded=True),
                 headers=headers,
-                json=payload,
+                data=data,
                 raise_for_status=False,
                 allow_redirects=False,
             ) as response:
@@ -272,7 +285,14 @@ class QuivoClient:
             self._observe(action, None)
             raise
         self._observe(action, response.status)
-        return response.status, body, response.headers.get("Retry-After"), response.content_type
+        return response, body
+
+
+def _rating_body(rating: float, message: str) -> bytes:
+    """json.dumps({"rating": rating, "ratingMessage": message}), encoded: the same bytes, no encoder built."""
+    # json writes a finite number as its repr, and NaN or an infinity in its own spelling.
+    number = repr(rating) if math.isfinite(rating) else json.dumps(rating)
+    return f'{{"rating": {number}, "ratingMessage": {encode_basestring_ascii(message)}}}'.encode()
 
 
 def _describe(exc: BaseException) -> str:
