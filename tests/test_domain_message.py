@@ -1,6 +1,6 @@
 """The Quivo rating number and the rating message: scale mapping, template checks, rendering."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -248,3 +248,17 @@ def test_tag_must_end_the_message_to_count() -> None:
     assert ends_with_reference_tag(f"Customer rating: 4/5\n{tag}\n", tag)
     assert not ends_with_reference_tag(f"Comment: see {tag} please\n[bringg:1:9999]", tag)
     assert not ends_with_reference_tag("x\n[bringg:1:3452:20220721T080000.000000Z]", tag)
+
+
+@given(
+    st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31)),
+    st.timedeltas(min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)),
+)
+def test_an_updated_ratings_tag_stamps_its_instant_as_strftime_did(
+    moment: datetime, offset: timedelta
+) -> None:
+    updated_at = moment.replace(tzinfo=timezone(offset))
+    rating = fixture_rating(updated_at=updated_at)
+    # The stamp as it was written before: operators and reconciliation find tags already sent by it.
+    stamp = updated_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    assert rating.reference_tag == f"[bringg:1:3452:{stamp}]"

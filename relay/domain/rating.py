@@ -45,5 +45,9 @@ class Rating(BaseModel):
         """Ends the Quivo rating message; reconciliation looks for it, so it names the version."""
         if self.updated_at is None:
             return f"[bringg:{self.merchant_id}:{self.rating_id}]"
-        stamp = self.updated_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        at = self.updated_at.astimezone(UTC)
+        # strftime("%Y%m%dT%H%M%S.%fZ") as glibc writes it (a year under 1000 unpadded), for a fraction of it.
+        stamp = (
+            f"{at.year}{at.month:02}{at.day:02}T{at.hour:02}{at.minute:02}{at.second:02}.{at.microsecond:06}Z"
+        )
         return f"[bringg:{self.merchant_id}:{self.rating_id}:{stamp}]"
