@@ -55,16 +55,15 @@ class Pacer:
         """Seconds until calls may go again (0 when they may go now)."""
         return max(0.0, self._resume_at - self._clock())
 
-    async def wait_turn(self, *, max_wait_s: float) -> bool:
-        """Wait for this call's slot; False, without taking one, when that would be longer than max_wait_s."""
+    def take_turn(self, *, max_wait_s: float) -> float | None:
+        """Take this call's slot: how long until it comes (the caller waits that long), or None, without
+        taking one, when that would be longer than max_wait_s."""
         now = self._clock()
         slot = max(now, self._next_slot, self._resume_at)
         if slot - now > max_wait_s:
-            return False
+            return None
         self._next_slot = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
-        return True
+        return slot - now
 
 
 class RelayBudget:
