@@ -30,10 +30,11 @@ INSTANT_COLUMNS = frozenset(
 
 
 async def one(conn: aiosqlite.Connection, sql: str, parameters: Any) -> sqlite3.Row | None:
-    """The first row `sql` gives, or None."""
-    async with conn.execute(sql, parameters) as cursor:
-        row: sqlite3.Row | None = await cursor.fetchone()
-    return row
+    """The first row `sql` gives, or None (every caller's query gives one row at most)."""
+    # One call on the reader's thread: a statement left open across an await would hold its read
+    # transaction, and every read queued meanwhile on the connection would see the database as it was then.
+    rows = await conn.execute_fetchall(sql, parameters)
+    return next(iter(rows), None)
 
 
 async def newest_first(

@@ -21,6 +21,7 @@ from relay.store.api import DatabaseUnusable, StoreUnavailable
 from relay.store.batching import MAX_BATCH, Deadlines, Waiting, fail, settle, waiting
 from relay.store.sqlite.instants import instant_plus
 from relay.store.sqlite.migrations import LATEST_VERSION, migrate
+from relay.store.sqlite.reading import one
 
 T = TypeVar("T")
 # A write job runs inside the writer's transaction, on the writer thread: plain sqlite3, no awaiting.
@@ -273,8 +274,7 @@ class Database:
 
     async def schema_version(self) -> int:
         """The newest migration applied to the file."""
-        async with self.reader.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cursor:
-            row = await cursor.fetchone()
+        row = await one(self.reader, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", ())
         return int(row[0]) if row else 0
 
     async def readiness_problems(self) -> list[str]:
