@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.keys import STORE
@@ -233,7 +233,12 @@ def test_latency_reads_as_a_histogram_observed_one_value_at_a_time():
     # Values on, between, below and beyond the bounds, with sums whose float rounding depends on the order.
     batches = [[0.05, 0.050001, 0.0, 2.5, 86400.0, 86400.5, 1e9], [0.1, 0.2, 0.3, 7.0, -1.0], [], [1 / 3] * 5]
     reference = CollectorRegistry()
-    histogram = Histogram("relay_delivery_latency_seconds", "", buckets=LATENCY_BUCKETS_S, registry=reference)
+    histogram = Histogram(
+        "relay_delivery_latency_seconds",
+        "From a webhook accepted to its rating delivered on Quivo.",
+        buckets=LATENCY_BUCKETS_S,
+        registry=reference,
+    )
     metrics = RelayMetrics()
 
     def latency(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
@@ -252,6 +257,17 @@ def test_latency_reads_as_a_histogram_observed_one_value_at_a_time():
         # Compared to the bit, after each batch: every scrape shows what observe() would have shown.
         assert latency(metrics.registry) == latency(reference)
     assert latency(reference)[("relay_delivery_latency_seconds_count", "")] == 17
+    # The same lines on /metrics, its creation time apart.
+    assert _text_without_created(metrics.registry) == _text_without_created(reference)
+
+
+def _text_without_created(registry: CollectorRegistry) -> list[str]:
+    lines = generate_latest(registry).decode().splitlines()
+    return [
+        line.split(" ")[0] if "_created" in line else line
+        for line in lines
+        if "relay_delivery_latency_seconds" in line
+    ]
 
 
 # Query plans are SQLite's to show.

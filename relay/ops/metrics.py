@@ -2,14 +2,17 @@
 
 import bisect
 import functools
+import itertools
+import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from relay.keys import STORE
 from relay.ops.fresh import Fresh
@@ -114,7 +117,6 @@ class _Tallies:
 
     def __init__(self) -> None:
         self._tallies: list[tuple[Counter, list[int]]] = []
-        self._histograms: list[_HistogramTally] = []
 
     def counting(self, counter: Counter) -> Callable[..., list[int]]:
         """The tally of each series of `counter`, by its label values: a one-item list whose item counts for
@@ -127,12 +129,6 @@ class _Tallies:
 
         return functools.cache(tally_of)
 
-    def observing(self, histogram: Histogram) -> Callable[[float], None]:
-        """What observes a value into `histogram` (one without labels) at a fraction of observe()'s cost."""
-        tally = _HistogramTally(histogram)
-        self._histograms.append(tally)
-        return tally.observe
-
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
@@ -141,33 +137,40 @@ class _Tallies:
             if tally[0]:
                 series.inc(tally[0])
                 tally[0] = 0
-        for histogram in self._histograms:
-            histogram.flush()
         return iter(())
 
 
-class _HistogramTally:
-    """A histogram's observations kept as counts per bucket and a running sum, moved onto it when read."""
+# How prometheus-client spells a bucket's bound in `le` ("0.05", "1.0", "+Inf"); it ships untyped.
+_spelled_bound: Callable[[float], str] = floatToGoString
 
-    def __init__(self, histogram: Histogram) -> None:
-        self._histogram = histogram
-        self._bounds = histogram._upper_bounds
+
+class _Histogram:
+    """A histogram without labels, counted per bucket in plain numbers and read as prometheus-client's
+    Histogram reads: its observe() locks and walks the buckets at every call, most of what timing cost."""
+
+    def __init__(self, name: str, documentation: str, bounds: Sequence[float]) -> None:
+        self._name, self._documentation = name, documentation
+        self._bounds = (*bounds, math.inf)
         self._counts = [0] * len(self._bounds)
-        # The sum of every value so far, added in the order observe() would have: the same float to the bit.
+        # Added in the order observe() would have added them: the same float to the bit.
         self._sum = 0.0
+        self._created = time.time()
 
     def observe(self, value: float) -> None:
-        """As Histogram.observe: counted in the first bucket whose bound is at least `value` (a number)."""
+        """Counted in the first bucket whose bound is at least `value`."""
         self._counts[bisect.bisect_left(self._bounds, value)] += 1
         self._sum += value
 
-    def flush(self) -> None:
-        buckets = self._histogram._buckets
-        for index, count in enumerate(self._counts):
-            if count:
-                buckets[index].inc(count)
-                self._counts[index] = 0
-        self._histogram._sum.set(self._sum)
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation)
+        cumulative = itertools.accumulate(self._counts)
+        buckets = [(_spelled_bound(le), n) for le, n in zip(self._bounds, cumulative, strict=True)]
+        family.add_metric([], buckets, self._sum)
+        family.add_sample(f"{self._name}_created", {}, self._created)
+        yield family
 
 
 class RelayMetrics:
@@ -198,13 +201,12 @@ class RelayMetrics:
             ["action", "status", "tenant"],
             registry=self.registry,
         )
-        self._latency = Histogram(
+        self._latency = _Histogram(
             "relay_delivery_latency_seconds",
             "From a webhook accepted to its rating delivered on Quivo.",
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
+            LATENCY_BUCKETS_S,
         )
-        self._observe_latency = self._tallies.observing(self._latency)
+        self.registry.register(self._latency)
         self._store = _StoreGauges()
         # Anyone can scrape: a flood of scrapes still reads the database once a second (see relay.ops.fresh).
         self._store_reads: Fresh[_StoreReading] = Fresh(clock=clock)
@@ -247,7 +249,7 @@ class RelayMetrics:
 
     def delivery_latency(self, seconds: float) -> None:
         """How long a rating took from its webhook being accepted to its delivery on Quivo."""
-        self._observe_latency(seconds)
+        self._latency.observe(seconds)
 
     async def refresh_from(self, store: Store) -> None:
         """The gauges' values from the store, read at most once a second whoever asks."""
