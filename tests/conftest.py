@@ -1,6 +1,8 @@
 """Shared test fixtures: settings on a temporary database, the relay app, and the vendors' fixtures."""
 
 import asyncio
+import io
+import logging
 import os
 import shutil
 import uuid
@@ -10,10 +12,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+import structlog
 
+from relay.logs import bind_request_id, configure_logging
 from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import Store
+from relay.store.postgres.store import PostgresStore
 from tests.pg_server import PostgresServer, ServerUnavailable
 
 # The vendors' own payloads live beside the project in ../shared; tests/fixtures holds unedited copies for a
@@ -123,6 +128,35 @@ def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
         yield name
     finally:
         postgres_server.drop_database(name)
+
+
+@pytest.fixture
+async def postgres_store(
+    postgres_server: PostgresServer, postgres_database: str
+) -> AsyncIterator[PostgresStore]:
+    """A PostgreSQL store opened (and so migrated) on a database of its own; closed after the test."""
+    opened = PostgresStore(postgres_server.url(postgres_database), timeout_s=5, pool_size=2)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def lines() -> Iterator[io.StringIO]:
+    """configure_logging's JSON into a string; the configuration before it restored after."""
+    stream = io.StringIO()
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", "json", stream)
+        yield stream
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:], root.level = handlers, level
+        bind_request_id(None)
 
 
 BACKENDS = ("sqlite", "postgresql")

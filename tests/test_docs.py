@@ -13,10 +13,8 @@ of a call to an emitter is:
 
 import argparse
 import ast
-import io
 import itertools
 import json
-import logging
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -33,7 +31,7 @@ from relay import cli
 from relay.app import create_app
 from relay.domain.delivery import DELIVERY_STATES
 from relay.keys import STORE
-from relay.logs import bind_request_id, configure_logging
+from relay.logs import bind_request_id
 from relay.ops.metrics import DELIVERY_OUTCOMES, METRICS, WEBHOOK_OUTCOMES, RelayMetrics
 from relay.settings import Settings
 from relay.store.records import StoredStatus
@@ -299,21 +297,12 @@ def test_webhook_and_delivery_events_are_the_outcomes_their_metrics_count():
     assert outcomes("delivery.") == set(DELIVERY_OUTCOMES)
 
 
-def test_every_line_carries_the_common_fields():
-    stream = io.StringIO()
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        configure_logging("INFO", "json", stream)
-        bind_request_id("req-1")
-        structlog.get_logger("relay.docs_check").warning("webhook.quarantined", webhook_id=1)
-        bind_request_id(None)
-        structlog.get_logger("relay.docs_check").info("worker.started")
-    finally:
-        structlog.configure(**saved)
-        root.handlers[:], root.level = handlers, level
-    bound, unbound = (json.loads(line) for line in stream.getvalue().splitlines())
+def test_every_line_carries_the_common_fields(lines):
+    bind_request_id("req-1")
+    structlog.get_logger("relay.docs_check").warning("webhook.quarantined", webhook_id=1)
+    bind_request_id(None)
+    structlog.get_logger("relay.docs_check").info("worker.started")
+    bound, unbound = (json.loads(line) for line in lines.getvalue().splitlines())
 
     assert bound["event"] == "webhook.quarantined"
     assert (bound["level"], bound["logger"], bound["request_id"]) == ("warning", "relay.docs_check", "req-1")

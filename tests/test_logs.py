@@ -4,7 +4,6 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,22 +12,6 @@ import structlog
 from relay.logs import UtcStamper, bind_request_id, configure_logging, get_logger
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def lines() -> Iterator[io.StringIO]:
-    """configure_logging's JSON into a string; the configuration before it restored after."""
-    stream = io.StringIO()
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        configure_logging("INFO", "json", stream)
-        yield stream
-    finally:
-        structlog.configure(**saved)
-        root.handlers[:], root.level = handlers, level
-        bind_request_id(None)
 
 
 def logged(stream: io.StringIO) -> list[str]:

@@ -1,6 +1,6 @@
 """Outcomes on PostgreSQL: a batch sent as rows (0013) stores what one call per outcome (0012) stores."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -14,7 +14,6 @@ from relay.store.postgres.connection import Conn
 from relay.store.postgres.instants import micros
 from relay.store.postgres.store import PostgresStore
 from relay.store.records import AttemptRecord, InboundWebhook, Outcome
-from tests.pg_server import PostgresServer
 
 # Not on a whole second: the microseconds of every instant must come through.
 T0 = datetime(2026, 12, 1, 12, 0, 0, 123457, tzinfo=UTC)
@@ -52,16 +51,6 @@ async def one_by_one(conn: Conn, recordings: list[outbox.Recording]) -> list[str
         for outcome, leased_until, now in recordings
     ]
     return [str(row[0]) for row in await conn.fetchmany(_ONE_BY_ONE, arguments)]
-
-
-@pytest.fixture
-async def store(postgres_server: PostgresServer, postgres_database: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(postgres_server.url(postgres_database), timeout_s=5, pool_size=2)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def inbound(merchant_id: int, rating_id: int, *, updated_at: datetime | None = None) -> InboundWebhook:
@@ -153,11 +142,13 @@ async def outcomes_recorded_by(store: PostgresStore, record: Record, merchant_id
 
 
 async def test_a_batch_of_outcomes_sent_as_rows_stores_what_one_call_per_outcome_stores(
-    store: PostgresStore,
+    postgres_store: PostgresStore,
 ) -> None:
-    answers, rows, calls, holds = recorded = await outcomes_recorded_by(store, outbox.record_outcomes, 7)
+    answers, rows, calls, holds = recorded = await outcomes_recorded_by(
+        postgres_store, outbox.record_outcomes, 7
+    )
 
-    assert recorded == await outcomes_recorded_by(store, one_by_one, 8)
+    assert recorded == await outcomes_recorded_by(postgres_store, one_by_one, 8)
     assert answers == ["delivered", "lost", "retrying", "superseded", "pending", "dead"]
     assert (len(rows), len(calls), holds) == (7, 5, [])
 
@@ -174,7 +165,7 @@ async def test_a_batch_of_outcomes_sent_as_rows_stores_what_one_call_per_outcome
     ],
 )
 async def test_an_instant_sent_as_microseconds_is_the_instant_sent_as_a_timestamp(
-    store: PostgresStore, instant: datetime
+    postgres_store: PostgresStore, instant: datetime
 ) -> None:
     async def compare(conn: Conn) -> list[object]:
         # In a session whose time zone is not UTC: the conversion must not depend on it.
@@ -186,5 +177,5 @@ async def test_an_instant_sent_as_microseconds_is_the_instant_sent_as_a_timestam
         assert row is not None
         return [row[0], row[1]]
 
-    converted, sent = await store._run(compare)
+    converted, sent = await postgres_store._run(compare)
     assert converted == sent == instant

@@ -1,10 +1,8 @@
 """Turns on PostgreSQL: instants sent as microseconds decide and store what timestamps did."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
-
-import pytest
 
 from relay.domain.judgement import Judgement
 from relay.domain.rating import Rating
@@ -12,7 +10,6 @@ from relay.store.postgres import outbox
 from relay.store.postgres.connection import Conn
 from relay.store.postgres.store import PostgresStore
 from relay.store.records import InboundWebhook, Turn
-from tests.pg_server import PostgresServer
 
 # Not on a whole second: the microseconds of every instant must come through.
 T0 = datetime(2026, 12, 1, 12, 0, 0, 123457, tzinfo=UTC)
@@ -40,16 +37,6 @@ SELECT CASE WHEN NOT EXISTS (SELECT FROM leased) THEN 'lost'
 
 async def with_timestamps(conn: Conn, requests: list[outbox.TurnRequest]) -> list[Turn]:
     return [cast(Turn, row[0]) for row in await conn.fetchmany(_WITH_TIMESTAMPS, requests)]
-
-
-@pytest.fixture
-async def store(postgres_server: PostgresServer, postgres_database: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(postgres_server.url(postgres_database), timeout_s=5, pool_size=2)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def inbound(merchant_id: int, rating_id: int) -> InboundWebhook:
@@ -103,11 +90,11 @@ async def turns_taken_by(store: PostgresStore, take: Take, merchant_id: int) -> 
 
 
 async def test_turns_sent_with_instants_as_microseconds_decide_and_store_as_with_timestamps(
-    store: PostgresStore,
+    postgres_store: PostgresStore,
 ) -> None:
-    answers, holds, leases = taken = await turns_taken_by(store, outbox.take_turns, 7)
+    answers, holds, leases = taken = await turns_taken_by(postgres_store, outbox.take_turns, 7)
 
-    assert taken == await turns_taken_by(store, with_timestamps, 8)
+    assert taken == await turns_taken_by(postgres_store, with_timestamps, 8)
     assert answers == ["go", "busy", "lost", "go", "go"]
     until = T0 + LEASE / 2 + timedelta(microseconds=1) + LEASE
     assert holds == [(1, 1, until + LEASE), (2, 4, until)]

@@ -1,11 +1,8 @@
 """The canonical line per webhook, spelled by the route itself, is byte for byte what the logger's call with
 the same keys writes (and so what structlog's processors and JSONRenderer write: tests/test_logs_lines.py)."""
 
-import io
 import json
-import logging
 import time
-from collections.abc import Iterator
 from typing import Any, get_args
 
 import pytest
@@ -18,7 +15,7 @@ from relay.app import create_app
 from relay.bringg import routes
 from relay.bringg.routes import webhook_members
 from relay.domain.judgement import Judgement
-from relay.logs import bind_request_id, configure_logging, get_logger
+from relay.logs import bind_request_id, get_logger
 from relay.store.records import StoredStatus, StoredWebhook
 from tests.conftest import AUTH
 from tests.test_webhook import rating_body
@@ -91,22 +88,6 @@ def test_the_members_are_spelled_as_the_calls_keys_are(
     }
 
     assert webhook_members(stored, judgement, fields, duration_ms) == jsonline.encode(call)[1:-1]
-
-
-@pytest.fixture
-def lines() -> Iterator[io.StringIO]:
-    """configure_logging's JSON into a string; the configuration before it restored after."""
-    stream = io.StringIO()
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        configure_logging("INFO", "json", stream)
-        yield stream
-    finally:
-        structlog.configure(**saved)
-        root.handlers[:], root.level = handlers, level
-        bind_request_id(None)
 
 
 @pytest.mark.parametrize(

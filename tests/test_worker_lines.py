@@ -4,10 +4,8 @@ keys writes (and so what structlog's processors and JSONRenderer write: tests/te
 import asyncio
 import io
 import json
-import logging
 import random
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +17,6 @@ from hypothesis import strategies as st
 from relay import jsonline, tenant_worker
 from relay.app import create_app
 from relay.keys import STORE
-from relay.logs import bind_request_id, configure_logging
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
 from relay.store.records import ClaimedDelivery, Outcome
@@ -105,22 +102,6 @@ def test_the_members_are_spelled_as_the_calls_keys_are(
     spelled = outcome_members(delivery, outcome, state, status_code, next_attempt_at, duration_ms)
 
     assert spelled == jsonline.encode(call)[1:-1]
-
-
-@pytest.fixture
-def lines() -> Iterator[io.StringIO]:
-    """configure_logging's JSON into a string; the configuration before it restored after."""
-    stream = io.StringIO()
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        configure_logging("INFO", "json", stream)
-        yield stream
-    finally:
-        structlog.configure(**saved)
-        root.handlers[:], root.level = handlers, level
-        bind_request_id(None)
 
 
 @pytest.mark.parametrize(
