@@ -759,13 +759,6 @@ class TenantWorker:
         if state == "delivered":
             self.metrics.delivery_latency(_age(delivery).total_seconds())
         last = outcome.calls[-1] if outcome.calls else None
-        emit = (
-            self._log.error
-            if state == "dead"
-            else self._log.warning
-            if state == "retrying"
-            else self._log.info
-        )
         level = "error" if state == "dead" else "warning" if state == "retrying" else "info"
         status_code = last.status_code if last else None
         next_attempt_at = outcome.next_attempt_at.isoformat() if outcome.next_attempt_at else None
@@ -779,6 +772,14 @@ class TenantWorker:
             )
             write(event, members)
             return
+        # The same level as a method, spelled so that tests/test_docs.py reads the events off the call.
+        emit = (
+            self._log.error
+            if state == "dead"
+            else self._log.warning
+            if state == "retrying"
+            else self._log.info
+        )
         emit(
             event,
             delivery_id=delivery.id,
