@@ -371,7 +371,7 @@ async def _serving(app: web.Application) -> None:
 
 async def _delivering(app: web.Application) -> None:
     # Started, its store open and its worker running: what start-up built is never walked again.
-    collector.settle_for_delivering()
+    collector.settle_after_start()
 
 
 def _worker(args: argparse.Namespace) -> int:

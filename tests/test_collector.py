@@ -36,8 +36,11 @@ def test_once_serving_what_start_up_built_is_out_of_the_collectors_reach(
     assert tracked(made_while_serving)
 
 
-def test_a_worker_collects_its_youngest_objects_less_often() -> None:
+@pytest.mark.parametrize("started", [cli._serving, cli._delivering], ids=["serve", "worker"])
+def test_once_serving_the_youngest_objects_are_collected_less_often(
+    started: Callable[[web.Application], Coroutine[Any, Any, None]],
+) -> None:
     thresholds = gc.get_threshold()
-    asyncio.run(cli._delivering(web.Application()))
-    assert gc.get_threshold() == (collector.DELIVERING_YOUNG_THRESHOLD, *thresholds[1:])
-    assert thresholds[0] < collector.DELIVERING_YOUNG_THRESHOLD
+    asyncio.run(started(web.Application()))
+    assert gc.get_threshold() == (collector.YOUNG_THRESHOLD, *thresholds[1:])
+    assert thresholds[0] < collector.YOUNG_THRESHOLD
