@@ -19,6 +19,7 @@ import structlog
 
 from relay.store.api import DatabaseUnusable, StoreUnavailable
 from relay.store.batching import MAX_BATCH, Deadlines, Waiting, fail, settle, waiting
+from relay.store.sqlite.checkpoints import Checkpointer
 from relay.store.sqlite.instants import instant_plus
 from relay.store.sqlite.migrations import LATEST_VERSION, migrate
 from relay.store.sqlite.reading import one
@@ -61,6 +62,8 @@ class Database:
         self._deadlines = Deadlines(timeout_s)
         self._writer: sqlite3.Connection | None = None
         self._turn: int | None = None
+        self._checkpoints: Checkpointer | None = None
+        self._checkpoints_turn: int | None = None
         self._reader: aiosqlite.Connection | None = None
         self._orders: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -86,6 +89,7 @@ class Database:
             self._reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.timeout_s)
             self._reader.row_factory = sqlite3.Row
             await self._reader.create_function("instant_plus", 2, instant_plus, deterministic=True)
+            await asyncio.to_thread(self._start_checkpoints)
         except (sqlite3.Error, DatabaseUnusable) as error:
             await self.close()
             if isinstance(error, DatabaseUnusable):
@@ -93,6 +97,14 @@ class Database:
             raise self._refusal(error) from None
         self._thread = threading.Thread(target=self._serve, name="relay-db-writer", daemon=True)
         self._thread.start()
+
+    def _start_checkpoints(self) -> None:
+        # A turn file open of its own: flock excludes only other open files, this writer's among them.
+        self._checkpoints_turn = turn = _open_turn(self.path)
+        self._checkpoints = Checkpointer(
+            self.path, timeout_s=self.timeout_s, take_turn=lambda: _turn_taken(turn)
+        )
+        self._checkpoints.start()
 
     def _connect_writer(self, _: object = None) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun and ended here, explicitly. timeout: SQLite's busy
@@ -106,6 +118,8 @@ class Database:
             self._switch_to_wal(conn)
             # FULL: a commit is on disk (WAL fsynced) before any caller hears it succeeded.
             conn.execute("PRAGMA synchronous = FULL")
+            # None inside a commit: the checkpointer's thread copies the WAL into the file beside the writes.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         except BaseException:
             conn.close()
             raise
@@ -163,7 +177,13 @@ class Database:
         return result
 
     async def close(self) -> None:
-        """Finish queued writes, then close both connections."""
+        """Stop checkpointing, finish queued writes, then close both connections."""
+        if self._checkpoints is not None:
+            checkpoints, self._checkpoints = self._checkpoints, None
+            await asyncio.to_thread(checkpoints.stop)
+        if self._checkpoints_turn is not None:
+            turn, self._checkpoints_turn = self._checkpoints_turn, None
+            os.close(turn)
         if self._thread is not None:
             thread, self._thread = self._thread, None
             self._orders.put(_STOP)
