@@ -77,8 +77,11 @@ class PostgresStore:
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
-                min_size=1,
+                # Every connection opened at start and kept: opened on demand (asyncpg closes one idle for
+                # 300 s), each cost a password handshake of ~10 ms on the event loop while webhooks waited.
+                min_size=self.pool_size,
                 max_size=self.pool_size,
+                max_inactive_connection_lifetime=0,
                 timeout=self.timeout_s,
                 command_timeout=self.timeout_s,
                 # Each statement sees what committed before it (a webhook reads the versions another
