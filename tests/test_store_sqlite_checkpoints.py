@@ -112,6 +112,40 @@ async def test_the_wal_stays_bounded_under_writes_that_never_pause(
     assert len(keys(database.path)) == 6400
 
 
+def starts(path: Path) -> int:
+    """How often the WAL has started over: the checkpoint sequence number in its header (SQLite's format)."""
+    with wal(path).open("rb") as file:
+        return int.from_bytes(file.read(16)[12:16], "big")
+
+
+async def test_a_read_held_open_lets_the_wal_grow_and_once_it_ends_the_wal_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "INTERVAL_S", 0.01)
+    monkeypatch.setattr(checkpoints, "BOUND_FRAMES", 200)
+    database = Database(tmp_path / "relay.db", timeout_s=5)
+    await database.open()
+    reader = sqlite3.connect(database.path, isolation_level=None)
+    try:
+        await database.write(note("note-first"))
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM meta").fetchone()  # its snapshot holds until it ends
+        before = starts(database.path)
+        await asyncio.gather(*(database.write(note(f"note-{n}")) for n in range(300)))
+
+        # No checkpoint may copy past the reader's snapshot, so none lets the WAL start over.
+        assert starts(database.path) == before
+        assert size(wal(database.path)) > 600 * PAGE
+
+        reader.execute("COMMIT")
+        more = iter(range(300, 3000))
+        while starts(database.path) == before:
+            await database.write(note(f"note-{next(more)}"))
+    finally:
+        reader.close()
+        await database.close()
+
+
 async def test_nothing_committed_is_lost_across_close_and_reopen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,7 +198,7 @@ async def test_two_processes_on_one_file_killed_after_their_answers_keep_every_a
     ):
         for port, process in zip(ports, (a, b), strict=True):
             await asyncio.to_thread(wait_until_ready, f"http://127.0.0.1:{port}/readyz?scope=intake", process)
-        # Each process writes about 3,000 frames: each checkpoints, and each holds the turn for it.
+        # Both write at once, each with its checkpointer: one checkpoint at a time copies both's commits.
         first, second = await asyncio.gather(
             post(ports[0], range(1, 1501)), post(ports[1], range(1501, 3001))
         )
