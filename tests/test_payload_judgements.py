@@ -16,6 +16,7 @@ import pytest
 
 from relay.bringg.payload import judge
 from relay.domain.judgement import Judgement
+from relay.domain.rating import Rating
 from tests.conftest import FIXTURES
 
 RECORDED = Path(__file__).resolve().parent / "judgements.jsonl"
@@ -127,6 +128,25 @@ def test_every_body_is_judged_as_recorded():
         for body, entry in zip(bodies, recorded, strict=True)
         if (now := recorded_as(body, judge(body))) != entry
     ]
+    assert differing == []
+
+
+def test_every_accepted_rating_is_the_one_validating_its_values_gives():
+    ratings = [judgement.rating for body in corpus() if (judgement := judge(body)).rating is not None]
+    differing = []
+    for rating in ratings:
+        validated = Rating.model_validate(dict(rating))
+        if (
+            rating != validated
+            or [type(value) for _, value in rating] != [type(value) for _, value in validated]
+            or (rating.model_fields_set, rating.model_extra)
+            != (validated.model_fields_set, validated.model_extra)
+            or rating.__pydantic_private__ != validated.__pydantic_private__
+            or rating.model_dump_json() != validated.model_dump_json()
+        ):
+            differing.append((rating, validated))
+
+    assert len(ratings) > 100
     assert differing == []
 
 
