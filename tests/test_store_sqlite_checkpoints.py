@@ -1,6 +1,8 @@
 """The SQLite WAL is checkpointed beside the commits, never inside one; it stays bounded; nothing is lost."""
 
 import asyncio
+import io
+import json
 import signal
 import sqlite3
 import time
@@ -167,6 +169,35 @@ async def test_nothing_committed_is_lost_across_close_and_reopen(
     finally:
         await again.close()
     assert len(list(rows)) == 1000
+
+
+async def test_a_checkpoint_that_keeps_failing_is_logged_once_and_commits_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: io.StringIO
+) -> None:
+    monkeypatch.setattr(checkpoints, "INTERVAL_S", 0.01)
+    tries = 0
+
+    def failing(conn: sqlite3.Connection) -> tuple[bool, int]:
+        nonlocal tries
+        tries += 1
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(checkpoints, "_passive", failing)
+    database = Database(tmp_path / "relay.db", timeout_s=5)
+    await database.open()
+    try:
+        await asyncio.to_thread(wait_for, lambda: tries >= 5, "five failed checkpoints")
+        await database.write(note("note-after"))
+    finally:
+        await database.close()
+
+    failed = [
+        line for line in map(json.loads, lines.getvalue().splitlines()) if "checkpoint" in line["event"]
+    ]
+    assert [(line["event"], line["level"], line["error"]) for line in failed] == [
+        ("store.checkpoint_failed", "error", "OperationalError: disk I/O error")
+    ]
+    assert keys(database.path) == {"note-after"}
 
 
 async def post(port: int, rating_ids: range) -> list[int]:

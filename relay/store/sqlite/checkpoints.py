@@ -68,7 +68,7 @@ class Checkpointer:
         failing: str | None = None
         while not self._stopping.wait(INTERVAL_S):
             try:
-                self.checkpoint()
+                self._checkpoint()
             except (sqlite3.Error, OSError) as error:
                 # Commits go on into a longer WAL and the next interval tries again: said once, not each time.
                 said, failing = failing, f"{type(error).__name__}: {error}"
@@ -77,22 +77,22 @@ class Checkpointer:
             else:
                 failing = None
 
-    def checkpoint(self) -> None:
+    def _checkpoint(self) -> None:
         """Copy the committed WAL into the file; if the WAL is long, the last frames with the writers held."""
         conn, file = self._conn, self._file
         if conn is None or file is None:
             return
-        busy, frames, _ = _passive(conn)
+        busy, frames = _passive(conn)
         # Busy: another process's checkpoint is under way, and it copies these frames too.
         if busy or frames < BOUND_FRAMES:
             return
         # The pages copied so far on disk now, beside the writes, so the last pass has few to fsync.
-        os.fsync(file)
+        os.fdatasync(file)
         with self._take_turn():
             _passive(conn)
 
 
-def _passive(conn: sqlite3.Connection) -> tuple[int, int, int]:
-    """A PASSIVE checkpoint: (busy, frames in the WAL, frames of them in the file); never waits for a lock."""
-    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return int(busy), int(frames), int(copied)
+def _passive(conn: sqlite3.Connection) -> tuple[bool, int]:
+    """A PASSIVE checkpoint, which never waits for a lock: whether another was under way, the WAL's frames."""
+    busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return bool(busy), int(frames)
