@@ -11,13 +11,14 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-# How often the checkpointer copies what was committed since into the file. At 1,000 webhooks a second
-# that is about 1,000 WAL frames, as many as SQLite's own automatic checkpoint let the WAL hold.
+# How often the checkpointer copies what was committed since into the file: at 1,000 webhooks a second,
+# some 300 WAL frames a pass. Measured at 0.05, 0.2 and 1 s, commit times did not tell them apart.
 INTERVAL_S = 0.2
 # A WAL this many frames long (16 MB of 4 KB pages) has not started over for seconds: the writers (of
 # every process on the file) committed during each checkpoint, so none copied the last frame, and SQLite
 # starts a WAL over only once all of it is in the file. Then the checkpoint's last pass holds the writers'
-# turn: it copies the few frames committed meanwhile, and the next commit starts the WAL over.
+# turn: it copies the few frames committed meanwhile (about 1 ms; every 2-3 s at 1,000 webhooks a
+# second), and the next commit starts the WAL over.
 BOUND_FRAMES = 4000
 
 TakeTurn = Callable[[], contextlib.AbstractContextManager[None]]
