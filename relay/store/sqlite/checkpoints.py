@@ -25,7 +25,8 @@ TakeTurn = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 class Checkpointer:
-    """Checkpoints the WAL every INTERVAL_S, PASSIVE, beside the writers: they never wait for one.
+    """Checkpoints the WAL every INTERVAL_S, PASSIVE, beside the writers: they wait for none of it, but
+    for the last pass over a WAL past BOUND_FRAMES.
 
     Every process on the file runs one: SQLite lets one checkpoint run at a time (another returns at
     once), and any one copies every process's commits. None runs at close: the WAL is durable as it is,
