@@ -1,5 +1,6 @@
 """The Quivo rating number and the rating message: scale mapping, template checks, rendering."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -262,3 +263,112 @@ def test_an_updated_ratings_tag_stamps_its_instant_as_strftime_did(
     # The stamp as it was written before: operators and reconciliation find tags already sent by it.
     stamp = updated_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     assert rating.reference_tag == f"[bringg:1:3452:{stamp}]"
+
+
+def spelled_before(rating: Rating, template: str, *, max_comment_chars: int = 1000) -> str:
+    """render_message as it was spelled before its values were marked by kinds worked out per template
+    (commit fa4cb98): each user text's first line tested against the whole line so far, every call."""
+    from string import Formatter
+
+    def one_line(text: str | None) -> str:
+        return " ".join((text or "").split())
+
+    def shorten(text: str, limit: int) -> str:
+        return text if len(text) <= limit else text[: max(limit - 1, 0)].rstrip() + "…"
+
+    def lines_of(text: str | None) -> str:
+        return "\n".join(line.rstrip() for line in (text or "").strip().splitlines()) if text else ""
+
+    def quoted(text: str, *, starts_line: bool) -> str:
+        first, *rest = text.split("\n")
+        marked = ["> " + first if starts_line and first.strip() else first]
+        return "\n".join(marked + [("> " + line).rstrip() for line in rest])
+
+    reasons = ", ".join(text for text in (one_line(reason) for reason in rating.reasons) if text)
+    values: dict[str, int | str] = {
+        "stars": rating.stars,
+        "comment": shorten(lines_of(rating.comment), max_comment_chars),
+        "reasons": shorten(reasons, 500),
+        "external_id": shorten(one_line(rating.external_id), 200),
+        "title": shorten(one_line(rating.task_title), 200),
+        "merchant_id": rating.merchant_id,
+        "rating_id": rating.rating_id,
+    }
+    conversions: dict[str, Callable[[object], str]] = {"s": str, "r": repr, "a": ascii}
+    lines: list[list[tuple[str, str | None, str, str | None]]] = [[]]
+    for literal, field, spec, conversion in Formatter().parse(template):
+        *whole_lines, rest = literal.split("\n")
+        for text in whole_lines:
+            lines[-1].append((text, None, "", None))
+            lines.append([])
+        lines[-1].append((rest, field, spec or "", conversion))
+    rendered_lines = []
+    for line in lines:
+        fields = {field for _, field, _, _ in line if field is not None}
+        if fields and all(values[field] == "" for field in fields):
+            continue
+        rendered = ""
+        for literal, field, spec, conversion in line:
+            rendered += literal
+            if field is not None:
+                value = values[field]
+                text = format(conversions[conversion](value) if conversion else value, spec)
+                user_text = field in ("comment", "reasons", "external_id", "title")
+                rendered += quoted(text, starts_line=not rendered.strip()) if user_text else text
+        rendered_lines.append(rendered.rstrip())
+    body = "\n".join(rendered_lines).strip()
+    tag = rating.reference_tag
+    body = shorten(body, MAX_MESSAGE_CHARS - 1 - len(tag) - 1)
+    return f"{body}\n{tag}" if body else tag
+
+
+# Templates of the fields, the characters that matter to lines and marks, and working specs.
+template_pieces = st.sampled_from(
+    [
+        *("{" + name + "}" for name in TEMPLATE_FIELDS),
+        "{comment!r}",
+        "{title:>12}",
+        "{stars:03d}",
+        "{reasons!a:.5}",
+        "\n",
+        " ",
+        "  \t",
+        "Comment: ",
+        ">",
+        "{{",
+        "}}",
+        "x",
+    ]
+)
+user_texts = st.one_of(
+    st.none(),
+    st.text(alphabet=" \t\n\r\u2028\x0b>x…é", max_size=12),
+    st.text(max_size=20),
+    huge_text,
+)
+
+
+@given(
+    template=st.lists(template_pieces, max_size=12).map("".join),
+    comment=user_texts,
+    reasons=st.lists(st.one_of(st.text(alphabet=" \n\tx,", max_size=6), huge_text), max_size=4),
+    external_id=user_texts,
+    title=user_texts,
+    stars=st.integers(min_value=1, max_value=5),
+    max_comment_chars=st.sampled_from([0, 1, 3, 1000]),
+)
+def test_each_message_is_spelled_byte_for_byte_as_before(
+    template: str,
+    comment: str | None,
+    reasons: list[str],
+    external_id: str | None,
+    title: str | None,
+    stars: int,
+    max_comment_chars: int,
+) -> None:
+    rating = fixture_rating(
+        comment=comment, reasons=tuple(reasons), external_id=external_id, task_title=title, stars=stars
+    )
+    assert render_message(rating, template, max_comment_chars=max_comment_chars) == spelled_before(
+        rating, template, max_comment_chars=max_comment_chars
+    )

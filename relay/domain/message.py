@@ -27,6 +27,12 @@ ELLIPSIS = "…"
 QUOTE = "> "
 # The fields whose text comes from the consumer or the merchant rather than from the relay.
 _USER_FIELDS = frozenset({"comment", "reasons", "external_id", "title"})
+# The fields whose value is text, so may be empty (the others are numbers).
+_TEXT_FIELDS = ("comment", "reasons", "external_id", "title")
+# How a field's value is marked with QUOTE: never (the relay's own numbers); only its lines after the first
+# (user text after some of the template's text on its line); or also its first line, when nothing but
+# blanks stands before it on the line.
+_PLAIN, _AFTER_TEXT, _MAY_START_LINE = 0, 1, 2
 
 # One sample per field, of the type it renders with, to learn whether a format spec would work.
 _SAMPLES: dict[str, int | str] = {
@@ -42,8 +48,8 @@ _CONVERSIONS: dict[str, Callable[[object], str]] = {"s": str, "r": repr, "a": as
 
 # (literal text, field name or None, format spec, conversion) as string.Formatter.parse yields them.
 _Piece = tuple[str, str | None, str, str | None]
-# A template line ready to fill in: its fields, then its pieces, each with whether its field is user text.
-_Line = tuple[frozenset[str], tuple[tuple[str, str | None, str, str | None, bool], ...]]
+# A template line ready to fill in: its fields, then its pieces, each with how its value is marked.
+_Line = tuple[frozenset[str], tuple[tuple[str, str | None, str, str | None, int], ...]]
 
 
 def quivo_rating(stars: int, low: float = 1.0, high: float = 5.0) -> float:
@@ -94,19 +100,24 @@ def render_message(rating: Rating, template: str, *, max_comment_chars: int = 10
     `template_problems`.
     """
     values = _field_values(rating, max_comment_chars)
-    empty = {field for field, value in values.items() if value == ""}
+    # Only text can be empty: the numbers are always shown.
+    empty = {field for field in _TEXT_FIELDS if not values[field]}
     lines: list[str] = []
     for fields, pieces in _template_lines(template):
         if fields and fields <= empty:
             continue
         rendered = ""
-        for literal, field, spec, conversion, user_text in pieces:
+        for literal, field, spec, conversion, kind in pieces:
             rendered += literal
-            if field is not None:
-                value = values[field]
-                # Without a spec or conversion, format() is str(): the common case, at a fraction of the cost.
-                text = _format(value, spec, conversion) if spec or conversion else str(value)
-                rendered += _quoted(text, starts_line=not rendered.strip()) if user_text else text
+            if field is None:
+                continue
+            value = values[field]
+            # Without a spec or conversion, format() is str(): the common case, at a fraction of the cost.
+            text = _format(value, spec, conversion) if spec or conversion else str(value)
+            if kind is _PLAIN or (kind is _AFTER_TEXT and "\n" not in text):
+                rendered += text
+            else:
+                rendered += _quoted(text, starts_line=kind is _MAY_START_LINE and not rendered.strip())
         lines.append(rendered.rstrip())
     body = "\n".join(lines).strip()
     tag = rating.reference_tag
@@ -122,13 +133,20 @@ def ends_with_reference_tag(message: str, tag: str) -> bool:
 
 
 def _field_values(rating: Rating, max_comment_chars: int) -> dict[str, int | str]:
-    reasons = ", ".join(text for text in (_one_line(reason) for reason in rating.reasons) if text)
+    # A reason, id or title stays on its own template line: inner line breaks and runs of spaces collapse.
+    # Spelled inline, as is _shorten's test: this runs once a delivery, and each call cost more than its work.
+    reasons = ", ".join([text for text in [" ".join(reason.split()) for reason in rating.reasons] if text])
+    comment = _lines(rating.comment)
+    external_id = " ".join(rating.external_id.split()) if rating.external_id else ""
+    title = " ".join(rating.task_title.split()) if rating.task_title else ""
     return {
         "stars": rating.stars,
-        "comment": _shorten(_lines(rating.comment), max_comment_chars),
-        "reasons": _shorten(reasons, MAX_REASONS_CHARS),
-        "external_id": _shorten(_one_line(rating.external_id), MAX_ORDER_FIELD_CHARS),
-        "title": _shorten(_one_line(rating.task_title), MAX_ORDER_FIELD_CHARS),
+        "comment": comment if len(comment) <= max_comment_chars else _shorten(comment, max_comment_chars),
+        "reasons": reasons if len(reasons) <= MAX_REASONS_CHARS else _shorten(reasons, MAX_REASONS_CHARS),
+        "external_id": external_id
+        if len(external_id) <= MAX_ORDER_FIELD_CHARS
+        else _shorten(external_id, MAX_ORDER_FIELD_CHARS),
+        "title": title if len(title) <= MAX_ORDER_FIELD_CHARS else _shorten(title, MAX_ORDER_FIELD_CHARS),
         "merchant_id": rating.merchant_id,
         "rating_id": rating.rating_id,
     }
@@ -146,12 +164,20 @@ def _template_lines(template: str) -> tuple[_Line, ...]:
             lines.append([])
         lines[-1].append((rest, field, spec, conversion))
     return tuple(
-        (
-            frozenset(field for _, field, _, _ in line if field is not None),
-            tuple((*piece, piece[1] in _USER_FIELDS) for piece in line),
-        )
-        for line in lines
+        (frozenset(field for _, field, _, _ in line if field is not None), _kinds(line)) for line in lines
     )
+
+
+def _kinds(line: list[_Piece]) -> tuple[tuple[str, str | None, str, str | None, int], ...]:
+    """A line's pieces, each with how its value is marked with QUOTE (see _PLAIN and its neighbours)."""
+    pieces = []
+    after_text = False
+    for literal, field, spec, conversion in line:
+        # Text of the template's own before a value on its line: the value never starts that line.
+        after_text = after_text or bool(literal.strip())
+        kind = _PLAIN if field not in _USER_FIELDS else _AFTER_TEXT if after_text else _MAY_START_LINE
+        pieces.append((literal, field, spec, conversion, kind))
+    return tuple(pieces)
 
 
 def _pieces(template: str) -> list[_Piece]:
@@ -179,12 +205,7 @@ def _lines(text: str | None) -> str:
     if not text:
         return ""
     # Every kind of line break (\r, \u2028, ...) becomes \n, which the message is made of, so each is marked.
-    return "\n".join(line.rstrip() for line in (text or "").strip().splitlines())
-
-
-def _one_line(text: str | None) -> str:
-    # A reason, id or title stays on its own template line: inner line breaks and runs of spaces collapse.
-    return " ".join((text or "").split())
+    return "\n".join([line.rstrip() for line in text.strip().splitlines()])
 
 
 def _shorten(text: str, limit: int) -> str:

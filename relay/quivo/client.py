@@ -70,7 +70,8 @@ class LoginFailed(QuivoError):
         return self.reason
 
 
-@dataclass(frozen=True)
+# Not frozen: one is made for every call, and a frozen dataclass costs several times as much to make.
+@dataclass
 class QuivoAnswer:
     """What Quivo answered to one call, kept small enough to store with the delivery attempt."""
 

@@ -47,19 +47,21 @@ def claim_due(
             """,
             {"tenant": tenant, "now": to_text(now), "lease_until": to_text(lease_until), "limit": limit},
         ).fetchall()
+        # Each row's columns by position, in RETURNING's order: a lookup by name compares it with every
+        # column's name in turn, nine times a row.
         return [
             ClaimedDelivery(
-                id=row["id"],
-                tenant=row["tenant"],
-                merchant_id=row["merchant_id"],
-                rating_id=row["rating_id"],
-                rating_json=row["rating"],
-                inquiry_id=row["inquiry_id"],
-                attempts=row["attempts"],
-                unconfirmed=bool(row["unconfirmed"]),
-                age_from=from_text(row["age_from"]),
+                id_,
+                tenant,
+                merchant_id,
+                rating_id,
+                rating,
+                inquiry_id,
+                attempts,
+                bool(unconfirmed),
+                from_text(age),
             )
-            for row in rows
+            for id_, tenant, merchant_id, rating_id, rating, inquiry_id, attempts, unconfirmed, age in rows
         ]
 
     return job

@@ -18,13 +18,33 @@ _LEASED = (
     "SELECT tenant FROM deliveries WHERE id = :delivery AND state = 'sending' AND next_attempt_at = :leased"
 )
 
+# The same for the deliveries given as a JSON array (?1): their ids and tenants.
+_RENEW_MANY = (
+    "UPDATE deliveries SET next_attempt_at = ?3 WHERE id IN (SELECT value FROM json_each(?1)) "
+    "AND state = 'sending' AND next_attempt_at = ?2 RETURNING id, tenant"
+)
+_LEASED_MANY = (
+    "SELECT id, tenant FROM deliveries WHERE id IN (SELECT value FROM json_each(?1)) "
+    "AND state = 'sending' AND next_attempt_at = ?2"
+)
+# Holds of [tenant, inquiry, delivery] (?1) until ?2, as _take's INSERT takes each, the now ?3; the deliveries
+# whose hold was taken (inserted or updated: a hold the WHERE refuses is left out).
+_HOLD_MANY = """
+    INSERT INTO inquiry_holds (tenant, inquiry_id, delivery_id, held_until)
+    SELECT value ->> 0, value ->> 1, value ->> 2, ?2 FROM json_each(?1) WHERE true
+    ON CONFLICT (tenant, inquiry_id) DO UPDATE
+    SET delivery_id = excluded.delivery_id, held_until = excluded.held_until
+    WHERE inquiry_holds.held_until <= ?3 OR inquiry_holds.delivery_id = excluded.delivery_id
+    RETURNING delivery_id
+    """
+
 
 def take_turn(
     delivery_id: int, inquiry_id: int, *, leased_until: datetime, now: datetime, until: datetime
 ) -> WriteJob[Turn]:
     """A write job renewing the delivery's lease, if still `leased_until`, and taking its inquiry."""
-    turns = take_turns([TurnAsk(delivery_id, inquiry_id, leased_until)], now=now, until=until)
-    return lambda conn: turns(conn)[0]
+    ask = TurnAsk(delivery_id, inquiry_id, leased_until)
+    return lambda conn: _take(conn, ask, to_text(now), until, to_text(until))
 
 
 def take_turns(asks: Sequence[TurnAsk], *, now: datetime, until: datetime) -> WriteJob[list[Turn]]:
@@ -33,9 +53,46 @@ def take_turns(asks: Sequence[TurnAsk], *, now: datetime, until: datetime) -> Wr
     def job(conn: sqlite3.Connection) -> list[Turn]:
         # Each instant spelled once for the batch: a claim's deliveries share their lease, and `until`.
         now_text, until_text = to_text(now), to_text(until)
+        if _apart(asks):
+            return _take_together(conn, asks, now_text, until, until_text)
+        # One delivery or inquiry twice, or leases of their own: each ask sees what those before it took.
         return [_take(conn, ask, now_text, until, until_text) for ask in asks]
 
     return job
+
+
+def _apart(asks: Sequence[TurnAsk]) -> bool:
+    """Whether the asks hold one lease, each for a delivery and an inquiry of its own: then none sees
+    another's hold, and their turns are taken together (a claim's, right after it)."""
+    leases = {ask.leased_until for ask in asks}
+    deliveries = {ask.delivery_id for ask in asks}
+    inquiries = {ask.inquiry_id for ask in asks}
+    return len(leases) == 1 and len(deliveries) == len(inquiries) == len(asks)
+
+
+def _take_together(
+    conn: sqlite3.Connection, asks: Sequence[TurnAsk], now: str, until: datetime, until_text: str
+) -> list[Turn]:
+    """As _take for each ask, in two statements for them all: one renews (or checks) the leases, one takes
+    the inquiries of those still leased. Each statement hands the GIL to the event loop and waits for it."""
+    ids = json.dumps([ask.delivery_id for ask in asks])
+    leased_until = asks[0].leased_until
+    if until == leased_until:
+        leased = conn.execute(_LEASED_MANY, (ids, until_text))
+    else:
+        leased = conn.execute(_RENEW_MANY, (ids, to_text(leased_until), until_text))
+    tenants: dict[int, str] = {row[0]: row[1] for row in leased.fetchall()}
+    holds = [
+        [tenants[ask.delivery_id], ask.inquiry_id, ask.delivery_id]
+        for ask in asks
+        if ask.delivery_id in tenants
+    ]
+    taken = (
+        {row[0] for row in conn.execute(_HOLD_MANY, (json.dumps(holds), until_text, now))} if holds else set()
+    )
+    return [
+        "go" if ask.delivery_id in taken else "busy" if ask.delivery_id in tenants else "lost" for ask in asks
+    ]
 
 
 def _take(conn: sqlite3.Connection, ask: TurnAsk, now: str, until: datetime, until_text: str) -> Turn:
