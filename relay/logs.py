@@ -13,7 +13,7 @@ import structlog
 from structlog.processors import StackInfoRenderer, format_exc_info
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from relay.jsonline import encode, spell
+from relay.jsonline import encode, quoted, spell
 
 # The one context every line logged while answering a request carries (relay.http binds it).
 _REQUEST_ID: ContextVar[str | None] = ContextVar("relay_request_id", default=None)
@@ -103,7 +103,8 @@ def _json_line(fields: EventDict, event: object, tail: str) -> str:
 def _members_line(members: str, event: object, tail: str) -> str:
     """_json_line's line for the keys and values `members` spells (JSON object members, without braces)."""
     request_id = _REQUEST_ID.get()
-    said = "" if request_id is None else ', "request_id": ' + spell(request_id)
+    # A request id is text (bind_request_id's): escaped straight, without spell's test of its type.
+    said = "" if request_id is None else ', "request_id": ' + quoted(request_id)
     # The timestamp's characters (digits, "-", ":", "T", ".", "Z") need no escaping. One f-string: the line
     # is copied once, not at each piece added.
     stamp = _STAMPER.spell(time.time_ns())
@@ -148,8 +149,7 @@ def _direct_bound_logger(min_level: int, line: Step, json: bool) -> type[Filteri
             and self._processors[0] is line
             and name in methods
         ):
-            tail = writer.tails[name]
-            return lambda event, members: writer.write(_members_line(members, event, tail))
+            return writer.spelled[name]
         return None
 
     levels = logging.getLevelNamesMapping()
@@ -211,6 +211,12 @@ class _LineWriter:
         self.tails = {
             level: f', "level": "{level}", "logger": {spell(name)}, "timestamp": "' for level in _LEVELS
         }
+        # What writes a line its caller spelled, at each level (spelled_writer's): made once, not per line.
+        self.spelled = {level: self._spelling(tail) for level, tail in self.tails.items()}
+
+    def _spelling(self, tail: str) -> Callable[[object, str], None]:
+        write = self.write
+        return lambda event, members: write(_members_line(members, event, tail))
 
     def write(self, text: str) -> None:
         """Write `text` (whole lines) and flush it, one writer at a time."""
