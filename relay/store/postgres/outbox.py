@@ -8,39 +8,15 @@ from relay.store.postgres.connection import Conn
 from relay.store.postgres.instants import micros
 from relay.store.records import ClaimedDelivery, ExpiredDelivery, Outcome, PruneResult, Turn
 
-# Rows locked by another worker's claim are skipped, not waited for: claims from many workers never queue.
-# A row still 'sending' here had its lease run out (a worker died mid-send): its send is unconfirmed.
-# A newer version waits while an older one of the same rating is in flight, so order is kept.
-_CLAIM = """
-WITH due AS (
-    SELECT d.id, d.next_attempt_at AS due_at FROM deliveries d
-    WHERE d.tenant = $4 AND d.state IN ('pending', 'retrying', 'sending') AND d.next_attempt_at <= $1
-      AND NOT EXISTS (
-          SELECT 1 FROM deliveries o
-          WHERE o.merchant_id = d.merchant_id AND o.rating_id = d.rating_id
-            AND o.version < d.version AND o.state = 'sending')
-    ORDER BY d.next_attempt_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED)
-UPDATE deliveries SET
-    unconfirmed = deliveries.unconfirmed OR deliveries.state = 'sending',
-    state = 'sending',
-    next_attempt_at = $2,
-    updated_at = $1,
-    inquiry_id = COALESCE(deliveries.inquiry_id, (
-        SELECT l.inquiry_id FROM links l
-        WHERE l.merchant_id = deliveries.merchant_id AND l.external_id = deliveries.external_id))
-FROM due WHERE deliveries.id = due.id
-RETURNING deliveries.id, tenant, merchant_id, rating_id, rating, inquiry_id, attempts, unconfirmed,
-    COALESCE(replayed_at, created_at) AS age_from, due.due_at
-"""
+# Due rows under a lease, planned once per session: see migration 0016.
+_CLAIM = "SELECT * FROM relay_claim_due($1, $2, $3, $4)"
 
 
 async def claim_due(
     conn: Conn, tenant: str, *, now: datetime, lease_until: datetime, limit: int
 ) -> list[ClaimedDelivery]:
     """Lease up to `limit` of the tenant's due deliveries, oldest due first; the inquiry from the links."""
-    rows = await conn.fetch(_CLAIM, now, lease_until, limit, tenant)
+    rows = await conn.fetch(_CLAIM, tenant, now, lease_until, limit)
     return [
         ClaimedDelivery(
             id=row["id"],
