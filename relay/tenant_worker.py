@@ -7,7 +7,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -702,16 +701,33 @@ class TenantWorker:
             last_error=self.paused_reason,
         )
 
-    def _outcome(self, attempt: _Attempt, state: DeliveryState, **changes: Any) -> Outcome:
+    def _outcome(
+        self,
+        attempt: _Attempt,
+        state: DeliveryState,
+        *,
+        attempts: int | None = None,
+        unconfirmed: bool | None = None,
+        next_attempt_at: datetime | None = None,
+        last_status: int | None = None,
+        last_error: str | None = None,
+        current_rating: float | None = None,
+    ) -> Outcome:
+        """The attempt's outcome: its delivery's attempts and unconfirmed flag unless given, its calls."""
         delivery = attempt.delivery
-        values: dict[str, Any] = {
-            "attempts": delivery.attempts,
-            "unconfirmed": delivery.unconfirmed,
-            "inquiry_id": attempt.inquiry_id,
-            "calls": attempt.calls,
-        }
-        values.update(changes)
-        return Outcome(delivery.id, state, **values)
+        # Positional, not through a dict of keywords: one is made for every delivery.
+        return Outcome(
+            delivery.id,
+            state,
+            delivery.attempts if attempts is None else attempts,
+            delivery.unconfirmed if unconfirmed is None else unconfirmed,
+            next_attempt_at,
+            attempt.inquiry_id,
+            last_status,
+            last_error,
+            current_rating,
+            attempt.calls,
+        )
 
     def _pause(self, reason: str, *, share: bool = True) -> None:
         """Hold claims and calls until a login goes through; `share`: this worker's own refusal, which

@@ -4,7 +4,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from http import HTTPStatus
@@ -13,16 +13,18 @@ from json.encoder import encode_basestring_ascii
 import aiohttp
 import structlog
 from aiohttp.payload import BytesPayload, JsonPayload
-from pydantic import ValidationError
+from multidict import CIMultiDict
+from pydantic import TypeAdapter, ValidationError
 from yarl import URL
 
-from relay.quivo.models import CustomerInquiry
-from relay.quivo.models import RatedInquiry as _RatedInquiry
+from relay.quivo.models import CustomerInquiry, RatedInquiry
 from relay.quivo.redact import Redactor
 
 log = structlog.get_logger(__name__)
 
 BODY_EXCERPT_CHARS = 500
+# A delivered send's current rating, read into a dict: as RatedInquiry reads it, without making a model.
+_RATED = TypeAdapter(RatedInquiry)
 _RENEW_MARGIN_MAX_S = 300.0
 _RENEW_MARGIN_SHARE = 0.1
 
@@ -97,7 +99,7 @@ class QuivoAnswer:
         if not 200 <= self.status < 300:
             return None
         try:
-            return _RatedInquiry.model_validate_json(self.body).current_rating
+            return _RATED.validate_json(self.body).get("current_rating")
         except ValidationError:
             return None
 
@@ -134,7 +136,7 @@ class QuivoClient:
         self._lock = asyncio.Lock()
         self._token: str | None = None
         # What every call but a login sends, made once per token.
-        self._headers: dict[str, str] = {}
+        self._headers: CIMultiDict[str] = CIMultiDict()
         # Masks our secrets in every excerpt of Quivo's text; the session tokens join it as they come.
         self._redactor = Redactor((api_key, password))
         self._token_issued_at = 0.0
@@ -243,7 +245,10 @@ class QuivoClient:
             self._redactor = Redactor((self._api_key, self._password, self._token or "", token))
         self._token = token
         if token is not None:
-            self._headers = {"X-Api-Key": self._api_key, "Authorization": f"{self._auth_prefix}{token}"}
+            # As aiohttp keeps headers: a dict would be copied into one at every call.
+            self._headers = CIMultiDict(
+                {"X-Api-Key": self._api_key, "Authorization": f"{self._auth_prefix}{token}"}
+            )
         self._login_error = error
         self._login_attempts += 1
 
@@ -267,7 +272,7 @@ class QuivoClient:
         )
 
     async def _exchange(
-        self, method: str, path: str, headers: dict[str, str], data: BytesPayload | None
+        self, method: str, path: str, headers: Mapping[str, str], data: BytesPayload | None
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         # raise_for_status and redirects are switched off per call: the session is the caller's, and a
         # redirect would carry our credentials elsewhere or turn a POST into a GET.
