@@ -19,10 +19,10 @@ from relay.jsonline import encode, quoted, spell
 _REQUEST_ID: ContextVar[str | None] = ContextVar("relay_request_id", default=None)
 
 
-def bind_request_id(request_id: str | None) -> None:
-    """Lines logged from now on in this context (a request's task, and tasks it starts) carry `request_id`;
-    None: no request id."""
-    _REQUEST_ID.set(request_id)
+# Lines logged from now on in this context (a request's task, and tasks it starts) carry the request id given
+# (None: no request id). The variable's own set, called straight at each request: a function around it cost a
+# Python call.
+bind_request_id: Callable[[str | None], object] = _REQUEST_ID.set
 
 
 class UtcStamper:
