@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from relay import cli
 from relay.app import create_app
 from relay.cli import main
 from relay.console import duration, table
@@ -152,6 +153,25 @@ def test_status_shows_counts_backlog_recent_outcomes_and_the_worker(store):
     )
     assert document["worker"]["paused"] == "Quivo answered 401"
     assert 120 <= document["worker"]["heartbeat_age_s"] < 180
+
+
+def test_a_worker_beating_while_status_reads_is_never_shown_ahead_of_now(store, monkeypatch, capsys):
+    read = cli.worker_beats
+
+    async def beating_meanwhile(opened: Any, *, now: datetime) -> Any:
+        # A worker beside the command beats after it started, while it opens the store and reads.
+        await opened.beat(worker_beat(datetime.now(UTC)))
+        return await read(opened, now=now)
+
+    monkeypatch.setattr(cli, "worker_beats", beating_meanwhile)
+    monkeypatch.chdir(store.folder)
+    monkeypatch.setenv("DATABASE_URL", store.app[SETTINGS].database_url)
+
+    assert main(["status", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+
+    assert document["worker"]["heartbeat_age_s"] >= 0
+    assert [worker["heartbeat_age_s"] >= 0 for worker in document["workers"]] == [True]
 
 
 # Deliveries
