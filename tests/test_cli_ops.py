@@ -21,6 +21,7 @@ from relay.cli import main
 from relay.console import duration, table
 from relay.domain.delivery import DELIVERY_STATES
 from relay.keys import SETTINGS, STORE
+from relay.ops.health import worker_beats
 from relay.sim.app import create_sim_app
 from relay.sim.state import SimState
 from relay.store import create_store
@@ -156,12 +157,11 @@ def test_status_shows_counts_backlog_recent_outcomes_and_the_worker(store):
 
 
 def test_a_worker_beating_while_status_reads_is_never_shown_ahead_of_now(store, monkeypatch, capsys):
-    read = cli.worker_beats
 
     async def beating_meanwhile(opened: Any, *, now: datetime) -> Any:
         # A worker beside the command beats after it started, while it opens the store and reads.
         await opened.beat(worker_beat(datetime.now(UTC)))
-        return await read(opened, now=now)
+        return await worker_beats(opened, now=now)
 
     monkeypatch.setattr(cli, "worker_beats", beating_meanwhile)
     monkeypatch.chdir(store.folder)
