@@ -15,6 +15,7 @@ from relay.domain.delivery import DeliveryState
 from relay.domain.matching import inquiry_id_from_external_id
 from relay.domain.message import quivo_rating, render_message
 from relay.domain.rating import Rating
+from relay.domain.rating_json import read_rating
 from relay.domain.retry import Verdict, leaves_send_unsure, retry_delay, verdict_for_status
 from relay.jsonline import encode, spell
 from relay.logs import spelled_writer
@@ -380,7 +381,7 @@ class TenantWorker:
         asking: dict[int, _Claim] = {}
         for claim in claims:
             with contextlib.suppress(ValidationError):  # the delivery's own pass meets and reports it
-                claim.rating = Rating.model_validate_json(claim.delivery.rating_json)
+                claim.rating = read_rating(claim.delivery.rating_json)
                 claim.inquiry_id = claim.delivery.inquiry_id or inquiry_id_from_external_id(
                     claim.rating.external_id, self.tenant.inquiry_id_pattern
                 )
@@ -423,7 +424,7 @@ class TenantWorker:
     async def _deliver_once(self, claim: _Claim) -> None:
         started = time.perf_counter()
         delivery, lease_until, inquiry_id = claim.delivery, claim.leased_until, claim.inquiry_id
-        rating = claim.rating or Rating.model_validate_json(delivery.rating_json)
+        rating = claim.rating or read_rating(delivery.rating_json)
         if inquiry_id is None:
             if _age(delivery) > self.tenant.unmatched_ttl:
                 reason = UNMATCHED_TOO_LONG

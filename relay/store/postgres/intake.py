@@ -7,6 +7,7 @@ from datetime import datetime
 import asyncpg
 
 from relay.domain.judgement import Judgement
+from relay.domain.rating_json import rating_json
 from relay.store.postgres.connection import Conn
 from relay.store.postgres.instants import micros
 from relay.store.records import InboundWebhook, StoredWebhook
@@ -50,8 +51,7 @@ def _arguments(inbound: InboundWebhook, recheck_before: datetime) -> tuple[objec
         rating.version,
         rating.external_id,
         rating.stars,
-        # model_dump_json's text, without its keyword handling (a sixth of the encoding of a webhook's row).
-        rating.__pydantic_serializer__.to_json(rating).decode(),
+        rating_json(rating),
         recheck,
         inbound.tenant,
     )

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from relay.domain.judgement import Judgement
 from relay.domain.rating import Rating
+from relay.domain.rating_json import rating_json
 from relay.store.records import InboundWebhook, StoredWebhook, WebhookStatus
 from relay.store.sqlite.instants import to_text
 from relay.store.sqlite.many import Insert, insert_many
@@ -96,7 +97,7 @@ class RecordWebhook:
                 rating.version,
                 rating.external_id,
                 rating.stars,
-                _rating_json(rating),
+                rating_json(rating),
                 int(rating.created_at is not None and rating.created_at < job.recheck_before),
                 stamp,
             )
@@ -191,11 +192,6 @@ def _last_ids(conn: sqlite3.Connection, keys: set[tuple[int, int]]) -> tuple[int
     return None if known else (webhook_id, delivery_id)
 
 
-def _rating_json(rating: Rating) -> str:
-    """The rating as its delivery keeps it: model_dump_json's text, without its keyword handling."""
-    return rating.__pydantic_serializer__.to_json(rating).decode()
-
-
 def _webhook_row(inbound: InboundWebhook, status: WebhookStatus) -> tuple[object, ...]:
     judgement = inbound.judgement
     return (
@@ -225,7 +221,7 @@ def _delivery_row(webhook_id: int, job: RecordWebhook, *, outdated: bool) -> tup
         rating.version,
         rating.external_id,
         rating.stars,
-        _rating_json(rating),
+        rating_json(rating),
         "superseded" if outdated else "pending",
         None if outdated else stamp,
         int(recheck),
