@@ -45,3 +45,37 @@ async def test_claims_plan_nothing_once_the_session_has_planned_them(postgres_st
             await conn.execute("RESET log_planner_stats; RESET client_min_messages")
     assert [len(claim) for claim in claimed] == [10, 10, 10]
     assert planned == []
+
+
+async def test_a_claim_seeks_its_tenants_due_rows_past_another_tenants_backlog(
+    postgres_store: PostgresStore,
+) -> None:
+    # The plan the claim runs, as the server explains it to a session that asks (auto_explain).
+    explained: list[str] = []
+
+    def heard(_: object, message: asyncpg.PostgresLogMessage) -> None:
+        if "Query Text" in str(message):
+            explained.append(str(message))
+
+    pool = postgres_store._pool
+    assert pool is not None
+    now, lease_until = NOW + timedelta(minutes=1), NOW + timedelta(minutes=6)
+    async with pool.acquire() as conn:
+        for first in range(1, DUE + 1, 100):
+            await intake.record_webhooks(conn, [(webhook(n), NOW) for n in range(first, first + 100)])
+        # Most of the backlog is another tenant's (paused, say), due as early as this one's.
+        await conn.execute("UPDATE deliveries SET tenant = 'other' WHERE rating_id > 100")
+        await conn.execute("ANALYZE deliveries")
+        await conn.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+            "SET auto_explain.log_nested_statements = on; SET client_min_messages = log"
+        )
+        conn.add_log_listener(heard)
+        try:
+            claimed = await outbox.claim_due(conn, "default", now=now, lease_until=lease_until, limit=10)
+        finally:
+            conn.remove_log_listener(heard)
+            await conn.execute("RESET client_min_messages; RESET auto_explain.log_min_duration")
+    assert len(claimed) == 10
+    (plan,) = [text for text in explained if "WITH due AS" in text]
+    assert "Index Scan using deliveries_due_tenant on deliveries d" in plan
