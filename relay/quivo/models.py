@@ -2,7 +2,7 @@
 
 from typing import Any, NotRequired
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, with_config
 from pydantic.alias_generators import to_camel
 from typing_extensions import TypedDict
 
@@ -65,9 +65,9 @@ class CustomerInquiry(_QuivoModel):
         )
 
 
+@with_config(_QUIVO_CONFIG)
 class RatedInquiry(TypedDict):
     """Only the current rating of an inquiry: what a delivered send records. A dict, validated as the
     models are: one is read from every delivered send's answer, and a model costs a third more to make."""
 
-    __pydantic_config__ = _QUIVO_CONFIG  # type: ignore[misc]
     current_rating: NotRequired[float | None]
