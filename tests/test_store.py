@@ -73,6 +73,25 @@ async def test_full_disk_answers_503_and_keeps_nothing_half_written(aiohttp_clie
     conn.close()
 
 
+async def test_readiness_reports_a_failed_commit_though_its_probe_still_fits(aiohttp_client, make_settings):
+    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
+    database = sqlite_of(client.app[STORE]).database
+    assert await database.readiness_problems() == []
+    pages = await database.write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    # A full disk, for the writer: a webhook needs new pages, the probe rewrites one it has.
+    await database.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
+
+    refused = await client.post("/webhooks/bringg", data=rating_body(title="x" * 20000), headers=AUTH)
+    after_the_failure = await database.readiness_problems()
+    next_reading = await database.readiness_problems()
+
+    assert refused.status == 503
+    assert len(after_the_failure) == 1 and after_the_failure[0].startswith("database not writable: ")
+    assert "full" in after_the_failure[0]
+    # Nothing failed since: the probe's own commit speaks for the file again.
+    assert next_reading == []
+
+
 async def test_concurrent_webhooks_share_commits(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(), run_worker=False))
     database = sqlite_of(client.app[STORE]).database

@@ -68,6 +68,10 @@ class Database:
         self._orders: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.last_commit_error: str | None = None
+        # Failed commits so far, and how many of them readiness has reported (see readiness_problems).
+        self.commit_failures = 0
+        self._failures_reported = 0
+        self.failed_commit_error = ""
         self.commits = 0
 
     async def open(self) -> None:
@@ -289,6 +293,8 @@ class Database:
         if not isinstance(error, sqlite3.Error):
             return error
         self.last_commit_error = f"{type(error).__name__}: {error}"
+        self.failed_commit_error = self.last_commit_error
+        self.commit_failures += 1
         log.error("store.commit_failed", error=self.last_commit_error)
         return StoreUnavailable(self.last_commit_error)
 
@@ -300,6 +306,7 @@ class Database:
     async def readiness_problems(self) -> list[str]:
         """Why the database cannot take webhooks now; empty when it can."""
         problems = []
+        reported = self._failures_reported
         try:
             version = await self.schema_version()
             if version < LATEST_VERSION:
@@ -307,6 +314,11 @@ class Database:
             await self.write(_touch_probe)
         except (StoreUnavailable, sqlite3.Error) as error:
             problems.append(f"database not writable: {error}")
+        # The probe's one page can fit where a batch of webhooks does not (a full disk still takes a commit
+        # into WAL space the file already holds): a commit failed since the last reading fails this one too.
+        failures, self._failures_reported = self.commit_failures, self.commit_failures
+        if not problems and failures > reported:
+            problems.append(f"database not writable: {self.failed_commit_error}")
         return problems
 
 
