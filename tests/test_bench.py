@@ -2,6 +2,7 @@
 reading them back through the store, judging targets and writing the results."""
 
 import asyncio
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from bench.results import Row, exit_status, fixed, missed, relative, write_resul
 from bench.run import Bench, accepted_to_delivered_ms, claims_per_second
 from bench.seed import opened, seed
 from bench.wrk import WrkResult, wrk_result
+from relay.store.records import Outcome
 from tests.pg_server import PostgresServer
 
 WRK_REPORT = """Running 10s test @ http://127.0.0.1:40000/webhooks/bringg
@@ -91,6 +93,37 @@ def test_claims_per_second_claims_the_whole_backlog(backend: Backend):
             return await store.deliveries_by_state()
 
     assert asyncio.run(states())["delivered"] == 200
+
+
+def test_a_drain_ends_at_the_last_delivery_s_own_instant_not_at_the_poll_that_saw_it(tmp_path: Path):
+    url = SqliteFiles(tmp_path).fresh("drain")
+    seed(url, 30, state="pending")
+    # Every outcome stamped two seconds ahead, all stored at once: the first poll already sees them all.
+    stamped = datetime.now(UTC) + timedelta(seconds=2)
+
+    async def deliver_all() -> None:
+        async with opened(url) as store:
+            leased = stamped + timedelta(minutes=5)
+            batch = await store.claim_due("default", now=stamped, lease_until=leased, limit=64)
+            for claimed in batch:
+                outcome = Outcome(claimed.id, "delivered", attempts=1, unconfirmed=False)
+                await store.record_outcome(outcome, leased_until=leased, now=stamped)
+
+    async def drain(worker: subprocess.Popen[bytes]) -> float:
+        watching = asyncio.create_task(run.watch_drain(url, 30, [worker]))
+        await deliver_all()
+        rate, _ = await watching
+        return rate
+
+    worker = subprocess.Popen(["sleep", "60"])  # a process for the watcher to find alive
+    try:
+        rate = asyncio.run(drain(worker))
+    finally:
+        worker.kill()
+        worker.wait()
+
+    # 30 deliveries over the two seconds up to their stamp (less the moments before the watch began).
+    assert 30 / 2.0 <= rate <= 30 / 1.5
 
 
 class NoDatabases:
