@@ -3,6 +3,8 @@ reading them back through the store, judging targets and writing the results."""
 
 import asyncio
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -166,6 +168,32 @@ def test_two_workers_are_judged_against_one_and_each_against_its_concurrency(
     against_client = judged(bench, "  ratio drain, no added latency / bare client")
     assert (against_client.value, against_client.met) == ("0.42", False)
     assert str(against_client.target) == "relative: >= 0.5 (the bare client's)"
+
+
+def test_each_timed_run_at_a_fixed_rate_starts_once_earlier_writes_are_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    steps: list[str] = []
+
+    def paced(port: int, *, rate: int, seconds: int, token: str, first_rating_id: int) -> LoadResult:
+        steps.append(f"run from {first_rating_id}")
+        return LoadResult(sent=1, statuses={202: 1}, latencies_ms=[1.0])
+
+    @contextmanager
+    def web(self: Bench, url: str, processes: int, *, table: str, phase: str) -> Iterator[int]:
+        yield 1
+
+    monkeypatch.setattr(run, "run_paced", paced)
+    monkeypatch.setattr(Bench, "web", web)
+    bench = Bench(run.QUICK, tmp_path)
+    bench.settle = lambda: steps.append("settle")
+
+    bench.at_rate(SqliteFiles(tmp_path))
+
+    # The warm-up second is not timed; each timed run follows a settle of its own.
+    warm_up, *timed = steps
+    assert warm_up == f"run from {10**9}"
+    assert timed == [step for n in range(2, 5) for step in ("settle", f"run from {n * 10**9}")]
 
 
 def test_one_web_process_is_judged_against_the_bare_app_and_the_naive_receiver(tmp_path: Path):
