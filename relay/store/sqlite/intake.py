@@ -1,5 +1,6 @@
 """Inbound webhooks: the raw bytes of each, and for a usable rating its delivery row, in one transaction."""
 
+import functools
 import json
 import sqlite3
 from dataclasses import replace
@@ -10,7 +11,6 @@ from relay.domain.rating import Rating
 from relay.domain.rating_json import rating_json
 from relay.store.records import InboundWebhook, StoredWebhook, WebhookStatus
 from relay.store.sqlite.instants import to_text
-from relay.store.sqlite.many import Insert, insert_many
 from relay.store.sqlite.writer import WriteJob
 
 
@@ -52,12 +52,19 @@ class RecordWebhook:
 
     @staticmethod
     def together(conn: sqlite3.Connection, jobs: "list[RecordWebhook]") -> list[StoredWebhook]:
-        """A run of webhooks stored in a few statements, each decided as alone in this order would decide it.
+        """A run of webhooks, inside a transaction: in one statement when none of its ratings is known yet
+        (see arrive), else webhook by webhook."""
+        return RecordWebhook.arrive(conn, jobs) or [job(conn) for job in jobs]
 
-        Usually none of the run's ratings is known yet: then every webhook is inserted as it was judged,
-        and every rating gets a pending delivery, with ids chosen as SQLite would (one past the largest,
-        this transaction holding the write lock). A run with a known rating, or one rating twice, is stored
-        webhook by webhook.
+    @staticmethod
+    def arrive(conn: sqlite3.Connection, jobs: "list[RecordWebhook]") -> list[StoredWebhook] | None:
+        """A run of webhooks stored in one statement, each decided as alone in this order would decide it;
+        None, with nothing written, when one of its ratings is known already or comes twice.
+
+        Then every webhook is inserted as it was judged, and every rating gets a pending delivery, with ids
+        chosen as SQLite would (one past the largest). Outside a transaction the statement commits itself:
+        a writer that wrote between the read of those ids and it took the first of them, and the statement
+        fails on the primary key, writing nothing.
         """
         keys = set()
         ratings = 0
@@ -68,43 +75,40 @@ class RecordWebhook:
                 ratings += 1
         last_ids = _last_ids(conn, keys) if len(keys) == ratings else None
         if last_ids is None:
-            return [job(conn) for job in jobs]
+            return None
         webhook_id, delivery_id = last_ids
         # This runs on the writer thread holding the GIL, which the event loop waits for: one pass, each
-        # row's values added to one flat list of parameters, each instant spelled once.
+        # row's values added to one flat list of parameters.
         stored: list[StoredWebhook] = []
-        webhook_values: list[object] = []
-        delivery_values: list[object] = []
+        values: list[object] = []
         for job in jobs:
             inbound = job.inbound
             judgement = inbound.judgement
             rating = judgement.rating
             webhook_id += 1
-            webhook_row = _webhook_row(inbound, judgement.status)
-            stamp = webhook_row[0]  # the arrival instant, spelled once for both rows
-            webhook_values.append(webhook_id)
-            webhook_values += webhook_row
+            values.append(webhook_id)
+            values += _webhook_row(inbound, judgement.status)
             if judgement.status != "accepted" or rating is None:
                 stored.append(StoredWebhook(webhook_id, judgement.status))
+                values += _NO_DELIVERY
                 continue
             delivery_id += 1
-            delivery_values += (
+            values += (
                 delivery_id,
-                webhook_id,
-                inbound.tenant,
-                rating.merchant_id,
-                rating.rating_id,
                 rating.version,
                 rating.external_id,
                 rating.stars,
                 rating_json(rating),
                 int(rating.created_at is not None and rating.created_at < job.recheck_before),
-                stamp,
             )
             stored.append(StoredWebhook(webhook_id, "accepted", delivery_id=delivery_id))
-        insert_many(conn, _NEW_WEBHOOK, webhook_values)
-        insert_many(conn, _NEW_DELIVERY, delivery_values)
+        size = _arrivals_size(len(jobs))
+        values += _PADDING * (size - len(jobs))
+        conn.execute(_arrivals(size), values)
         return stored
+
+    # Alone in a batch of its kind, the writer runs `arrive` outside a transaction (see writer.py).
+    in_one_statement = arrive
 
 
 def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> RecordWebhook:
@@ -242,8 +246,19 @@ def _insert_delivery(conn: sqlite3.Connection, row: tuple[object, ...]) -> int:
     return cursor.lastrowid
 
 
-_NEW_WEBHOOK = Insert("webhooks", f"id, {_WEBHOOK_COLUMNS}", tuple(range(1, 12)))
-# A new rating's delivery is pending from its arrival, whose instant (the 11th value) fills three columns.
-_NEW_DELIVERY = Insert(
-    "deliveries", f"id, {_DELIVERY_COLUMNS}", (1, 2, 3, 4, 5, 6, 7, 8, 9, "'pending'", 11, 10, 11, 11)
-)
+# The arrivals view's columns, after the webhook's: those of a row with no delivery, and of a padding row.
+_ARRIVAL_WIDTH = 17
+_NO_DELIVERY = (None,) * 6
+_PADDING = (None,) * _ARRIVAL_WIDTH
+
+
+def _arrivals_size(count: int) -> int:
+    """The statement's rows for a run of `count`: the next power of two, so few sizes are ever prepared."""
+    return 1 << (count - 1).bit_length()
+
+
+@functools.cache
+def _arrivals(size: int) -> str:
+    """`INSERT INTO arrivals VALUES (...), ...` for `size` rows (migration 0013)."""
+    row = f"({', '.join('?' * _ARRIVAL_WIDTH)})"
+    return f"INSERT INTO arrivals VALUES {', '.join([row] * size)}"
