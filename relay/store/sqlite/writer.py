@@ -248,11 +248,15 @@ class Database:
             writer, self._writer = self._writer, None
             writer.close()
 
+    def _writer_connection(self) -> sqlite3.Connection:
+        """On the writer thread: its connection, while the database is open."""
+        if self._writer is None:
+            raise StoreUnavailable("database is closed")
+        return self._writer
+
     def _run_alone(self, entry: _Entry) -> None:
         try:
-            if self._writer is None:
-                raise StoreUnavailable("database is closed")
-            result = entry.item.job(self._writer)
+            result = entry.item.job(self._writer_connection())
         except Exception as error:
             _hand_back([entry], error)
             return
@@ -287,9 +291,7 @@ class Database:
             getattr(job, "in_one_statement", None) is not in_one_statement for job in jobs
         ):
             return None
-        conn = self._writer
-        if conn is None:
-            raise StoreUnavailable("database is closed")
+        conn = self._writer_connection()
         with _turn_taken(self._turn):
             try:
                 results: list[Any] | None = in_one_statement(conn, jobs)
@@ -301,9 +303,7 @@ class Database:
 
     def _transaction(self, jobs: list[WriteJob[Any]]) -> list[Any]:
         """On the writer thread: one transaction around every job of the batch."""
-        conn = self._writer
-        if conn is None:
-            raise StoreUnavailable("database is closed")
+        conn = self._writer_connection()
         with _turn_taken(self._turn):
             conn.execute("BEGIN IMMEDIATE")
             try:
