@@ -31,6 +31,7 @@ from bench.seed import opened, seed
 from bench.wrk import WrkResult, wrk
 from relay.store.api import Store
 from relay.store.records import Outcome
+from relay.store.records import Row as StoredRow
 from scripts.revision import revision
 from tests.pg_server import PostgresServer
 
@@ -224,12 +225,11 @@ class Bench:
         with self.web(backend.fresh("fixed"), 1, table=table, phase="ingest") as port:
             run_paced(port, rate=1000, seconds=1, token=TOKEN, first_rating_id=10**9)
             loads = []
+            seconds = self.sizes.fixed_rate_s
             for n in range(RATE_RUNS):
                 self.settle()
-                first_rating_id = (2 + n) * 10**9
-                seconds = self.sizes.fixed_rate_s
                 loads.append(
-                    run_paced(port, rate=1000, seconds=seconds, token=TOKEN, first_rating_id=first_rating_id)
+                    run_paced(port, rate=1000, seconds=seconds, token=TOKEN, first_rating_id=(2 + n) * 10**9)
                 )
         self.judge_at_rate(table, loads)
 
@@ -516,13 +516,18 @@ async def watch_drain(
 
 async def last_delivered_at(store: Store) -> datetime:
     """The instant the latest delivery was delivered (each worker stamps it as it stores the outcome)."""
-    stamps: list[datetime] = [
-        row["delivered_at"]
+    stamps: list[datetime] = [row["delivered_at"] for row in await delivered_rows(store)]
+    return max(stamps)
+
+
+async def delivered_rows(store: Store) -> list[StoredRow]:
+    """Every delivered delivery's row, in id order."""
+    return [
+        row
         async for batch in store.export_rows("deliveries", batch_size=10_000)
         for row in batch
         if row["state"] == "delivered"
     ]
-    return max(stamps)
 
 
 async def wait_delivered(url: str, count: int, *, deadline_s: float) -> None:
@@ -539,9 +544,7 @@ async def accepted_to_delivered_ms(url: str) -> list[float]:
     async with opened(url) as store:
         latencies = [
             (row["delivered_at"] - row["created_at"]).total_seconds() * 1000
-            async for batch in store.export_rows("deliveries", batch_size=10_000)
-            for row in batch
-            if row["state"] == "delivered"
+            for row in await delivered_rows(store)
         ]
     return sorted(latencies)
 
