@@ -19,6 +19,7 @@ from relay.settings import Settings
 from relay.store import create_store
 from relay.store.api import Store
 from relay.store.postgres.store import PostgresStore
+from relay.store.sqlite.store import SqliteStore
 from tests.pg_server import PostgresServer, ServerUnavailable
 
 # The vendors' own payloads live beside the project in ../shared; tests/fixtures holds unedited copies for a
@@ -128,6 +129,17 @@ def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
         yield name
     finally:
         postgres_server.drop_database(name)
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """A SQLite store opened (and so migrated) on a file of its own; closed after the test."""
+    opened = SqliteStore(tmp_path / "relay.db", timeout_s=5)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture

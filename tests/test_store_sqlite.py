@@ -4,7 +4,6 @@ import asyncio
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,16 +22,6 @@ from relay.store.sqlite.store import SqliteStore
 from tests.test_webhook import rating_body
 
 NOW = datetime(2026, 12, 1, 18, 0, 0, 123456, tzinfo=UTC)
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "relay.db", timeout_s=5)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def inbound(rating_id: int, received_at: datetime = NOW) -> InboundWebhook:

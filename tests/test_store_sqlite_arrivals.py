@@ -3,7 +3,6 @@ one of its ids first sends the batch through a transaction instead, and nothing 
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from relay.store.records import StoredWebhook
 from relay.store.sqlite import intake
+from relay.store.sqlite.store import SqliteStore
 from relay.store.sqlite.writer import Database
 from tests.test_store_sqlite import NOW, inbound
 
@@ -18,13 +18,9 @@ RECHECK_BEFORE = NOW - timedelta(days=30)
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "relay.db", timeout_s=5)
-    await database.open()
-    try:
-        yield database
-    finally:
-        await database.close()
+def database(sqlite_store: SqliteStore) -> Database:
+    """The writer and reader of a SQLite store on a file of its own."""
+    return sqlite_store.database
 
 
 async def stored_traced(database: Database, rating_ids: range) -> tuple[list[StoredWebhook], list[str]]:
