@@ -321,7 +321,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=True, runs_worker=not args.no_worker)
     processes = args.processes or settings.relay_processes
     socket_sets = _listening_socket_sets(settings.relay_host, settings.port, processes)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, per_turn=True)
     if settings.bringg_auth == "none":
         log.warning(
             "relay.auth_disabled", detail="BRINGG_AUTH=none: anyone who knows the URL can post webhooks"
@@ -378,7 +378,7 @@ def _worker(args: argparse.Namespace) -> int:
     settings = _settings(serves_webhooks=False, runs_worker=True)
     names = ("RELAY_WORKER_HOST", "RELAY_WORKER_PORT")
     sockets = _listening_sockets(settings.relay_worker_host, settings.relay_worker_port, names=names)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, per_turn=True)
     log.info(
         "relay.starting",
         host=settings.relay_worker_host,

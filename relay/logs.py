@@ -1,9 +1,13 @@
 """Logging: structlog JSON lines on stdout, with stdlib loggers (aiohttp's too) in the same stream."""
 
+import asyncio
+import atexit
 import logging
+import select
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -169,9 +173,15 @@ def spelled_writer(logger: Any, level: str) -> Callable[[object, str], None] | N
 
 
 def configure_logging(
-    level: str = "INFO", fmt: Literal["json", "console"] | None = None, stream: TextIO | None = None
+    level: str = "INFO",
+    fmt: Literal["json", "console"] | None = None,
+    stream: TextIO | None = None,
+    *,
+    per_turn: bool = False,
 ) -> None:
-    """Route structlog and stdlib records through one pipeline; JSON unless stdout is a terminal."""
+    """Route structlog and stdlib records through one pipeline; JSON unless stdout is a terminal. The
+    relay's own lines are flushed one by one or, `per_turn` (a server's loop), at the start of the event
+    loop's next turn, a turn's lines together."""
     if fmt is None:
         fmt = "console" if sys.stdout.isatty() else "json"
     renderer: Processor = _render_json if fmt == "json" else structlog.dev.ConsoleRenderer()
@@ -195,7 +205,7 @@ def configure_logging(
     line = _relay_line(renderer)
     structlog.configure(
         processors=[line],
-        logger_factory=_LineWriterFactory(stream or sys.stdout),
+        logger_factory=_LineWriterFactory(stream or sys.stdout, per_turn=per_turn),
         wrapper_class=_direct_bound_logger(logging.getLevelName(level), line, renderer is _render_json),
         cache_logger_on_first_use=True,
     )
@@ -205,9 +215,9 @@ class _LineWriter:
     """structlog's WriteLogger, named after get_logger's argument so each line says which part spoke; it also
     writes a line spelled whole, the spelling of its level, logger and timestamp keys at hand (`tails`)."""
 
-    def __init__(self, stream: TextIO, lock: threading.Lock, name: str) -> None:
+    def __init__(self, lines: "_Lines", name: str) -> None:
         self.name = name
-        self._write, self._flush, self._lock = stream.write, stream.flush, lock
+        self.write = lines.write
         self.tails = {
             level: f', "level": "{level}", "logger": {spell(name)}, "timestamp": "' for level in _LEVELS
         }
@@ -218,7 +228,46 @@ class _LineWriter:
         write = self.write
         return lambda event, members: write(_members_line(members, event, tail))
 
-    def write(self, text: str) -> None:
+    def msg(self, message: str) -> None:
+        self.write(message + "\n")
+
+    log = debug = info = warn = warning = fatal = failure = err = error = critical = exception = msg
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+# Every stream's lines, written at the interpreter's exit: a loop that stopped holding some never writes them.
+_ALL_LINES: "weakref.WeakSet[_Lines]" = weakref.WeakSet()
+
+
+def write_held_lines() -> None:
+    """Write every line a loop still holds (before an exit that skips atexit, as os._exit does)."""
+    for lines in list(_ALL_LINES):
+        lines.write_held()
+
+
+atexit.register(write_held_lines)
+
+
+class _Lines:
+    """The lines written into one stream, each flushed at once or, `per_turn`, those of an event loop's turn
+    at its end: a write is a system call, and one from the loop lets a busy thread take the GIL."""
+
+    def __init__(self, stream: TextIO, *, per_turn: bool) -> None:
+        self._write, self._flush = stream.write, stream.flush
+        self._lock = threading.Lock()
+        self._held: list[str] = []
+        # The loop whose next turn writes what is held; None when nothing is held.
+        self._turn: asyncio.AbstractEventLoop | None = None
+        self.write = self._write_per_turn if per_turn else self._write_now
+        _ALL_LINES.add(self)
+
+    def _write_now(self, text: str) -> None:
         """Write `text` (whole lines) and flush it, one writer at a time."""
         # acquire and release: a `with` block costs twice as much, about a fifth of writing the line.
         self._lock.acquire()
@@ -228,21 +277,62 @@ class _LineWriter:
         finally:
             self._lock.release()
 
-    def msg(self, message: str) -> None:
-        self.write(message + "\n")
+    def _write_per_turn(self, text: str) -> None:
+        """Write `text` (whole lines) at the start of the running loop's next turn; without a running loop
+        (another thread), now, after the lines held."""
+        loop = _running_loop()
+        self._lock.acquire()
+        try:
+            self._held.append(text)
+            if loop is None:
+                self._write_held()
+                return
+            if self._turn is loop:
+                return
+            if self._turn is None or self._turn.is_closed():
+                self._turn = loop
+                loop.call_soon(self.write_held)
+                return
+        finally:
+            self._lock.release()
+        # Another loop holds lines too (two loops in two threads): written now, in the order they came.
+        self.write_held()
 
-    log = debug = info = warn = warning = fatal = failure = err = error = critical = exception = msg
+    def write_held(self) -> None:
+        """Write and flush the lines held."""
+        self._lock.acquire()
+        try:
+            self._write_held()
+        finally:
+            self._lock.release()
+
+    def _write_held(self) -> None:
+        held, self._held, self._turn = self._held, [], None
+        # A pipe takes a write of up to PIPE_BUF bytes whole: flushed in pieces no longer, the lines stay
+        # whole among other processes' on the one stdout (relay serve --processes N). A longer line alone.
+        piece: list[str] = []
+        size = 0
+        for text in held:
+            length = len(text) if text.isascii() else len(text.encode())
+            if piece and size + length > select.PIPE_BUF:
+                self._write("".join(piece))
+                self._flush()
+                piece, size = [], 0
+            piece.append(text)
+            size += length
+        if piece:
+            self._write("".join(piece))
+            self._flush()
 
 
 class _LineWriterFactory:
-    """A _LineWriter per get_logger name, every one writing into `stream` under one lock."""
+    """A _LineWriter per get_logger name, every one writing into `stream` through one _Lines."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
+    def __init__(self, stream: TextIO, *, per_turn: bool) -> None:
+        self._lines = _Lines(stream, per_turn=per_turn)
 
     def __call__(self, *args: object) -> _LineWriter:
-        return _LineWriter(self._stream, self._lock, str(args[0]) if args else "relay")
+        return _LineWriter(self._lines, str(args[0]) if args else "relay")
 
 
 def get_logger(name: str) -> Any:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from relay.logs import write_held_lines
+
 log = structlog.get_logger("relay")
 
 # A child tells its parent it serves with this signal, whose sender's pid the parent reads: a real-time
@@ -166,6 +168,7 @@ def _fork(number: int, socket_sets: SocketSets, serve: Serve, old_mask: set[int 
     except BaseException:
         traceback.print_exc()
     finally:
+        write_held_lines()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
