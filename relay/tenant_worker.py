@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from pydantic import ValidationError
 
+from relay.claim_ahead import LEAST_PER_SLOT, ClaimAhead
 from relay.domain.delivery import DeliveryState
 from relay.domain.matching import inquiry_id_from_external_id
 from relay.domain.message import quivo_rating, render_message
@@ -39,12 +40,6 @@ from relay.tenants.tenant import Tenant
 
 log = structlog.get_logger("relay.delivery")
 
-# Deliveries claimed per Quivo call slot: the spare ones wait on a slot, their leases far from running out.
-# Three, not two: the spare ones keep every slot busy while the next claim and its turns (two store round
-# trips, each behind a commit) come back; with two, the slots stood idle 19% of a drain waiting for them.
-# One whose calls are done and whose outcome waits for its commit holds no slot: it takes no room here,
-# up to as many again (what a store slow to commit outcomes lets pile up stays bounded).
-CLAIM_AHEAD = 3
 # A claim waits until this share of the call slots' worth is free: claims (and the turns taken right after
 # them) come in batches sharing a store round trip each, not one round trip per finished delivery.
 CLAIM_BATCH_SHARE = 0.5
@@ -137,7 +132,7 @@ class TenantWorker:
         self._turn_ahead = self._lease * (1 + TURN_FRESH_SHARE)
         # How long a call may wait for its turn: its lease, renewed before the wait, outlasts it.
         self._turn_wait_s = settings.quivo_lease_s / 2
-        self._claim_cap = CLAIM_AHEAD * account.max_concurrency
+        self._claim_ahead = ClaimAhead(account.max_concurrency)
         self._claim_batch = max(1, round(CLAIM_BATCH_SHARE * account.max_concurrency))
         # Beside other workers, the rate, the holds on inquiries and the pauses are the relay's, in the store;
         # alone on a database (SQLite), the worker's own pacer and lock per inquiry keep them, commit-free.
@@ -145,10 +140,11 @@ class TenantWorker:
             None if store.single_worker else RelayBudget(store, account.max_rps, account=tenant.name)
         )
         # A claim's calls reserve their slots together, ahead, where a claim's worth of slots spans a second
-        # at most. At lower rates the budget, not round trips, bounds the calls, and slots reserved ahead
+        # at most (a claim grows past three slots' worth only to what the worker finishes in a tenth of a
+        # second, which the rate bounds). At lower rates the budget, not round trips, bounds the calls, and slots reserved ahead
         # would push every worker's calls past what a lease can wait.
         self._slots_ahead = self._budget is not None and (
-            account.max_rps >= CLAIM_AHEAD * account.max_concurrency
+            account.max_rps >= LEAST_PER_SLOT * account.max_concurrency
         )
         self._in_flight: set[asyncio.Task[None]] = set()
         # Of those, the passes whose outcome waits for its commit.
@@ -234,6 +230,7 @@ class TenantWorker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._claim_ahead.finished()
         if not self._in_flight or self._room() >= self._claim_batch:
             self._wake.set()
         if not task.cancelled() and task.exception() is not None:
@@ -244,6 +241,7 @@ class TenantWorker:
         now = utc_now()
         # As long as a turn taken ahead would make it: that turn, moments from now, need not renew it.
         lease_until = now + self._turn_ahead
+        self._claim_ahead.update()
         free = self._room()
         if free < self._claim_batch or self._pacer.paused_for() > 0:
             return 0, [], lease_until
@@ -252,7 +250,8 @@ class TenantWorker:
 
     def _room(self) -> int:
         """How many more deliveries the worker may claim now."""
-        return self._claim_cap - len(self._in_flight) + min(self._settling, self._claim_cap)
+        cap = self._claim_ahead.cap
+        return cap - len(self._in_flight) + min(self._settling, cap)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

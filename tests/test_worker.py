@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from relay import tenant_worker
+from relay import claim_ahead, tenant_worker
 from relay import worker as worker_module
 from relay.app import create_app
 from relay.keys import SETTINGS, STORE, WORKER
@@ -758,7 +758,7 @@ async def test_deliveries_waiting_for_their_outcomes_commit_leave_room_for_the_n
     # the next claim back while the store committed, and the call slots stood idle meanwhile. Here no
     # outcome commits until more ratings went out than one claim ahead holds.
     concurrency = 2
-    room = tenant_worker.CLAIM_AHEAD * concurrency
+    room = claim_ahead.LEAST_PER_SLOT * concurrency
     settings = make_settings(**forwarding_settings(quivo, quivo_max_concurrency=concurrency))
     intake = await aiohttp_client(create_app(settings, run_worker=False))
     accepted = [await post(intake, rating_webhook(n, f"INQ-{n}")) for n in range(930, 930 + 2 * room)]
@@ -786,6 +786,38 @@ async def test_deliveries_waiting_for_their_outcomes_commit_leave_room_for_the_n
 
     assert posted_before_any_outcome[0] > room
     assert _ratings_posted(quivo) == 2 * room
+
+
+async def test_a_worker_finishing_deliveries_fast_claims_more_than_three_slots_worth_and_no_more_than_eight(
+    aiohttp_client, make_settings, quivo, monkeypatch
+):
+    # Three slots' worth ran out while a claim was out in a drain, and the slots stood idle. Here any rate
+    # measured, over a millisecond, fills the cap: the claims grow without this machine's speed deciding.
+    monkeypatch.setattr(claim_ahead, "WINDOW_S", 0.001)
+    monkeypatch.setattr(claim_ahead, "HORIZON_S", 1e6)
+    concurrency = 2
+    settings = make_settings(**forwarding_settings(quivo, quivo_max_concurrency=concurrency))
+    intake = await aiohttp_client(create_app(settings, run_worker=False))
+    accepted = [await post(intake, rating_webhook(n, f"INQ-{n}")) for n in range(960, 1000)]
+    await intake.close()
+    limits: list[int] = []
+
+    def asked(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def claim_due(*args: Any, **kwargs: Any) -> Any:
+            limits.append(kwargs["limit"])
+            return await method(*args, **kwargs)
+
+        return claim_due
+
+    for store_class in (SqliteStore, PostgresStore):
+        monkeypatch.setattr(store_class, "claim_due", asked(store_class.claim_due))
+
+    relay = await aiohttp_client(create_app(settings, run_worker=True))
+    for answer in accepted:
+        assert (await wait_for_delivery(db(relay), answer["delivery_id"])).state == "delivered"
+
+    assert limits[0] == claim_ahead.LEAST_PER_SLOT * concurrency
+    assert claim_ahead.LEAST_PER_SLOT * concurrency < max(limits) <= claim_ahead.MOST_PER_SLOT * concurrency
 
 
 def _ratings_posted(quivo: Quivo) -> int:
