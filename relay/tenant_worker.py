@@ -141,8 +141,8 @@ class TenantWorker:
         )
         # A claim's calls reserve their slots together, ahead, where a claim's worth of slots spans a second
         # at most (a claim grows past three slots' worth only to what the worker finishes in a tenth of a
-        # second, which the rate bounds). At lower rates the budget, not round trips, bounds the calls, and slots reserved ahead
-        # would push every worker's calls past what a lease can wait.
+        # second, which the rate bounds). At lower rates the budget, not round trips, bounds the calls, and
+        # slots reserved ahead would push every worker's calls past what a lease can wait.
         self._slots_ahead = self._budget is not None and (
             account.max_rps >= LEAST_PER_SLOT * account.max_concurrency
         )

@@ -1,4 +1,4 @@
-"""The claim cap: three call slots' worth at rest, what a tenth of a second finishes under load, eight at most."""
+"""The claim cap: three slots' worth at rest, what a tenth of a second finishes under load, eight at most."""
 
 from relay.claim_ahead import HORIZON_S, LEAST_PER_SLOT, MOST_PER_SLOT, WINDOW_S, ClaimAhead
 
