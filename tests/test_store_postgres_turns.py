@@ -100,3 +100,55 @@ async def test_turns_sent_with_instants_as_microseconds_decide_and_store_as_with
     assert holds == [(1, 1, until + LEASE), (2, 4, until)]
     # A busy one's lease is renewed too; a lost one's is left as it was.
     assert [lease for _, _, lease in leases] == [until + LEASE, until, T0 + LEASE, until, T0 + LEASE / 2]
+
+
+async def kept_turns_taken_by(store: PostgresStore, take: Take, merchant_id: int) -> list[list[Any]]:
+    """Four deliveries of the merchant claimed, then turns under the claim's own lease taken by `take`: the
+    answers, the holds (ids as rating ids), and which deliveries' rows were written since the claim."""
+    ids: dict[int, int] = {}
+    for rating_id in range(1, 5):
+        stored = await store.record_webhook(inbound(merchant_id, rating_id), recheck_before=T0)
+        assert stored.delivery_id is not None
+        ids[rating_id] = stored.delivery_id
+    lease = T0 + LEASE
+    await store.claim_due("default", now=T0, lease_until=lease, limit=10)
+    first, second = 100 * merchant_id + 1, 100 * merchant_id + 2
+    now = T0 + timedelta(microseconds=1)
+    requests: list[outbox.TurnRequest] = [
+        (ids[1], first, lease, now, lease),  # go
+        (ids[2], first, lease, now, lease),  # busy: rating 1 holds it
+        (ids[3], second, lease - timedelta(microseconds=1), now, lease - timedelta(microseconds=1)),  # lost
+        (ids[4], second, lease, now, lease),  # go
+    ]
+    versions = (
+        "SELECT rating_id, xmin::text::bigint FROM deliveries WHERE merchant_id = $1 ORDER BY rating_id"
+    )
+    before = await store._run(lambda conn: conn.fetch(versions, merchant_id))
+    answers = await store._run(lambda conn: take(conn, requests))
+    after = await store._run(lambda conn: conn.fetch(versions, merchant_id))
+    rating_of = {delivery_id: rating_id for rating_id, delivery_id in ids.items()}
+    holds = await store._run(lambda conn: conn.fetch("SELECT * FROM inquiry_holds ORDER BY inquiry_id"))
+    return [
+        answers,
+        [
+            (row["inquiry_id"] - 100 * merchant_id, rating_of[row["delivery_id"]], row["held_until"])
+            for row in holds
+            if row["delivery_id"] in rating_of
+        ],
+        [old["rating_id"] for old, new in zip(before, after, strict=True) if old["xmin"] != new["xmin"]],
+    ]
+
+
+async def test_turns_under_the_claims_own_lease_decide_as_before_and_write_no_delivery(
+    postgres_store: PostgresStore,
+) -> None:
+    answers, holds, written = await kept_turns_taken_by(postgres_store, outbox.take_turns, 9)
+    renewing_answers, renewing_holds, renewing_written = await kept_turns_taken_by(
+        postgres_store, with_timestamps, 10
+    )
+
+    assert (answers, holds) == (renewing_answers, renewing_holds)
+    assert answers == ["go", "busy", "lost", "go"]
+    assert holds == [(1, 1, T0 + LEASE), (2, 4, T0 + LEASE)]
+    # Renewing to the same instant wrote each leased row again; the lease only read writes none.
+    assert (written, renewing_written) == ([], [1, 2, 4])

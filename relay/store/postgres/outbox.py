@@ -53,6 +53,24 @@ SELECT CASE WHEN NOT EXISTS (SELECT FROM leased) THEN 'lost'
     WHEN EXISTS (SELECT FROM taken) THEN 'go' ELSE 'busy' END
 """
 
+# The same for turns whose lease stays as it is ($5 = $3: a claim's, taken moments ago): the lease is only
+# read, the row not written again (an update writes a new version of the row and of its index entries, the
+# same values or not: 40 us of the server's time a turn, a quarter of its work in a drain).
+_TURN_KEPT = """
+WITH leased AS (
+    SELECT id, tenant FROM deliveries
+    WHERE id = $1 AND state = 'sending' AND next_attempt_at = relay_instant($3)),
+taken AS (
+    INSERT INTO inquiry_holds (tenant, inquiry_id, delivery_id, held_until)
+    SELECT tenant, $2, id, relay_instant($5) FROM leased
+    ON CONFLICT (tenant, inquiry_id) DO UPDATE
+    SET delivery_id = excluded.delivery_id, held_until = excluded.held_until
+    WHERE inquiry_holds.held_until <= relay_instant($4) OR inquiry_holds.delivery_id = excluded.delivery_id
+    RETURNING 1)
+SELECT CASE WHEN NOT EXISTS (SELECT FROM leased) THEN 'lost'
+    WHEN EXISTS (SELECT FROM taken) THEN 'go' ELSE 'busy' END
+"""
+
 # A delivery, its inquiry, the lease it holds, now, and the lease's new end.
 TurnRequest = tuple[int, int, datetime, datetime, datetime]
 
@@ -63,7 +81,8 @@ async def take_turns(conn: Conn, requests: list[TurnRequest]) -> list[Turn]:
         (delivery_id, inquiry_id, micros(leased_until), micros(now), micros(until))
         for delivery_id, inquiry_id, leased_until, now, until in requests
     ]
-    return [cast(Turn, row[0]) for row in await conn.fetchmany(_TURN, arguments)]
+    kept = all(leased_until == until for _, _, leased_until, _, until in arguments)
+    return [cast(Turn, row[0]) for row in await conn.fetchmany(_TURN_KEPT if kept else _TURN, arguments)]
 
 
 # Where each delivery went, its calls and the release of its inquiry: see migrations 0002 and 0013.
