@@ -45,17 +45,34 @@ def inbound(merchant_id: int, rating_id: int) -> InboundWebhook:
     return InboundWebhook(f"req-{rating_id}", T0, b'{"rating": 1}', "application/json", judgement)
 
 
-async def turns_taken_by(store: PostgresStore, take: Take, merchant_id: int) -> list[list[Any]]:
-    """Five deliveries of the merchant claimed, one inquiry's hold run out, then a batch of turns taken by
-    `take`: the answers, then the holds and the deliveries' leases (ids as rating ids)."""
+async def claimed(store: PostgresStore, merchant_id: int, count: int) -> dict[int, int]:
+    """`count` deliveries of the merchant, claimed under the lease T0 + LEASE: their ids by rating id."""
     ids: dict[int, int] = {}
-    for rating_id in range(1, 6):
+    for rating_id in range(1, count + 1):
         stored = await store.record_webhook(inbound(merchant_id, rating_id), recheck_before=T0)
         assert stored.delivery_id is not None
         ids[rating_id] = stored.delivery_id
-    lease = T0 + LEASE
-    claimed = await store.claim_due("default", now=T0, lease_until=lease, limit=10)
+    claimed = await store.claim_due("default", now=T0, lease_until=T0 + LEASE, limit=10)
     assert {one.id for one in claimed} == set(ids.values())
+    return ids
+
+
+async def holds_of(store: PostgresStore, merchant_id: int, ids: dict[int, int]) -> list[tuple[Any, ...]]:
+    """The merchant's holds: (inquiry as its number among the merchant's, rating id, held until)."""
+    rating_of = {delivery_id: rating_id for rating_id, delivery_id in ids.items()}
+    holds = await store._run(lambda conn: conn.fetch("SELECT * FROM inquiry_holds ORDER BY inquiry_id"))
+    return [
+        (row["inquiry_id"] - 100 * merchant_id, rating_of[row["delivery_id"]], row["held_until"])
+        for row in holds
+        if row["delivery_id"] in rating_of
+    ]
+
+
+async def turns_taken_by(store: PostgresStore, take: Take, merchant_id: int) -> list[list[Any]]:
+    """Five deliveries of the merchant claimed, one inquiry's hold run out, then a batch of turns taken by
+    `take`: the answers, then the holds and the deliveries' leases (ids as rating ids)."""
+    ids = await claimed(store, merchant_id, 5)
+    lease = T0 + LEASE
     first, second = 100 * merchant_id + 1, 100 * merchant_id + 2
     # Rating 5 held the second inquiry until just before now.
     assert await store.take_turn(ids[5], second, leased_until=lease, now=T0, until=T0 + LEASE / 2) == "go"
@@ -69,8 +86,6 @@ async def turns_taken_by(store: PostgresStore, take: Take, merchant_id: int) -> 
         (ids[4], second, lease, now, until),  # go: rating 5's hold ran out
     ]
     answers = await store._run(lambda conn: take(conn, requests))
-    rating_of = {delivery_id: rating_id for rating_id, delivery_id in ids.items()}
-    holds = await store._run(lambda conn: conn.fetch("SELECT * FROM inquiry_holds ORDER BY inquiry_id"))
     leases = await store._run(
         lambda conn: conn.fetch(
             "SELECT rating_id, state, next_attempt_at FROM deliveries WHERE merchant_id = $1 "
@@ -80,11 +95,7 @@ async def turns_taken_by(store: PostgresStore, take: Take, merchant_id: int) -> 
     )
     return [
         answers,
-        [
-            (row["inquiry_id"] - 100 * merchant_id, rating_of[row["delivery_id"]], row["held_until"])
-            for row in holds
-            if row["delivery_id"] in rating_of
-        ],
+        await holds_of(store, merchant_id, ids),
         [tuple(row) for row in leases],
     ]
 
@@ -105,13 +116,8 @@ async def test_turns_sent_with_instants_as_microseconds_decide_and_store_as_with
 async def kept_turns_taken_by(store: PostgresStore, take: Take, merchant_id: int) -> list[list[Any]]:
     """Four deliveries of the merchant claimed, then turns under the claim's own lease taken by `take`: the
     answers, the holds (ids as rating ids), and which deliveries' rows were written since the claim."""
-    ids: dict[int, int] = {}
-    for rating_id in range(1, 5):
-        stored = await store.record_webhook(inbound(merchant_id, rating_id), recheck_before=T0)
-        assert stored.delivery_id is not None
-        ids[rating_id] = stored.delivery_id
+    ids = await claimed(store, merchant_id, 4)
     lease = T0 + LEASE
-    await store.claim_due("default", now=T0, lease_until=lease, limit=10)
     first, second = 100 * merchant_id + 1, 100 * merchant_id + 2
     now = T0 + timedelta(microseconds=1)
     requests: list[outbox.TurnRequest] = [
@@ -126,15 +132,9 @@ async def kept_turns_taken_by(store: PostgresStore, take: Take, merchant_id: int
     before = await store._run(lambda conn: conn.fetch(versions, merchant_id))
     answers = await store._run(lambda conn: take(conn, requests))
     after = await store._run(lambda conn: conn.fetch(versions, merchant_id))
-    rating_of = {delivery_id: rating_id for rating_id, delivery_id in ids.items()}
-    holds = await store._run(lambda conn: conn.fetch("SELECT * FROM inquiry_holds ORDER BY inquiry_id"))
     return [
         answers,
-        [
-            (row["inquiry_id"] - 100 * merchant_id, rating_of[row["delivery_id"]], row["held_until"])
-            for row in holds
-            if row["delivery_id"] in rating_of
-        ],
+        await holds_of(store, merchant_id, ids),
         [old["rating_id"] for old, new in zip(before, after, strict=True) if old["xmin"] != new["xmin"]],
     ]
 

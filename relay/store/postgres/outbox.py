@@ -37,39 +37,37 @@ async def claim_due(
 # the run-out lease wrote another), and only then is the inquiry taken. The primary key admits one holder
 # per inquiry; a hold run out, or this delivery's own, is taken. One row whatever happens, so a batch's
 # answers line up with its turns. Instants come as microseconds (see migration 0013).
-_TURN = """
+# `leased` is the delivery still under its lease ($1, $3): _TURN renews it until $5, _TURN_KEPT reads it.
+_TAKE_AND_ANSWER = """
+taken AS (
+    INSERT INTO inquiry_holds (tenant, inquiry_id, delivery_id, held_until)
+    SELECT tenant, $2, id, relay_instant($5) FROM leased
+    ON CONFLICT (tenant, inquiry_id) DO UPDATE
+    SET delivery_id = excluded.delivery_id, held_until = excluded.held_until
+    WHERE inquiry_holds.held_until <= relay_instant($4) OR inquiry_holds.delivery_id = excluded.delivery_id
+    RETURNING 1)
+SELECT CASE WHEN NOT EXISTS (SELECT FROM leased) THEN 'lost'
+    WHEN EXISTS (SELECT FROM taken) THEN 'go' ELSE 'busy' END
+"""
+_TURN = (
+    """
 WITH leased AS (
     UPDATE deliveries SET next_attempt_at = relay_instant($5)
     WHERE id = $1 AND state = 'sending' AND next_attempt_at = relay_instant($3)
-    RETURNING id, tenant),
-taken AS (
-    INSERT INTO inquiry_holds (tenant, inquiry_id, delivery_id, held_until)
-    SELECT tenant, $2, id, relay_instant($5) FROM leased
-    ON CONFLICT (tenant, inquiry_id) DO UPDATE
-    SET delivery_id = excluded.delivery_id, held_until = excluded.held_until
-    WHERE inquiry_holds.held_until <= relay_instant($4) OR inquiry_holds.delivery_id = excluded.delivery_id
-    RETURNING 1)
-SELECT CASE WHEN NOT EXISTS (SELECT FROM leased) THEN 'lost'
-    WHEN EXISTS (SELECT FROM taken) THEN 'go' ELSE 'busy' END
-"""
+    RETURNING id, tenant),"""
+    + _TAKE_AND_ANSWER
+)
 
-# The same for turns whose lease stays as it is ($5 = $3: a claim's, taken moments ago): the lease is only
-# read, the row not written again (an update writes a new version of the row and of its index entries, the
-# same values or not: 40 us of the server's time a turn, a quarter of its work in a drain).
-_TURN_KEPT = """
+# For turns whose lease stays as it is ($5 = $3: a claim's, taken moments ago): the lease is only read, the
+# row not written again (an update writes a new version of the row and of its index entries, the same
+# values or not: 40 us of the server's time a turn, a quarter of its work in a drain).
+_TURN_KEPT = (
+    """
 WITH leased AS (
     SELECT id, tenant FROM deliveries
-    WHERE id = $1 AND state = 'sending' AND next_attempt_at = relay_instant($3)),
-taken AS (
-    INSERT INTO inquiry_holds (tenant, inquiry_id, delivery_id, held_until)
-    SELECT tenant, $2, id, relay_instant($5) FROM leased
-    ON CONFLICT (tenant, inquiry_id) DO UPDATE
-    SET delivery_id = excluded.delivery_id, held_until = excluded.held_until
-    WHERE inquiry_holds.held_until <= relay_instant($4) OR inquiry_holds.delivery_id = excluded.delivery_id
-    RETURNING 1)
-SELECT CASE WHEN NOT EXISTS (SELECT FROM leased) THEN 'lost'
-    WHEN EXISTS (SELECT FROM taken) THEN 'go' ELSE 'busy' END
-"""
+    WHERE id = $1 AND state = 'sending' AND next_attempt_at = relay_instant($3)),"""
+    + _TAKE_AND_ANSWER
+)
 
 # A delivery, its inquiry, the lease it holds, now, and the lease's new end.
 TurnRequest = tuple[int, int, datetime, datetime, datetime]
