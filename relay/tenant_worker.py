@@ -250,6 +250,8 @@ class TenantWorker:
 
     def _room(self) -> int:
         """How many more deliveries the worker may claim now."""
+        # One whose calls are done and whose outcome waits for its commit holds no slot: it takes no room
+        # here, up to as many again (what a store slow to commit outcomes lets pile up stays bounded).
         cap = self._claim_ahead.cap
         return cap - len(self._in_flight) + min(self._settling, cap)
 
