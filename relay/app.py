@@ -26,6 +26,7 @@ from relay.ops.health import worker_routes as worker_health_routes
 from relay.ops.metrics import METRICS, RelayMetrics
 from relay.ops.metrics import routes as metrics_routes
 from relay.ops.openapi import routes as openapi_routes
+from relay.ops.shared_metrics import SHARE_INTERVAL_S, shared_directory
 from relay.pages import PREFIX as CONSOLE
 from relay.pages import create_console_app
 from relay.quivo.sessions import quivo_session
@@ -72,8 +73,11 @@ def _relay_process(settings: Settings, *, run_worker: bool, serves_webhooks: boo
     app[TENANTS] = RunningTenants(settings, serves_webhooks=serves_webhooks, runs_worker=run_worker)
     app[NEW_DELIVERY] = asyncio.Event()
     app[READINESS_CHECKS] = []
-    app[METRICS] = RelayMetrics()
+    app[METRICS] = RelayMetrics(shared=shared_directory())
     app[METRICS].count_tenants(running.name for running in app[TENANTS].registry)
+    if app[METRICS].shared is not None:
+        # First in, so last out: its final share comes after the worker's last count.
+        app.cleanup_ctx.append(_share_counts)
     app[READINESS] = Readiness()
     app.cleanup_ctx.append(_store(delivers=run_worker))
     if run_worker:
@@ -103,6 +107,23 @@ def _store(*, delivers: bool) -> Callable[[web.Application], AsyncIterator[None]
             await store.close()
 
     return opened
+
+
+async def _share_counts(app: web.Application) -> AsyncIterator[None]:
+    """This process's counts added to its shared files every SHARE_INTERVAL_S, and once more as it stops."""
+    metrics = app[METRICS]
+
+    async def every_interval() -> None:
+        while True:
+            await asyncio.sleep(SHARE_INTERVAL_S)
+            metrics.share()
+
+    sharing = asyncio.create_task(every_interval(), name="relay-share-metrics")
+    yield
+    sharing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sharing
+    metrics.share()
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:

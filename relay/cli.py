@@ -31,6 +31,7 @@ from relay.ops.admin import (
     replay_answer,
 )
 from relay.ops.health import WORKER_SILENT_AFTER_S, worker_beats
+from relay.ops.shared_metrics import shared_by_processes
 from relay.settings import MAX_PROCESSES, Settings, SettingsError, load_settings
 from relay.sim import cli as sim_cli
 from relay.store import create_store
@@ -343,7 +344,9 @@ def _serve(args: argparse.Namespace) -> int:
         run_worker = number == 0 and not args.no_worker
         return _guarded(lambda _: _serve_on(sockets, settings, run_worker=run_worker), args)
 
-    status = supervise(socket_sets, serve_one, stop_within_s=2 * settings.relay_shutdown_grace_s + 10)
+    # Every process counts in the one directory, so a scrape of any shows them all (see relay.ops.metrics).
+    with shared_by_processes():
+        status = supervise(socket_sets, serve_one, stop_within_s=2 * settings.relay_shutdown_grace_s + 10)
     log.info("relay.stopped")
     return status
 

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from relay.store.api import Store
 from tests.chaos.harness import relay_env
@@ -166,6 +168,62 @@ def test_the_first_process_alone_delivers_and_each_rating_goes_out_once(tmp_path
     (started,) = [event for event in events(tmp_path, "relay.process_started") if event["number"] == 0]
     assert workers[0].pid == started["pid"]
     assert len(events(tmp_path, "worker.started")) == 1
+
+
+# The samples scraped_totals adds up, by their key: a word, then the values of these labels.
+SCRAPED = {
+    "relay_webhooks_received_total": ("webhooks", "outcome"),
+    "relay_delivery_outcomes_total": ("deliveries", "outcome"),
+    "relay_quivo_requests_total": ("quivo", "action", "status"),
+    "relay_delivery_latency_seconds_count": ("latency count",),
+    "relay_deliveries": ("rows", "state"),
+}
+
+
+def scraped_totals(port: int) -> dict[str, float]:
+    """One scrape of /metrics on a new connection (the kernel picks the process): the counts summed."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (words := SCRAPED.get(sample.name)) is not None:
+                key = " ".join([words[0], *(sample.labels[label] for label in words[1:])])
+                totals[key] = totals.get(key, 0.0) + sample.value
+    return {name: value for name, value in totals.items() if value}
+
+
+def test_a_scrape_of_any_process_shows_what_every_process_counted(tmp_path: Path, database_url: str):
+    port = free_port()
+    (tmp_path / "tmp").mkdir()
+    with sim_quivo_process(cwd=tmp_path) as sim:
+        env = relay_env(tmp_path, sim, port, DATABASE_URL=database_url, TMPDIR=str(tmp_path / "tmp"))
+        with serving(tmp_path, env, "--processes", "2") as parent:
+            pids = processes(parent, 2)
+            statuses, held = asyncio.run(post_all(port, 1, 60, connections=12, pids=pids))
+            wait_for(lambda: http_json("GET", f"{sim}/_sim/ratings")["count"] == 60, "every rating delivered")
+            everything = {
+                "webhooks accepted": 60,
+                "deliveries delivered": 60,
+                "quivo login 200": 1,
+                "quivo post_rating 200": 60,
+                "latency count": 60,
+                "rows delivered": 60,  # read from the database by the process scraped alone
+            }
+            # Each process adds its counts to the shared files within a second.
+            wait_for(lambda: scraped_totals(port) == everything, "the counts of both processes")
+            # Sixteen scrapes on new connections: with counts of its own alone, one would miss the other's.
+            scrapes = [scraped_totals(port) for _ in range(16)]
+            shared = list((tmp_path / "tmp").iterdir())
+            parent.send_signal(signal.SIGTERM)
+            assert parent.wait(timeout=30) == 0
+
+    assert set(statuses.values()) == {202}
+    assert set(held) == pids  # both processes answered webhooks
+    assert scrapes == [everything] * 16
+    assert [path.name for path in shared] == [path.name for path in shared if path.name.startswith("relay-")]
+    assert len(shared) == 1
+    assert list((tmp_path / "tmp").iterdir()) == []  # the parent removed the directory as it stopped
 
 
 def test_a_process_that_dies_serving_is_started_again_and_the_port_keeps_answering(

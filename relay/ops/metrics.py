@@ -8,15 +8,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from relay.keys import STORE
 from relay.ops.fresh import Fresh
 from relay.ops.health import WORKER_SILENT_AFTER_S, worker_beats
+from relay.ops.shared_metrics import count_in_files, every_process
 from relay.store.api import Store
 from relay.store.records import Backlog
 
@@ -174,9 +176,16 @@ class _Histogram:
 
 
 class RelayMetrics:
-    """The relay's metrics, in a registry of their own so that two applications never share counts."""
+    """The relay's metrics, in a registry of their own so that two applications never share counts.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    With `shared`, the directory the processes of one `relay serve --processes N` count in, its counters and
+    histogram keep their values in this process's files there, and a scrape shows every process's sum.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, shared: Path | None = None) -> None:
+        self.shared = shared
+        if shared is not None:
+            count_in_files()
         self.registry = CollectorRegistry()
         self._tallies = _Tallies()
         self.registry.register(self._tallies)
@@ -201,16 +210,23 @@ class RelayMetrics:
             ["action", "status", "tenant"],
             registry=self.registry,
         )
-        self._latency = _Histogram(
+        latency = (
             "relay_delivery_latency_seconds",
             "From a webhook accepted to its rating delivered on Quivo.",
-            LATENCY_BUCKETS_S,
         )
-        self.registry.register(self._latency)
+        self._latency: _Histogram | Histogram
+        if shared is None:
+            self._latency = _Histogram(*latency, LATENCY_BUCKETS_S)
+            self.registry.register(self._latency)
+        else:
+            # Its counts go to the files as they come: _Histogram's stay in this process.
+            self._latency = Histogram(*latency, buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self._store = _StoreGauges()
         # Anyone can scrape: a flood of scrapes still reads the database once a second (see relay.ops.fresh).
         self._store_reads: Fresh[_StoreReading] = Fresh(clock=clock)
         self.registry.register(self._store)
+        # The store's gauges read here alone: every process reads the same database.
+        self._scraped = self.registry if shared is None else every_process(shared, self._store)
         # Each series resolved once, and counted in its tally: labels() validates, locks and builds its key at
         # every call. Outcomes are few and tenants those configured (or '' for none), so the caches stay as
         # small as the series.
@@ -255,10 +271,17 @@ class RelayMetrics:
         """The gauges' values from the store, read at most once a second whoever asks."""
         self._store.reading = await self._store_reads.get(lambda: _read_store(store))
 
+    def share(self) -> None:
+        """Add what was counted since to the counters (to this process's files, when shared)."""
+        self._tallies.collect()
+
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
+        # Reading self.registry adds the tallies first; the shared registry reads the files alone.
+        if self.shared is not None:
+            self.share()
         # generate_latest writes the 0.0.4 text format; CONTENT_TYPE_LATEST now names 1.0.0 in this library.
-        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+        return generate_latest(self._scraped), CONTENT_TYPE_PLAIN_0_0_4
 
 
 async def _read_store(store: Store) -> _StoreReading:
