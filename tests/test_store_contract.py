@@ -892,6 +892,22 @@ async def test_prune_keeps_what_waits_for_an_operator_or_a_worker_however_old(st
     assert before[0] == set(kept) and quarantined.webhook_id in before[1]
 
 
+async def test_prune_takes_quarantined_webhooks_dismissed_before_the_cutoff(store: Store) -> None:
+    held = Judgement("quarantined", errors=("bad",))
+    long_dismissed = await record(store, held, at=OLD - timedelta(days=5))
+    lately_dismissed = await record(store, held, at=OLD)
+    waiting = await record(store, held, at=OLD)
+    await store.dismiss_webhook(long_dismissed.webhook_id, "a sandbox test order", now=OLD)
+    await store.dismiss_webhook(lately_dismissed.webhook_id, "a sandbox test order", now=T0)
+
+    result = await prune_all(store)
+
+    assert result == PruneResult(deliveries=0, attempts=0, webhooks=1)
+    _, webhooks = await everything(store)
+    assert long_dismissed.webhook_id not in webhooks
+    assert {lately_dismissed.webhook_id, waiting.webhook_id} <= webhooks
+
+
 async def test_prune_takes_workers_silent_since_before_the_cutoff_out_of_the_registry(store: Store) -> None:
     killed = WorkerBeat("w-killed", "host-a", 101, started_at=OLD, beat_at=OLD)
     recent = WorkerBeat("w-recent", "host-b", 202, started_at=OLD, beat_at=T0)

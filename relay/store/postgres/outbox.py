@@ -213,11 +213,14 @@ SELECT (SELECT count(*) FROM finished), (SELECT count(*) FROM calls)
 """
 
 # A delivery carries its webhook's merchant and rating ids, so the unique (merchant_id, rating_id, version)
-# index finds any delivery still pointing at the webhook. Quarantined webhooks wait for an operator.
+# index finds any delivery still pointing at the webhook. Quarantined webhooks wait for an operator: one
+# goes only once dismissed before the cutoff.
 _SPENT_WEBHOOKS = """
 DELETE FROM webhooks WHERE id IN (
     SELECT w.id FROM webhooks w
-    WHERE w.received_at < $1 AND w.status IN ('accepted', 'duplicate', 'ignored')
+    WHERE w.received_at < $1
+      AND (w.status IN ('accepted', 'duplicate', 'ignored')
+           OR (w.status = 'quarantined' AND w.dismissed_at < $1))
       AND NOT EXISTS (
           SELECT 1 FROM deliveries d
           WHERE d.merchant_id = w.merchant_id AND d.rating_id = w.rating_id AND d.webhook_id = w.id)

@@ -21,11 +21,13 @@ RETURNING id
 
 # A delivery carries its webhook's merchant and rating ids, so the unique (merchant_id, rating_id, version)
 # index finds any delivery still pointing at the webhook; there is no index on webhook_id alone.
-# Quarantined webhooks are never chosen: their raw bytes wait for an operator.
+# A quarantined webhook's raw bytes wait for an operator: it goes only once dismissed before the cutoff.
 _SPENT_WEBHOOKS = """
 DELETE FROM webhooks WHERE id IN (
     SELECT w.id FROM webhooks w INDEXED BY webhooks_received
-    WHERE w.received_at < :cutoff AND w.status IN ('accepted', 'duplicate', 'ignored')
+    WHERE w.received_at < :cutoff
+      AND (w.status IN ('accepted', 'duplicate', 'ignored')
+           OR (w.status = 'quarantined' AND w.dismissed_at < :cutoff))
       AND NOT EXISTS (
           SELECT 1 FROM deliveries d
           WHERE d.merchant_id = w.merchant_id AND d.rating_id = w.rating_id AND d.webhook_id = w.id)
@@ -37,8 +39,9 @@ def prune_batch(*, older_than: datetime, batch_size: int) -> WriteJob[PruneResul
     """A write job deleting up to `batch_size` finished deliveries (with their attempts) and webhooks.
 
     Delivered and superseded deliveries last updated before `older_than` go, and every attempt of them.
-    Duplicate and ignored webhooks received before it go, and accepted ones whose deliveries are all gone
-    (their raw body has served its purpose). No webhook that a delivery still points at is deleted.
+    Duplicate and ignored webhooks received before it go, accepted ones whose deliveries are all gone
+    (their raw body has served its purpose), and quarantined ones dismissed before it. No webhook that a
+    delivery still points at is deleted.
     Workers silent since before `older_than` leave the registry (killed, never to beat again).
     """
 
