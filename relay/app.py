@@ -52,7 +52,8 @@ def create_app(settings: Settings, *, run_worker: bool) -> web.Application:
     if settings.relay_admin_token is not None:
         admin_token = settings.relay_admin_token.get_secret_value()
         app.add_subapp("/admin", create_admin_app(admin_token))
-        app.add_subapp(CONSOLE, create_console_app(admin_token))
+        console = create_console_app(admin_token, trust_forwarded_proto=settings.relay_trust_forwarded_proto)
+        app.add_subapp(CONSOLE, console)
     return app
 
 

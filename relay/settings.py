@@ -133,6 +133,7 @@ class Settings(BaseSettings):
     relay_unsure_settle_s: float = Field(60.0, gt=0)
 
     relay_admin_token: SecretStr | None = None
+    relay_trust_forwarded_proto: bool = False
     relay_retention_days: float = Field(30.0, gt=0)
     relay_ready_max_backlog_age_s: float = Field(900.0, gt=0)
 

@@ -140,6 +140,27 @@ async def test_the_cookie_is_secure_over_https(aiohttp_client, make_settings):
     assert set_cookie(answer, SESSION_COOKIE)[SESSION_COOKIE]["secure"] is True
 
 
+@pytest.mark.parametrize(
+    ("trusted", "forwarded", "secure"),
+    [
+        (True, "https", True),
+        (True, "HTTPS", True),
+        (True, "https, http", False),  # the proxy's own value is the last: a client's comes first
+        (True, "http, https", True),
+        (True, "gopher", False),
+        (False, "https", False),  # not trusted: a client could name any scheme
+    ],
+)
+async def test_a_trusted_proxy_says_whether_the_cookie_is_secure(
+    aiohttp_client, make_settings, trusted: bool, forwarded: str, secure: bool
+):
+    settings = make_settings(relay_admin_token=TOKEN, relay_trust_forwarded_proto=trusted)
+    client = await aiohttp_client(create_app(settings, run_worker=False))
+    answer = await signed_in(client, headers={"X-Forwarded-Proto": forwarded})
+    assert answer.status == 303
+    assert bool(set_cookie(answer, SESSION_COOKIE)[SESSION_COOKIE]["secure"]) is secure
+
+
 async def test_security_headers_on_every_answer(console):
     answers = [
         await console.get("/console", allow_redirects=False),

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from relay.console import duration, relative
 from relay.pages import deliveries, links, overview, quarantine, sign_in
+from relay.pages.forwarded import forwarded_scheme
 from relay.pages.guard import KEY, console_guard
 from relay.pages.sessions import signing_key
 from relay.throttle import FailureThrottle
@@ -37,11 +38,16 @@ def utc(instant: datetime) -> str:
 FILTERS: dict[str, Callable[..., str]] = {"duration": duration, "relative": relative, "utc": utc}
 
 
-def create_console_app(admin_token: str) -> web.Application:
-    """The console as a sub-application to mount at PREFIX; only the admin token signs anyone in."""
+def create_console_app(admin_token: str, *, trust_forwarded_proto: bool = False) -> web.Application:
+    """The console as a sub-application to mount at PREFIX; only the admin token signs anyone in. With
+    `trust_forwarded_proto`, a request is as over the scheme its proxy's X-Forwarded-Proto names."""
     if not admin_token:
         raise ValueError("an empty admin token would let anyone in")
-    console = web.Application(middlewares=[console_guard()])
+    guards = [console_guard()]
+    if trust_forwarded_proto:
+        # Outermost: the guard marks the session cookie Secure by the scheme this sets.
+        guards.insert(0, forwarded_scheme())
+    console = web.Application(middlewares=guards)
     console[KEY] = signing_key(admin_token)
     console[sign_in.ADMIN_TOKEN] = admin_token.encode()
     console[sign_in.SIGN_IN_FAILURES] = FailureThrottle()
