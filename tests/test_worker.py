@@ -722,25 +722,19 @@ async def test_outcomes_finishing_together_are_recorded_in_one_store_call(
     await intake.close()
     recorded: list[int] = []
 
-    def held(
-        method: Callable[..., Awaitable[Any]], size: Callable[..., int]
-    ) -> Callable[..., Awaitable[Any]]:
-        async def record(*args: Any, **kwargs: Any) -> Any:
+    def held(size: Callable[..., int]) -> Callable[..., Awaitable[None]]:
+        async def record(*args: Any, **kwargs: Any) -> None:
             async with asyncio.timeout(10):
                 while _ratings_posted(quivo) < 8:  # noqa: ASYNC110 - another server's count
                     await asyncio.sleep(0.01)
             recorded.append(size(*args, **kwargs))
-            return await method(*args, **kwargs)
 
         return record
 
-    sizes = {
-        "record_outcome": lambda *args, **kwargs: 1,
-        "record_outcomes": lambda self, finishes, **kwargs: len(finishes),
-    }
-    for store_class in (SqliteStore, PostgresStore):
-        for name, size in sizes.items():
-            monkeypatch.setattr(store_class, name, held(getattr(store_class, name), size))
+    _first_on_both_stores(monkeypatch, "record_outcome", held(lambda *args, **kwargs: 1))
+    _first_on_both_stores(
+        monkeypatch, "record_outcomes", held(lambda self, finishes, **kwargs: len(finishes))
+    )
 
     relay = await aiohttp_client(create_app(settings, run_worker=True))
     for answer in accepted:
@@ -765,20 +759,15 @@ async def test_deliveries_waiting_for_their_outcomes_commit_leave_room_for_the_n
     await intake.close()
     posted_before_any_outcome: list[int] = []
 
-    def held(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def record_outcomes(*args: Any, **kwargs: Any) -> Any:
-            if not posted_before_any_outcome:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(5):
-                        while _ratings_posted(quivo) <= room:  # noqa: ASYNC110 - another server's count
-                            await asyncio.sleep(0.01)
-                posted_before_any_outcome.append(_ratings_posted(quivo))
-            return await method(*args, **kwargs)
+    async def held(*args: Any, **kwargs: Any) -> None:
+        if not posted_before_any_outcome:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    while _ratings_posted(quivo) <= room:  # noqa: ASYNC110 - another server's count
+                        await asyncio.sleep(0.01)
+            posted_before_any_outcome.append(_ratings_posted(quivo))
 
-        return record_outcomes
-
-    for store_class in (SqliteStore, PostgresStore):
-        monkeypatch.setattr(store_class, "record_outcomes", held(store_class.record_outcomes))
+    _first_on_both_stores(monkeypatch, "record_outcomes", held)
 
     relay = await aiohttp_client(create_app(settings, run_worker=True))
     for answer in accepted:
@@ -802,15 +791,10 @@ async def test_a_worker_finishing_deliveries_fast_claims_more_than_three_slots_w
     await intake.close()
     limits: list[int] = []
 
-    def asked(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def claim_due(*args: Any, **kwargs: Any) -> Any:
-            limits.append(kwargs["limit"])
-            return await method(*args, **kwargs)
+    async def asked(*args: Any, **kwargs: Any) -> None:
+        limits.append(kwargs["limit"])
 
-        return claim_due
-
-    for store_class in (SqliteStore, PostgresStore):
-        monkeypatch.setattr(store_class, "claim_due", asked(store_class.claim_due))
+    _first_on_both_stores(monkeypatch, "claim_due", asked)
 
     relay = await aiohttp_client(create_app(settings, run_worker=True))
     for answer in accepted:
@@ -827,6 +811,22 @@ def _ratings_posted(quivo: Quivo) -> int:
         if route == "post_rating"
         for count in answers.values()
     )
+
+
+def _first_on_both_stores(
+    monkeypatch: pytest.MonkeyPatch, name: str, first: Callable[..., Awaitable[None]]
+) -> None:
+    """Each backend's store method `name` awaits `first` with the call's arguments, then runs as before."""
+
+    def wrapping(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            await first(*args, **kwargs)
+            return await method(*args, **kwargs)
+
+        return wrapped
+
+    for store_class in (SqliteStore, PostgresStore):
+        monkeypatch.setattr(store_class, name, wrapping(getattr(store_class, name)))
 
 
 def _counted(
