@@ -689,17 +689,12 @@ async def test_a_claims_deliveries_take_their_turns_and_send_slots_together_once
     # The claim leased them as long as their turns would: each turn keeps the lease the claim gave.
     kept: list[bool] = []
 
-    def keeping(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def take_turns(self: Store, asks: list[TurnAsk], *, now: datetime, until: datetime) -> Any:
-            kept.extend(ask.leased_until == until for ask in asks)
-            return await method(self, asks, now=now, until=until)
+    async def keeping(self: Store, asks: list[TurnAsk], *, now: datetime, until: datetime) -> None:
+        kept.extend(ask.leased_until == until for ask in asks)
 
-        return take_turns
-
-    for store_class in (SqliteStore, PostgresStore):
-        for name, size in sizes.items():
-            monkeypatch.setattr(store_class, name, _counted(getattr(store_class, name), size, asked[name]))
-        monkeypatch.setattr(store_class, "take_turns", keeping(store_class.take_turns))
+    for name, size in sizes.items():
+        _first_on_both_stores(monkeypatch, name, _noting(size, asked[name]))
+    _first_on_both_stores(monkeypatch, "take_turns", keeping)
 
     relay = await aiohttp_client(create_app(settings, run_worker=True))
     for answer in accepted:
@@ -829,13 +824,10 @@ def _first_on_both_stores(
         monkeypatch.setattr(store_class, name, wrapping(getattr(store_class, name)))
 
 
-def _counted(
-    method: Callable[..., Awaitable[Any]], size: Callable[..., int], asked: list[int]
-) -> Callable[..., Awaitable[Any]]:
-    """`method`, noting in `asked` how many turns or slots each call asks for."""
+def _noting(size: Callable[..., int], asked: list[int]) -> Callable[..., Awaitable[None]]:
+    """Notes in `asked` how many turns or slots each call asks for (see _first_on_both_stores)."""
 
-    async def counted(*args: Any, **kwargs: Any) -> Any:
+    async def noting(*args: Any, **kwargs: Any) -> None:
         asked.append(size(*args, **kwargs))
-        return await method(*args, **kwargs)
 
-    return counted
+    return noting
