@@ -107,7 +107,7 @@ class Bench:
             if processes > 1:
                 wait_serving(log, processes)
             yield port
-            for pid in children(process.pid) or {process.pid}:
+            for pid in web_processes(process.pid):
                 self.note_memory(table, phase, pid)
 
     # 0. The references --------------------------------------------------------------------------
@@ -484,8 +484,14 @@ def wait_serving(log: Path, processes: int, deadline_s: float = 30) -> None:
         time.sleep(0.05)
 
 
-def children(pid: int) -> set[int]:
-    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+def web_processes(pid: int) -> set[int]:
+    """The processes serving webhooks: `pid`'s forked children, else itself (not SQLite's intake helper)."""
+    forked = {
+        int(child)
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if b"intake_process" not in Path(f"/proc/{child}/cmdline").read_bytes()
+    }
+    return forked or {pid}
 
 
 async def delivered(store: Store) -> int:

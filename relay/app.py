@@ -80,25 +80,28 @@ def _relay_process(settings: Settings, *, run_worker: bool, serves_webhooks: boo
         # First in, so last out: its final share comes after the worker's last count.
         app.cleanup_ctx.append(_share_counts)
     app[READINESS] = Readiness()
-    app.cleanup_ctx.append(_store(delivers=run_worker))
+    app.cleanup_ctx.append(_store(delivers=run_worker, serves_webhooks=serves_webhooks))
     if run_worker:
         app.cleanup_ctx.append(_worker)
     app.add_routes(metrics_routes)
     return app
 
 
-def store_for(settings: Settings) -> Store:
+def store_for(settings: Settings, *, serves_webhooks: bool = False) -> Store:
     """The store DATABASE_URL names, not open yet: the one place that sizes it from the settings."""
     return create_store(
-        settings.database_url, timeout_s=settings.relay_store_timeout_s, pool_size=settings.relay_db_pool_size
+        settings.database_url,
+        timeout_s=settings.relay_store_timeout_s,
+        pool_size=settings.relay_db_pool_size,
+        serves_webhooks=serves_webhooks,
     )
 
 
-def _store(*, delivers: bool) -> Callable[[web.Application], AsyncIterator[None]]:
+def _store(*, delivers: bool, serves_webhooks: bool) -> Callable[[web.Application], AsyncIterator[None]]:
     """The store, open for the application's life; a delivering process holds its worker slot too."""
 
     async def opened(app: web.Application) -> AsyncIterator[None]:
-        store = store_for(app[SETTINGS])
+        store = store_for(app[SETTINGS], serves_webhooks=serves_webhooks)
         # The slot before opening, so a refused worker (SQLite has one) leaves nothing half open behind it.
         with store.worker_slot() if delivers else contextlib.nullcontext():
             await store.open()

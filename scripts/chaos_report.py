@@ -99,6 +99,11 @@ Replay a scenario with the seed shown: `RELAY_CHAOS_SEED=<seed>`.
     While the database is down every webhook gets 503 with `Retry-After`; every process keeps the pid it
     was started with (none exits, none crash-loops) and is ready again after the restart; each final
     SIGTERM exits 0 with its `worker.stopped` or `relay.stopped` line.
+11. **SQLite intake process killed** (`tests/chaos/test_storage.py`): while webhooks arrive, the helper
+    process that writes new webhooks for `relay serve` is SIGKILLed; the relay goes on through its writer
+    thread, is stopped gracefully and started with a new helper, which is killed in turn. Each kill is
+    logged once (`store.intake_process_ended`, returncode -9), and the relay keeps acknowledging webhooks
+    after it.
 
 ## History: bugs these scenarios found (not a result of the run below)
 

@@ -59,3 +59,22 @@ def test_importing_the_keys_or_the_metrics_does_not_import_the_worker():
             [sys.executable, "-c", check, module], capture_output=True, text=True, check=True
         )
         assert (module, result.stdout.strip()) == (module, "[]")
+
+
+def test_the_sqlite_intake_process_loads_only_the_standard_library_and_its_own_modules():
+    # It starts beside every web process on SQLite, under `python -I -S`: nothing of the relay's dependencies.
+    check = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import relay.store.sqlite.intake_process; "
+        "print(' '.join(sorted(name for name in sys.modules if name.split('.')[0] not in "
+        "(*sys.stdlib_module_names, '__main__'))))"
+    )
+    command = [sys.executable, "-I", "-S", "-c", check, str(RELAY.parent)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [
+        "relay",
+        "relay.store",
+        "relay.store.sqlite",
+        "relay.store.sqlite.arrivals",
+        "relay.store.sqlite.intake_process",
+        "relay.store.sqlite.turns",
+    ]

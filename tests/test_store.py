@@ -2,18 +2,23 @@
 
 import asyncio
 import json
+import os
 import re
 import sqlite3
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from relay.app import create_app
 from relay.keys import SETTINGS, STORE
 from relay.settings import Settings
+from relay.store.api import StoreUnavailable
 from relay.store.records import InboundWebhook
+from relay.store.sqlite.intake import record_webhook
 from relay.store.sqlite.store import SqliteStore
 from tests.beats import worker_beat
 from tests.conftest import AUTH, fixture_bytes
@@ -51,17 +56,41 @@ async def test_locked_database_answers_503_with_retry_after_then_recovers(aiohtt
     assert (accepted.status, (await accepted.json())["status"]) == (202, "accepted")
 
 
-async def test_full_disk_answers_503_and_keeps_nothing_half_written(aiohttp_client, make_settings):
-    client = await aiohttp_client(create_app(make_settings(), run_worker=False))
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a file system of its own, 2 MiB in all: a disk that fills (a tmpfs, mounted as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a file system of its own takes root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def filled(disk: Path, *, leaving: int) -> Path:
+    """A file taking all the disk's free space but `leaving` bytes."""
+    free = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * (free.f_bavail * free.f_frsize - leaving))
+    return filler
+
+
+async def test_full_disk_answers_503_and_keeps_nothing_half_written(
+    aiohttp_client, make_settings, small_disk
+):
+    settings = make_settings(database_url=f"sqlite:///{small_disk / 'relay.db'}")
+    client = await aiohttp_client(create_app(settings, run_worker=False))
     database = sqlite_of(client.app[STORE]).database
-    pages = await database.write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
-    # The file cannot grow: a full disk, for the writer's connection.
-    await database.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
     big = rating_body(title="x" * 20000)
+    # Room for a page or two, not for the webhook's five.
+    filler = filled(small_disk, leaving=8192)
 
     refused = await client.post("/webhooks/bringg", data=big, headers=AUTH)
     failure = database.last_commit_error
-    await database.write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+    filler.unlink()
     accepted = await client.post("/webhooks/bringg", data=big, headers=AUTH)
 
     assert refused.status == 503
@@ -78,14 +107,15 @@ async def test_readiness_reports_a_failed_commit_though_its_probe_still_fits(aio
     database = sqlite_of(client.app[STORE]).database
     assert await database.readiness_problems() == []
     pages = await database.write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
-    # A full disk, for the writer: a webhook needs new pages, the probe rewrites one it has.
+    # A full disk, for the writer thread's connection: a webhook needs new pages, the probe rewrites one.
     await database.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
+    big = inbound(rating(77), body=rating_body(title="x" * 20000))
 
-    refused = await client.post("/webhooks/bringg", data=rating_body(title="x" * 20000), headers=AUTH)
+    with pytest.raises(StoreUnavailable):
+        await database.write(record_webhook(big, recheck_before=datetime.now(UTC)))
     after_the_failure = await database.readiness_problems()
     next_reading = await database.readiness_problems()
 
-    assert refused.status == 503
     assert len(after_the_failure) == 1 and after_the_failure[0].startswith("database not writable: ")
     assert "full" in after_the_failure[0]
     # Nothing failed since: the probe's own commit speaks for the file again.
@@ -94,16 +124,19 @@ async def test_readiness_reports_a_failed_commit_though_its_probe_still_fits(aio
 
 async def test_concurrent_webhooks_share_commits(aiohttp_client, make_settings):
     client = await aiohttp_client(create_app(make_settings(), run_worker=False))
-    database = sqlite_of(client.app[STORE]).database
-    before = database.commits
+    store = sqlite_of(client.app[STORE])
+    # The web app stores new webhooks through intake's process, in runs that share one commit each.
+    assert store.intake_process is not None
+    before = (store.intake_process.commits, store.database.commits)
 
     answers = await asyncio.gather(
         *(client.post("/webhooks/bringg", data=rating_body(rating_id=n), headers=AUTH) for n in range(1, 101))
     )
 
     assert [answer.status for answer in answers] == [202] * 100
-    commits = database.commits - before
+    commits = store.intake_process.commits - before[0]
     assert 1 <= commits < 100, commits
+    assert store.database.commits == before[1]
     assert (await client.app[STORE].deliveries_by_state())["pending"] == 100
 
 

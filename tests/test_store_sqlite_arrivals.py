@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relay.store.records import StoredWebhook
-from relay.store.sqlite import intake
+from relay.store.sqlite import arrivals, intake
 from relay.store.sqlite.store import SqliteStore
 from relay.store.sqlite.writer import Database
 from tests.test_store_sqlite import NOW, inbound
@@ -71,10 +71,12 @@ async def test_a_batch_of_new_webhooks_commits_in_one_statement_outside_a_transa
 async def test_a_writer_that_took_an_id_first_sends_the_batch_through_a_transaction(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    read_ids = intake._last_ids
+    read_ids = arrivals.last_ids
     intruded: list[bool] = []
 
-    def ids_then_an_intruder(conn: sqlite3.Connection, keys: set[tuple[int, int]]) -> tuple[int, int] | None:
+    def ids_then_an_intruder(
+        conn: sqlite3.Connection, keys: set[tuple[object, object]]
+    ) -> tuple[int, int] | None:
         ids = read_ids(conn, keys)
         if not intruded:
             # Another connection, which does not wait for the relay's turn, stores a webhook in between.
@@ -87,7 +89,7 @@ async def test_a_writer_that_took_an_id_first_sends_the_batch_through_a_transact
             intruded.append(True)
         return ids
 
-    monkeypatch.setattr(intake, "_last_ids", ids_then_an_intruder)
+    monkeypatch.setattr(arrivals, "last_ids", ids_then_an_intruder)
 
     stored, statements = await stored_traced(database, range(1, 4))
 

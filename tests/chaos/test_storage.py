@@ -1,10 +1,11 @@
-"""Scenario 6, storage failure: while the database cannot commit webhooks get 503, not 2xx; then it heals."""
+"""Storage failures (scenario 6) and a lost SQLite intake process (11): 503s, healing, never a lost 2xx."""
 
 import errno
 import fcntl
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +19,17 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.harness import PROFILE, RelayProcess, Sender, Sim, read_db, relay_env, verify, wait_for
+from tests.chaos.harness import (
+    PROFILE,
+    RelayProcess,
+    Sender,
+    Sim,
+    read_db,
+    relay_env,
+    stage,
+    verify,
+    wait_for,
+)
 from tests.conftest import AUTH
 from tests.forwarding import rating_webhook
 from tests.processes import free_port
@@ -250,3 +261,55 @@ def test_a_full_filesystem_answers_503_then_recovers_when_space_is_freed(tmp_pat
             filesystem_full,
             ("database or disk is full",),
         )
+
+
+def intake_process_of(relay: RelayProcess) -> int:
+    """The pid of the SQLite intake process the relay started (a child of its own)."""
+    assert relay.pid is not None, "not running"
+    children = Path(f"/proc/{relay.pid}/task/{relay.pid}/children").read_text().split()
+    [pid] = [
+        int(child) for child in children if b"intake_process" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+    return pid
+
+
+def acknowledged(sender: Sender, count: int) -> None:
+    """Wait until the sender has had `count` webhooks acknowledged."""
+    wait_for(lambda: sender.acknowledged_count >= count, 60, f"{count} webhooks acknowledged")
+
+
+def test_killing_the_sqlite_intake_process_under_load_loses_nothing(tmp_path: Path):
+    """Scenario 11: the web process's helper that writes new webhooks is SIGKILLed while webhooks arrive;
+    the relay goes on through its writer thread, and after a graceful restart with a new helper, again."""
+    started = time.monotonic()
+    count, rate, kills = PROFILE.pick(60, 1500), PROFILE.pick(30.0, 50.0), PROFILE.pick(2, 5)
+    killed: list[int] = []
+    with stage(tmp_path, "--latency-ms", "20") as s:
+        with Sender(s.relay.url, count, merchant_id=111, rate_per_s=rate) as sender:
+            for n in range(1, kills + 1):
+                if n > 1:
+                    assert s.relay.stop()[0] == 0
+                    s.relay.start()
+                acknowledged(sender, count * n // (kills + 1))
+                victim = intake_process_of(s.relay)
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+                # Then webhooks stored by the writer thread of the process that lost its helper.
+                acknowledged(sender, sender.acknowledged_count + max(1, count // (4 * (kills + 1))))
+            assert sender.wait(timeout=PROFILE.drain_s), "the relay acknowledged every rating"
+        answers = [outcome for rating in sender.ratings for outcome in rating.answers.elements()]
+        figures = verify(
+            "11. SQLite intake process killed under load",
+            sender,
+            s.sim,
+            s.db_path,
+            started_at=started,
+            extra={"kills": kills, "answered_503": answers.count("503")},
+        )
+        events = s.relay.log_events()
+    ended = [event for event in events if event["event"] == "store.intake_process_ended"]
+    assert [event["returncode"] for event in ended] == [-signal.SIGKILL] * kills
+    # Refused connections (URLError) while the relay restarted between kills, resent by the sender.
+    assert set(answers) <= OK_ANSWERS | {"URLError"}, set(answers)
+    assert s.relay.starts == kills
+    assert figures.dead == 0

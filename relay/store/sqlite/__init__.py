@@ -1,1 +1,1 @@
-"""The SQLite backend of the store: one file, one writer thread sharing commits, one reader."""
+"""The SQLite backend of the store: one file, a writer thread and a process for new webhooks, one reader."""

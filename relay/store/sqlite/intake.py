@@ -1,6 +1,5 @@
 """Inbound webhooks: the raw bytes of each, and for a usable rating its delivery row, in one transaction."""
 
-import functools
 import json
 import sqlite3
 from dataclasses import replace
@@ -10,6 +9,7 @@ from relay.domain.judgement import Judgement
 from relay.domain.rating import Rating
 from relay.domain.rating_json import rating_json
 from relay.store.records import InboundWebhook, StoredWebhook, WebhookStatus
+from relay.store.sqlite.arrivals import Arrival, ArrivalIds, store_arrivals
 from relay.store.sqlite.instants import to_text
 from relay.store.sqlite.writer import WriteJob
 
@@ -56,56 +56,23 @@ class RecordWebhook:
         (see arrive), else webhook by webhook."""
         return RecordWebhook.arrive(conn, jobs) or [job(conn) for job in jobs]
 
+    def arrival(self) -> Arrival:
+        """The row values `store_arrivals` takes for this webhook, as if its rating were new."""
+        inbound = self.inbound
+        judgement = inbound.judgement
+        rating = judgement.rating
+        if judgement.status != "accepted" or rating is None:
+            return _webhook_row(inbound, judgement.status), None
+        recheck = rating.created_at is not None and rating.created_at < self.recheck_before
+        delivery = (rating.version, rating.external_id, rating.stars, rating_json(rating), int(recheck))
+        return _webhook_row(inbound, "accepted"), delivery
+
     @staticmethod
     def arrive(conn: sqlite3.Connection, jobs: "list[RecordWebhook]") -> list[StoredWebhook] | None:
-        """A run of webhooks stored in one statement, each decided as alone in this order would decide it;
-        None, with nothing written, when one of its ratings is known already or comes twice.
-
-        Then every webhook is inserted as it was judged, and every rating gets a pending delivery, with ids
-        chosen as SQLite would (one past the largest). Outside a transaction the statement commits itself:
-        a writer that wrote between the read of those ids and it took the first of them, and the statement
-        fails on the primary key, writing nothing.
-        """
-        keys = set()
-        ratings = 0
-        for job in jobs:
-            judgement = job.inbound.judgement
-            if judgement.status == "accepted" and judgement.rating is not None:
-                keys.add((judgement.rating.merchant_id, judgement.rating.rating_id))
-                ratings += 1
-        last_ids = _last_ids(conn, keys) if len(keys) == ratings else None
-        if last_ids is None:
-            return None
-        webhook_id, delivery_id = last_ids
-        # This runs on the writer thread holding the GIL, which the event loop waits for: one pass, each
-        # row's values added to one flat list of parameters.
-        stored: list[StoredWebhook] = []
-        values: list[object] = []
-        for job in jobs:
-            inbound = job.inbound
-            judgement = inbound.judgement
-            rating = judgement.rating
-            webhook_id += 1
-            values.append(webhook_id)
-            values += _webhook_row(inbound, judgement.status)
-            if judgement.status != "accepted" or rating is None:
-                stored.append(StoredWebhook(webhook_id, judgement.status))
-                values += _NO_DELIVERY
-                continue
-            delivery_id += 1
-            values += (
-                delivery_id,
-                rating.version,
-                rating.external_id,
-                rating.stars,
-                rating_json(rating),
-                int(rating.created_at is not None and rating.created_at < job.recheck_before),
-            )
-            stored.append(StoredWebhook(webhook_id, "accepted", delivery_id=delivery_id))
-        size = _arrivals_size(len(jobs))
-        values += _PADDING * (size - len(jobs))
-        conn.execute(_arrivals(size), values)
-        return stored
+        """A run of webhooks stored in one statement (see arrivals.store_arrivals); None, with nothing
+        written, when one of its ratings is known already or comes twice."""
+        ids = store_arrivals(conn, [job.arrival() for job in jobs])
+        return None if ids is None else stored_arrivals(jobs, ids)
 
     # Alone in a batch of its kind, the writer runs `arrive` outside a transaction (see writer.py).
     in_one_statement = arrive
@@ -114,6 +81,16 @@ class RecordWebhook:
 def record_webhook(inbound: InboundWebhook, *, recheck_before: datetime) -> RecordWebhook:
     """The write job storing `inbound` (see RecordWebhook)."""
     return RecordWebhook(inbound, recheck_before)
+
+
+def stored_arrivals(jobs: list[RecordWebhook], ids: ArrivalIds) -> list[StoredWebhook]:
+    """What each webhook of a run became, from the ids `store_arrivals` gave them."""
+    return [
+        StoredWebhook(webhook_id, job.inbound.judgement.status)
+        if delivery_id is None
+        else StoredWebhook(webhook_id, "accepted", delivery_id=delivery_id)
+        for job, (webhook_id, delivery_id) in zip(jobs, ids, strict=True)
+    ]
 
 
 def reprocess_webhook(
@@ -183,19 +160,6 @@ _INSERT_WEBHOOK = f"INSERT INTO webhooks ({_WEBHOOK_COLUMNS}) VALUES ({', '.join
 _INSERT_DELIVERY = f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES ({', '.join('?' * 13)})"
 
 
-def _last_ids(conn: sqlite3.Connection, keys: set[tuple[int, int]]) -> tuple[int, int] | None:
-    """The largest webhook and delivery ids, unless one of these (merchant, rating) pairs has a delivery
-    already (then None): one statement."""
-    # CROSS JOIN keeps the pairs the outer loop, so each is one lookup in the (merchant, rating) index.
-    webhook_id, delivery_id, known = conn.execute(
-        "SELECT (SELECT COALESCE(MAX(id), 0) FROM webhooks), (SELECT COALESCE(MAX(id), 0) FROM deliveries), "
-        "EXISTS (SELECT 1 FROM json_each(?) AS k CROSS JOIN deliveries AS d "
-        "ON d.merchant_id = json_extract(k.value, '$[0]') AND d.rating_id = json_extract(k.value, '$[1]'))",
-        (json.dumps(sorted(keys)),),
-    ).fetchone()
-    return None if known else (webhook_id, delivery_id)
-
-
 def _webhook_row(inbound: InboundWebhook, status: WebhookStatus) -> tuple[object, ...]:
     judgement = inbound.judgement
     return (
@@ -244,21 +208,3 @@ def _insert_delivery(conn: sqlite3.Connection, row: tuple[object, ...]) -> int:
     cursor = conn.execute(_INSERT_DELIVERY, row)
     assert cursor.lastrowid is not None
     return cursor.lastrowid
-
-
-# The arrivals view's columns, after the webhook's: those of a row with no delivery, and of a padding row.
-_ARRIVAL_WIDTH = 17
-_NO_DELIVERY = (None,) * 6
-_PADDING = (None,) * _ARRIVAL_WIDTH
-
-
-def _arrivals_size(count: int) -> int:
-    """The statement's rows for a run of `count`: the next power of two, so few sizes are ever prepared."""
-    return 1 << (count - 1).bit_length()
-
-
-@functools.cache
-def _arrivals(size: int) -> str:
-    """`INSERT INTO arrivals VALUES (...), ...` for `size` rows (migration 0013)."""
-    row = f"({', '.join('?' * _ARRIVAL_WIDTH)})"
-    return f"INSERT INTO arrivals VALUES {', '.join([row] * size)}"

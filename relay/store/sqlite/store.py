@@ -60,6 +60,7 @@ from relay.store.sqlite import (
 from relay.store.sqlite import (
     links as link_table,
 )
+from relay.store.sqlite.intake_channel import IntakeProcess
 from relay.store.sqlite.reading import one
 from relay.store.sqlite.worker_lock import sole_worker
 from relay.store.sqlite.writer import Database
@@ -71,22 +72,29 @@ COMMIT_WATCH_INTERVAL_S = 0.15
 
 
 class SqliteStore:
-    """The relay's records in one SQLite file: writes share commits on one writer thread, reads use WAL."""
+    """The relay's records in one SQLite file: writes share commits (on the writer thread, or for new webhooks
+    in intake's process); reads use WAL."""
 
     backend = "sqlite"
     single_worker = True
 
-    def __init__(self, path: Path, *, timeout_s: float) -> None:
+    def __init__(self, path: Path, *, timeout_s: float, intake_process: bool = False) -> None:
         self.path = path
         self.location = str(path)
         self.database = Database(path, timeout_s=timeout_s)
+        # A store serving webhooks stores new ones through a process of their own (see IntakeProcess).
+        self.intake_process = IntakeProcess(self.database) if intake_process else None
 
     # Life ---------------------------------------------------------------------------------------------
 
     async def open(self) -> None:
         await self.database.open()
+        if self.intake_process is not None:
+            await self.intake_process.start()
 
     async def close(self) -> None:
+        if self.intake_process is not None:
+            await self.intake_process.close()
         await self.database.close()
 
     async def migrate(self) -> list[str]:
@@ -104,7 +112,12 @@ class SqliteStore:
     # Intake -------------------------------------------------------------------------------------------
 
     async def record_webhook(self, inbound: InboundWebhook, *, recheck_before: datetime) -> StoredWebhook:
-        return await self.database.write(intake.record_webhook(inbound, recheck_before=recheck_before))
+        job = intake.record_webhook(inbound, recheck_before=recheck_before)
+        if self.intake_process is not None and self.intake_process.running:
+            stored = await self.intake_process.record(job)
+            if stored is not None:
+                return stored
+        return await self.database.write(job)
 
     async def reprocess_webhook(
         self, webhook_id: int, judgement: Judgement, *, now: datetime, recheck_before: datetime

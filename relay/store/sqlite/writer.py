@@ -2,14 +2,13 @@
 
 import asyncio
 import contextlib
-import fcntl
 import itertools
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from relay.store.sqlite.checkpoints import Checkpointer
 from relay.store.sqlite.instants import instant_plus
 from relay.store.sqlite.migrations import LATEST_VERSION, migrate
 from relay.store.sqlite.reading import one
+from relay.store.sqlite.turns import turn_taken
 
 T = TypeVar("T")
 # A write job runs inside the writer's transaction, on the writer thread: plain sqlite3, no awaiting.
@@ -109,7 +109,7 @@ class Database:
         # A turn file open of its own: flock excludes only other open files, this writer's among them.
         self._checkpoints_turn = turn = _open_turn(self.path)
         self._checkpoints = Checkpointer(
-            self.path, timeout_s=self.timeout_s, take_turn=lambda: _turn_taken(turn)
+            self.path, timeout_s=self.timeout_s, take_turn=lambda: turn_taken(turn)
         )
         self._checkpoints.start()
 
@@ -292,7 +292,7 @@ class Database:
         ):
             return None
         conn = self._writer_connection()
-        with _turn_taken(self._turn):
+        with turn_taken(self._turn):
             try:
                 results: list[Any] | None = in_one_statement(conn, jobs)
             except sqlite3.IntegrityError:
@@ -304,7 +304,7 @@ class Database:
     def _transaction(self, jobs: list[WriteJob[Any]]) -> list[Any]:
         """On the writer thread: one transaction around every job of the batch."""
         conn = self._writer_connection()
-        with _turn_taken(self._turn):
+        with turn_taken(self._turn):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 results = _run(conn, jobs)
@@ -319,11 +319,16 @@ class Database:
     def _as_store_error(self, error: Exception) -> Exception:
         if not isinstance(error, sqlite3.Error):
             return error
-        self.last_commit_error = f"{type(error).__name__}: {error}"
-        self.failed_commit_error = self.last_commit_error
+        return self.commit_failed(f"{type(error).__name__}: {error}")
+
+    def commit_failed(self, error: str) -> StoreUnavailable:
+        """A commit of this file failed with `error` (here or in intake's process): said where operators look
+        (the log, readiness), and the failure its callers hear."""
+        self.last_commit_error = error
+        self.failed_commit_error = error
         self.commit_failures += 1
-        log.error("store.commit_failed", error=self.last_commit_error)
-        return StoreUnavailable(self.last_commit_error)
+        log.error("store.commit_failed", error=error)
+        return StoreUnavailable(error)
 
     async def schema_version(self) -> int:
         """The newest migration applied to the file."""
@@ -367,25 +372,6 @@ def _open_turn(path: Path) -> int:
         return os.open(f"{path}-turn", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as error:
         raise DatabaseUnusable(f"{path}-turn: cannot open: {error.strerror}") from None
-
-
-@contextlib.contextmanager
-def _turn_taken(turn: int | None) -> Iterator[None]:
-    """The turn file's lock, held around one transaction.
-
-    Writers of several processes wanting SQLite's write lock at once would meet its busy handler, which
-    sleeps 1, 2, 5 ... 100 ms between tries: a lock held for 3 ms costs a waiter tens of ms. Waiting in
-    flock instead, the kernel wakes the next writer the moment the last lets go, in turn. The lock is the
-    kernel's: it goes with its process however that process ends.
-    """
-    if turn is None:
-        yield
-        return
-    fcntl.flock(turn, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(turn, fcntl.LOCK_UN)
 
 
 def _hand_back(batch: list[_Entry], outcome: list[Any] | Exception) -> None:
