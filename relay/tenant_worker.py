@@ -490,9 +490,18 @@ class TenantWorker:
         meanwhile (by another worker, or this one): then it is no longer this pass's."""
         now = utc_now()
         until = now + lease
-        turn = await self.store.take_turn(
+        renewal = self.store.take_turn(
             attempt.delivery.id, attempt.inquiry_id, leased_until=attempt.leased_until, now=now, until=until
         )
+        taking = asyncio.ensure_future(renewal)
+        try:
+            turn = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # A stop cancelled the wait, not the renewal, which commits all the same: the release that follows
+            # must name the lease the row then holds, or it finds the lease lost and leaves the row `sending`.
+            with contextlib.suppress(Exception):
+                self._follow_turn(attempt, await taking, until)
+            raise
         self._follow_turn(attempt, turn, until)
 
     def _follow_turn(self, attempt: _Attempt, turn: Turn, until: datetime) -> None:

@@ -706,6 +706,51 @@ async def test_a_claims_deliveries_take_their_turns_and_send_slots_together_once
     assert asked["reserve_send_slot"] == ([] if db(relay).single_worker else [8])
 
 
+async def test_a_stop_during_a_lease_renewal_releases_the_delivery_under_the_renewed_lease(
+    aiohttp_client, make_settings, quivo, monkeypatch, opened_store
+):
+    # A stop cancelled the wait for a renewal that committed all the same: the release named the old lease,
+    # found it lost, and left the row `sending` until the new lease ran out (chaos scenario 2, full run).
+    settings = make_settings(**forwarding_settings(quivo, relay_shutdown_grace_s=0.05))
+    intake = await aiohttp_client(create_app(settings, run_worker=False))
+    accepted = await post(intake, rating_webhook(990, "INQ-990"))
+    await intake.close()
+    # Claims lease half a lease: the call renews it first, through take_turn.
+    monkeypatch.setattr(tenant_worker, "TURN_FRESH_SHARE", -0.5)
+    renewed, answer = asyncio.Event(), asyncio.Event()
+
+    def answered_late(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def take_turn(*args: Any, **kwargs: Any) -> Any:
+            turn = await method(*args, **kwargs)
+            renewed.set()
+            await answer.wait()  # committed; its answer held until the delivery's wait was cancelled
+            return turn
+
+        return take_turn
+
+    for store_class in (SqliteStore, PostgresStore):
+        monkeypatch.setattr(store_class, "take_turn", answered_late(store_class.take_turn))
+
+    relay = await aiohttp_client(create_app(settings, run_worker=True))
+    await asyncio.wait_for(renewed.wait(), 30)
+    stopping = asyncio.ensure_future(relay.close())
+
+    def delivering() -> list[asyncio.Task[Any]]:
+        named = "TenantWorker._deliver"
+        return [task for task in asyncio.all_tasks() if getattr(task.get_coro(), "__qualname__", "") == named]
+
+    async with asyncio.timeout(30):
+        while not any(task.cancelling() for task in delivering()):  # noqa: ASYNC110 - no event to wait on
+            await asyncio.sleep(0.005)
+    answer.set()
+    await stopping
+
+    store = await opened_store(settings.database_url)
+    detail = await store.get_delivery(accepted["delivery_id"])
+    assert detail is not None and detail.delivery.state in ("pending", "retrying"), detail
+    assert not quivo.state.ratings
+
+
 async def test_outcomes_finishing_together_are_recorded_in_one_store_call(
     aiohttp_client, make_settings, quivo, monkeypatch
 ):
