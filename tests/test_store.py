@@ -2,10 +2,8 @@
 
 import asyncio
 import json
-import os
 import re
 import sqlite3
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,6 +19,7 @@ from relay.store.records import InboundWebhook
 from relay.store.sqlite.intake import record_webhook
 from relay.store.sqlite.store import SqliteStore
 from tests.beats import worker_beat
+from tests.chaos.test_storage import filesystem_full, tmpfs
 from tests.conftest import AUTH, fixture_bytes
 from tests.pg_server import PostgresServer
 from tests.test_store_contract import inbound, rating
@@ -58,24 +57,9 @@ async def test_locked_database_answers_503_with_retry_after_then_recovers(aiohtt
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A folder on a file system of its own, 2 MiB in all: a disk that fills (a tmpfs, mounted as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a file system of its own takes root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
-    try:
+    """A folder on a tmpfs of its own, 2 MiB in all: a disk that fills."""
+    with tmpfs(tmp_path / "disk", "2m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=True)
-
-
-def filled(disk: Path, *, leaving: int) -> Path:
-    """A file taking all the disk's free space but `leaving` bytes."""
-    free = os.statvfs(disk)
-    filler = disk / "filler"
-    filler.write_bytes(b"\0" * (free.f_bavail * free.f_frsize - leaving))
-    return filler
 
 
 async def test_full_disk_answers_503_and_keeps_nothing_half_written(
@@ -85,12 +69,11 @@ async def test_full_disk_answers_503_and_keeps_nothing_half_written(
     client = await aiohttp_client(create_app(settings, run_worker=False))
     database = sqlite_of(client.app[STORE]).database
     big = rating_body(title="x" * 20000)
-    # Room for a page or two, not for the webhook's five.
-    filler = filled(small_disk, leaving=8192)
 
-    refused = await client.post("/webhooks/bringg", data=big, headers=AUTH)
-    failure = database.last_commit_error
-    filler.unlink()
+    # Filled to its last byte, for the intake process and the writer thread alike.
+    with filesystem_full(small_disk / "relay.db"):
+        refused = await client.post("/webhooks/bringg", data=big, headers=AUTH)
+        failure = database.last_commit_error
     accepted = await client.post("/webhooks/bringg", data=big, headers=AUTH)
 
     assert refused.status == 503

@@ -33,6 +33,7 @@ from tests.chaos.harness import (
 from tests.conftest import AUTH
 from tests.forwarding import rating_webhook
 from tests.processes import free_port
+from tests.test_serve_processes import children
 
 # Short, so a locked database answers 503 within half a second instead of the default five.
 STORE_TIMEOUT_S = "0.5"
@@ -266,9 +267,10 @@ def test_a_full_filesystem_answers_503_then_recovers_when_space_is_freed(tmp_pat
 def intake_process_of(relay: RelayProcess) -> int:
     """The pid of the SQLite intake process the relay started (a child of its own)."""
     assert relay.pid is not None, "not running"
-    children = Path(f"/proc/{relay.pid}/task/{relay.pid}/children").read_text().split()
     [pid] = [
-        int(child) for child in children if b"intake_process" in Path(f"/proc/{child}/cmdline").read_bytes()
+        child
+        for child in children(relay.pid)
+        if b"intake_process" in Path(f"/proc/{child}/cmdline").read_bytes()
     ]
     return pid
 
