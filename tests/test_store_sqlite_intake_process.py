@@ -21,6 +21,7 @@ from relay.store.records import InboundWebhook, StoredWebhook
 from relay.store.sqlite.intake_channel import IntakeProcess
 from relay.store.sqlite.store import SqliteStore
 from tests.test_webhook import rating_body
+from tests.test_worker import until
 
 RECHECK_BEFORE = datetime(2026, 11, 1, tzinfo=UTC)
 QUARANTINED = b'{"webhook_type": "rating_submitted", "merchant_id": 9, "rating": {"id": "x"}}'
@@ -170,7 +171,7 @@ async def test_the_intake_process_ends_when_its_web_process_is_killed(tmp_path: 
         web.kill()
         await web.wait()
 
-    await until(lambda: _ended(intake_pid), "the intake process ended")
+    await until(lambda: _ended(intake_pid), "the intake process ended", within_s=30)
     assert [row[1] for row in table(tmp_path / "relay.db", "webhooks")] == ["2026-12-01T18:00:00.000001Z"]
 
 
@@ -182,7 +183,7 @@ async def test_a_run_in_flight_when_the_process_dies_answers_unavailable_and_the
     turn = os.open(f"{store.path}-turn", os.O_RDWR)
     fcntl.flock(turn, fcntl.LOCK_EX)
     in_flight = asyncio.ensure_future(record(store, 1, rating_id=1))
-    await until(lambda: intake_of(store)._in_flight is not None, "the run sent")
+    await until(lambda: intake_of(store)._in_flight is not None, "the run sent", within_s=30)
 
     with capture_logs() as logs:
         os.kill(intake_pid(store), signal.SIGKILL)
@@ -190,14 +191,12 @@ async def test_a_run_in_flight_when_the_process_dies_answers_unavailable_and_the
             await in_flight
         fcntl.flock(turn, fcntl.LOCK_UN)
         os.close(turn)
-        resent = await store.record_webhook(
-            arrival(2, rating_body(rating_id=1)), recheck_before=RECHECK_BEFORE
-        )
-        later = await store.record_webhook(
-            arrival(3, rating_body(rating_id=2)), recheck_before=RECHECK_BEFORE
-        )
+        resent = await record(store, 2, rating_id=1)
+        later = await record(store, 3, rating_id=2)
         await until(
-            lambda: any(line["event"] == "store.intake_process_ended" for line in logs), "the log line"
+            lambda: any(line["event"] == "store.intake_process_ended" for line in logs),
+            "its line",
+            within_s=30,
         )
 
     assert not intake_of(store).running
@@ -215,7 +214,7 @@ async def test_a_run_the_file_cannot_take_fails_as_a_commit_of_the_writer_thread
     with capture_logs() as logs:
         with pytest.raises(StoreUnavailable):
             await record(store, 1, rating_id=1)
-        await until(lambda: store.database.commit_failures == 1, "the failure reported")
+        await until(lambda: store.database.commit_failures == 1, "the failure reported", within_s=30)
     blocker.execute("ROLLBACK")
     blocker.close()
     stored = await record(store, 2, rating_id=1)
@@ -228,12 +227,3 @@ async def test_a_run_the_file_cannot_take_fails_as_a_commit_of_the_writer_thread
     # The process went on: the next run was its own, and the writer thread wrote nothing.
     assert (stored.status, intake_of(store).commits, store.database.commits) == ("accepted", 1, 0)
     assert [row[2] for row in table(store.path, "webhooks")] == ["req-2"]
-
-
-async def until(condition: Callable[[], bool], what: str, within_s: float = 30) -> None:
-    """Wait for `condition`, polling; TimeoutError naming `what` past `within_s`."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"{what}: not within {within_s}s")
-        await asyncio.sleep(0.005)

@@ -74,12 +74,19 @@ async def actions(relay, delivery_id: int) -> list[str]:
     return [call.action for call in (await delivery_of(db(relay), delivery_id)).attempts]
 
 
-async def until(condition: Callable[[], Awaitable[bool]], what: str, within_s: float = 15) -> None:
+async def until(condition: Callable[[], Awaitable[bool] | bool], what: str, within_s: float = 15) -> None:
+    """Wait for `condition` (a check, or one that awaits), polling; TimeoutError naming `what` past
+    `within_s`."""
     deadline = asyncio.get_running_loop().time() + within_s
-    while not await condition():
+    while not await _holds(condition):
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"{what}: not within {within_s}s")
         await asyncio.sleep(0.02)
+
+
+async def _holds(condition: Callable[[], Awaitable[bool] | bool]) -> bool:
+    held = condition()
+    return held if isinstance(held, bool) else await held
 
 
 async def paused_with_nothing_out(relay) -> bool:
@@ -728,8 +735,7 @@ async def test_a_stop_during_a_lease_renewal_releases_the_delivery_under_the_ren
 
         return take_turn
 
-    for store_class in (SqliteStore, PostgresStore):
-        monkeypatch.setattr(store_class, "take_turn", answered_late(store_class.take_turn))
+    _wrapped_on_both_stores(monkeypatch, "take_turn", answered_late)
 
     relay = await aiohttp_client(create_app(settings, run_worker=True))
     await asyncio.wait_for(renewed.wait(), 30)
@@ -865,6 +871,15 @@ def _first_on_both_stores(
 
         return wrapped
 
+    _wrapped_on_both_stores(monkeypatch, name, wrapping)
+
+
+def _wrapped_on_both_stores(
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    wrapping: Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]],
+) -> None:
+    """Each backend's store method `name` replaced by `wrapping` of it."""
     for store_class in (SqliteStore, PostgresStore):
         monkeypatch.setattr(store_class, name, wrapping(getattr(store_class, name)))
 
