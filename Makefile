@@ -27,8 +27,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# One pytest worker per core, at most four: most tests wait on processes of their own, and each worker starts
+# its own throwaway PostgreSQL server.
 unit: $(STAMP) jq postgresql chromium wrk
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --maxprocesses 4
 
 test: lint typecheck unit
 

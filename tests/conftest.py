@@ -90,8 +90,8 @@ def make_settings(database_url: str) -> Callable[..., Settings]:
     return build
 
 
-# Why the PostgreSQL tests could not run here, for the one line the run ends with.
-_postgres_unavailable: list[str] = []
+# How a PostgreSQL test skipped for want of a server says so: the run ends with one line naming why.
+NO_POSTGRES = "no PostgreSQL server: "
 
 
 @pytest.fixture(scope="session")
@@ -117,8 +117,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 def _no_postgres(reason: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(f"no PostgreSQL server for the tests: {reason}", pytrace=False)
-    _postgres_unavailable.append(reason)
-    pytest.skip(f"no PostgreSQL server: {reason}")
+    pytest.skip(f"{NO_POSTGRES}{reason}")
 
 
 @pytest.fixture
@@ -264,8 +263,13 @@ async def second_store(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _postgres_unavailable:
-        terminalreporter.write_line(f"PostgreSQL tests skipped: {_postgres_unavailable[0]}", yellow=True)
+    # From the skips' reports, which reach this process from every pytest worker (pytest-xdist).
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        if NO_POSTGRES in reason:
+            why = reason.split(NO_POSTGRES, 1)[1]
+            terminalreporter.write_line(f"PostgreSQL tests skipped: {why}", yellow=True)
+            return
 
 
 class FakeClock:
