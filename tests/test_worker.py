@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from relay import claim_ahead, tenant_worker
+from relay import claim_ahead, pacing, tenant_worker
 from relay import worker as worker_module
 from relay.app import create_app
 from relay.keys import SETTINGS, STORE, WORKER
@@ -586,7 +586,11 @@ async def test_resuming_after_refused_credentials_says_how_long_and_why_it_pause
     assert "401" in resumed["reason"]
 
 
-async def test_deliveries_held_by_an_outage_go_within_seconds_of_quivo_coming_back(start_relay, quivo):
+async def test_deliveries_held_by_an_outage_go_within_seconds_of_quivo_coming_back(
+    start_relay, quivo, monkeypatch
+):
+    # Probes 2 s apart at most instead of 10: the same behaviour, in a third of the time.
+    monkeypatch.setattr(pacing, "OUTAGE_PROBE_MAX_S", PROBE_MAX_S)
     quivo.state.outage = True
     # Backoff that, left alone, would keep each delivery waiting for minutes after Quivo came back.
     relay = await start_relay(relay_retry_base_s=300, relay_retry_max_s=600)
@@ -606,9 +610,13 @@ async def test_deliveries_held_by_an_outage_go_within_seconds_of_quivo_coming_ba
     took_s = asyncio.get_running_loop().time() - back
 
     assert len(quivo.state.ratings) == 5
-    # The probe reads Quivo at least every OUTAGE_PROBE_MAX_S (10 s); the held ones then go at once (5 s of
-    # margin for a busy machine: without the probe they wait their backoff, minutes).
-    assert took_s <= 15, took_s
+    # The probe reads Quivo at least every OUTAGE_PROBE_MAX_S; the held ones then go at once (margin for a
+    # busy machine: without the probe they wait their backoff, minutes).
+    assert took_s <= PROBE_MAX_S + 8, took_s
+
+
+# The outage test's longest wait between probes.
+PROBE_MAX_S = 2.0
 
 
 def _answered_503(quivo: Quivo) -> int:
