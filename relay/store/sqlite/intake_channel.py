@@ -108,7 +108,7 @@ class IntakeProcess(asyncio.Protocol):
         run, self._in_flight = self._in_flight or [], None
         if isinstance(answer, list):
             self.commits += 1
-            self.database.last_commit_error = None
+            self.database.commit_succeeded()
             stored: list[StoredWebhook | None] = []
             stored += stored_arrivals([entry.item for entry in run], answer)
             settle(run, stored)

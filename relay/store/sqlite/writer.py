@@ -278,7 +278,7 @@ class Database:
             for entry in batch:
                 self._commit([entry])
             return
-        self.last_commit_error = None
+        self.commit_succeeded()
         self.commits += 1
         _hand_back(batch, results)
 
@@ -320,6 +320,10 @@ class Database:
         if not isinstance(error, sqlite3.Error):
             return error
         return self.commit_failed(f"{type(error).__name__}: {error}")
+
+    def commit_succeeded(self) -> None:
+        """A commit of this file went through (here or in intake's process): the last failure is behind it."""
+        self.last_commit_error = None
 
     def commit_failed(self, error: str) -> StoreUnavailable:
         """A commit of this file failed with `error` (here or in intake's process): said where operators look
