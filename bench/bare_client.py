@@ -6,9 +6,11 @@ import time
 import aiohttp
 
 
-async def post_ratings(base_url: str, count: int, *, concurrency: int, login: dict[str, str]) -> float:
+async def post_ratings(
+    base_url: str, count: int, *, concurrency: int, login: dict[str, str], first_inquiry: int = 1
+) -> float:
     """Ratings per second of `concurrency` loops posting `count` ratings in all, each to its own inquiry
-    (one login first, untimed); raises if any answer is not 2xx."""
+    from `first_inquiry` on (one login first, untimed); raises if any answer is not 2xx."""
     headers = {"X-Api-Key": login["QUIVO_API_KEY"], "Content-Type": "application/json"}
     credentials = {"username": login["QUIVO_USERNAME"], "password": login["QUIVO_PASSWORD"]}
     # As the worker's session: one connection per concurrent call, kept alive.
@@ -18,7 +20,7 @@ async def post_ratings(base_url: str, count: int, *, concurrency: int, login: di
             answer.raise_for_status()
             token = (await answer.json())["token"]
         auth = {"Authorization": f"Bearer {token}"}
-        numbers = iter(range(1, count + 1))
+        numbers = iter(range(first_inquiry, first_inquiry + count))
 
         async def loop() -> None:
             for n in numbers:

@@ -259,7 +259,8 @@ class Bench:
         table = backend.name
         rate = self.drain_rate(backend, self.sizes.drain, workers=1, latency_ms=0)
         self.add(table, f"drain, no added latency ({self.sizes.drain:,} deliveries/s)", f"{rate:,.0f}")
-        client = self.figures["bare_client"]
+        client = self.figures[f"{table} bare client"]
+        self.add(table, "bare client against the same stand-in, just before (/s)", f"{client:,.0f}")
         self.add(
             table,
             "  ratio drain, no added latency / bare client",
@@ -316,6 +317,13 @@ class Bench:
                     ready_url=f"http://127.0.0.1:{sim_port}/_sim/stats",
                 )
             )
+            if latency_ms == 0:
+                # The reference, against this very stand-in moments before the worker: a machine whose speed
+                # drifts over the run moves both alike. Its inquiries are none of the backlog's.
+                base = f"http://127.0.0.1:{sim_port}"
+                self.figures[f"{backend.name} bare client"] = asyncio.run(
+                    post_ratings(base, count, concurrency=CONCURRENCY, login=SIM_LOGIN, first_inquiry=10**8)
+                )
             processes = []
             for n in range(workers):
                 env = {

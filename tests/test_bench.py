@@ -156,7 +156,7 @@ def test_two_workers_are_judged_against_one_and_each_against_its_concurrency(
         lambda self, backend, count, *, workers, latency_ms: rates[(latency_ms, workers)],
     )
     bench = Bench(run.QUICK, tmp_path)
-    bench.figures["bare_client"] = 6000.0
+    bench.figures["PostgreSQL bare client"] = 6000.0
 
     bench.drain(NoDatabases("PostgreSQL"))
 
