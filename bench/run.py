@@ -28,6 +28,7 @@ from bench.paced import run_paced
 from bench.procs import free_port, memory_mb, relay, started
 from bench.results import Row, Target, exit_status, fixed, machine, missed, relative, write_results
 from bench.seed import opened, seed
+from bench.steal import stolen
 from bench.wrk import WrkResult, wrk
 from relay.store.api import Store
 from relay.store.records import Outcome
@@ -40,6 +41,15 @@ TOKEN = "bench-webhook-token-0123456789"
 SIM_LOGIN = {"QUIVO_API_KEY": "sim-key", "QUIVO_USERNAME": "sim-user", "QUIVO_PASSWORD": "sim-pass"}
 CONCURRENCY = 64  # QUIVO_MAX_CONCURRENCY of each draining worker, and the bare client's
 RATE_RUNS = 3  # runs at 1,000 req/s: the p99 target holds in each, so one lucky run does not pass it
+# How each phase is named in its steal row.
+PHASE_NAMES = {
+    "saturate": "ingest at saturation",
+    "at_rate": "ingest at 1,000 req/s",
+    "drain": "the drains",
+    "scale": "the runs at scale",
+    "end_to_end": "end to end",
+    "memory": "memory",
+}
 REFERENCE = "References: the bare app (the ceiling), the naive receiver and probe, the bare client (drain)"
 ACROSS = "PostgreSQL against SQLite, in this run"
 
@@ -624,7 +634,11 @@ def main() -> int:
     with postgres_server() as postgres:
         backends: list[Backend] = [SqliteFiles(workdir), postgres]
         bench.settle = lambda: settled(postgres.server)
-        bench.reference()
+        with stolen() as steal:
+            bench.reference()
+        bench.add(
+            REFERENCE, "CPU taken by the host during the references (steal, %)", f"{100 * steal.share:.1f}"
+        )
         # Phase by phase, each backend in turn: the figures compared across them are measured minutes apart.
         phases: list[Callable[[Backend], None]] = [
             bench.saturate,
@@ -636,7 +650,14 @@ def main() -> int:
         ]
         for phase in phases:
             for backend in backends:
-                phase(backend)
+                with stolen() as steal:
+                    phase(backend)
+                name = PHASE_NAMES.get(phase.__name__, phase.__name__)
+                bench.add(
+                    backend.name,
+                    f"CPU taken by the host during {name} (steal, %)",
+                    f"{100 * steal.share:.1f}",
+                )
         bench.across()
     took = time.perf_counter() - began
     write_results(bench.rows, args.out, quick=args.quick, took_s=took, commit=commit, machine=machine())

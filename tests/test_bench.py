@@ -16,6 +16,7 @@ from bench.loadgen import LoadResult
 from bench.results import Row, exit_status, fixed, missed, relative, write_results
 from bench.run import REFERENCE, Bench, accepted_to_delivered_ms, claims_per_second
 from bench.seed import opened, seed
+from bench.steal import stolen
 from bench.wrk import WrkResult, wrk_result
 from relay.store.records import Outcome
 from tests.pg_server import PostgresServer
@@ -297,3 +298,12 @@ def test_the_results_name_the_commit_and_hold_a_table_per_backend_and_one_across
     assert sqlite < page.index("| peak RSS, ingest (MB) | 59 | fixed: <= 150 MB | yes |") < postgres < across
     assert postgres < page.index("| relay throughput (req/s) | 3,100 |") < across
     assert "- MISSED PostgreSQL: relay throughput (req/s): 3,100, target relative: >= 0.75 x" in page
+
+
+def test_the_hosts_steal_is_the_share_of_all_ticks_taken_while_the_block_ran():
+    readings = iter([(100, 10_000), (160, 11_000)])
+
+    with stolen(lambda: next(readings)) as steal:
+        assert steal.share == 0.0  # known only once the block has ended
+
+    assert steal.share == pytest.approx(0.06)
