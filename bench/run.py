@@ -41,15 +41,6 @@ TOKEN = "bench-webhook-token-0123456789"
 SIM_LOGIN = {"QUIVO_API_KEY": "sim-key", "QUIVO_USERNAME": "sim-user", "QUIVO_PASSWORD": "sim-pass"}
 CONCURRENCY = 64  # QUIVO_MAX_CONCURRENCY of each draining worker, and the bare client's
 RATE_RUNS = 3  # runs at 1,000 req/s: the p99 target holds in each, so one lucky run does not pass it
-# How each phase is named in its steal row.
-PHASE_NAMES = {
-    "saturate": "ingest at saturation",
-    "at_rate": "ingest at 1,000 req/s",
-    "drain": "the drains",
-    "scale": "the runs at scale",
-    "end_to_end": "end to end",
-    "memory": "memory",
-}
 REFERENCE = "References: the bare app (the ceiling), the naive receiver and probe, the bare client (drain)"
 ACROSS = "PostgreSQL against SQLite, in this run"
 
@@ -640,19 +631,19 @@ def main() -> int:
             REFERENCE, "CPU taken by the host during the references (steal, %)", f"{100 * steal.share:.1f}"
         )
         # Phase by phase, each backend in turn: the figures compared across them are measured minutes apart.
-        phases: list[Callable[[Backend], None]] = [
-            bench.saturate,
-            bench.at_rate,
-            bench.drain,
-            bench.scale,
-            bench.end_to_end,
-            bench.memory,
+        # Each with the name its steal row gives it.
+        phases: list[tuple[str, Callable[[Backend], None]]] = [
+            ("ingest at saturation", bench.saturate),
+            ("ingest at 1,000 req/s", bench.at_rate),
+            ("the drains", bench.drain),
+            ("the runs at scale", bench.scale),
+            ("end to end", bench.end_to_end),
+            ("memory", bench.memory),
         ]
-        for phase in phases:
+        for name, phase in phases:
             for backend in backends:
                 with stolen() as steal:
                     phase(backend)
-                name = PHASE_NAMES.get(phase.__name__, phase.__name__)
                 bench.add(
                     backend.name,
                     f"CPU taken by the host during {name} (steal, %)",
