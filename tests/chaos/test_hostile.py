@@ -776,6 +776,13 @@ GOOD_FORMS = [
     TOKEN,
     b"Bearer " + jwt_token(JWT_SECRET),
 ]
+# Forms that hold the instant they were made, named: each pytest worker (pytest-xdist) collects the tests on
+# its own, and must find the same ids.
+TIMED_FORMS = {
+    b"Bearer " + jwt_token("not-the-secret-0123456789abcdefgh"): "a JWT signed with another secret",
+    b"Bearer " + jwt_token(JWT_SECRET, exp=int(time.time()) - 3600): "an expired JWT",
+    b"Bearer " + jwt.encode({"exp": int(time.time()) + 600}, None, "none").encode(): "an unsigned JWT",
+}
 BAD_FORMS = [
     b"Bearer",
     b"Bearer ",
@@ -789,9 +796,7 @@ BAD_FORMS = [
     b"Basic \xff",
     b"Bearer a.b.c",
     b"Bearer \xff.\xfe.\xfd",
-    b"Bearer " + jwt_token("not-the-secret-0123456789abcdefgh"),
-    b"Bearer " + jwt_token(JWT_SECRET, exp=int(time.time()) - 3600),
-    b"Bearer " + jwt.encode({"exp": int(time.time()) + 600}, None, algorithm="none").encode(),
+    *TIMED_FORMS,
     b"Bearer " + b"A" * 8000,
     b'Digest username="bringg", realm="\xff"',
 ]
@@ -872,7 +877,7 @@ def test_junk_headers_get_a_stored_2xx_a_401_or_aiohttps_400(
             assert re.fullmatch("[0-9a-f]{32}", echoed), echoed
 
 
-@pytest.mark.parametrize("value", BAD_FORMS, ids=repr)
+@pytest.mark.parametrize("value", BAD_FORMS, ids=lambda value: TIMED_FORMS.get(value, repr(value)))
 def test_each_bad_credential_form_gets_401_and_stores_nothing(hostile: Target, value: bytes):
     last_id = last_webhook_id(hostile)
 
