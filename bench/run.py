@@ -62,9 +62,20 @@ FULL = Sizes(
     saturate_s=10, fixed_rate_s=10, drain=10_000, drain_latency=4_000, scale_rows=1_000_000, e2e_s=10
 )
 QUICK = Sizes(saturate_s=3, fixed_rate_s=3, drain=3_000, drain_latency=1_500, scale_rows=50_000, e2e_s=3)
+
+
 # Web processes for ingest and workers for the 50 ms drain: SQLite admits one worker per database.
 WEB_PROCESSES = {"SQLite": (1, 2), "PostgreSQL": (1, 2)}
 WORKERS = {"SQLite": (1,), "PostgreSQL": (1, 2, 3)}
+
+
+@dataclass(frozen=True)
+class RateRun:
+    """One run at 1,000 req/s: the relay's load, the bare app's just before, the host's steal during it."""
+
+    relay: LoadResult
+    bare: LoadResult
+    steal: float
 
 
 class Bench:
@@ -158,13 +169,20 @@ class Bench:
 
     def receiver(self, name: str, args: list[str]) -> WrkResult:
         """Saturation of a reference receiver: a script of bench/ and its arguments but --port."""
+        with self.serving(name, args) as port:
+            wrk(port, 2, run_base=0, token=TOKEN)
+            self.settle()
+            return wrk(port, self.sizes.saturate_s, run_base=10**9, token=TOKEN)
+
+    @contextmanager
+    def serving(self, name: str, args: list[str]) -> Iterator[int]:
+        """A reference receiver (a script of bench/ and its arguments but --port) until the block ends; its
+        port."""
         port = free_port()
         cmd = [sys.executable, *args, "--port", str(port)]
         ready = f"http://127.0.0.1:{port}/healthz"
         with started(cmd, env={}, log=self.workdir / f"{name}.log", ready_url=ready):
-            wrk(port, 2, run_base=0, token=TOKEN)
-            self.settle()
-            return wrk(port, self.sizes.saturate_s, run_base=10**9, token=TOKEN)
+            yield port
 
     def bare_client(self) -> float:
         """Ratings per second the bare client posts to a stand-in with no added latency."""
@@ -249,20 +267,31 @@ class Bench:
     def at_rate(self, backend: Backend) -> None:
         print(f"\n1b. Ingest on {backend.name} at 1,000 req/s (open loop, wrk paced), {RATE_RUNS} runs")
         table = backend.name
-        with self.web(backend.fresh("fixed"), 1, table=table, phase="ingest") as port:
+        runs: list[RateRun] = []
+        with (
+            self.web(backend.fresh("fixed"), 1, table=table, phase="ingest") as port,
+            self.serving("bare-at-rate", [str(HERE / "bare_app.py")]) as bare,
+        ):
             run_paced(port, rate=1000, seconds=1, token=TOKEN, first_rating_id=10**9)
-            loads = []
+            run_paced(bare, rate=1000, seconds=1, token=TOKEN, first_rating_id=10**9)
             seconds = self.sizes.fixed_rate_s
             for n in range(RATE_RUNS):
+                # The bare app at the same rate right before: what the machine allowed any server then.
+                beside = run_paced(bare, rate=1000, seconds=seconds, token=TOKEN, first_rating_id=10**9)
                 self.settle()
-                loads.append(
-                    run_paced(port, rate=1000, seconds=seconds, token=TOKEN, first_rating_id=(2 + n) * 10**9)
-                )
-        self.judge_at_rate(table, loads)
+                with stolen() as steal:
+                    load = run_paced(
+                        port, rate=1000, seconds=seconds, token=TOKEN, first_rating_id=(2 + n) * 10**9
+                    )
+                runs.append(RateRun(load, beside, steal.share))
+        self.judge_at_rate(table, runs)
 
-    def judge_at_rate(self, table: str, loads: list[LoadResult]) -> None:
-        """Each run at 1,000 req/s on its own rows: the p99 and non-2xx targets hold in every one."""
-        for n, load in enumerate(loads, 1):
+    def judge_at_rate(self, table: str, runs: list[RateRun]) -> None:
+        """Each run at 1,000 req/s on its own rows: the p99 and non-2xx targets hold in every one. Beside
+        each, the bare app's p99 just before and the host's steal during it: a run on a machine that was
+        not all its own shows it."""
+        for n, run in enumerate(runs, 1):
+            load = run.relay
             self.add(table, f"relay p50 at 1,000 req/s, run {n} (ms)", f"{load.percentile(0.50):.2f}")
             self.add(
                 table,
@@ -278,6 +307,12 @@ class Bench:
                 fixed("0"),
                 load.non_2xx == 0,
             )
+            self.add(
+                table,
+                f"  bare app p99 at 1,000 req/s, just before run {n} (ms)",
+                f"{run.bare.percentile(0.99):.2f}",
+            )
+            self.add(table, f"  CPU taken by the host during run {n} (steal, %)", f"{100 * run.steal:.1f}")
 
     # 2. Drain -----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from bench import run
 from bench.backends import Backend, PostgresDatabases, SqliteFiles
 from bench.loadgen import LoadResult
 from bench.results import Row, exit_status, fixed, missed, relative, write_results
-from bench.run import REFERENCE, Bench, accepted_to_delivered_ms, claims_per_second
+from bench.run import REFERENCE, Bench, RateRun, accepted_to_delivered_ms, claims_per_second
 from bench.seed import opened, seed
 from bench.steal import stolen
 from bench.wrk import WrkResult, wrk_result
@@ -175,26 +175,36 @@ def test_each_timed_run_at_a_fixed_rate_starts_once_earlier_writes_are_settled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     steps: list[str] = []
+    relay_port, bare_port = 1, 2
 
     def paced(port: int, *, rate: int, seconds: int, token: str, first_rating_id: int) -> LoadResult:
-        steps.append(f"run from {first_rating_id}")
+        server = "relay" if port == relay_port else "bare"
+        steps.append(f"{server} from {first_rating_id}" if server == "relay" else server)
         return LoadResult(sent=1, statuses={202: 1}, latencies_ms=[1.0])
 
     @contextmanager
     def web(self: Bench, url: str, processes: int, *, table: str, phase: str) -> Iterator[int]:
-        yield 1
+        yield relay_port
+
+    @contextmanager
+    def serving(self: Bench, name: str, args: list[str]) -> Iterator[int]:
+        assert args[0].endswith("bare_app.py")
+        yield bare_port
 
     monkeypatch.setattr(run, "run_paced", paced)
     monkeypatch.setattr(Bench, "web", web)
+    monkeypatch.setattr(Bench, "serving", serving)
     bench = Bench(run.QUICK, tmp_path)
     bench.settle = lambda: steps.append("settle")
 
     bench.at_rate(SqliteFiles(tmp_path))
 
-    # The warm-up second is not timed; each timed run follows a settle of its own.
-    warm_up, *timed = steps
-    assert warm_up == f"run from {10**9}"
-    assert timed == [step for n in range(2, 5) for step in ("settle", f"run from {n * 10**9}")]
+    # The warm-up seconds are not timed; each timed run of the relay follows the bare app's at the same rate,
+    # then a settle of its own.
+    assert steps[:2] == [f"relay from {10**9}", "bare"]
+    assert steps[2:] == [step for n in range(2, 5) for step in ("bare", "settle", f"relay from {n * 10**9}")]
+    assert judged(bench, "  bare app p99 at 1,000 req/s, just before run 3 (ms)").value == "1.00"
+    assert judged(bench, "  CPU taken by the host during run 3 (steal, %)").met is None
 
 
 def test_one_web_process_is_judged_against_the_bare_app_and_the_naive_receiver(tmp_path: Path):
@@ -222,8 +232,9 @@ def test_each_run_at_a_fixed_rate_is_reported_and_judged_on_its_own(tmp_path: Pa
         LoadResult(sent=100, statuses={202: 99, 503: 1}, latencies_ms=[2.0] * 98 + [30.0] * 2),
         LoadResult(sent=100, statuses={202: 100}, latencies_ms=[3.0] * 100),
     ]
+    bare = LoadResult(sent=100, statuses={202: 100}, latencies_ms=[0.5] * 100)
 
-    bench.judge_at_rate("PostgreSQL", loads)
+    bench.judge_at_rate("PostgreSQL", [RateRun(load, bare, 0.02) for load in loads])
 
     assert missed(bench.rows) == [
         "MISSED PostgreSQL: relay p99 at 1,000 req/s, run 2 (ms): 30.00, target fixed: <= 10 ms",
@@ -233,6 +244,10 @@ def test_each_run_at_a_fixed_rate_is_reported_and_judged_on_its_own(tmp_path: Pa
         "1.00",
         "3.00",
     ]
+    # Beside each run, unjudged: the bare app's p99 at the same rate and the host's steal.
+    beside = judged(bench, "  bare app p99 at 1,000 req/s, just before run 2 (ms)")
+    assert (beside.value, beside.met) == ("0.50", None)
+    assert judged(bench, "  CPU taken by the host during run 2 (steal, %)").value == "2.0"
 
 
 def test_ingest_on_postgresql_is_judged_against_sqlite_in_the_same_run(tmp_path: Path):
