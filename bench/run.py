@@ -62,8 +62,6 @@ FULL = Sizes(
     saturate_s=10, fixed_rate_s=10, drain=10_000, drain_latency=4_000, scale_rows=1_000_000, e2e_s=10
 )
 QUICK = Sizes(saturate_s=3, fixed_rate_s=3, drain=3_000, drain_latency=1_500, scale_rows=50_000, e2e_s=3)
-
-
 # Web processes for ingest and workers for the 50 ms drain: SQLite admits one worker per database.
 WEB_PROCESSES = {"SQLite": (1, 2), "PostgreSQL": (1, 2)}
 WORKERS = {"SQLite": (1,), "PostgreSQL": (1, 2, 3)}
