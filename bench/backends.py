@@ -20,6 +20,9 @@ class Backend(Protocol):
     def copy(self, url: str, label: str) -> str:
         """The URL of a new database holding what `url` holds (no process may have it open)."""
 
+    def server_pid(self) -> int | None:
+        """The database server's main process, whose children do the relay's work; None without one."""
+
 
 class SqliteFiles:
     """SQLite: a file per database in the bench's work folder."""
@@ -31,6 +34,9 @@ class SqliteFiles:
 
     def fresh(self, label: str) -> str:
         return f"sqlite:///{self.workdir / f'{label}.db'}"
+
+    def server_pid(self) -> None:
+        return None  # the relay's own processes do SQLite's work
 
     def copy(self, url: str, label: str) -> str:
         target_url = self.fresh(label)
@@ -51,6 +57,10 @@ class PostgresDatabases:
 
     def __init__(self, server: PostgresServer) -> None:
         self.server = server
+
+    def server_pid(self) -> int:
+        # The first line of postmaster.pid is the postmaster's.
+        return int((self.server.data / "postmaster.pid").read_text().split("\n", 1)[0])
 
     def fresh(self, label: str) -> str:
         return self.server.url(self.server.create_database())

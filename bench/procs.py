@@ -1,5 +1,6 @@
 """Processes for the benchmarks: started on free loopback ports, watched for memory, always stopped."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from tests.processes import free_port, wait_until_ready
 
-__all__ = ["free_port", "memory_mb", "relay", "started"]
+__all__ = ["cpu_s", "family_cpu_s", "free_port", "memory_mb", "relay", "started"]
 
 
 def _env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -51,3 +52,19 @@ def memory_mb(pid: int) -> tuple[float, float]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) / 1024
     return fields["VmRSS"], fields["VmHWM"]
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user and system) a process has used so far, in seconds, from /proc."""
+    # After the command's closing parenthesis, utime and stime are the 12th and 13th fields.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def family_cpu_s(pid: int) -> float:
+    """CPU time of a process and of its children alive now: a PostgreSQL server and its backends."""
+    total = cpu_s(pid)
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(FileNotFoundError):  # a child that ended meanwhile
+            total += cpu_s(int(child))
+    return total

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +25,7 @@ from bench.backends import Backend, SqliteFiles, postgres_server
 from bench.bare_client import post_ratings
 from bench.loadgen import LoadResult, run_at_rate
 from bench.paced import run_paced
-from bench.procs import free_port, memory_mb, relay, started
+from bench.procs import cpu_s, family_cpu_s, free_port, memory_mb, relay, started
 from bench.results import Row, Target, exit_status, fixed, machine, missed, relative, write_results
 from bench.seed import opened, seed
 from bench.steal import stolen
@@ -369,7 +369,7 @@ class Bench:
         sim_port = free_port()
         sim_cmd = relay("sim-quivo", "--port", str(sim_port), "--latency-ms", str(latency_ms))
         with ExitStack() as stack:
-            stack.enter_context(
+            sim = stack.enter_context(
                 started(
                     sim_cmd,
                     env={},
@@ -381,8 +381,16 @@ class Bench:
                 # The reference, against this very stand-in moments before the worker: a machine whose speed
                 # drifts over the run moves both alike. Its inquiries are none of the backlog's.
                 base = f"http://127.0.0.1:{sim_port}"
+                client_before, sim_before = time.process_time(), cpu_s(sim.pid)
                 self.figures[f"{backend.name} bare client"] = asyncio.run(
                     post_ratings(base, count, concurrency=CONCURRENCY, login=SIM_LOGIN, first_inquiry=10**8)
+                )
+                client_us = 1e6 * (time.process_time() - client_before) / count
+                sim_us = 1e6 * (cpu_s(sim.pid) - sim_before) / count
+                self.add(
+                    backend.name,
+                    "  CPU per post of the bare client: client / stand-in (us)",
+                    f"{client_us:.0f} / {sim_us:.0f}",
                 )
             processes = []
             for n in range(workers):
@@ -403,9 +411,24 @@ class Bench:
                         )
                     )
                 )
-            rate, samples = asyncio.run(watch_drain(url, count, processes))
+            # Where the CPU of the machine goes, per delivery: the workers, the stand-in, the server if any.
+            meters = [lambda: sum(cpu_s(process.pid) for process in processes), lambda: cpu_s(sim.pid)]
+            server = backend.server_pid()
+            if server is not None:
+                meters.append(lambda: family_cpu_s(server))
+            drained = asyncio.run(watch_drain(url, count, processes, meters))
+            rate, samples = drained.rate, drained.samples
             for process in processes:
                 self.note_memory(backend.name, phase, process.pid)
+        if latency_ms == 0:
+            names = f"worker{'s' if workers > 1 else ''} / stand-in" + (
+                f" / {backend.name}" if server is not None else ""
+            )
+            self.add(
+                backend.name,
+                f"  CPU per delivery, no added latency: {names} (us)",
+                " / ".join(f"{us:.0f}" for us in drained.cpu_us),
+            )
         rss = [mb for done, mb in samples if done > 0]
         if len(rss) >= 3:
             third = len(rss) // 3
@@ -566,17 +589,28 @@ async def delivered(store: Store) -> int:
     return (await store.deliveries_by_state())["delivered"]
 
 
+@dataclass(frozen=True)
+class Drained:
+    """A drain watched: deliveries per second, the workers' largest RSS on the way (delivered so far, MB),
+    and the CPU each meter counted per delivery (us), in the meters' order."""
+
+    rate: float
+    samples: list[tuple[int, float]]
+    cpu_us: list[float]
+
+
 async def watch_drain(
-    url: str, count: int, workers: list[subprocess.Popen[bytes]]
-) -> tuple[float, list[tuple[int, float]]]:
-    """Deliveries per second from now (every worker up) until the last of `count` is delivered, and the
-    workers' largest RSS sampled on the way.
+    url: str, count: int, workers: list[subprocess.Popen[bytes]], meters: Sequence[Callable[[], float]] = ()
+) -> Drained:
+    """The drain from now (every worker up) until the last of `count` is delivered; each of `meters` (CPU
+    seconds used so far by some processes) is read as it begins and once all are delivered.
 
     The drain ends at the last delivery's own instant, not at the poll that saw it: a poll every 0.25 s
     would add up to 0.25 s to a drain of two or three seconds.
     """
     async with opened(url) as store:
         began, first = datetime.now(UTC), await delivered(store)
+        cpu_before = [meter() for meter in meters]
         samples = []
         while (done := await delivered(store)) < count:
             for worker in workers:
@@ -584,8 +618,12 @@ async def watch_drain(
                     raise RuntimeError(f"worker exited with {worker.returncode}")
             samples.append((done, max(memory_mb(worker.pid)[0] for worker in workers)))
             await asyncio.sleep(0.25)
+        drained = max(count - first, 1)  # none at all only if every one was delivered before the watch
+        cpu_us = [
+            1e6 * (meter() - before) / drained for meter, before in zip(meters, cpu_before, strict=True)
+        ]
         finished = await last_delivered_at(store)
-        return (count - first) / (finished - began).total_seconds(), samples
+        return Drained((count - first) / (finished - began).total_seconds(), samples, cpu_us)
 
 
 async def last_delivered_at(store: Store) -> datetime:

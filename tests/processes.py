@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,16 @@ def _clean_env(extra: Mapping[str, str], args: Sequence[str] = ()) -> dict[str, 
     if args[:1] == ("worker",):
         base |= {"RELAY_WORKER_HOST": "127.0.0.1", "RELAY_WORKER_PORT": str(free_port())}
     return {**base, "LOG_FORMAT": "json", **extra}
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    """The predicate's first true value, polled until `timeout`; TimeoutError naming `what` after it."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        time.sleep(0.02)
+    return value
 
 
 def wait_until_ready(url: str, process: subprocess.Popen[Any], timeout: float = 20) -> None:

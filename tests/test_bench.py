@@ -2,7 +2,10 @@
 reading them back through the store, judging targets and writing the results."""
 
 import asyncio
+import os
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -13,6 +16,7 @@ import pytest
 from bench import run
 from bench.backends import Backend, PostgresDatabases, SqliteFiles
 from bench.loadgen import LoadResult
+from bench.procs import cpu_s, family_cpu_s
 from bench.results import Row, exit_status, fixed, missed, relative, write_results
 from bench.run import REFERENCE, Bench, RateRun, accepted_to_delivered_ms, claims_per_second
 from bench.seed import opened, seed
@@ -20,6 +24,7 @@ from bench.steal import stolen
 from bench.wrk import WrkResult, wrk_result
 from relay.store.records import Outcome
 from tests.pg_server import PostgresServer
+from tests.processes import wait_for
 
 WRK_REPORT = """Running 10s test @ http://127.0.0.1:40000/webhooks/bringg
   1 threads and 64 connections
@@ -98,7 +103,23 @@ def test_claims_per_second_claims_the_whole_backlog(backend: Backend):
     assert asyncio.run(states())["delivered"] == 200
 
 
-def test_a_drain_ends_at_the_last_delivery_s_own_instant_not_at_the_poll_that_saw_it(tmp_path: Path):
+def test_a_server_s_cpu_counts_the_children_doing_its_work():
+    # A parent that only waits, and a child that burns 0.3 s of CPU and then waits too.
+    child = "import time\nwhile time.process_time() < 0.3: pass\ntime.sleep(60)"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"]
+    )
+    try:
+        wait_for(lambda: family_cpu_s(parent.pid) >= 0.3, "the child's CPU counted in its parent's family")
+        assert cpu_s(parent.pid) < 0.2  # the parent's own: starting Python, then waiting
+    finally:
+        for process in Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split():
+            os.kill(int(process), signal.SIGKILL)
+        parent.kill()
+        parent.wait()
+
+
+def test_a_drain_ends_at_the_last_delivery_s_own_instant_and_counts_cpu_per_delivery_watched(tmp_path: Path):
     url = SqliteFiles(tmp_path).fresh("drain")
     seed(url, 30, state="pending")
     # Every outcome stamped two seconds ahead, all stored at once: the first poll already sees them all.
@@ -112,21 +133,31 @@ def test_a_drain_ends_at_the_last_delivery_s_own_instant_not_at_the_poll_that_sa
                 outcome = Outcome(claimed.id, "delivered", attempts=1, unconfirmed=False)
                 await store.record_outcome(outcome, leased_until=leased, now=stamped)
 
-    async def drain(worker: subprocess.Popen[bytes]) -> float:
-        watching = asyncio.create_task(run.watch_drain(url, 30, [worker]))
+    async def drain(worker: subprocess.Popen[bytes]) -> run.Drained:
+        # A meter of CPU seconds, read once as the watch begins and once when all are delivered: the
+        # deliveries start only once it has been read.
+        readings, watching_began = iter([1.0, 1.006]), asyncio.Event()
+
+        def meter() -> float:
+            watching_began.set()
+            return next(readings)
+
+        watching = asyncio.create_task(run.watch_drain(url, 30, [worker], [meter]))
+        await watching_began.wait()
         await deliver_all()
-        rate, _ = await watching
-        return rate
+        return await watching
 
     worker = subprocess.Popen(["sleep", "60"])  # a process for the watcher to find alive
     try:
-        rate = asyncio.run(drain(worker))
+        drained = asyncio.run(drain(worker))
     finally:
         worker.kill()
         worker.wait()
 
     # 30 deliveries over the two seconds up to their stamp (less the moments before the watch began).
-    assert 30 / 2.0 <= rate <= 30 / 1.5
+    assert 30 / 2.0 <= drained.rate <= 30 / 1.5
+    # 6 ms of CPU over the 30 delivered while watched.
+    assert drained.cpu_us == [pytest.approx(200.0)]
 
 
 class NoDatabases:
@@ -139,6 +170,9 @@ class NoDatabases:
         raise AssertionError("no database expected")
 
     def copy(self, url: str, label: str) -> str:
+        raise AssertionError("no database expected")
+
+    def server_pid(self) -> None:
         raise AssertionError("no database expected")
 
 

@@ -7,10 +7,9 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,20 +29,12 @@ from tests.processes import (
     relay_process,
     run_relay,
     sim_quivo_process,
+    wait_for,
     wait_until_ready,
 )
 
 pytestmark = pytest.mark.backends(*BACKENDS)
 EVER = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout}s")
-        time.sleep(0.02)
-    return value
 
 
 def children(pid: int) -> set[int]:
