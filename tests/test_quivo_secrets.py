@@ -5,7 +5,6 @@ import json
 import re
 import signal
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ import pytest
 from tests.chaos.harness import relay_env
 from tests.conftest import AUTH
 from tests.forwarding import rating_webhook
-from tests.processes import free_port, http_json, relay_process, run_relay, wait_until_ready
+from tests.processes import free_port, http_json, relay_process, run_relay, wait_for, wait_until_ready
 
 API_KEY = "qk-Vw3Rt9Ym2Lp8"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -91,15 +90,6 @@ def echoing_quivo(request: pytest.FixtureRequest) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def wait_for(what: str, found: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := found()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not seen within {timeout}s")
-        time.sleep(0.05)
-    return result
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:
@@ -215,13 +205,16 @@ def refused_relay_outputs(
             return [line for line in log_lines(log_path) if line["event"] == "worker.paused"]
 
         # The first line pauses; a later one is a failed login probe, with its own error text.
-        wait_for("a failed login probe", lambda: any("probe_error" in line for line in paused_lines()))
+        wait_for(
+            lambda: any("probe_error" in line for line in paused_lines()), "a failed login probe", timeout=30
+        )
         delivery_url = f"{base}/admin/deliveries/{accepted['delivery_id']}"
         wait_for(
-            "the paused delivery's last_error",
             lambda: http_json("GET", delivery_url, None, ADMIN)["delivery"]["last_error"],
+            "the paused delivery's last_error",
+            timeout=30,
         )
-        wait_for("/readyz saying paused", lambda: "paused" in answer_text(f"{base}/readyz"))
+        wait_for(lambda: "paused" in answer_text(f"{base}/readyz"), "/readyz saying paused", timeout=30)
         readyz = answer_text(f"{base}/readyz")
         delivery = answer_text(delivery_url, ADMIN)
         listing = answer_text(f"{base}/admin/deliveries", ADMIN)

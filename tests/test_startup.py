@@ -18,7 +18,7 @@ from relay.store import create_store
 from relay.store.sqlite.migrations import known_migrations
 from tests.conftest import AUTH, WEBHOOK_TOKEN
 from tests.forwarding import rating_webhook
-from tests.processes import free_port, relay_process, run_relay, wait_until_ready
+from tests.processes import free_port, relay_process, run_relay, wait_for, wait_until_ready
 from tests.test_docs import contract_events
 
 # Enough rounds that processes meet on a new file's first moments again and again, in about 20 s.
@@ -38,14 +38,6 @@ def relay_env(folder: Path, **extra: str) -> dict[str, str]:
         "QUIVO_PASSWORD": "password",
         **extra,
     }
-
-
-def wait_for(predicate, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout}s")
-        time.sleep(0.02)
 
 
 def log_has(path: Path, event: str) -> bool:

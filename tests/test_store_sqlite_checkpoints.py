@@ -5,10 +5,8 @@ import io
 import json
 import signal
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -18,18 +16,9 @@ from relay.store.sqlite.writer import Database
 from tests.chaos.harness import relay_env
 from tests.conftest import AUTH
 from tests.forwarding import rating_webhook
-from tests.processes import free_port, relay_process, wait_until_ready
+from tests.processes import free_port, relay_process, wait_for, wait_until_ready
 
 PAGE = 4096
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout}s")
-        time.sleep(0.01)
-    return value
 
 
 def size(path: Path) -> int:

@@ -4,8 +4,8 @@ import signal
 from functools import partial
 from pathlib import Path
 
-from tests.processes import relay_process, run_relay
-from tests.test_startup import relay_env, started_or_exited, wait_for
+from tests.processes import relay_process, run_relay, wait_for
+from tests.test_startup import relay_env, started_or_exited
 
 
 def test_a_second_worker_on_one_sqlite_file_refuses_to_start_until_the_first_is_gone(tmp_path: Path):
