@@ -93,6 +93,10 @@ class Bench:
         mark = {True: "ok", False: "MISSED", None: ""}[met]
         print(f"  {table[:10]:<10} {measure:<58} {value:>16}  {target or ''!s:<38} {mark}", flush=True)
 
+    def add_steal(self, table: str, during: str, share: float, *, indent: str = "") -> None:
+        """The host's steal over a phase or a run (a share of the cores' time), as a row of its own."""
+        self.add(table, f"{indent}CPU taken by the host during {during} (steal, %)", f"{100 * share:.1f}")
+
     def relay_env(self, url: str, port: int, **extra: str) -> dict[str, str]:
         return {
             "DATABASE_URL": url,
@@ -310,7 +314,7 @@ class Bench:
                 f"  bare app p99 at 1,000 req/s, just before run {n} (ms)",
                 f"{run.bare.percentile(0.99):.2f}",
             )
-            self.add(table, f"  CPU taken by the host during run {n} (steal, %)", f"{100 * run.steal:.1f}")
+            self.add_steal(table, f"run {n}", run.steal, indent="  ")
 
     # 2. Drain -----------------------------------------------------------------------------------
 
@@ -708,9 +712,7 @@ def main() -> int:
         bench.settle = lambda: settled(postgres.server)
         with stolen() as steal:
             bench.reference()
-        bench.add(
-            REFERENCE, "CPU taken by the host during the references (steal, %)", f"{100 * steal.share:.1f}"
-        )
+        bench.add_steal(REFERENCE, "the references", steal.share)
         # Phase by phase, each backend in turn: the figures compared across them are measured minutes apart.
         # Each with the name its steal row gives it.
         phases: list[tuple[str, Callable[[Backend], None]]] = [
@@ -725,11 +727,7 @@ def main() -> int:
             for backend in backends:
                 with stolen() as steal:
                     phase(backend)
-                bench.add(
-                    backend.name,
-                    f"CPU taken by the host during {name} (steal, %)",
-                    f"{100 * steal.share:.1f}",
-                )
+                bench.add_steal(backend.name, name, steal.share)
         bench.across()
     took = time.perf_counter() - began
     write_results(bench.rows, args.out, quick=args.quick, took_s=took, commit=commit, machine=machine())
